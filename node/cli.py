@@ -1,0 +1,188 @@
+"""The ``flopnet`` command. Subcommands import heavy modules lazily, so ``--help`` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from protocol.errors import FlopnetError
+
+
+def _add_node(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("node", help="run a node daemon (publisher, validator and/or worker)")
+    p.add_argument(
+        "--role",
+        action="append",
+        required=True,
+        choices=("publisher", "validator", "worker"),
+        help="a role of this node; repeat for several",
+    )
+    p.add_argument("--data-dir", type=Path, required=True, help="identity, ledger, logs")
+    p.add_argument("--network", type=Path, required=True, help="the network's network.json")
+    p.add_argument("--port", type=int, default=0, help="libp2p TCP port on 127.0.0.1 (0: any)")
+    p.add_argument("--api-port", type=int, default=0, help="local API port (0: any)")
+    p.add_argument("--bootstrap", action="append", default=[], help="multiaddr of a peer to dial")
+    p.add_argument("--tasks", type=int, default=6, help="number of tasks to load")
+    p.add_argument("--tasks-file", type=Path, help="DeepScaleR-style JSON or JSONL task file")
+    p.add_argument("--task-seed", type=int, default=0, help="seed of the built-in task generator")
+    p.add_argument(
+        "--wait-for-workers", type=int, default=0, help="publisher: announce once N peers connect"
+    )
+    p.add_argument("--torch-threads", type=int, default=0, help="threads for the model (0: auto)")
+    p.add_argument("--verifier-workers", type=int, default=1, help="validator: verifier processes")
+    p.add_argument(
+        "--cheat-model-seed",
+        type=int,
+        default=None,
+        help=argparse.SUPPRESS,  # devnet only: run other weights, a forged computation
+    )
+
+
+def _add_devnet(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("devnet", help="run a local network of real processes on 127.0.0.1")
+    p.add_argument("--headless", action="store_true", help="no TUI; run until done or timeout")
+    p.add_argument("--workers", type=int, default=2, help="honest workers")
+    p.add_argument("--cheaters", type=int, default=0, help="workers running forged weights")
+    p.add_argument("--tasks", type=int, default=6, help="tasks to validate")
+    p.add_argument("--tasks-file", type=Path, help="DeepScaleR-style JSON or JSONL task file")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="generation length cap")
+    p.add_argument("--model", default="tiny", help="seeded model name or Hugging Face id")
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
+    p.add_argument("--data-dir", type=Path, help="keep the nodes' state here (default: temp)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds before giving up")
+    p.add_argument(
+        "--lease-seconds", type=float, default=120.0, help="lease deadline before re-leasing"
+    )
+
+
+def _add_leaderboard(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("leaderboard", help="contributors ranked by credited FLOPs")
+    p.add_argument("--data-dir", type=Path, required=True, help="a node's or a devnet's data dir")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.add_argument("--limit", type=int, default=100)
+
+
+def _add_tui(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tui", help="attach the terminal UI to a running node or devnet")
+    p.add_argument("--data-dir", type=Path, required=True, help="a node's or a devnet's data dir")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="flopnet",
+        description="Donate GPU time, earn verified FLOP credit: a peer-to-peer compute network.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_node(sub)
+    _add_devnet(sub)
+    _add_leaderboard(sub)
+    _add_tui(sub)
+    return parser
+
+
+def _cmd_node(args: argparse.Namespace) -> int:
+    import trio
+
+    from node.config import NetworkParams, NodeConfig, env_settings
+    from node.daemon import run_node, setup_logging
+
+    env = env_settings()
+    config = NodeConfig(
+        roles=tuple(dict.fromkeys(args.role)),
+        data_dir=args.data_dir,
+        network=NetworkParams.load(args.network),
+        listen_port=args.port,
+        bootstrap=tuple(args.bootstrap),
+        api_port=args.api_port,
+        tasks=args.tasks,
+        tasks_file=args.tasks_file,
+        task_seed=args.task_seed,
+        wait_for_workers=args.wait_for_workers,
+        model_seed_override=args.cheat_model_seed,
+        torch_threads=args.torch_threads or env.torch_threads,
+        verifier_workers=args.verifier_workers,
+    )
+    setup_logging(config.data_dir, env.log_level)
+    trio.run(run_node, config)
+    return 0
+
+
+def _cmd_devnet(args: argparse.Namespace) -> int:
+    from node.devnet import DevnetOptions, run_devnet
+
+    options = DevnetOptions(
+        workers=args.workers,
+        cheaters=args.cheaters,
+        tasks=args.tasks,
+        tasks_file=args.tasks_file,
+        max_new_tokens=args.max_new_tokens,
+        model=args.model,
+        dtype=args.dtype,
+        data_dir=args.data_dir,
+        timeout=args.timeout,
+        headless=args.headless,
+        lease_seconds=args.lease_seconds,
+    )
+    summary = run_devnet(options)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        from node.devnet import format_summary
+
+        print(format_summary(summary))
+    return 0 if summary["ok"] else 1
+
+
+def _cmd_leaderboard(args: argparse.Namespace) -> int:
+    from ledger.leaderboard import format_table, leaderboard, to_json
+    from ledger.store import LedgerStore
+    from node.devnet import find_ledgers
+
+    ledgers = find_ledgers(args.data_dir)
+    if not ledgers:
+        raise FlopnetError(f"no ledger found under {args.data_dir}")
+    rows = []
+    for path in ledgers:
+        with LedgerStore(path) as store:
+            rows.extend(leaderboard(store, limit=args.limit))
+    rows.sort(key=lambda s: (-s.flops, s.peer_id))
+    if args.json:
+        print(json.dumps(to_json(rows[: args.limit]), indent=2))
+    else:
+        print(format_table(rows[: args.limit]))
+    return 0
+
+
+def _cmd_tui(args: argparse.Namespace) -> int:
+    from tui.app import attach_targets, run_tui
+
+    run_tui(attach_targets(args.data_dir))
+    return 0
+
+
+COMMANDS = {
+    "node": _cmd_node,
+    "devnet": _cmd_devnet,
+    "leaderboard": _cmd_leaderboard,
+    "tui": _cmd_tui,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``flopnet`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except FlopnetError as exc:
+        print(f"flopnet: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Configuration: the network parameters every node shares, and one node's own settings.
+
+Every environment variable flopnet reads is read in :func:`env_settings`, nowhere else.
+
+``network.json`` carries what all nodes of a network must agree on (model, sampling, proof
+thresholds, who publishes and who validates). In this version it is a plain JSON file that the
+devnet writes and hands to every node; the founder-signed manifest replaces it in the protocol
+issue.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from protocol.errors import ConfigError
+
+ROLES = ("publisher", "validator", "worker")
+
+
+@dataclass(frozen=True)
+class NetworkParams:
+    """What every node of one network agrees on."""
+
+    network_id: str
+    model: str = "tiny"
+    model_seed: int = 1234
+    dtype: str = "bfloat16"
+    max_new_tokens: int = 48
+    temperature: float = 0.6
+    top_p: float = 0.95
+    samples_per_task: int = 1
+    lease_seconds: float = 120.0
+    # TOPLOC thresholds (paper-era values; calibration is the proof issue's job)
+    max_exp_mismatches: int = 38
+    max_mant_err_mean: float = 10.0
+    max_mant_err_median: float = 8.0
+    # Fraction of generated tokens that may fail the sampling replay (near-ties in bf16).
+    max_replay_mismatch_fraction: float = 0.05
+    publishers: tuple[str, ...] = ()  # hex Ed25519 public keys
+    validators: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.network_id or len(self.network_id) > 64:
+            raise ConfigError("network_id must be 1-64 characters")
+        if self.dtype not in ("bfloat16", "float32"):
+            raise ConfigError(f"dtype must be bfloat16 or float32, not {self.dtype!r}")
+        if not 1 <= self.max_new_tokens <= 32768:
+            raise ConfigError("max_new_tokens must be in 1..32768")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ConfigError("temperature must be >= 0 and top_p in (0, 1]")
+        if not 1 <= self.samples_per_task <= 64:
+            raise ConfigError("samples_per_task must be in 1..64")
+        for key in (*self.publishers, *self.validators):
+            if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+                raise ConfigError(f"{key!r} is not a hex Ed25519 public key")
+
+    @property
+    def publisher_keys(self) -> set[bytes]:
+        return {bytes.fromhex(k) for k in self.publishers}
+
+    @property
+    def validator_keys(self) -> set[bytes]:
+        return {bytes.fromhex(k) for k in self.validators}
+
+    def save(self, path: Path) -> None:
+        """Write as JSON."""
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> NetworkParams:
+        """Read and validate a ``network.json``."""
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read network parameters {path}: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a JSON object")
+        known = set(cls.__dataclass_fields__)
+        unknown = set(raw) - known
+        if unknown:
+            raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
+        for key in ("publishers", "validators"):
+            if key in raw:
+                raw[key] = tuple(raw[key])
+        try:
+            return cls(**raw)
+        except TypeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class EnvSettings:
+    """Settings taken from the environment (the only place flopnet reads it)."""
+
+    log_level: str = "INFO"
+    torch_threads: int = 0  # 0: torch's default
+    data_root: Path = field(default_factory=lambda: Path.home() / ".flopnet")
+
+
+def env_settings(environ: dict[str, str] | None = None) -> EnvSettings:
+    """Read FLOPNET_LOG_LEVEL, FLOPNET_TORCH_THREADS and FLOPNET_HOME."""
+    env = dict(os.environ) if environ is None else environ
+    threads_text = env.get("FLOPNET_TORCH_THREADS", "0")
+    try:
+        threads = int(threads_text)
+    except ValueError:
+        raise ConfigError(f"FLOPNET_TORCH_THREADS={threads_text!r} is not an integer") from None
+    home = env.get("FLOPNET_HOME")
+    return EnvSettings(
+        log_level=env.get("FLOPNET_LOG_LEVEL", "INFO").upper(),
+        torch_threads=max(0, threads),
+        data_root=Path(home) if home else Path.home() / ".flopnet",
+    )
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """One node's settings, validated."""
+
+    roles: tuple[str, ...]
+    data_dir: Path
+    network: NetworkParams
+    listen_port: int = 0
+    bootstrap: tuple[str, ...] = ()
+    api_port: int = 0
+    tasks: int = 6
+    tasks_file: Path | None = None
+    task_seed: int = 0
+    wait_for_workers: int = 0
+    model_seed_override: int | None = None  # a forged computation, for devnet cheaters only
+    torch_threads: int = 0
+    verifier_workers: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.roles:
+            raise ConfigError("a node needs at least one role")
+        for role in self.roles:
+            if role not in ROLES:
+                raise ConfigError(f"unknown role {role!r}; choose from {', '.join(ROLES)}")
+        if not 0 <= self.listen_port <= 65535 or not 0 <= self.api_port <= 65535:
+            raise ConfigError("ports must be in 0..65535")
+        if self.tasks < 1:
+            raise ConfigError("--tasks must be at least 1")
+
+    @property
+    def model_seed(self) -> int:
+        """The seed of the weights this node runs (the network's unless overridden)."""
+        if self.model_seed_override is not None:
+            return self.model_seed_override
+        return self.network.model_seed

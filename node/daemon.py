@@ -1,0 +1,227 @@
+"""``flopnet node``: one trio process holding one or more roles.
+
+Start-up order: identity, model child process (workers and validators), verifier pool and ledger
+(validators), libp2p host and handlers, bootstrap dials, the local API, then ``node.json`` in the
+data directory (peer id, multiaddrs, API URL) so local tools can find the node. SIGTERM or SIGINT
+stops the node cleanly; acknowledged ledger entries are durable before they are acknowledged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from node.api import build_app, load_or_create_token, serve_api
+from node.config import NodeConfig
+from node.tasks import Task, builtin_tasks, load_tasks_file
+from protocol.envelope import open_envelope
+from protocol.errors import FlopnetError, MalformedMessage
+from protocol.host import P2PHost
+from protocol.identity import load_or_create_identity
+from protocol.ids import (
+    CLAIM_LIMITS,
+    CLAIM_PROTOCOL,
+    SUBMIT_LIMITS,
+    SUBMIT_PROTOCOL,
+    ledger_topic,
+    tasks_topic,
+)
+from protocol.messages import CreditBody, LedgerEntry
+
+log = logging.getLogger("flopnet.node")
+NODE_INFO_FILE = "node.json"
+LEDGER_FILE = "ledger.sqlite"
+
+
+def load_task_set(config: NodeConfig) -> list[Task]:
+    """The node's task set: a tasks file if given, else the built-in generator."""
+    if config.tasks_file is not None:
+        return load_tasks_file(config.tasks_file, limit=config.tasks)
+    return builtin_tasks(config.tasks, seed=config.task_seed)
+
+
+def setup_logging(data_dir: Path, level: str) -> None:
+    """Log to ``<data dir>/node.log`` (stdout stays free for machine-readable output)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(data_dir / "node.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
+    # libp2p is chatty at INFO about every stream it negotiates.
+    logging.getLogger("libp2p").setLevel(max(logging.WARNING, root.level))
+
+
+async def _connect_with_backoff(host: P2PHost, addr: str) -> None:
+    delay = 0.2
+    for _attempt in range(8):
+        try:
+            await host.connect(addr)
+            log.info("connected to bootstrap %s", addr)
+            return
+        except FlopnetError as exc:
+            log.warning("bootstrap %s: %s; retrying in %.1fs", addr, exc, delay)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    log.error("giving up on bootstrap %s", addr)
+
+
+def _write_node_info(data_dir: Path, info: dict[str, Any]) -> None:
+    tmp = data_dir / (NODE_INFO_FILE + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    os.replace(tmp, data_dir / NODE_INFO_FILE)
+
+
+async def run_node(config: NodeConfig) -> None:
+    """Run a node until SIGTERM/SIGINT."""
+    from node.model_service import ModelService
+
+    identity = load_or_create_identity(config.data_dir)
+    (config.data_dir / NODE_INFO_FILE).unlink(missing_ok=True)
+    net = config.network
+    roles = set(config.roles)
+    started = time.time()
+    log.info("node %s starting with roles %s", identity.peer_id, sorted(roles))
+
+    with ExitStack() as stack:
+        model: ModelService | None = None
+        n_params = 0
+        if roles & {"worker", "validator"}:
+            model = ModelService(net.model, config.model_seed, net.dtype, config.torch_threads)
+            stack.callback(model.close)
+            info = await model.start()
+            n_params = info.n_params
+            log.info(
+                "model %s seed %d loaded in %.1fs: %d parameters, weights sha256 %s",
+                info.name,
+                info.seed,
+                info.load_seconds,
+                info.n_params,
+                info.weights_sha256[:16],
+            )
+
+        host = P2PHost(identity)
+        tasks = load_task_set(config) if roles & {"publisher", "validator"} else []
+        publisher = validator = worker = None
+
+        if "publisher" in roles:
+            from node.inference.tokenizer import tokenizer_for_model
+            from node.publisher import Publisher
+
+            publisher = Publisher(config, identity, host, tokenizer_for_model(net.model), tasks)
+            host.handle(CLAIM_PROTOCOL, publisher.handle_claim, CLAIM_LIMITS)
+
+        if "validator" in roles:
+            from ledger.store import LedgerStore
+            from node.validator import Validator
+            from verifiers.pool import MATH_WARMUP, VerifierPool
+
+            assert model is not None
+            pool = VerifierPool(config.verifier_workers, warmup=(MATH_WARMUP,))
+            stack.callback(pool.close)
+            store = LedgerStore(config.data_dir / LEDGER_FILE)
+            stack.callback(store.close)
+            await trio.to_thread.run_sync(pool.wait_ready)
+
+            def on_verdict(lease_id: bytes, accepted: bool) -> None:
+                if publisher is not None:
+                    publisher.settle(lease_id, accepted)
+
+            validator = Validator(
+                config,
+                identity,
+                host,
+                model,
+                pool,
+                store,
+                {t.task_id: t for t in tasks},
+                n_params,
+                on_verdict,
+            )
+            host.handle(SUBMIT_PROTOCOL, validator.handle_submission, SUBMIT_LIMITS)
+
+        if "worker" in roles:
+            from node.worker import Worker
+
+            assert model is not None
+            worker = Worker(config, identity, host, model)
+
+        async def on_ledger_entry(sender: str, data: bytes) -> None:
+            # Remote publishers learn verdicts from the validators' gossiped ledger entries.
+            if publisher is None:
+                return
+            try:
+                opened = open_envelope(data, net.network_id, expected=LedgerEntry)
+            except MalformedMessage as exc:
+                log.warning("dropping ledger entry from %s: %s", sender, exc)
+                return
+            if opened.signer not in net.validator_keys:
+                return
+            entry = opened.expect(LedgerEntry)
+            if entry.kind == "credit":
+                from ledger.chain import decode_body
+
+                body = decode_body("credit", entry.body)
+                if isinstance(body, CreditBody):
+                    publisher.settle(body.lease_id, body.accepted)
+
+        def status() -> dict[str, Any]:
+            return {
+                "peer_id": identity.peer_id,
+                "roles": sorted(roles),
+                "network_id": net.network_id,
+                "uptime_s": round(time.time() - started, 1),
+                "peers": host.connected_peers(),
+                "model": None if model is None or model.info is None else vars(model.info),
+                "publisher": publisher.snapshot() if publisher else None,
+                "validator": validator.snapshot() if validator else None,
+                "worker": worker.snapshot() if worker else None,
+            }
+
+        def leaderboard() -> list[dict[str, Any]]:
+            if validator is None:
+                return []
+            from ledger.leaderboard import leaderboard as rank
+            from ledger.leaderboard import to_json
+
+            return to_json(rank(validator.store, net.validator_keys or None))
+
+        async with host.running(config.listen_port), trio.open_nursery() as nursery:
+            for addr in config.bootstrap:
+                await _connect_with_backoff(host, addr)
+            if worker is not None:
+                await host.subscribe(tasks_topic(net.network_id), worker.on_announcement)
+            await host.subscribe(ledger_topic(net.network_id), on_ledger_entry)
+            token = load_or_create_token(config.data_dir)
+            app = build_app(token, {"/status": status, "/leaderboard": leaderboard})
+            api_url = await nursery.start(serve_api, app, config.api_port)
+            _write_node_info(
+                config.data_dir,
+                {
+                    "peer_id": identity.peer_id,
+                    "public_key": identity.public_key.hex(),
+                    "addrs": host.addrs(),
+                    "api_url": api_url,
+                    "roles": sorted(roles),
+                    "pid": os.getpid(),
+                },
+            )
+            log.info("listening on %s; API on %s", host.addrs(), api_url)
+            if publisher is not None:
+                nursery.start_soon(publisher.run)
+            if worker is not None:
+                nursery.start_soon(worker.run)
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    log.info("signal %d: shutting down", signum)
+                    break
+            nursery.cancel_scope.cancel()
+    log.info("node stopped")

@@ -1,0 +1,336 @@
+"""``flopnet devnet``: a real local network of separate processes on 127.0.0.1.
+
+One process is publisher + validator; each worker is its own process (and each has its own model
+child process). Cheaters are workers whose model seed differs from the network's: a forged
+computation that the validator's TOPLOC check must reject. The devnet waits for every worker to
+connect before tasks are announced (so each worker, cheaters included, gets a lease), follows the
+validator through its local API, then stops every process and summarises the validator's ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from node.config import NetworkParams
+from protocol.errors import ConfigError, FlopnetError
+from protocol.identity import load_or_create_identity
+
+VALIDATOR_DIR = "validator"
+NODE_START_TIMEOUT_S = 300.0
+POLL_S = 0.5
+CHEAT_SEED_OFFSET = 1_000_003
+
+
+@dataclass(frozen=True)
+class DevnetOptions:
+    workers: int = 2
+    cheaters: int = 0
+    tasks: int = 6
+    tasks_file: Path | None = None
+    max_new_tokens: int = 48
+    model: str = "tiny"
+    dtype: str = "bfloat16"
+    data_dir: Path | None = None
+    timeout: float = 600.0
+    headless: bool = True
+    lease_seconds: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError("a devnet needs at least one honest worker")
+        if self.cheaters < 0 or self.tasks < 1:
+            raise ConfigError("--cheaters must be >= 0 and --tasks >= 1")
+        if self.lease_seconds <= 0:
+            raise ConfigError("--lease-seconds must be positive")
+
+
+@dataclass
+class _Proc:
+    name: str
+    data_dir: Path
+    cheater: bool
+    process: subprocess.Popen[bytes]
+    public_key: str
+
+
+def find_ledgers(data_dir: Path) -> list[Path]:
+    """Ledger files in a node's data dir or in a devnet's (one level down)."""
+    direct = data_dir / "ledger.sqlite"
+    if direct.exists():
+        return [direct]
+    return sorted(data_dir.glob("*/ledger.sqlite"))
+
+
+def read_node_info(data_dir: Path) -> dict[str, Any] | None:
+    """A running node's ``node.json`` and API token, or None while it is starting."""
+    try:
+        info = json.loads((data_dir / "node.json").read_text())
+        info["token"] = (data_dir / "api.token").read_text().strip()
+    except (OSError, json.JSONDecodeError):
+        return None
+    return dict(info)
+
+
+def api_get(info: dict[str, Any], path: str, timeout: float = 5.0) -> Any:
+    """GET a JSON document from a node's local API."""
+    import httpx
+
+    response = httpx.get(
+        info["api_url"] + path,
+        headers={"Authorization": f"Bearer {info['token']}"},
+        timeout=timeout,
+    )
+    response.raise_for_status()
+    return response.json()
+
+
+class Devnet:
+    """Starts, watches and stops the processes of one local network."""
+
+    def __init__(self, options: DevnetOptions) -> None:
+        self.options = options
+        self.root = options.data_dir or Path(tempfile.mkdtemp(prefix="flopnet-devnet-"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.procs: list[_Proc] = []
+        self.started_at = time.time()
+        self.validator_info: dict[str, Any] | None = None
+        self.final_status: dict[str, dict[str, Any]] = {}
+        self.network_id = f"devnet-{secrets.token_hex(4)}"
+        self.network_file = self.root / "network.json"
+
+    # -- start ---------------------------------------------------------------------------------
+
+    def _spawn(self, name: str, args: list[str], cheater: bool = False) -> _Proc:
+        data_dir = self.root / name
+        identity = load_or_create_identity(data_dir)
+        (data_dir / "node.json").unlink(missing_ok=True)
+        log = open(data_dir / "stderr.log", "ab")  # noqa: SIM115 - owned by the child
+        cmd = [
+            sys.executable,
+            "-m",
+            "node.cli",
+            "node",
+            "--data-dir",
+            str(data_dir),
+            "--network",
+            str(self.network_file),
+            "--torch-threads",
+            "1",
+            *args,
+        ]
+        process = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+        )
+        log.close()
+        proc = _Proc(name, data_dir, cheater, process, identity.public_key.hex())
+        self.procs.append(proc)
+        return proc
+
+    def _wait_info(self, proc: _Proc, deadline: float) -> dict[str, Any]:
+        while time.time() < deadline:
+            info = read_node_info(proc.data_dir)
+            if info is not None:
+                return info
+            if proc.process.poll() is not None:
+                raise FlopnetError(
+                    f"{proc.name} exited with code {proc.process.returncode}; "
+                    f"see {proc.data_dir / 'stderr.log'} and node.log"
+                )
+            time.sleep(0.1)
+        raise FlopnetError(f"{proc.name} did not start within {NODE_START_TIMEOUT_S}s")
+
+    def start(self) -> None:
+        """Write the network parameters and start every process."""
+        opts = self.options
+        validator_key = load_or_create_identity(self.root / VALIDATOR_DIR).public_key.hex()
+        NetworkParams(
+            network_id=self.network_id,
+            model=opts.model,
+            dtype=opts.dtype,
+            max_new_tokens=opts.max_new_tokens,
+            lease_seconds=opts.lease_seconds,
+            publishers=(validator_key,),
+            validators=(validator_key,),
+        ).save(self.network_file)
+        node_args = ["--role", "publisher", "--role", "validator", "--tasks", str(opts.tasks)]
+        if opts.tasks_file is not None:
+            node_args += ["--tasks-file", str(opts.tasks_file)]
+        node_args += ["--wait-for-workers", str(opts.workers + opts.cheaters)]
+        validator = self._spawn(VALIDATOR_DIR, node_args)
+        deadline = time.time() + NODE_START_TIMEOUT_S
+        self.validator_info = self._wait_info(validator, deadline)
+        bootstrap = self.validator_info["addrs"][0]
+        workers: list[tuple[str, bool, int | None]] = [
+            (f"worker-{i + 1}", False, None) for i in range(opts.workers)
+        ]
+        workers += [(f"cheater-{i + 1}", True, CHEAT_SEED_OFFSET + i) for i in range(opts.cheaters)]
+        for name, cheater, seed in workers:
+            args = ["--role", "worker", "--bootstrap", bootstrap]
+            if seed is not None:
+                args += ["--cheat-model-seed", str(seed)]
+            self._spawn(name, args, cheater)
+        for proc in self.procs[1:]:
+            self._wait_info(proc, deadline)
+
+    # -- watch ---------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The validator's /status document."""
+        assert self.validator_info is not None
+        return dict(api_get(self.validator_info, "/status"))
+
+    def dead(self) -> list[str]:
+        """Names of processes that exited."""
+        return [p.name for p in self.procs if p.process.poll() is not None]
+
+    def wait_done(self, timeout: float, allow_dead: frozenset[str] = frozenset()) -> bool:
+        """Poll until every task sample is validated; False on timeout or an unexpected death."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if set(self.dead()) - allow_dead:
+                return False
+            try:
+                publisher = self.status()["publisher"]
+            except Exception:
+                publisher = None
+            if publisher and publisher["all_done"]:
+                return True
+            time.sleep(POLL_S)
+        return False
+
+    # -- stop and summarise --------------------------------------------------------------------
+
+    def capture_status(self) -> None:
+        """Keep every live node's last /status, for the summary's timings."""
+        for proc in self.procs:
+            info = read_node_info(proc.data_dir)
+            if info is None or proc.process.poll() is not None:
+                continue
+            try:
+                self.final_status[proc.name] = dict(api_get(info, "/status"))
+            except Exception:
+                continue  # a node that cannot answer simply has no timing row
+
+    def stop(self) -> None:
+        """SIGTERM every process, then SIGKILL what is left after a grace period."""
+        for proc in self.procs:
+            if proc.process.poll() is None:
+                proc.process.send_signal(signal.SIGTERM)
+        grace = time.time() + 15
+        for proc in self.procs:
+            try:
+                proc.process.wait(timeout=max(0.1, grace - time.time()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.process.pid, signal.SIGKILL)
+                proc.process.wait()
+
+    def summary(self, finished: bool) -> dict[str, Any]:
+        """The run's results from the validator's ledger, one row per worker."""
+        from ledger.leaderboard import leaderboard
+        from ledger.store import LedgerStore
+
+        with LedgerStore(self.root / VALIDATOR_DIR / "ledger.sqlite") as store:
+            standings = {
+                s.contributor.hex(): s
+                for s in leaderboard(store, since=self.started_at, limit=10_000)
+            }
+        contributors: list[dict[str, Any]] = []
+        for proc in self.procs[1:]:
+            standing = standings.get(proc.public_key)
+            contributors.append(
+                {
+                    "name": proc.name,
+                    "peer_id": load_or_create_identity(proc.data_dir).peer_id,
+                    "cheater": proc.cheater,
+                    "tasks": standing.tasks_accepted if standing else 0,
+                    "rejected": standing.tasks_rejected if standing else 0,
+                    "flops": standing.flops if standing else 0,
+                    "generated_tokens": standing.generated_tokens if standing else 0,
+                }
+            )
+        validated = sum(c["tasks"] for c in contributors)
+        total = self.options.tasks
+        return {
+            "ok": finished and validated >= total,
+            "network_id": self.network_id,
+            "data_dir": str(self.root),
+            "tasks": total,
+            "tasks_validated": validated,
+            "tasks_rejected": sum(c["rejected"] for c in contributors),
+            "flops_credited": sum(c["flops"] for c in contributors),
+            "wall_seconds": round(time.time() - self.started_at, 2),
+            "dead_processes": self.dead() if not finished else [],
+            "timing": self._timing(),
+            "contributors": contributors,
+        }
+
+    def _timing(self) -> dict[str, float | None]:
+        """Per-task generation and validation times and proof size, from the nodes' counters."""
+        gen_s = gens = 0.0
+        for name, status in self.final_status.items():
+            worker = status.get("worker")
+            if worker and not name.startswith("cheater"):
+                gen_s += worker["generation_seconds"]
+                gens += worker["generations"]
+        val = (self.final_status.get(VALIDATOR_DIR) or {}).get("validator") or {}
+        checks = val.get("proof_checks", 0)
+        tokens = val.get("tokens_checked", 0)
+        return {
+            "generation_s_per_task": round(gen_s / gens, 4) if gens else None,
+            "proof_check_s_per_task": round(val["prefill_seconds"] / checks, 4) if checks else None,
+            "answer_check_s_per_task": (
+                round(val["verify_seconds"] / val["accepted"], 4) if val.get("accepted") else None
+            ),
+            "proof_bytes_per_token": round(val["proof_bytes"] / tokens, 3) if tokens else None,
+        }
+
+
+def run_devnet(options: DevnetOptions) -> dict[str, Any]:
+    """Run a devnet to completion (headless) or under the TUI; return the summary."""
+    devnet = Devnet(options)
+    finished = False
+    try:
+        devnet.start()
+        if options.headless:
+            finished = devnet.wait_done(options.timeout)
+        else:
+            from tui.app import NodeTarget, run_tui
+
+            targets = [NodeTarget(p.name, p.data_dir) for p in devnet.procs]
+            run_tui(targets, title=f"flopnet devnet {devnet.network_id}")
+            finished = bool(devnet.status()["publisher"]["all_done"])
+    finally:
+        dead_before_stop = devnet.dead()
+        devnet.capture_status()
+        devnet.stop()
+    summary = devnet.summary(finished)
+    if dead_before_stop:
+        summary["dead_processes"] = dead_before_stop
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A short human-readable report of a devnet run."""
+    lines = [
+        f"devnet {summary['network_id']}: {summary['tasks_validated']}/{summary['tasks']} tasks "
+        f"validated, {summary['tasks_rejected']} rejected, {summary['flops_credited']:,} FLOPs "
+        f"credited in {summary['wall_seconds']}s",
+    ]
+    for c in summary["contributors"]:
+        tag = " (cheater)" if c["cheater"] else ""
+        lines.append(
+            f"  {c['name']:<10} {c['peer_id']}  tasks {c['tasks']:>3}  rejected {c['rejected']:>3}"
+            f"  FLOPs {c['flops']:>16,}{tag}"
+        )
+    lines.append(f"state kept in {summary['data_dir']}")
+    return "\n".join(lines)

@@ -1,0 +1,210 @@
+"""The model runs in a child process; the trio daemon talks to it over a pipe.
+
+Keeping torch out of the daemon keeps the event loop responsive (a forward pass never blocks
+libp2p), lets a crashed or hung model be killed without losing the node, and keeps the daemon's
+own start fast. The child serves three operations: ``generate`` (worker: sample, build TOPLOC
+proofs), ``check`` (validator: one prefill, verify proofs, replay sampling, decode text) and
+``info``. Requests are served one at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import multiprocessing
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import trio
+
+from protocol.errors import FlopnetError
+
+log = logging.getLogger(__name__)
+START_TIMEOUT_S = 300.0
+# The trio-typing stubs that libp2p pulls in predate trio's ``abandon_on_cancel`` keyword.
+_run_sync: Any = trio.to_thread.run_sync
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the child reports once its model is loaded."""
+
+    name: str
+    seed: int
+    dtype: str
+    weights_sha256: str
+    n_params: int
+    n_params_no_embeddings: int
+    vocab_size: int
+    load_seconds: float
+
+
+def _child_main(conn: Connection, model: str, seed: int, dtype: str, threads: int) -> None:
+    # Heavy imports happen here, in the child only.
+    import torch
+
+    from node.inference.hf_backend import HFBackend
+    from node.inference.models import hf_spec, param_count, seeded_spec, weights_sha256
+    from node.inference.tokenizer import EMBEDDED_MODELS
+    from proof.policy import ProofPolicy, decide
+    from proof.sampling import SamplingParams, replay_sampling
+    from proof.toploc import ToplocThresholds, build_proofs, verify_proofs
+
+    started = time.perf_counter()
+    try:
+        if model in EMBEDDED_MODELS:
+            spec = seeded_spec(model, seed=seed, dtype=dtype)
+        else:
+            spec = hf_spec(model, dtype=dtype)
+        backend = HFBackend(spec, num_threads=threads or None)
+        info = ModelInfo(
+            name=model,
+            seed=seed,
+            dtype=dtype,
+            weights_sha256=weights_sha256(backend.model),
+            n_params=param_count(backend.model, include_embeddings=True),
+            n_params_no_embeddings=param_count(backend.model, include_embeddings=False),
+            vocab_size=backend.vocab_size,
+            load_seconds=time.perf_counter() - started,
+        )
+    except Exception as exc:
+        conn.send({"ok": False, "error": f"model load failed: {type(exc).__name__}: {exc}"})
+        return
+    conn.send({"ok": True, "result": info})
+
+    def generate(req: dict[str, Any]) -> dict[str, Any]:
+        params = SamplingParams(temperature=req["temperature"], top_p=req["top_p"])
+        gen = backend.generate(
+            req["prompt_ids"], seed=req["seed"], params=params, max_new_tokens=req["max_new_tokens"]
+        )
+        t0 = time.perf_counter()
+        proofs = build_proofs(gen.hidden) if gen.token_ids else []
+        return {
+            "token_ids": list(gen.token_ids),
+            "text": gen.text,
+            "finish_reason": gen.finish_reason,
+            "proofs": proofs,
+            "prefill_s": gen.prefill_s,
+            "decode_s": gen.decode_s,
+            "proof_s": time.perf_counter() - t0,
+        }
+
+    def check(req: dict[str, Any]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        pre = backend.prefill(req["prompt_ids"], req["token_ids"])
+        t1 = time.perf_counter()
+        # Results cross the pipe as plain data so the daemon never unpickles torch-backed types.
+        checks = verify_proofs(pre.hidden, list(req["proofs"]))
+        params = SamplingParams(temperature=req["temperature"], top_p=req["top_p"])
+        replay = replay_sampling(pre.logits, req["token_ids"], req["seed"], params)
+        policy = ProofPolicy(ToplocThresholds(**req["thresholds"]), req["max_replay_fraction"])
+        decision = decide(checks, replay, policy)
+        return {
+            "passed": decision.passed,
+            "reasons": list(decision.reasons),
+            "checks": [dataclasses.asdict(c) for c in checks],
+            "replay_mismatches": replay.mismatches,
+            "replay_checked": replay.checked,
+            "text": backend.tokenizer.decode(req["token_ids"]),
+            "prefill_s": t1 - t0,
+            "verify_s": time.perf_counter() - t1,
+        }
+
+    ops = {"generate": generate, "check": check}
+    with torch.inference_mode():
+        while True:
+            try:
+                req = conn.recv()
+            except (EOFError, OSError):
+                return
+            if req is None:
+                return
+            try:
+                conn.send({"ok": True, "result": ops[req["op"]](req)})
+            except FlopnetError as exc:
+                conn.send({"ok": False, "error": str(exc), "kind": type(exc).__name__})
+            except Exception as exc:
+                conn.send(
+                    {
+                        "ok": False,
+                        "error": f"{type(exc).__name__}: {exc}",
+                        "kind": "internal",
+                        "trace": traceback.format_exc(limit=5),
+                    }
+                )
+
+
+class ModelServiceError(FlopnetError):
+    """The model child process failed or answered with an error."""
+
+    def __init__(self, message: str, kind: str = "internal") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class ModelService:
+    """Owns the model child process; ``await call(op, ...)`` from trio."""
+
+    def __init__(self, model: str, seed: int, dtype: str, threads: int = 0) -> None:
+        self._args = (model, seed, dtype, threads)
+        self._lock = threading.Lock()
+        self._conn: Connection | None = None
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self.info: ModelInfo | None = None
+
+    async def start(self) -> ModelInfo:
+        """Spawn the child and wait until its model is loaded."""
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe()
+        self._process = ctx.Process(
+            target=_child_main, args=(child, *self._args), name="flopnet-model", daemon=True
+        )
+        self._process.start()
+        child.close()
+        self._conn = parent
+        reply = await _run_sync(self._recv, START_TIMEOUT_S, abandon_on_cancel=True)
+        self.info = reply
+        return reply
+
+    def _recv(self, timeout: float) -> Any:
+        assert self._conn is not None
+        if not self._conn.poll(timeout):
+            raise ModelServiceError(f"the model process did not answer within {timeout}s")
+        try:
+            reply = self._conn.recv()
+        except (EOFError, OSError):
+            raise ModelServiceError("the model process died") from None
+        if not reply["ok"]:
+            raise ModelServiceError(reply["error"], reply.get("kind", "internal"))
+        return reply["result"]
+
+    def _call(self, req: dict[str, Any], timeout: float) -> Any:
+        with self._lock:
+            if self._conn is None or self._process is None or not self._process.is_alive():
+                raise ModelServiceError("the model process is not running")
+            self._conn.send(req)
+            return self._recv(timeout)
+
+    async def call(self, op: str, *, timeout: float = 600.0, **kwargs: Any) -> Any:
+        """Run one operation in the child; raise ModelServiceError on failure."""
+        req = {"op": op, **kwargs}
+        return await _run_sync(self._call, req, timeout, abandon_on_cancel=True)
+
+    def close(self) -> None:
+        """Stop the child (politely, then by force)."""
+        if self._conn is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._conn.send(None)
+        if self._process is not None:
+            self._process.join(timeout=5)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join(timeout=5)
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = self._process = None

@@ -1,0 +1,180 @@
+"""The publisher role: announce tasks, grant signed leases on claims, re-lease on failure."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+
+import trio
+
+from node.config import NodeConfig
+from node.inference.prompt import format_r1_prompt
+from node.inference.tokenizer import Tokenizer
+from node.leases import Denied, LeaseBook
+from node.tasks import Task
+from protocol.envelope import open_envelope, seal
+from protocol.errors import MalformedMessage
+from protocol.host import P2PHost
+from protocol.identity import Identity, peer_id_from_public_key
+from protocol.ids import tasks_topic
+from protocol.messages import Claim, Lease, Refusal, TaskAnnouncement
+
+log = logging.getLogger(__name__)
+ANNOUNCE_INTERVAL_S = 2.0
+CLAIM_CLOCK_SKEW_S = 120.0
+
+
+@dataclass
+class PublisherStats:
+    announced: int = 0
+    leases_issued: int = 0
+    claims_refused: int = 0
+    samples_done: int = 0
+    samples_reopened: int = 0
+    refusals: dict[str, int] = field(default_factory=dict)
+
+
+class Publisher:
+    """Owns the task set and its lease book."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        identity: Identity,
+        host: P2PHost,
+        tokenizer: Tokenizer,
+        tasks: list[Task],
+    ) -> None:
+        self.config = config
+        self.net = config.network
+        self.identity = identity
+        self.host = host
+        self.tokenizer = tokenizer
+        self.tasks = {t.task_id: t for t in tasks}
+        self.book = LeaseBook(lease_seconds=self.net.lease_seconds)
+        for task in tasks:
+            self.book.add_task(task.task_id, self.net.samples_per_task)
+        self.stats = PublisherStats()
+        self._seq = 0
+        self._validators = sorted(self.net.validator_keys)
+        self._next_validator = 0
+        self._prompt_ids: dict[str, tuple[int, ...]] = {}
+
+    def prompt_ids(self, task: Task) -> tuple[int, ...]:
+        """The token ids of a task's prompt: assigned here, so worker and validator agree."""
+        ids = self._prompt_ids.get(task.task_id)
+        if ids is None:
+            text = format_r1_prompt(task.problem)
+            ids = tuple(self.tokenizer.encode(text, add_bos=True))
+            self._prompt_ids[task.task_id] = ids
+        return ids
+
+    async def run(self) -> None:
+        """Wait for enough workers, then announce open tasks until every sample is done."""
+        while len(self.host.connected_peers()) < self.config.wait_for_workers:
+            await trio.sleep(0.2)
+        while True:
+            now = time.time()
+            for task_id, index in self.book.expire(now):
+                log.info("lease on %s#%d expired; re-opened", task_id, index)
+                self.stats.samples_reopened += 1
+            for task_id in self.book.open_tasks():
+                await self._announce(self.tasks[task_id], now)
+            await trio.sleep(ANNOUNCE_INTERVAL_S)
+
+    async def _announce(self, task: Task, now: float) -> None:
+        self._seq += 1
+        message = TaskAnnouncement(
+            version=1,
+            seq=self._seq,
+            task_id=task.task_id,
+            task_type=task.task_type,
+            samples=self.net.samples_per_task,
+            max_new_tokens=self.net.max_new_tokens,
+            announced_at=now,
+        )
+        await self.host.publish(
+            tasks_topic(self.net.network_id), seal(message, self.identity, self.net.network_id)
+        )
+        self.stats.announced += 1
+
+    async def handle_claim(self, peer_id: str, data: bytes) -> bytes:
+        """Answer a claim stream with a sealed Lease or Refusal."""
+        try:
+            opened = open_envelope(data, self.net.network_id, expected=Claim)
+        except MalformedMessage as exc:
+            return self._refuse("malformed", str(exc))
+        claim = opened.expect(Claim)
+        if peer_id_from_public_key(opened.signer) != peer_id:
+            return self._refuse("wrong_signer", "the claim is not signed by the stream's peer")
+        now = time.time()
+        if abs(claim.claimed_at - now) > CLAIM_CLOCK_SKEW_S:
+            return self._refuse("stale_claim", "claimed_at is too far from the publisher's clock")
+        decision = self.book.claim(claim.task_id, opened.signer, now)
+        if isinstance(decision, Denied):
+            return self._refuse(decision.code, decision.reason)
+        if not self._validators:
+            return self._refuse("no_validator", "the network lists no validator")
+        task = self.tasks[claim.task_id]
+        validator = self._validators[self._next_validator % len(self._validators)]
+        self._next_validator += 1
+        lease = Lease(
+            version=1,
+            lease_id=os.urandom(16),
+            task_id=task.task_id,
+            task_type=task.task_type,
+            sample_index=decision.sample_index,
+            worker=opened.signer,
+            validator=validator,
+            seed=random.getrandbits(63),
+            prompt_ids=self.prompt_ids(task),
+            max_new_tokens=self.net.max_new_tokens,
+            temperature=float(self.net.temperature),
+            top_p=float(self.net.top_p),
+            issued_at=now,
+            expires_at=decision.expires_at,
+        )
+        self.book.record_lease(decision, lease.lease_id, opened.signer)
+        self.stats.leases_issued += 1
+        log.info(
+            "lease %s on %s#%d to %s",
+            lease.lease_id.hex()[:8],
+            task.task_id,
+            decision.sample_index,
+            peer_id,
+        )
+        return seal(lease, self.identity, self.net.network_id)
+
+    def _refuse(self, code: str, reason: str) -> bytes:
+        self.stats.claims_refused += 1
+        self.stats.refusals[code] = self.stats.refusals.get(code, 0) + 1
+        return seal(
+            Refusal(version=1, code=code, reason=reason), self.identity, self.net.network_id
+        )
+
+    def settle(self, lease_id: bytes, accepted: bool) -> None:
+        """Apply a validator's verdict: close the sample, or re-open it for another worker."""
+        key = self.book.settle(lease_id, accepted)
+        if key is None:
+            return
+        if accepted:
+            self.stats.samples_done += 1
+        else:
+            self.stats.samples_reopened += 1
+            log.info("sample %s#%d rejected; re-opened", *key)
+
+    def snapshot(self) -> dict[str, object]:
+        """Counters for the API."""
+        return {
+            "tasks": len(self.tasks),
+            "samples": self.book.counts(),
+            "all_done": self.book.all_done(),
+            "announced": self.stats.announced,
+            "leases_issued": self.stats.leases_issued,
+            "claims_refused": self.stats.claims_refused,
+            "refusals": dict(self.stats.refusals),
+            "samples_reopened": self.stats.samples_reopened,
+        }

@@ -1,0 +1,257 @@
+"""The validator role: check a submission end to end, credit FLOPs on the ledger, answer a verdict.
+
+Order of checks (cheap and certain first): envelope signature and the stream's peer; the
+publisher's signature on the lease; the lease names this validator and this worker and has not
+expired; the lease was not already used; token and proof counts within limits; then one prefill
+in the model process for the TOPLOC check and the sampling replay; then the answer verifier.
+FLOPs come from the model's parameter count and the token counts, never from the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from ledger.flops import FLOP_FORMULA, skeleton_flops
+from ledger.store import LedgerStore
+from node.config import NodeConfig
+from node.inference.prompt import response_for_verifier
+from node.model_service import ModelService, ModelServiceError
+from node.tasks import Task
+from protocol.envelope import Opened, open_envelope, seal
+from protocol.errors import MalformedMessage, VerifierError
+from protocol.host import P2PHost
+from protocol.identity import Identity, peer_id_from_public_key
+from protocol.ids import ledger_topic
+from protocol.messages import CreditBody, Lease, Submission, Verdict
+from verifiers.pool import VerifierPool, verify_math
+from verifiers.result import Result
+
+log = logging.getLogger(__name__)
+LEASE_GRACE_S = 30.0
+PROOF_BYTES = 258
+CHUNK = 32
+
+
+@dataclass
+class ValidatorStats:
+    received: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    malformed: int = 0
+    flops_credited: int = 0
+    prefill_seconds: float = 0.0
+    verify_seconds: float = 0.0
+    proof_checks: int = 0
+    tokens_checked: int = 0
+    proof_bytes: int = 0
+
+
+class _Reject(Exception):
+    """A submission fails a check before the model is involved."""
+
+
+class Validator:
+    """Validates submissions addressed to this node and appends credits to its ledger."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        identity: Identity,
+        host: P2PHost,
+        model: ModelService,
+        verifier_pool: VerifierPool,
+        store: LedgerStore,
+        tasks: dict[str, Task],
+        n_params: int,
+        on_verdict: Callable[[bytes, bool], None],
+    ) -> None:
+        self.config = config
+        self.net = config.network
+        self.identity = identity
+        self.host = host
+        self.model = model
+        self.pool = verifier_pool
+        self.store = store
+        self.tasks = tasks
+        self.n_params = n_params
+        self.on_verdict = on_verdict
+        self.stats = ValidatorStats()
+        self._used_leases: set[bytes] = store.credited_leases(identity.public_key)
+        self._in_flight: set[bytes] = set()
+
+    async def handle_submission(self, peer_id: str, data: bytes) -> bytes:
+        """Answer a submission stream with a sealed Verdict (or raise on malformed bytes)."""
+        self.stats.received += 1
+        try:
+            opened = open_envelope(data, self.net.network_id, expected=Submission)
+            if peer_id_from_public_key(opened.signer) != peer_id:
+                raise MalformedMessage("the submission is not signed by the stream's peer")
+            lease_opened = open_envelope(
+                opened.expect(Submission).lease, self.net.network_id, expected=Lease
+            )
+        except MalformedMessage:
+            self.stats.malformed += 1
+            raise  # the host resets the stream and logs the reason
+        submission = opened.expect(Submission)
+        lease = lease_opened.expect(Lease)
+        if lease.lease_id in self._in_flight:
+            raise MalformedMessage("this lease is already being validated")
+        self._in_flight.add(lease.lease_id)
+        try:
+            return await self._validate(opened, submission, lease_opened, lease)
+        finally:
+            self._in_flight.discard(lease.lease_id)
+
+    def _static_checks(self, opened: Opened, sub: Submission, lease_opened: Opened) -> None:
+        lease = lease_opened.expect(Lease)
+        if lease_opened.signer not in self.net.publisher_keys:
+            raise _Reject("the lease is not signed by a publisher of this network")
+        if lease.validator != self.identity.public_key:
+            raise _Reject("the lease names another validator")
+        if lease.worker != opened.signer:
+            raise _Reject("the lease was granted to another worker")
+        if time.time() > lease.expires_at + LEASE_GRACE_S:
+            raise _Reject("the lease expired before the submission arrived")
+        if lease.lease_id in self._used_leases:
+            raise _Reject("duplicate: this lease was already validated")
+        if lease.task_id not in self.tasks:
+            raise _Reject(f"unknown task {lease.task_id!r}")
+        generated = len(sub.token_ids)
+        if generated == 0:
+            raise _Reject("no generated tokens")
+        if generated > lease.max_new_tokens:
+            raise _Reject(f"{generated} tokens exceed the lease's max of {lease.max_new_tokens}")
+        expected_proofs = math.ceil(generated / CHUNK)
+        if len(sub.proofs) != expected_proofs:
+            raise _Reject(
+                f"{len(sub.proofs)} proofs for {generated} tokens; expected {expected_proofs}"
+            )
+        for index, proof in enumerate(sub.proofs):
+            if len(proof) != PROOF_BYTES:
+                raise _Reject(f"proof {index} has {len(proof)} bytes; expected {PROOF_BYTES}")
+
+    async def _validate(
+        self, opened: Opened, sub: Submission, lease_opened: Opened, lease: Lease
+    ) -> bytes:
+        reasons: list[str] = []
+        answer = Result(score=0.0, passed=False, reasons=())
+        accepted = False
+        try:
+            self._static_checks(opened, sub, lease_opened)
+            proof = await self._check_proof(sub, lease)
+            reasons.extend(proof["reasons"])
+            accepted = bool(proof["passed"])
+            if accepted:
+                # The validator decodes the tokens itself; the worker's text is never trusted.
+                response = response_for_verifier(proof["text"])
+                answer = await self._check_answer(response, self.tasks[lease.task_id])
+                reasons.extend(f"answer: {r}" for r in answer.reasons)
+        except _Reject as exc:
+            reasons.append(str(exc))
+        except ModelServiceError as exc:
+            # A proof the model cannot even evaluate (wrong count, bad modulus) is a failed proof.
+            reasons.append(f"proof check failed: {exc}")
+        prompt_tokens, generated = len(lease.prompt_ids), len(sub.token_ids)
+        flops = skeleton_flops(self.n_params, prompt_tokens, generated) if accepted else 0
+        body = CreditBody(
+            contributor=opened.signer,
+            lease_id=lease.lease_id,
+            submission_id=opened.message_id,
+            task_id=lease.task_id,
+            sample_index=lease.sample_index,
+            prompt_tokens=prompt_tokens,
+            generated_tokens=generated,
+            flops=flops,
+            flop_formula=FLOP_FORMULA,
+            accepted=accepted,
+            answer_score=float(answer.score),
+            reasons=tuple(r[:1024] for r in reasons[:64]),
+        )
+        seq, _hash, entry = self.store.append_local(
+            self.identity, self.net.network_id, "credit", body
+        )
+        self._used_leases.add(lease.lease_id)
+        if accepted:
+            self.stats.accepted += 1
+            self.stats.flops_credited += flops
+        else:
+            self.stats.rejected += 1
+        log.info(
+            "%s %s from %s: %s",
+            "ACCEPT" if accepted else "REJECT",
+            lease.task_id,
+            peer_id_from_public_key(opened.signer),
+            "; ".join(reasons),
+        )
+        self.on_verdict(lease.lease_id, accepted)
+        try:
+            await self.host.publish(ledger_topic(self.net.network_id), entry)
+        except Exception as exc:  # gossip is best effort; the entry is already durable
+            log.warning("publishing ledger entry %d failed: %s", seq, exc)
+        verdict = Verdict(
+            version=1,
+            submission_id=opened.message_id,
+            lease_id=lease.lease_id,
+            accepted=accepted,
+            reasons=body.reasons,
+            answer_score=float(answer.score),
+            flops=flops,
+            ledger_seq=seq,
+        )
+        return seal(verdict, self.identity, self.net.network_id)
+
+    async def _check_proof(self, sub: Submission, lease: Lease) -> dict[str, Any]:
+        net = self.net
+        started = time.perf_counter()
+        result: dict[str, Any] = await self.model.call(
+            "check",
+            prompt_ids=list(lease.prompt_ids),
+            token_ids=list(sub.token_ids),
+            proofs=list(sub.proofs),
+            seed=lease.seed,
+            temperature=lease.temperature,
+            top_p=lease.top_p,
+            thresholds={
+                "max_exp_mismatches": net.max_exp_mismatches,
+                "max_mant_err_mean": net.max_mant_err_mean,
+                "max_mant_err_median": net.max_mant_err_median,
+            },
+            max_replay_fraction=net.max_replay_mismatch_fraction,
+        )
+        self.stats.prefill_seconds += time.perf_counter() - started
+        self.stats.proof_checks += 1
+        self.stats.tokens_checked += len(sub.token_ids)
+        self.stats.proof_bytes += sum(len(p) for p in sub.proofs)
+        return result
+
+    async def _check_answer(self, text: str, task: Task) -> Result:
+        started = time.perf_counter()
+        try:
+            return await trio.to_thread.run_sync(verify_math, self.pool, text, task.answer)
+        except VerifierError as exc:
+            return Result(score=0.0, passed=False, reasons=(), error=str(exc))
+        finally:
+            self.stats.verify_seconds += time.perf_counter() - started
+
+    def snapshot(self) -> dict[str, object]:
+        """Counters for the API."""
+        s = self.stats
+        return {
+            "received": s.received,
+            "accepted": s.accepted,
+            "rejected": s.rejected,
+            "malformed": s.malformed,
+            "flops_credited": s.flops_credited,
+            "prefill_seconds": round(s.prefill_seconds, 3),
+            "verify_seconds": round(s.verify_seconds, 3),
+            "proof_checks": s.proof_checks,
+            "tokens_checked": s.tokens_checked,
+            "proof_bytes": s.proof_bytes,
+        }

@@ -1,0 +1,159 @@
+"""The wire messages, defined once as frozen typed records.
+
+Each record with a ``TYPE`` travels inside a signed :mod:`protocol.envelope`; the envelope's
+signer is the message's author (publisher for announcements and leases, worker for claims and
+submissions, validator for verdicts and ledger entries). Field bounds are the decode caps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from protocol.codec import Record, bounded
+
+PROTOCOL_VERSION = 1
+KEY = {"len": 32}
+HASH = {"len": 32}
+MAX_TOKENS = 32768
+MAX_PROMPT_TOKENS = 16384
+MAX_TEXT = 256 * 1024
+
+
+@dataclass(frozen=True)
+class TaskAnnouncement(Record):
+    """A publisher offers ``samples`` samples of one task (gossip)."""
+
+    TYPE: ClassVar[str] = "task_announcement"
+    version: int = bounded(min=1, max=1)
+    seq: int = bounded(min=0)  # per-publisher sequence number, so gaps are visible
+    task_id: str = bounded(max_len=128)
+    task_type: str = bounded(max_len=32)
+    samples: int = bounded(min=1, max=64)
+    max_new_tokens: int = bounded(min=1, max=MAX_TOKENS)
+    announced_at: float = bounded(min=0.0)
+
+
+@dataclass(frozen=True)
+class Claim(Record):
+    """A worker asks a publisher for a lease on one task (stream request)."""
+
+    TYPE: ClassVar[str] = "claim"
+    version: int = bounded(min=1, max=1)
+    task_id: str = bounded(max_len=128)
+    nonce: bytes = bounded(len=16)
+    claimed_at: float = bounded(min=0.0)
+
+
+@dataclass(frozen=True)
+class Lease(Record):
+    """The publisher's signed grant of one sample of a task to one worker.
+
+    The lease carries the prompt's token ids, so the validator trusts the publisher's tokenisation
+    rather than the worker's, and the sampling seed, so the validator can replay sampling.
+    """
+
+    TYPE: ClassVar[str] = "lease"
+    version: int = bounded(min=1, max=1)
+    lease_id: bytes = bounded(len=16)
+    task_id: str = bounded(max_len=128)
+    task_type: str = bounded(max_len=32)
+    sample_index: int = bounded(min=0, max=63)
+    worker: bytes = bounded(**KEY)
+    validator: bytes = bounded(**KEY)
+    seed: int = bounded(min=0)
+    prompt_ids: tuple[int, ...] = bounded(
+        max_items=MAX_PROMPT_TOKENS, item={"min": 0, "max": 2**31 - 1}
+    )
+    max_new_tokens: int = bounded(min=1, max=MAX_TOKENS)
+    temperature: float = bounded(min=0.0, max=10.0)
+    top_p: float = bounded(min=0.0, max=1.0)
+    issued_at: float = bounded(min=0.0)
+    expires_at: float = bounded(min=0.0)
+
+
+@dataclass(frozen=True)
+class Refusal(Record):
+    """A negative answer to a request, with a machine-readable code and a human reason."""
+
+    TYPE: ClassVar[str] = "refusal"
+    version: int = bounded(min=1, max=1)
+    code: str = bounded(max_len=64)
+    reason: str = bounded(max_len=1024)
+
+
+@dataclass(frozen=True)
+class Submission(Record):
+    """A worker's result for a lease, sent to the lease's validator (stream request)."""
+
+    TYPE: ClassVar[str] = "submission"
+    version: int = bounded(min=1, max=1)
+    lease: bytes = bounded(max_len=256 * 1024)  # the publisher's signed lease envelope, verbatim
+    token_ids: tuple[int, ...] = bounded(max_items=MAX_TOKENS, item={"min": 0, "max": 2**31 - 1})
+    text: str = bounded(max_len=MAX_TEXT)
+    finish_reason: str = bounded(max_len=16)
+    proofs: tuple[bytes, ...] = bounded(max_items=MAX_TOKENS // 32 + 1, item={"max_len": 1024})
+    generation_seconds: float = bounded(min=0.0)
+
+
+@dataclass(frozen=True)
+class Verdict(Record):
+    """The validator's answer to a submission."""
+
+    TYPE: ClassVar[str] = "verdict"
+    version: int = bounded(min=1, max=1)
+    submission_id: bytes = bounded(**HASH)
+    lease_id: bytes = bounded(len=16)
+    accepted: bool = bounded()
+    reasons: tuple[str, ...] = bounded(max_items=64, item={"max_len": 1024})
+    answer_score: float = bounded(min=0.0, max=1.0)
+    flops: int = bounded(min=0)
+    ledger_seq: int = bounded(min=-1)  # -1 when nothing was appended
+
+
+@dataclass(frozen=True)
+class CreditBody(Record):
+    """The body of a ``credit`` ledger entry: what was checked and what it earned."""
+
+    contributor: bytes = bounded(**KEY)
+    lease_id: bytes = bounded(len=16)
+    submission_id: bytes = bounded(**HASH)
+    task_id: str = bounded(max_len=128)
+    sample_index: int = bounded(min=0, max=63)
+    prompt_tokens: int = bounded(min=0)
+    generated_tokens: int = bounded(min=0)
+    flops: int = bounded(min=0)
+    flop_formula: str = bounded(max_len=64)
+    accepted: bool = bounded()
+    answer_score: float = bounded(min=0.0, max=1.0)
+    reasons: tuple[str, ...] = bounded(max_items=64, item={"max_len": 1024})
+
+
+@dataclass(frozen=True)
+class LedgerEntry(Record):
+    """One link of a validator's hash chain; the envelope's signer is the validator."""
+
+    TYPE: ClassVar[str] = "ledger_entry"
+    version: int = bounded(min=1, max=1)
+    seq: int = bounded(min=0)
+    prev_hash: bytes = bounded(**HASH)
+    timestamp: float = bounded(min=0.0)
+    kind: str = bounded(max_len=32)
+    body: bytes = bounded(max_len=64 * 1024)  # canonical bytes of the kind's body record
+
+
+MESSAGE_TYPES: dict[str, type[Record]] = {
+    cls.TYPE: cls
+    for cls in (TaskAnnouncement, Claim, Lease, Refusal, Submission, Verdict, LedgerEntry)
+}
+
+# Per-type caps on the whole envelope, checked before any parsing.
+MAX_ENVELOPE_BYTES: dict[str, int] = {
+    TaskAnnouncement.TYPE: 4 * 1024,
+    Claim.TYPE: 1024,
+    Lease.TYPE: 200 * 1024,
+    Refusal.TYPE: 4 * 1024,
+    Submission.TYPE: 4 * 1024 * 1024,
+    Verdict.TYPE: 80 * 1024,
+    LedgerEntry.TYPE: 80 * 1024,
+}

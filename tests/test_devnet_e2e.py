@@ -1,0 +1,139 @@
+"""The judged command, as real processes on 127.0.0.1: publisher+validator and workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ledger.store import LedgerStore
+from node.devnet import Devnet, DevnetOptions, api_get, read_node_info
+from protocol.identity import load_or_create_identity
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+
+def flopnet(*args: str, timeout: float = 540) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "node.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def devnet(tmp_path: Path, *extra: str) -> tuple[int, dict[str, Any]]:
+    result = flopnet(
+        "devnet",
+        "--headless",
+        "--workers",
+        "2",
+        "--tasks",
+        "6",
+        "--max-new-tokens",
+        "48",
+        "--json",
+        "--data-dir",
+        str(tmp_path),
+        "--timeout",
+        "400",
+        *extra,
+    )
+    assert result.stdout.strip(), f"no JSON on stdout; stderr:\n{result.stderr}"
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_devnet_validates_every_task(tmp_path: Path) -> None:
+    code, summary = devnet(tmp_path)
+    assert code == 0, summary
+    assert summary["tasks_validated"] == 6
+    assert summary["tasks_rejected"] == 0
+    rows = summary["contributors"]
+    assert len(rows) == 2 and not any(r["cheater"] for r in rows)
+    assert sum(r["tasks"] for r in rows) == 6
+    assert summary["flops_credited"] == sum(r["flops"] for r in rows) > 0
+    for row in rows:
+        assert row["peer_id"].startswith("12D3KooW")
+        # FLOPs are the validator's 2·N·(P+G), never a worker's claim: positive for any work.
+        assert (row["flops"] > 0) == (row["tasks"] > 0)
+
+    # Every node ran as its own process and kept its state; the ledger verifies.
+    validator_key = load_or_create_identity(tmp_path / "validator").public_key
+    with LedgerStore(tmp_path / "validator" / "ledger.sqlite") as store:
+        assert store.head(validator_key) == (5, store.head(validator_key)[1])  # type: ignore[index]
+        network_id = summary["network_id"]
+        assert store.verify_all(network_id) == []
+
+    board = flopnet("leaderboard", "--data-dir", str(tmp_path), "--json", timeout=60)
+    assert board.returncode == 0, board.stderr
+    ranked = json.loads(board.stdout)
+    assert {r["peer_id"] for r in ranked} == {r["peer_id"] for r in rows}
+    assert ranked[0]["flops"] >= ranked[-1]["flops"]
+
+
+def test_devnet_rejects_cheaters_and_releases_their_tasks(tmp_path: Path) -> None:
+    code, summary = devnet(tmp_path, "--cheaters", "1")
+    assert code == 0, summary
+    assert summary["tasks_validated"] == 6
+    cheaters = [r for r in summary["contributors"] if r["cheater"]]
+    honest = [r for r in summary["contributors"] if not r["cheater"]]
+    assert len(cheaters) == 1 and len(honest) == 2
+    cheater = cheaters[0]
+    assert cheater["rejected"] >= 1, "the cheater must have been leased at least one task"
+    assert cheater["tasks"] == 0 and cheater["flops"] == 0
+    assert summary["tasks_rejected"] == cheater["rejected"]
+    assert sum(r["tasks"] for r in honest) == 6
+
+    # The rejection is on the ledger with the proof check's reasons.
+    with LedgerStore(tmp_path / "validator" / "ledger.sqlite") as store:
+        reasons = store.connection.execute(
+            "SELECT COUNT(*) FROM credits WHERE accepted = 0"
+        ).fetchone()[0]
+    assert reasons == cheater["rejected"]
+    log = (tmp_path / "validator" / "node.log").read_text()
+    assert "REJECT" in log and "exp_mismatches" in log
+
+
+def test_devnet_bad_arguments_fail_clearly(tmp_path: Path) -> None:
+    result = flopnet("devnet", "--headless", "--workers", "0", "--data-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "at least one honest worker" in result.stderr
+
+
+def test_devnet_survives_a_worker_killed_mid_lease(tmp_path: Path) -> None:
+    options = DevnetOptions(
+        workers=3, tasks=6, max_new_tokens=160, data_dir=tmp_path, lease_seconds=5, timeout=300
+    )
+    net = Devnet(options)
+    try:
+        net.start()
+        victim = net.procs[1]
+        info = read_node_info(victim.data_dir)
+        assert info is not None
+        held = False
+        deadline = time.time() + 120
+        while time.time() < deadline and not held:
+            w = api_get(info, "/status")["worker"]
+            held = w["leases"] > w["accepted"] + w["rejected"] + w["errors"]
+            if not held:
+                time.sleep(0.02)
+        assert held, "the victim never held a lease"
+        os.killpg(victim.process.pid, signal.SIGKILL)  # the daemon and its model child
+        finished = net.wait_done(240, allow_dead=frozenset({victim.name}))
+        net.capture_status()
+    finally:
+        net.stop()
+    summary = net.summary(finished)
+    assert finished, summary
+    assert summary["tasks_validated"] == 6
+    publisher = net.final_status["validator"]["publisher"]
+    assert publisher["samples_reopened"] >= 1, publisher  # the dead worker's lease was re-issued
+    assert publisher["leases_issued"] >= 7

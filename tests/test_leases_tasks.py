@@ -1,0 +1,106 @@
+"""The publisher's lease book (pure) and the task loaders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from node.leases import Denied, Grant, LeaseBook
+from node.tasks import builtin_tasks, load_tasks_file
+from protocol.errors import ConfigError
+
+W1, W2 = b"\x01" * 32, b"\x02" * 32
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def grant(book: LeaseBook, task: str, worker: bytes, now: float, lease_id: bytes) -> Grant:
+    decision = book.claim(task, worker, now)
+    assert isinstance(decision, Grant), decision
+    book.record_lease(decision, lease_id, worker)
+    return decision
+
+
+def test_claim_lease_accept() -> None:
+    book = LeaseBook(lease_seconds=10)
+    book.add_task("t", samples=2)
+    g1 = grant(book, "t", W1, 0.0, b"a")
+    g2 = grant(book, "t", W2, 0.0, b"b")
+    assert (g1.sample_index, g2.sample_index) == (0, 1)
+    assert book.claim("t", b"\x03" * 32, 0.0) == Denied(
+        "task_taken", "every open sample of 't' is leased"
+    )
+    assert book.settle(b"a", accepted=True) == ("t", 0)
+    assert book.settle(b"b", accepted=True) == ("t", 1)
+    assert book.all_done()
+    decision = book.claim("t", W1, 1.0)
+    assert isinstance(decision, Denied) and decision.code == "task_done"
+
+
+def test_expired_lease_is_reissued_and_late_verdict_ignored() -> None:
+    book = LeaseBook(lease_seconds=10)
+    book.add_task("t", samples=1)
+    grant(book, "t", W1, 0.0, b"old")
+    assert isinstance(book.claim("t", W2, 5.0), Denied)
+    grant(book, "t", W2, 10.0, b"new")  # W1's lease expired at 10.0
+    assert book.settle(b"old", accepted=True) is None  # the re-issued lease decides
+    assert book.counts() == {"open": 0, "leased": 1, "done": 0}
+    assert book.settle(b"new", accepted=True) == ("t", 0)
+
+
+def test_rejection_reopens_and_bars_the_failed_worker() -> None:
+    book = LeaseBook(lease_seconds=10)
+    book.add_task("t", samples=1)
+    grant(book, "t", W1, 0.0, b"x")
+    assert book.settle(b"x", accepted=False) == ("t", 0)
+    assert book.open_tasks() == ["t"]
+    barred = book.claim("t", W1, 1.0)
+    assert isinstance(barred, Denied) and barred.code == "failed_before"
+    grant(book, "t", W2, 1.0, b"y")
+
+
+def test_one_active_lease_per_worker_and_unknown_task() -> None:
+    book = LeaseBook(lease_seconds=10)
+    book.add_task("a", 1)
+    book.add_task("b", 1)
+    grant(book, "a", W1, 0.0, b"1")
+    decision = book.claim("b", W1, 0.0)
+    assert isinstance(decision, Denied) and decision.code == "too_many_leases"
+    unknown = book.claim("zzz", W1, 0.0)
+    assert isinstance(unknown, Denied) and unknown.code == "unknown_task"
+
+
+def test_builtin_tasks_are_deterministic_and_exact() -> None:
+    tasks = builtin_tasks(8, seed=3)
+    assert tasks == builtin_tasks(8, seed=3)
+    assert tasks != builtin_tasks(8, seed=4)
+    assert len({t.task_id for t in tasks}) == 8
+    assert all(t.answer.lstrip("-").isdigit() for t in tasks)
+    with pytest.raises(ConfigError):
+        builtin_tasks(0)
+
+
+@pytest.mark.skipif(not DATA.exists(), reason="../shared/data not present")
+def test_load_deepscaler_and_jsonl() -> None:
+    aime = load_tasks_file(DATA / "deepscaler_test_aime24.json")
+    assert len(aime) == 30 and all(t.answer for t in aime)
+    minerva = load_tasks_file(DATA / "deepscaler_test_minerva.json", limit=5)
+    assert all(not t.answer.endswith("\n") for t in minerva)  # list answers normalised
+    amc = load_tasks_file(DATA / "deepscaler_test_amc.json", limit=3)
+    assert all(not t.answer.endswith(".0") for t in amc)  # 27.0 -> 27
+    math500 = load_tasks_file(DATA / "math500_test.jsonl", limit=10)
+    assert len(math500) == 10
+
+
+def test_bad_task_files(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="not JSON"):
+        load_tasks_file(bad)
+    missing = tmp_path / "missing.json"
+    missing.write_text(json.dumps([{"question": "x"}]))
+    with pytest.raises(ConfigError, match="lacks"):
+        load_tasks_file(missing)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_tasks_file(tmp_path / "nope.json")

@@ -1,0 +1,106 @@
+"""Real py-libp2p hosts on 127.0.0.1: bad input gets a clear error and the node keeps serving."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from node.config import NetworkParams, NodeConfig
+from node.inference.tokenizer import ByteTokenizer
+from node.publisher import Publisher
+from node.tasks import builtin_tasks
+from protocol.envelope import open_envelope, seal
+from protocol.errors import MalformedMessage, PeerError, ProtocolTimeout
+from protocol.host import P2PHost, StreamLimits, encode_frame
+from protocol.identity import Identity
+from protocol.ids import CLAIM_LIMITS, CLAIM_PROTOCOL
+from protocol.messages import Claim, Lease, Refusal
+
+PUBLISHER = Identity(b"\x11" * 32)
+WORKER = Identity(b"\x22" * 32)
+MALLORY = Identity(b"\x33" * 32)
+
+
+def make_publisher(host: P2PHost, tmp_path: Path) -> Publisher:
+    net = NetworkParams(
+        network_id="faults",
+        publishers=(PUBLISHER.public_key.hex(),),
+        validators=(PUBLISHER.public_key.hex(),),
+    )
+    config = NodeConfig(roles=("publisher",), data_dir=tmp_path, network=net, tasks=3)
+    return Publisher(config, PUBLISHER, host, ByteTokenizer(), builtin_tasks(3))
+
+
+def claim_bytes(identity: Identity, task_id: str, claimed_at: float | None = None) -> bytes:
+    claim = Claim(
+        version=1,
+        task_id=task_id,
+        nonce=b"\0" * 16,
+        claimed_at=time.time() if claimed_at is None else claimed_at,
+    )
+    return seal(claim, identity, "faults")
+
+
+@pytest.mark.timeout(120)
+def test_publisher_survives_hostile_claims(tmp_path: Path) -> None:
+    async def main() -> None:
+        server = P2PHost(PUBLISHER)
+        publisher = make_publisher(server, tmp_path)
+        server.handle(CLAIM_PROTOCOL, publisher.handle_claim, CLAIM_LIMITS)
+        client = P2PHost(WORKER)
+        async with server.running() as srv, client.running() as cli:
+            await cli.connect(srv.addrs()[0])
+            task_id = next(iter(publisher.tasks))
+
+            # Garbage bytes: the publisher answers with a refusal that says why.
+            reply = await cli.request(srv.peer_id, CLAIM_PROTOCOL, b"\xc1garbage", CLAIM_LIMITS)
+            refusal = open_envelope(reply, "faults").expect(Refusal)
+            assert refusal.code == "malformed" and "msgpack" in refusal.reason
+
+            # A claim signed by someone other than the stream's peer.
+            forged = claim_bytes(MALLORY, task_id)
+            reply = await cli.request(srv.peer_id, CLAIM_PROTOCOL, forged, CLAIM_LIMITS)
+            assert open_envelope(reply, "faults").expect(Refusal).code == "wrong_signer"
+
+            # A replayed, stale claim.
+            stale = claim_bytes(WORKER, task_id, claimed_at=1.0)
+            reply = await cli.request(srv.peer_id, CLAIM_PROTOCOL, stale, CLAIM_LIMITS)
+            assert open_envelope(reply, "faults").expect(Refusal).code == "stale_claim"
+
+            # An oversized frame: the server resets the stream rather than buffering it.
+            big = StreamLimits(max_request=1 << 20, max_response=1 << 16, timeout=10)
+            with pytest.raises(PeerError):
+                await cli.request(srv.peer_id, CLAIM_PROTOCOL, b"x" * 100_000, big)
+
+            # A peer that sends half a frame and goes silent hits the server's deadline, and
+            # a client deadline turns a silent server into ProtocolTimeout.
+            async def silent(peer: str, data: bytes) -> bytes:
+                await trio.sleep(60)
+                return b""
+
+            server.handle("/flopnet/test-silent/1", silent, StreamLimits(100, 100, timeout=30))
+            with pytest.raises(ProtocolTimeout):
+                await cli.request(
+                    srv.peer_id, "/flopnet/test-silent/1", b"hi", StreamLimits(100, 100, 0.5)
+                )
+
+            # After all that, an honest claim still gets a lease.
+            reply = await cli.request(
+                srv.peer_id, CLAIM_PROTOCOL, claim_bytes(WORKER, task_id), CLAIM_LIMITS
+            )
+            lease = open_envelope(reply, "faults").expect(Lease)
+            assert lease.worker == WORKER.public_key and lease.task_id == task_id
+            assert lease.prompt_ids[0] == ByteTokenizer().bos_id
+            assert publisher.stats.leases_issued == 1
+
+    trio.run(main)
+
+
+def test_frame_encoding_and_caps() -> None:
+    assert encode_frame(b"") == b"\x00"
+    assert encode_frame(b"a" * 300)[:2] == b"\xac\x02"
+    with pytest.raises(MalformedMessage):
+        open_envelope(encode_frame(b"junk"), "faults")
