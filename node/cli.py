@@ -21,7 +21,10 @@ def _add_node(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data-dir", type=Path, required=True, help="identity, ledger, logs")
     p.add_argument("--network", type=Path, required=True, help="the network's network.json")
-    p.add_argument("--port", type=int, default=0, help="libp2p TCP port on 127.0.0.1 (0: any)")
+    p.add_argument("--port", type=int, default=0, help="libp2p TCP port (0: any)")
+    p.add_argument(
+        "--listen-ip", default="127.0.0.1", help="address to listen on (0.0.0.0 in containers)"
+    )
     p.add_argument("--api-port", type=int, default=0, help="local API port (0: any)")
     p.add_argument("--bootstrap", action="append", default=[], help="multiaddr of a peer to dial")
     p.add_argument("--tasks", type=int, default=6, help="number of tasks to load")
@@ -96,6 +99,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         network=NetworkParams.load(args.network),
         listen_port=args.port,
+        listen_ip=args.listen_ip,
         bootstrap=tuple(args.bootstrap),
         api_port=args.api_port,
         tasks=args.tasks,

@@ -124,6 +124,7 @@ class NodeConfig:
     data_dir: Path
     network: NetworkParams
     listen_port: int = 0
+    listen_ip: str = "127.0.0.1"
     bootstrap: tuple[str, ...] = ()
     api_port: int = 0
     tasks: int = 6

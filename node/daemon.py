@@ -108,7 +108,7 @@ async def run_node(config: NodeConfig) -> None:
                 info.weights_sha256[:16],
             )
 
-        host = P2PHost(identity)
+        host = P2PHost(identity, listen_ip=config.listen_ip)
         tasks = load_task_set(config) if roles & {"publisher", "validator"} else []
         publisher = validator = worker = None
 

@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -63,6 +64,12 @@ class _Proc:
     public_key: str
 
 
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def find_ledgers(data_dir: Path) -> list[Path]:
     """Ledger files in a node's data dir or in a devnet's (one level down)."""
     direct = data_dir / "ledger.sqlite"
@@ -105,6 +112,7 @@ class Devnet:
         self.started_at = time.time()
         self.validator_info: dict[str, Any] | None = None
         self.final_status: dict[str, dict[str, Any]] = {}
+        self.ready_at: float | None = None
         self.network_id = f"devnet-{secrets.token_hex(4)}"
         self.network_file = self.root / "network.json"
 
@@ -150,9 +158,15 @@ class Devnet:
         raise FlopnetError(f"{proc.name} did not start within {NODE_START_TIMEOUT_S}s")
 
     def start(self) -> None:
-        """Write the network parameters and start every process."""
+        """Write the network parameters and start every process.
+
+        The validator's port is chosen here so that its multiaddr is known before it runs and
+        every process starts at once (workers retry their bootstrap dial until it answers).
+        """
         opts = self.options
-        validator_key = load_or_create_identity(self.root / VALIDATOR_DIR).public_key.hex()
+        validator_identity = load_or_create_identity(self.root / VALIDATOR_DIR)
+        validator_key = validator_identity.public_key.hex()
+        port = _free_port()
         NetworkParams(
             network_id=self.network_id,
             model=opts.model,
@@ -166,10 +180,8 @@ class Devnet:
         if opts.tasks_file is not None:
             node_args += ["--tasks-file", str(opts.tasks_file)]
         node_args += ["--wait-for-workers", str(opts.workers + opts.cheaters)]
-        validator = self._spawn(VALIDATOR_DIR, node_args)
-        deadline = time.time() + NODE_START_TIMEOUT_S
-        self.validator_info = self._wait_info(validator, deadline)
-        bootstrap = self.validator_info["addrs"][0]
+        validator = self._spawn(VALIDATOR_DIR, [*node_args, "--port", str(port)])
+        bootstrap = f"/ip4/127.0.0.1/tcp/{port}/p2p/{validator_identity.peer_id}"
         workers: list[tuple[str, bool, int | None]] = [
             (f"worker-{i + 1}", False, None) for i in range(opts.workers)
         ]
@@ -179,8 +191,11 @@ class Devnet:
             if seed is not None:
                 args += ["--cheat-model-seed", str(seed)]
             self._spawn(name, args, cheater)
+        deadline = time.time() + NODE_START_TIMEOUT_S
+        self.validator_info = self._wait_info(validator, deadline)
         for proc in self.procs[1:]:
             self._wait_info(proc, deadline)
+        self.ready_at = time.time()
 
     # -- watch ---------------------------------------------------------------------------------
 
@@ -269,6 +284,9 @@ class Devnet:
             "tasks_rejected": sum(c["rejected"] for c in contributors),
             "flops_credited": sum(c["flops"] for c in contributors),
             "wall_seconds": round(time.time() - self.started_at, 2),
+            "startup_seconds": (
+                round(self.ready_at - self.started_at, 2) if self.ready_at is not None else None
+            ),
             "dead_processes": self.dead() if not finished else [],
             "timing": self._timing(),
             "contributors": contributors,
