@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from protocol.errors import FlopnetError
@@ -19,7 +21,11 @@ def _add_node(sub: argparse._SubParsersAction) -> None:
         choices=("publisher", "validator", "worker"),
         help="a role of this node; repeat for several",
     )
-    p.add_argument("--data-dir", type=Path, required=True, help="identity, ledger, logs")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        help="identity, ledger, logs (default: $FLOPNET_HOME or ~/.flopnet)",
+    )
     p.add_argument("--network", type=Path, required=True, help="the network's network.json")
     p.add_argument("--port", type=int, default=0, help="libp2p TCP port (0: any)")
     p.add_argument(
@@ -63,18 +69,25 @@ def _add_devnet(sub: argparse._SubParsersAction) -> None:
 
 def _add_leaderboard(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("leaderboard", help="contributors ranked by credited FLOPs")
-    p.add_argument("--data-dir", type=Path, required=True, help="a node's or a devnet's data dir")
+    p.add_argument("--data-dir", type=Path, help="a node's or a devnet's data dir")
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
     p.add_argument("--limit", type=int, default=100)
 
 
 def _add_tui(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tui", help="attach the terminal UI to a running node or devnet")
-    p.add_argument("--data-dir", type=Path, required=True, help="a node's or a devnet's data dir")
+    p.add_argument("--data-dir", type=Path, help="a node's or a devnet's data dir")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
+# Modules that add their own subcommands: each has ``register(sub) -> dict[name, handler]`` and
+# must stay cheap to import (heavy imports inside the handlers), so ``--help`` stays instant.
+EXTENSION_MODULES: tuple[str, ...] = ()
+
+
+def build_parser() -> tuple[
+    argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]
+]:
+    """The argument parser of every subcommand, and the handler of each."""
     parser = argparse.ArgumentParser(
         prog="flopnet",
         description="Donate GPU time, earn verified FLOP credit: a peer-to-peer compute network.",
@@ -84,7 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_devnet(sub)
     _add_leaderboard(sub)
     _add_tui(sub)
-    return parser
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = dict(COMMANDS)
+    for module_name in EXTENSION_MODULES:
+        handlers.update(importlib.import_module(module_name).register(sub))
+    return parser, handlers
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
@@ -178,9 +194,14 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``flopnet`` command."""
-    args = build_parser().parse_args(argv)
+    parser, handlers = build_parser()
+    args = parser.parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        if getattr(args, "data_dir", "unset") is None and args.command != "devnet":
+            from node.config import env_settings
+
+            args.data_dir = env_settings().data_root
+        return handlers[args.command](args)
     except FlopnetError as exc:
         print(f"flopnet: error: {exc}", file=sys.stderr)
         return 2

@@ -6,13 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA
 
 from node.leases import Denied, Grant, LeaseBook
 from node.tasks import builtin_tasks, load_tasks_file
 from protocol.errors import ConfigError
 
 W1, W2 = b"\x01" * 32, b"\x02" * 32
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 
 
 def grant(book: LeaseBook, task: str, worker: bytes, now: float, lease_id: bytes) -> Grant:

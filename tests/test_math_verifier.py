@@ -14,9 +14,9 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA
 
 from protocol.errors import VerifierError
 from verifiers.math_verifier import check_math, final_answer_region, find_boxes, normalize_gold
@@ -29,7 +29,7 @@ from verifiers.pool import (
 )
 from verifiers.result import Result
 
-MATH500 = Path("/work/shared/data/math500_test.jsonl")
+MATH500 = SHARED_DATA / "math500_test.jsonl"
 
 # -- job functions for the pool tests (module level so children can import them) ---------------
 
