@@ -26,7 +26,9 @@ def _add_node(sub: argparse._SubParsersAction) -> None:
         type=Path,
         help="identity, ledger, logs (default: $FLOPNET_HOME or ~/.flopnet)",
     )
-    p.add_argument("--network", type=Path, required=True, help="the network's network.json")
+    p.add_argument(
+        "--manifest", type=Path, required=True, help="the network's founder-signed manifest"
+    )
     p.add_argument("--port", type=int, default=0, help="libp2p TCP port (0: any)")
     p.add_argument(
         "--listen-ip", default="127.0.0.1", help="address to listen on (0.0.0.0 in containers)"
@@ -81,7 +83,7 @@ def _add_tui(sub: argparse._SubParsersAction) -> None:
 
 # Modules that add their own subcommands: each has ``register(sub) -> dict[name, handler]`` and
 # must stay cheap to import (heavy imports inside the handlers), so ``--help`` stays instant.
-EXTENSION_MODULES: tuple[str, ...] = ()
+EXTENSION_MODULES: tuple[str, ...] = ("node.network_cli",)
 
 
 def build_parser() -> tuple[
@@ -113,7 +115,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
     config = NodeConfig(
         roles=tuple(dict.fromkeys(args.role)),
         data_dir=args.data_dir,
-        network=NetworkParams.load(args.network),
+        network=NetworkParams.load(args.manifest),
         listen_port=args.port,
         listen_ip=args.listen_ip,
         bootstrap=tuple(args.bootstrap),

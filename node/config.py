@@ -2,37 +2,44 @@
 
 Every environment variable flopnet reads is read in :func:`env_settings`, nowhere else.
 
-``network.json`` carries what all nodes of a network must agree on (model, sampling, proof
-thresholds, who publishes and who validates). In this version it is a plain JSON file that the
-devnet writes and hands to every node; the founder-signed manifest replaces it in the protocol
-issue.
+``network.manifest`` (see :mod:`protocol.manifest`) carries what all nodes of a network must agree
+on (model, sampling, proof thresholds, who publishes and who validates), signed by the founder
+key; every node verifies it at start and refuses it if the signature or network id is wrong.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from protocol.errors import ConfigError
+from protocol.identity import Identity
+from protocol.manifest import create_manifest, load_manifest
+from protocol.messages import NetworkManifest
 
 ROLES = ("publisher", "validator", "worker")
 
 
 @dataclass(frozen=True)
 class NetworkParams:
-    """What every node of one network agrees on."""
+    """What every node of one network agrees on: the verified manifest, in memory."""
 
     network_id: str
     model: str = "tiny"
+    model_revision: str = ""
     model_seed: int = 1234
     dtype: str = "bfloat16"
+    weights_sha256: str = ""
     max_new_tokens: int = 48
     temperature: float = 0.6
     top_p: float = 0.95
     samples_per_task: int = 1
     lease_seconds: float = 120.0
+    proof_chunk: int = 32
+    proof_topk: int = 128
     # TOPLOC thresholds (paper-era values; calibration is the proof issue's job)
     max_exp_mismatches: int = 38
     max_mant_err_mean: float = 10.0
@@ -41,6 +48,10 @@ class NetworkParams:
     max_replay_mismatch_fraction: float = 0.05
     publishers: tuple[str, ...] = ()  # hex Ed25519 public keys
     validators: tuple[str, ...] = ()
+    lock_window_seconds: float = 86400.0
+    audit_rate_floor: float = 1.0
+    bootstrap: tuple[str, ...] = ()
+    founder: str = ""  # hex; empty only for parameters not taken from a manifest (tests)
 
     def __post_init__(self) -> None:
         if not self.network_id or len(self.network_id) > 64:
@@ -65,30 +76,44 @@ class NetworkParams:
     def validator_keys(self) -> set[bytes]:
         return {bytes.fromhex(k) for k in self.validators}
 
-    def save(self, path: Path) -> None:
-        """Write as JSON."""
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+    @classmethod
+    def from_manifest(cls, manifest: NetworkManifest) -> NetworkParams:
+        """The parameters of a verified manifest."""
+        fields = {f: getattr(manifest, f) for f in cls.__dataclass_fields__ if hasattr(manifest, f)}
+        fields["publishers"] = tuple(k.hex() for k in manifest.publishers)
+        fields["validators"] = tuple(k.hex() for k in manifest.validators)
+        fields["founder"] = manifest.founder.hex()
+        return cls(**fields)
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`protocol.manifest.create_manifest` (all but id/founder)."""
+        out = asdict(self)
+        for key in ("network_id", "founder"):
+            out.pop(key)
+        out["publishers"] = tuple(bytes.fromhex(k) for k in self.publishers)
+        out["validators"] = tuple(bytes.fromhex(k) for k in self.validators)
+        out["created_at"] = time.time()
+        for key in ("temperature", "top_p", "lease_seconds", "max_mant_err_mean"):
+            out[key] = float(out[key])
+        for key in ("max_mant_err_median", "max_replay_mismatch_fraction"):
+            out[key] = float(out[key])
+        out["lock_window_seconds"] = float(out["lock_window_seconds"])
+        out["audit_rate_floor"] = float(out["audit_rate_floor"])
+        return out
 
     @classmethod
     def load(cls, path: Path) -> NetworkParams:
-        """Read and validate a ``network.json``."""
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"cannot read network parameters {path}: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a JSON object")
-        known = set(cls.__dataclass_fields__)
-        unknown = set(raw) - known
-        if unknown:
-            raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
-        for key in ("publishers", "validators"):
-            if key in raw:
-                raw[key] = tuple(raw[key])
-        try:
-            return cls(**raw)
-        except TypeError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+        """Read and verify a founder-signed ``network.manifest``."""
+        return cls.from_manifest(load_manifest(path))
+
+
+def create_network(
+    founder: Identity, name: str, params: NetworkParams, path: Path
+) -> NetworkParams:
+    """Sign ``params`` as a new network's manifest, write it to ``path``; return it verified."""
+    data = create_manifest(founder, name, **params.manifest_fields())
+    path.write_bytes(data)
+    return NetworkParams.load(path)
 
 
 @dataclass(frozen=True)
@@ -134,6 +159,7 @@ class NodeConfig:
     model_seed_override: int | None = None  # a forged computation, for devnet cheaters only
     torch_threads: int = 0
     verifier_workers: int = 1
+    heartbeat_interval: float = 2.0
 
     def __post_init__(self) -> None:
         if not self.roles:

@@ -21,24 +21,32 @@ import trio
 
 from node.api import build_app, load_or_create_token, serve_api
 from node.config import NodeConfig
+from node.inbox import Inbox
+from node.liveness import Liveness
 from node.tasks import Task, builtin_tasks, load_tasks_file
 from protocol.envelope import open_envelope
-from protocol.errors import FlopnetError, MalformedMessage
+from protocol.errors import MalformedMessage
 from protocol.host import P2PHost
 from protocol.identity import load_or_create_identity
 from protocol.ids import (
+    ANNOUNCEMENTS_LIMITS,
+    ANNOUNCEMENTS_PROTOCOL,
     CLAIM_LIMITS,
     CLAIM_PROTOCOL,
     SUBMIT_LIMITS,
     SUBMIT_PROTOCOL,
+    VERDICT_LIMITS,
+    VERDICT_PROTOCOL,
+    heartbeat_topic,
     ledger_topic,
     tasks_topic,
 )
-from protocol.messages import CreditBody, LedgerEntry
+from protocol.messages import CreditBody, LedgerEntry, LedgerHead
 
 log = logging.getLogger("flopnet.node")
 NODE_INFO_FILE = "node.json"
 LEDGER_FILE = "ledger.sqlite"
+INBOX_FILE = "inbox.sqlite"
 
 
 def load_task_set(config: NodeConfig) -> list[Task]:
@@ -58,20 +66,6 @@ def setup_logging(data_dir: Path, level: str) -> None:
     root.setLevel(level)
     # libp2p is chatty at INFO about every stream it negotiates.
     logging.getLogger("libp2p").setLevel(max(logging.WARNING, root.level))
-
-
-async def _connect_with_backoff(host: P2PHost, addr: str) -> None:
-    delay = 0.2
-    for _attempt in range(8):
-        try:
-            await host.connect(addr)
-            log.info("connected to bootstrap %s", addr)
-            return
-        except FlopnetError as exc:
-            log.warning("bootstrap %s: %s; retrying in %.1fs", addr, exc, delay)
-            await trio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-    log.error("giving up on bootstrap %s", addr)
 
 
 def _write_node_info(data_dir: Path, info: dict[str, Any]) -> None:
@@ -118,6 +112,7 @@ async def run_node(config: NodeConfig) -> None:
 
             publisher = Publisher(config, identity, host, tokenizer_for_model(net.model), tasks)
             host.handle(CLAIM_PROTOCOL, publisher.handle_claim, CLAIM_LIMITS)
+            host.handle(ANNOUNCEMENTS_PROTOCOL, publisher.handle_range, ANNOUNCEMENTS_LIMITS)
 
         if "validator" in roles:
             from ledger.store import LedgerStore
@@ -129,6 +124,8 @@ async def run_node(config: NodeConfig) -> None:
             stack.callback(pool.close)
             store = LedgerStore(config.data_dir / LEDGER_FILE)
             stack.callback(store.close)
+            inbox = Inbox(config.data_dir / INBOX_FILE)
+            stack.callback(inbox.close)
             await trio.to_thread.run_sync(pool.wait_ready)
 
             def on_verdict(lease_id: bytes, accepted: bool) -> None:
@@ -142,11 +139,13 @@ async def run_node(config: NodeConfig) -> None:
                 model,
                 pool,
                 store,
+                inbox,
                 {t.task_id: t for t in tasks},
                 n_params,
                 on_verdict,
             )
             host.handle(SUBMIT_PROTOCOL, validator.handle_submission, SUBMIT_LIMITS)
+            host.handle(VERDICT_PROTOCOL, validator.handle_verdict_request, VERDICT_LIMITS)
 
         if "worker" in roles:
             from node.worker import Worker
@@ -154,18 +153,19 @@ async def run_node(config: NodeConfig) -> None:
             assert model is not None
             worker = Worker(config, identity, host, model)
 
-        async def on_ledger_entry(sender: str, data: bytes) -> None:
-            # Remote publishers learn verdicts from the validators' gossiped ledger entries.
-            if publisher is None:
-                return
-            try:
-                opened = open_envelope(data, net.network_id, expected=LedgerEntry)
-            except MalformedMessage as exc:
-                log.warning("dropping ledger entry from %s: %s", sender, exc)
-                return
+        async def on_ledger_gossip(sender: str, data: bytes) -> None:
+            # Entries and heads from the manifest's validators only; anything else is charged to
+            # its sender. Remote publishers learn verdicts from the gossiped credit entries.
+            opened = open_envelope(data, net.network_id)
             if opened.signer not in net.validator_keys:
+                raise MalformedMessage("ledger gossip signed by a key that is not a validator")
+            if not isinstance(opened.message, LedgerEntry | LedgerHead):
+                raise MalformedMessage(
+                    f"unexpected {type(opened.message).__name__} on ledger topic"
+                )
+            if publisher is None or not isinstance(opened.message, LedgerEntry):
                 return
-            entry = opened.expect(LedgerEntry)
+            entry = opened.message
             if entry.kind == "credit":
                 from ledger.chain import decode_body
 
@@ -173,13 +173,35 @@ async def run_node(config: NodeConfig) -> None:
                 if isinstance(body, CreditBody):
                     publisher.settle(body.lease_id, body.accepted)
 
+        def capacity() -> tuple[float, int, int]:
+            busy = worker is not None and worker.busy
+            queued = validator.inbox.queue_length() if validator is not None else 0
+            free = int(worker is not None and not busy)
+            head = publisher.log.head if publisher is not None else 0
+            return (float(busy) + queued, free, head)
+
+        liveness = Liveness(
+            host,
+            identity,
+            net.network_id,
+            tuple(sorted(roles)),
+            interval=config.heartbeat_interval,
+            capacity=capacity,
+            gpus=tuple(model.info.gpu_names) if model is not None and model.info else (),
+            on_publisher_head=worker.on_publisher_head if worker is not None else None,
+        )
+        liveness.publishers = net.publisher_keys
+
         def status() -> dict[str, Any]:
+            now = time.time()
             return {
                 "peer_id": identity.peer_id,
                 "roles": sorted(roles),
                 "network_id": net.network_id,
-                "uptime_s": round(time.time() - started, 1),
+                "uptime_s": round(now - started, 1),
                 "peers": host.connected_peers(),
+                "peer_table": liveness.table.snapshot(now),
+                "penalties": host.guard.snapshot(now),
                 "model": None if model is None or model.info is None else vars(model.info),
                 "publisher": publisher.snapshot() if publisher else None,
                 "validator": validator.snapshot() if validator else None,
@@ -195,11 +217,14 @@ async def run_node(config: NodeConfig) -> None:
             return to_json(rank(validator.store, net.validator_keys or None))
 
         async with host.running(config.listen_port), trio.open_nursery() as nursery:
-            for addr in config.bootstrap:
-                await _connect_with_backoff(host, addr)
+            for addr in (*config.bootstrap, *net.bootstrap):
+                if not addr.endswith("/p2p/" + identity.peer_id):
+                    nursery.start_soon(liveness.keep_connected, addr)
             if worker is not None:
                 await host.subscribe(tasks_topic(net.network_id), worker.on_announcement)
-            await host.subscribe(ledger_topic(net.network_id), on_ledger_entry)
+            await host.subscribe(ledger_topic(net.network_id), on_ledger_gossip)
+            await host.subscribe(heartbeat_topic(net.network_id), liveness.on_heartbeat)
+            nursery.start_soon(liveness.heartbeat_loop)
             token = load_or_create_token(config.data_dir)
             app = build_app(token, {"/status": status, "/leaderboard": leaderboard})
             api_url = await nursery.start(serve_api, app, config.api_port)
@@ -219,6 +244,8 @@ async def run_node(config: NodeConfig) -> None:
                 nursery.start_soon(publisher.run)
             if worker is not None:
                 nursery.start_soon(worker.run)
+            if validator is not None:
+                nursery.start_soon(validator.run)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
                     log.info("signal %d: shutting down", signum)

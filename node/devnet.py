@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -22,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node.config import NetworkParams
+from node.config import NetworkParams, create_network
 from protocol.errors import ConfigError, FlopnetError
 from protocol.identity import load_or_create_identity
+from protocol.manifest import MANIFEST_FILE
 
 VALIDATOR_DIR = "validator"
 NODE_START_TIMEOUT_S = 300.0
@@ -113,8 +113,8 @@ class Devnet:
         self.validator_info: dict[str, Any] | None = None
         self.final_status: dict[str, dict[str, Any]] = {}
         self.ready_at: float | None = None
-        self.network_id = f"devnet-{secrets.token_hex(4)}"
-        self.network_file = self.root / "network.json"
+        self.network_id = ""  # derived from the founder key in start()
+        self.network_file = self.root / MANIFEST_FILE
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -130,7 +130,7 @@ class Devnet:
             "node",
             "--data-dir",
             str(data_dir),
-            "--network",
+            "--manifest",
             str(self.network_file),
             "--torch-threads",
             "1",
@@ -167,15 +167,18 @@ class Devnet:
         validator_identity = load_or_create_identity(self.root / VALIDATOR_DIR)
         validator_key = validator_identity.public_key.hex()
         port = _free_port()
-        NetworkParams(
-            network_id=self.network_id,
+        # A fresh founder key per devnet data dir: its manifest signs this network into being.
+        founder = load_or_create_identity(self.root / "founder")
+        params = NetworkParams(
+            network_id="assigned-by-manifest",  # the founder key decides the real id
             model=opts.model,
             dtype=opts.dtype,
             max_new_tokens=opts.max_new_tokens,
             lease_seconds=opts.lease_seconds,
             publishers=(validator_key,),
             validators=(validator_key,),
-        ).save(self.network_file)
+        )
+        self.network_id = create_network(founder, "devnet", params, self.network_file).network_id
         node_args = ["--role", "publisher", "--role", "validator", "--tasks", str(opts.tasks)]
         if opts.tasks_file is not None:
             node_args += ["--tasks-file", str(opts.tasks_file)]

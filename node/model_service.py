@@ -42,6 +42,7 @@ class ModelInfo:
     n_params_no_embeddings: int
     vocab_size: int
     load_seconds: float
+    gpu_names: tuple[str, ...] = ()
 
 
 def _child_main(conn: Connection, model: str, seed: int, dtype: str, threads: int) -> None:
@@ -71,6 +72,9 @@ def _child_main(conn: Connection, model: str, seed: int, dtype: str, threads: in
             n_params_no_embeddings=param_count(backend.model, include_embeddings=False),
             vocab_size=backend.vocab_size,
             load_seconds=time.perf_counter() - started,
+            gpu_names=tuple(
+                torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
+            ),
         )
     except Exception as exc:
         conn.send({"ok": False, "error": f"model load failed: {type(exc).__name__}: {exc}"})

@@ -1,4 +1,9 @@
-"""The publisher role: announce tasks, grant signed leases on claims, re-lease on failure."""
+"""The publisher role: announce tasks, grant signed leases on claims, re-lease on failure.
+
+Each announcement carries the next sequence number and stays in the announcement log; a task is
+announced when it opens and again whenever it re-opens (an expired or rejected lease). Heartbeats
+carry the log's head, and nodes that missed some fetch the range over a stream.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from node.announcements import AnnouncementLog
 from node.config import NodeConfig
 from node.inference.prompt import format_r1_prompt
 from node.inference.tokenizer import Tokenizer
@@ -17,13 +23,21 @@ from node.leases import Denied, LeaseBook
 from node.tasks import Task
 from protocol.envelope import open_envelope, seal
 from protocol.errors import MalformedMessage
+from protocol.guard import Violation
 from protocol.host import P2PHost
 from protocol.identity import Identity, peer_id_from_public_key
 from protocol.ids import tasks_topic
-from protocol.messages import Claim, Lease, Refusal, TaskAnnouncement
+from protocol.messages import (
+    AnnouncementRange,
+    AnnouncementRangeRequest,
+    Claim,
+    Lease,
+    Refusal,
+    TaskAnnouncement,
+)
 
 log = logging.getLogger(__name__)
-ANNOUNCE_INTERVAL_S = 2.0
+EXPIRY_CHECK_S = 1.0
 CLAIM_CLOCK_SKEW_S = 120.0
 
 
@@ -58,7 +72,9 @@ class Publisher:
         for task in tasks:
             self.book.add_task(task.task_id, self.net.samples_per_task)
         self.stats = PublisherStats()
-        self._seq = 0
+        self.log = AnnouncementLog()
+        self._to_announce: list[str] = []
+        self._announce_wanted = trio.Event()
         self._validators = sorted(self.net.validator_keys)
         self._next_validator = 0
         self._prompt_ids: dict[str, tuple[int, ...]] = {}
@@ -73,46 +89,72 @@ class Publisher:
         return ids
 
     async def run(self) -> None:
-        """Wait for enough workers, then announce open tasks until every sample is done."""
+        """Wait for enough workers, announce every task, then re-announce re-opened ones."""
         while len(self.host.connected_peers()) < self.config.wait_for_workers:
             await trio.sleep(0.2)
+        self._queue_announcements(list(self.tasks))
         while True:
-            now = time.time()
-            for task_id, index in self.book.expire(now):
+            for task_id, index in self.book.expire(time.time()):
                 log.info("lease on %s#%d expired; re-opened", task_id, index)
                 self.stats.samples_reopened += 1
-            for task_id in self.book.open_tasks():
-                await self._announce(self.tasks[task_id], now)
-            await trio.sleep(ANNOUNCE_INTERVAL_S)
+                self._queue_announcements([task_id])
+            while self._to_announce:
+                task_id = self._to_announce.pop(0)
+                await self.announce(self.tasks[task_id])
+            self._announce_wanted = trio.Event()
+            with trio.move_on_after(EXPIRY_CHECK_S):
+                await self._announce_wanted.wait()
 
-    async def _announce(self, task: Task, now: float) -> None:
-        self._seq += 1
+    def _queue_announcements(self, task_ids: list[str]) -> None:
+        self._to_announce.extend(t for t in task_ids if t not in self._to_announce)
+        self._announce_wanted.set()
+
+    async def announce(self, task: Task) -> bytes:
+        """Seal the next announcement for ``task``, log it, and gossip it."""
         message = TaskAnnouncement(
             version=1,
-            seq=self._seq,
+            seq=self.log.next_seq(),
             task_id=task.task_id,
             task_type=task.task_type,
             samples=self.net.samples_per_task,
             max_new_tokens=self.net.max_new_tokens,
-            announced_at=now,
+            announced_at=time.time(),
         )
-        await self.host.publish(
-            tasks_topic(self.net.network_id), seal(message, self.identity, self.net.network_id)
-        )
+        sealed = seal(message, self.identity, self.net.network_id)
+        self.log.append(message.seq, sealed)
+        try:
+            await self.host.publish(tasks_topic(self.net.network_id), sealed)
+        except Exception as exc:  # gossip is best effort: the log and heartbeats cover a loss
+            log.warning("publishing announcement %d failed: %s", message.seq, exc)
         self.stats.announced += 1
+        return sealed
+
+    async def handle_range(self, peer_id: str, data: bytes) -> bytes:
+        """Serve logged announcements from a requested seq (gap and late-join resync)."""
+        request = open_envelope(data, self.net.network_id, expected=AnnouncementRangeRequest)
+        ask = request.expect(AnnouncementRangeRequest)
+        reply = AnnouncementRange(
+            version=1, items=tuple(self.log.range(ask.from_seq, ask.limit)), head_seq=self.log.head
+        )
+        return seal(reply, self.identity, self.net.network_id)
 
     async def handle_claim(self, peer_id: str, data: bytes) -> bytes:
         """Answer a claim stream with a sealed Lease or Refusal."""
         try:
             opened = open_envelope(data, self.net.network_id, expected=Claim)
         except MalformedMessage as exc:
+            await self.host.penalize(peer_id, Violation.MALFORMED)
             return self._refuse("malformed", str(exc))
         claim = opened.expect(Claim)
         if peer_id_from_public_key(opened.signer) != peer_id:
+            await self.host.penalize(peer_id, Violation.WRONG_SIGNER)
             return self._refuse("wrong_signer", "the claim is not signed by the stream's peer")
         now = time.time()
         if abs(claim.claimed_at - now) > CLAIM_CLOCK_SKEW_S:
             return self._refuse("stale_claim", "claimed_at is too far from the publisher's clock")
+        if self.host.guard.is_replay(opened.message_id):
+            await self.host.penalize(peer_id, Violation.REPLAY)
+            return self._refuse("replayed_claim", "this exact claim was already answered")
         decision = self.book.claim(claim.task_id, opened.signer, now)
         if isinstance(decision, Denied):
             return self._refuse(decision.code, decision.reason)
@@ -165,6 +207,7 @@ class Publisher:
         else:
             self.stats.samples_reopened += 1
             log.info("sample %s#%d rejected; re-opened", *key)
+            self._queue_announcements([key[0]])
 
     def snapshot(self) -> dict[str, object]:
         """Counters for the API."""
@@ -173,6 +216,7 @@ class Publisher:
             "samples": self.book.counts(),
             "all_done": self.book.all_done(),
             "announced": self.stats.announced,
+            "announce_head": self.log.head,
             "leases_issued": self.stats.leases_issued,
             "claims_refused": self.stats.claims_refused,
             "refusals": dict(self.stats.refusals),

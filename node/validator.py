@@ -1,5 +1,9 @@
 """The validator role: check a submission end to end, credit FLOPs on the ledger, answer a verdict.
 
+Submissions are acknowledged with a signed receipt once stored in the durable inbox; a background
+loop validates them in arrival order (including any left queued by a crash), and workers fetch
+verdicts over the verdict stream, which waits for a pending one.
+
 Order of checks (cheap and certain first): envelope signature and the stream's peer; the
 publisher's signature on the lease; the lease names this validator and this worker and has not
 expired; the lease was not already used; token and proof counts within limits; then one prefill
@@ -18,9 +22,11 @@ from typing import Any
 
 import trio
 
+from ledger.chain import decode_body
 from ledger.flops import FLOP_FORMULA, skeleton_flops
 from ledger.store import LedgerStore
 from node.config import NodeConfig
+from node.inbox import Inbox
 from node.inference.prompt import response_for_verifier
 from node.model_service import ModelService, ModelServiceError
 from node.tasks import Task
@@ -29,7 +35,16 @@ from protocol.errors import MalformedMessage, VerifierError
 from protocol.host import P2PHost
 from protocol.identity import Identity, peer_id_from_public_key
 from protocol.ids import ledger_topic
-from protocol.messages import CreditBody, Lease, Submission, Verdict
+from protocol.messages import (
+    CreditBody,
+    Lease,
+    LedgerEntry,
+    Refusal,
+    Submission,
+    SubmissionReceipt,
+    Verdict,
+    VerdictRequest,
+)
 from verifiers.pool import VerifierPool, verify_math
 from verifiers.result import Result
 
@@ -68,6 +83,7 @@ class Validator:
         model: ModelService,
         verifier_pool: VerifierPool,
         store: LedgerStore,
+        inbox: Inbox,
         tasks: dict[str, Task],
         n_params: int,
         on_verdict: Callable[[bytes, bool], None],
@@ -79,35 +95,110 @@ class Validator:
         self.model = model
         self.pool = verifier_pool
         self.store = store
+        self.inbox = inbox
         self.tasks = tasks
         self.n_params = n_params
         self.on_verdict = on_verdict
         self.stats = ValidatorStats()
         self._used_leases: set[bytes] = store.credited_leases(identity.public_key)
-        self._in_flight: set[bytes] = set()
+        self._wakeup = trio.Event()
+        self._verdict_ready: dict[bytes, trio.Event] = {}
+
+    def _open(self, peer_id: str, data: bytes) -> tuple[Opened, Opened]:
+        opened = open_envelope(data, self.net.network_id, expected=Submission)
+        if peer_id_from_public_key(opened.signer) != peer_id:
+            raise MalformedMessage("the submission is not signed by the stream's peer")
+        lease_opened = open_envelope(
+            opened.expect(Submission).lease, self.net.network_id, expected=Lease
+        )
+        return opened, lease_opened
 
     async def handle_submission(self, peer_id: str, data: bytes) -> bytes:
-        """Answer a submission stream with a sealed Verdict (or raise on malformed bytes)."""
+        """Store a submission durably and answer a signed receipt (or raise on malformed bytes)."""
         self.stats.received += 1
         try:
-            opened = open_envelope(data, self.net.network_id, expected=Submission)
-            if peer_id_from_public_key(opened.signer) != peer_id:
-                raise MalformedMessage("the submission is not signed by the stream's peer")
-            lease_opened = open_envelope(
-                opened.expect(Submission).lease, self.net.network_id, expected=Lease
-            )
+            opened, lease_opened = self._open(peer_id, data)
         except MalformedMessage:
             self.stats.malformed += 1
-            raise  # the host resets the stream and logs the reason
-        submission = opened.expect(Submission)
+            raise  # the host resets the stream, logs the reason and charges the peer
         lease = lease_opened.expect(Lease)
-        if lease.lease_id in self._in_flight:
-            raise MalformedMessage("this lease is already being validated")
-        self._in_flight.add(lease.lease_id)
-        try:
-            return await self._validate(opened, submission, lease_opened, lease)
-        finally:
-            self._in_flight.discard(lease.lease_id)
+        self.inbox.add(opened.message_id, lease.lease_id, peer_id, data)  # durable before the ack
+        self._wakeup.set()
+        receipt = SubmissionReceipt(
+            version=1,
+            submission_id=opened.message_id,
+            lease_id=lease.lease_id,
+            received_at=self.inbox.received_at(opened.message_id) or time.time(),
+            queue_position=self.inbox.position(opened.message_id),
+        )
+        return seal(receipt, self.identity, self.net.network_id)
+
+    async def handle_verdict_request(self, peer_id: str, data: bytes) -> bytes:
+        """Answer the verdict on a submission, waiting up to the requested time if it is pending."""
+        request = open_envelope(data, self.net.network_id, expected=VerdictRequest).expect(
+            VerdictRequest
+        )
+        submission_id = request.submission_id
+        if self.inbox.received_at(submission_id) is None:
+            return self._refuse("unknown_submission", "no submission with that id was received")
+        verdict = self.inbox.verdict(submission_id)
+        if verdict is None:
+            event = self._verdict_ready.setdefault(submission_id, trio.Event())
+            with trio.move_on_after(request.wait_seconds):
+                await event.wait()
+            verdict = self.inbox.verdict(submission_id)
+        if verdict is None:
+            position = self.inbox.position(submission_id)
+            return self._refuse("pending", f"queued at position {position}")
+        return verdict
+
+    def _refuse(self, code: str, reason: str) -> bytes:
+        refusal = Refusal(version=1, code=code, reason=reason)
+        return seal(refusal, self.identity, self.net.network_id)
+
+    async def run(self) -> None:
+        """Validate queued submissions in arrival order, forever (resuming after a restart)."""
+        while True:
+            queued = self.inbox.next_queued()
+            if queued is None:
+                self._wakeup = trio.Event()
+                if self.inbox.next_queued() is None:
+                    await self._wakeup.wait()
+                continue
+            verdict = self._verdict_from_ledger(queued.submission_id)
+            if verdict is None:
+                opened, lease_opened = self._open(queued.peer, queued.envelope)
+                verdict = await self._validate(
+                    opened, opened.expect(Submission), lease_opened, lease_opened.expect(Lease)
+                )
+            self.inbox.set_verdict(queued.submission_id, verdict)
+            event = self._verdict_ready.pop(queued.submission_id, None)
+            if event is not None:
+                event.set()
+
+    def _verdict_from_ledger(self, submission_id: bytes) -> bytes | None:
+        """The verdict of a submission already on the ledger (a crash came between the two)."""
+        row = self.store.connection.execute(
+            "SELECT e.seq, e.envelope FROM credits c JOIN entries e "
+            "ON e.signer = c.signer AND e.seq = c.seq WHERE c.signer = ? AND c.submission_id = ?",
+            (self.identity.public_key, submission_id),
+        ).fetchone()
+        if row is None:
+            return None
+        entry = open_envelope(bytes(row[1]), self.net.network_id, expected=LedgerEntry)
+        body = decode_body("credit", entry.expect(LedgerEntry).body)
+        assert isinstance(body, CreditBody)
+        verdict = Verdict(
+            version=1,
+            submission_id=submission_id,
+            lease_id=body.lease_id,
+            accepted=body.accepted,
+            reasons=body.reasons,
+            answer_score=body.answer_score,
+            flops=body.flops,
+            ledger_seq=int(row[0]),
+        )
+        return seal(verdict, self.identity, self.net.network_id)
 
     def _static_checks(self, opened: Opened, sub: Submission, lease_opened: Opened) -> None:
         lease = lease_opened.expect(Lease)
@@ -248,6 +339,7 @@ class Validator:
             "accepted": s.accepted,
             "rejected": s.rejected,
             "malformed": s.malformed,
+            "queued": self.inbox.queue_length(),
             "flops_credited": s.flops_credited,
             "prefill_seconds": round(s.prefill_seconds, 3),
             "verify_seconds": round(s.verify_seconds, 3),

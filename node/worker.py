@@ -10,19 +10,42 @@ from dataclasses import dataclass, field
 
 import trio
 
+from node.announcements import SeqTracker
 from node.config import NodeConfig
 from node.model_service import ModelService, ModelServiceError
-from protocol.envelope import open_envelope, seal
-from protocol.errors import FlopnetError, MalformedMessage
+from protocol.envelope import message_id, open_envelope, seal
+from protocol.errors import FlopnetError, MalformedMessage, PeerError, ProtocolTimeout
 from protocol.host import P2PHost
 from protocol.identity import Identity, peer_id_from_public_key
-from protocol.ids import CLAIM_LIMITS, CLAIM_PROTOCOL, SUBMIT_LIMITS, SUBMIT_PROTOCOL
-from protocol.messages import Claim, Lease, Refusal, Submission, TaskAnnouncement, Verdict
+from protocol.ids import (
+    ANNOUNCEMENTS_LIMITS,
+    ANNOUNCEMENTS_PROTOCOL,
+    CLAIM_LIMITS,
+    CLAIM_PROTOCOL,
+    SUBMIT_LIMITS,
+    SUBMIT_PROTOCOL,
+    VERDICT_LIMITS,
+    VERDICT_PROTOCOL,
+    VERDICT_WAIT_S,
+)
+from protocol.messages import (
+    AnnouncementRange,
+    AnnouncementRangeRequest,
+    Claim,
+    Lease,
+    Refusal,
+    Submission,
+    SubmissionReceipt,
+    TaskAnnouncement,
+    Verdict,
+    VerdictRequest,
+)
 
 log = logging.getLogger(__name__)
 IDLE_POLL_S = 0.2
 TAKEN_BACKOFF_S = 3.0
 ERROR_BACKOFF_S = 2.0
+VERDICT_PATIENCE_S = 900.0
 
 
 @dataclass
@@ -42,6 +65,8 @@ class WorkerStats:
     flops_credited: int = 0
     generation_seconds: float = 0.0
     generations: int = 0
+    announcements: int = 0
+    resyncs: int = 0
     last_verdict: str = ""
     recent: list[dict[str, object]] = field(default_factory=list)
 
@@ -59,31 +84,89 @@ class Worker:
         self.model = model
         self.stats = WorkerStats()
         self._offers: dict[str, _Offer] = {}
-        self._last_seq: dict[str, int] = {}
+        self._trackers: dict[str, SeqTracker] = {}
         self._wakeup = trio.Event()
+        self._resync_wanted = trio.Event()
+        self.busy = False
+
+    def _tracker(self, publisher: str) -> SeqTracker:
+        return self._trackers.setdefault(publisher, SeqTracker())
 
     async def on_announcement(self, sender: str, data: bytes) -> None:
-        """Gossip handler: remember tasks offered by the network's publishers."""
-        try:
-            opened = open_envelope(data, self.net.network_id, expected=TaskAnnouncement)
-        except MalformedMessage as exc:
-            log.warning("dropping announcement from %s: %s", sender, exc)
-            return
+        """Gossip handler: remember tasks offered by the network's publishers.
+
+        Raises MalformedMessage for anything invalid, which the host charges to the sender.
+        """
+        self._accept_announcement(data)
+
+    def _accept_announcement(self, data: bytes) -> None:
+        opened = open_envelope(data, self.net.network_id, expected=TaskAnnouncement)
         if opened.signer not in self.net.publisher_keys:
-            log.warning("dropping announcement signed by a non-publisher (%s)", sender)
-            return
+            raise MalformedMessage("announcement signed by a key that is not a publisher")
         ann = opened.expect(TaskAnnouncement)
         publisher = peer_id_from_public_key(opened.signer)
-        self._last_seq[publisher] = max(self._last_seq.get(publisher, 0), ann.seq)
+        tracker = self._tracker(publisher)
+        if not tracker.saw(ann.seq):
+            return  # a duplicate (gossip and resync can both deliver it)
+        if tracker.missing_from() is not None:
+            self._resync_wanted.set()
+        self.stats.announcements += 1
         offer = self._offers.get(ann.task_id)
         if offer is None:
             self._offers[ann.task_id] = _Offer(publisher, ann.announced_at)
         else:
             offer.announced_at = ann.announced_at
+            offer.not_before = 0.0  # re-announced: the task was re-opened
         self._wakeup.set()
+
+    def on_publisher_head(self, publisher: str, head: int) -> None:
+        """A publisher's heartbeat says how far its announcements go; fetch what we missed."""
+        tracker = self._tracker(publisher)
+        tracker.head_is(head)
+        if tracker.missing_from() is not None:
+            self._resync_wanted.set()
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await self._resync_wanted.wait()
+            self._resync_wanted = trio.Event()
+            for publisher, tracker in list(self._trackers.items()):
+                try:
+                    await self._resync(publisher, tracker)
+                except FlopnetError as exc:
+                    log.warning("resync from %s failed: %s", publisher, exc)
+                    await trio.sleep(ERROR_BACKOFF_S)
+                    self._resync_wanted.set()
+
+    async def _resync(self, publisher: str, tracker: SeqTracker) -> None:
+        while (start := tracker.missing_from()) is not None:
+            request = AnnouncementRangeRequest(version=1, from_seq=start, limit=512)
+            reply = await self.host.request(
+                publisher,
+                ANNOUNCEMENTS_PROTOCOL,
+                seal(request, self.identity, self.net.network_id),
+                ANNOUNCEMENTS_LIMITS,
+            )
+            opened = open_envelope(reply, self.net.network_id, expected=AnnouncementRange)
+            if peer_id_from_public_key(opened.signer) != publisher:
+                raise MalformedMessage("announcement range not signed by the publisher")
+            batch = opened.expect(AnnouncementRange)
+            tracker.head_is(batch.head_seq)
+            for item in batch.items:
+                self._accept_announcement(item)
+            self.stats.resyncs += 1
+            if not batch.items:
+                # Evicted from the publisher's log: skip ahead rather than ask forever.
+                tracker.contiguous = max(tracker.contiguous, batch.head_seq)
+                break
 
     async def run(self) -> None:
         """Claim, generate, submit, forever."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._resync_loop)
+            await self._work_loop()
+
+    async def _work_loop(self) -> None:
         while True:
             task_id = self._pick()
             if task_id is None:
@@ -94,7 +177,11 @@ class Worker:
             try:
                 lease_bytes = await self._claim(task_id)
                 if lease_bytes is not None:
-                    await self._work(lease_bytes)
+                    self.busy = True
+                    try:
+                        await self._work(lease_bytes)
+                    finally:
+                        self.busy = False
             except FlopnetError as exc:
                 self.stats.errors += 1
                 log.warning("task %s: %s: %s", task_id, type(exc).__name__, exc)
@@ -161,16 +248,14 @@ class Worker:
             generation_seconds=float(elapsed),
         )
         validator_peer = peer_id_from_public_key(lease.validator)
-        reply = await self.host.request(
-            validator_peer,
-            SUBMIT_PROTOCOL,
-            seal(submission, self.identity, self.net.network_id),
-            SUBMIT_LIMITS,
-        )
-        opened = open_envelope(reply, self.net.network_id, expected=Verdict)
-        if opened.signer != lease.validator:
-            raise MalformedMessage("the verdict is not signed by the lease's validator")
-        verdict = opened.expect(Verdict)
+        sealed = seal(submission, self.identity, self.net.network_id)
+        reply = await self.host.request(validator_peer, SUBMIT_PROTOCOL, sealed, SUBMIT_LIMITS)
+        receipt = open_envelope(reply, self.net.network_id, expected=SubmissionReceipt)
+        if receipt.signer != lease.validator:
+            raise MalformedMessage("the receipt is not signed by the lease's validator")
+        if receipt.expect(SubmissionReceipt).submission_id != message_id(sealed):
+            raise MalformedMessage("the receipt is for another submission")
+        verdict = await self._await_verdict(validator_peer, lease, message_id(sealed))
         if verdict.accepted:
             self.stats.accepted += 1
             self.stats.flops_credited += verdict.flops
@@ -195,6 +280,38 @@ class Worker:
             self.stats.last_verdict,
         )
 
+    async def _await_verdict(
+        self, validator_peer: str, lease: Lease, submission_id: bytes
+    ) -> Verdict:
+        """Ask the validator for the verdict until it is ready (its inbox survives restarts)."""
+        deadline = time.time() + VERDICT_PATIENCE_S
+        request = seal(
+            VerdictRequest(version=1, submission_id=submission_id, wait_seconds=VERDICT_WAIT_S),
+            self.identity,
+            self.net.network_id,
+        )
+        while time.time() < deadline:
+            try:
+                reply = await self.host.request(
+                    validator_peer, VERDICT_PROTOCOL, request, VERDICT_LIMITS
+                )
+            except (PeerError, ProtocolTimeout) as exc:
+                log.info("verdict for %s not reachable yet: %s", lease.task_id, exc)
+                await trio.sleep(ERROR_BACKOFF_S)
+                continue
+            opened = open_envelope(reply, self.net.network_id)
+            if opened.signer != lease.validator:
+                raise MalformedMessage("the verdict is not signed by the lease's validator")
+            if isinstance(opened.message, Refusal):
+                if opened.message.code == "pending":
+                    continue
+                raise PeerError(f"validator refused: {opened.message.reason}")
+            verdict = opened.expect(Verdict)
+            if verdict.submission_id != submission_id:
+                raise MalformedMessage("the verdict is for another submission")
+            return verdict
+        raise ProtocolTimeout(f"no verdict for {lease.task_id} within {VERDICT_PATIENCE_S}s")
+
     def snapshot(self) -> dict[str, object]:
         """Counters for the API."""
         s = self.stats
@@ -208,6 +325,8 @@ class Worker:
             "generation_seconds": round(s.generation_seconds, 3),
             "generations": s.generations,
             "known_tasks": len(self._offers),
+            "announcements": s.announcements,
+            "resyncs": s.resyncs,
             "last_verdict": s.last_verdict,
             "recent": list(s.recent),
         }

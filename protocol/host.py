@@ -17,6 +17,7 @@ request and one response per stream.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import Any
 import trio
 
 from protocol.errors import MalformedMessage, PeerError, ProtocolTimeout
+from protocol.guard import PeerGuard, Violation
 from protocol.identity import Identity
 
 log = logging.getLogger(__name__)
@@ -104,9 +106,16 @@ class P2PHost:
     Use as ``async with P2PHost(identity).running(port) as host:`` inside trio.
     """
 
-    def __init__(self, identity: Identity, *, listen_ip: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        listen_ip: str = "127.0.0.1",
+        guard: PeerGuard | None = None,
+    ) -> None:
         self.identity = identity
         self.listen_ip = listen_ip
+        self.guard = guard or PeerGuard()
         self._host: Any = None
         self._pubsub: Any = None
         self._handlers: dict[str, tuple[Handler, StreamLimits]] = {}
@@ -220,6 +229,10 @@ class P2PHost:
 
         async def on_stream(stream: Any) -> None:
             peer = _remote_peer_id(stream)
+            now = time.time()
+            if self.guard.is_banned(peer, now) or not self.guard.allow(peer, protocol_id, now):
+                await _reset(stream)
+                return
             try:
                 with trio.fail_after(limits.timeout):
                     request = await _Reader(stream).read_frame(limits.max_request)
@@ -229,9 +242,11 @@ class P2PHost:
             except trio.TooSlowError:
                 log.warning("%s from %s: deadline of %ss passed", protocol_id, peer, limits.timeout)
                 await _reset(stream)
+                await self.penalize(peer, Violation.TIMEOUT)
             except MalformedMessage as exc:
                 log.warning("%s from %s: malformed request: %s", protocol_id, peer, exc)
                 await _reset(stream)
+                await self.penalize(peer, Violation.MALFORMED)
             except Exception as exc:  # a broken peer must never take the node down
                 log.warning("%s from %s: %s: %s", protocol_id, peer, type(exc).__name__, exc)
                 await _reset(stream)
@@ -277,6 +292,26 @@ class P2PHost:
                 await _reset(stream)
             raise PeerError(f"{protocol_id} to {peer_id}: {type(exc).__name__}: {exc}") from None
 
+    # -- abuse ---------------------------------------------------------------------------------
+
+    async def penalize(self, peer_id: str, violation: Violation) -> None:
+        """Charge a violation to a peer; a newly banned peer is disconnected at once."""
+        if self.guard.penalize(peer_id, violation, time.time()):
+            log.warning("banning %s for %ss after %s", peer_id, self.guard.ban_seconds, violation)
+            await self.disconnect(peer_id)
+
+    async def disconnect(self, peer_id: str) -> None:
+        """Close every connection to ``peer_id`` (best effort, bounded in time)."""
+        from libp2p.peer.id import ID
+
+        if self._host is None:
+            return
+        with trio.move_on_after(2.0):
+            try:
+                await self._host.disconnect(ID.from_base58(peer_id))
+            except Exception as exc:
+                log.debug("disconnect %s: %s", peer_id, exc)
+
     # -- gossip --------------------------------------------------------------------------------
 
     async def publish(self, topic: str, data: bytes) -> None:
@@ -290,7 +325,8 @@ class P2PHost:
         """Subscribe and call ``on_message(sender peer id, data)`` for each message.
 
         The subscription queue holds only 32 messages, so it is drained in a dedicated task and
-        handlers run one at a time; a handler error is logged, never propagated.
+        handlers run one at a time; a handler error is logged, never propagated. A handler that
+        raises MalformedMessage charges the message's author; banned authors are not heard.
         """
         from libp2p.peer.id import ID
 
@@ -300,9 +336,16 @@ class P2PHost:
         async def drain() -> None:
             while True:
                 message = await subscription.get()
+                sender = ""
                 try:
                     sender = str(ID(message.from_id))
+                    if self.guard.is_banned(sender, time.time()):
+                        continue
                     await on_message(sender, bytes(message.data))
+                except MalformedMessage as exc:
+                    log.warning("gossip on %s from %s: %s", topic, sender, exc)
+                    if sender:
+                        await self.penalize(sender, Violation.MALFORMED)
                 except Exception as exc:
                     log.warning("gossip on %s: %s: %s", topic, type(exc).__name__, exc)
 

@@ -142,9 +142,141 @@ class LedgerEntry(Record):
     body: bytes = bounded(max_len=64 * 1024)  # canonical bytes of the kind's body record
 
 
+@dataclass(frozen=True)
+class SubmissionReceipt(Record):
+    """The validator's acknowledgement that a submission is stored durably and queued."""
+
+    TYPE: ClassVar[str] = "submission_receipt"
+    version: int = bounded(min=1, max=1)
+    submission_id: bytes = bounded(**HASH)
+    lease_id: bytes = bounded(len=16)
+    received_at: float = bounded(min=0.0)
+    queue_position: int = bounded(min=0)
+
+
+@dataclass(frozen=True)
+class VerdictRequest(Record):
+    """A worker asks for the verdict on a submission, waiting up to ``wait_seconds``."""
+
+    TYPE: ClassVar[str] = "verdict_request"
+    version: int = bounded(min=1, max=1)
+    submission_id: bytes = bounded(**HASH)
+    wait_seconds: float = bounded(min=0.0, max=60.0)
+
+
+@dataclass(frozen=True)
+class LedgerHead(Record):
+    """A validator's chain head, gossiped so replicas notice what they miss."""
+
+    TYPE: ClassVar[str] = "ledger_head"
+    version: int = bounded(min=1, max=1)
+    seq: int = bounded(min=0)
+    hash: bytes = bounded(**HASH)
+    timestamp: float = bounded(min=0.0)
+
+
+@dataclass(frozen=True)
+class Heartbeat(Record):
+    """Liveness and capacity of a node (gossip), with the publisher's announcement head."""
+
+    TYPE: ClassVar[str] = "heartbeat"
+    version: int = bounded(min=1, max=1)
+    roles: tuple[str, ...] = bounded(max_items=3, item={"max_len": 16})
+    software: str = bounded(max_len=64)
+    gpus: int = bounded(min=0, max=1024)
+    gpu_names: tuple[str, ...] = bounded(max_items=16, item={"max_len": 128})
+    load: float = bounded(min=0.0, max=1e6)
+    free_slots: int = bounded(min=0, max=1_000_000)
+    announce_seq: int = bounded(min=0)  # 0 when the node publishes nothing
+    sent_at: float = bounded(min=0.0)
+
+
+@dataclass(frozen=True)
+class ContributorProfile(Record):
+    """How a contributor wants to appear on the leaderboard (signed by the contributor)."""
+
+    TYPE: ClassVar[str] = "contributor_profile"
+    version: int = bounded(min=1, max=1)
+    display_name: str = bounded(max_len=64)
+    team: str = bounded(max_len=64)
+    updated_at: float = bounded(min=0.0)
+
+
+@dataclass(frozen=True)
+class AnnouncementRangeRequest(Record):
+    """Ask a publisher for its announcements ``from_seq`` onwards (gap resync)."""
+
+    TYPE: ClassVar[str] = "announcement_range_request"
+    version: int = bounded(min=1, max=1)
+    from_seq: int = bounded(min=1)
+    limit: int = bounded(min=1, max=512)
+
+
+@dataclass(frozen=True)
+class AnnouncementRange(Record):
+    """Sealed announcement envelopes in seq order, and the publisher's current head."""
+
+    TYPE: ClassVar[str] = "announcement_range"
+    version: int = bounded(min=1, max=1)
+    items: tuple[bytes, ...] = bounded(max_items=512, item={"max_len": 4096})
+    head_seq: int = bounded(min=0)
+
+
+@dataclass(frozen=True)
+class NetworkManifest(Record):
+    """Everything the nodes of one network agree on, signed by the founder key.
+
+    ``network_id`` ends with the first 16 hex digits of SHA-256(founder key), so a manifest
+    signed by any other key cannot claim the same network.
+    """
+
+    TYPE: ClassVar[str] = "network_manifest"
+    version: int = bounded(min=1, max=1)
+    network_id: str = bounded(max_len=64)
+    founder: bytes = bounded(**KEY)
+    created_at: float = bounded(min=0.0)
+    model: str = bounded(max_len=256)  # a seeded model name, or a Hugging Face id
+    model_revision: str = bounded(max_len=128)
+    model_seed: int = bounded(min=0)
+    dtype: str = bounded(max_len=16)
+    weights_sha256: str = bounded(max_len=64)  # empty: not pinned
+    max_new_tokens: int = bounded(min=1, max=MAX_TOKENS)
+    temperature: float = bounded(min=0.0, max=10.0)
+    top_p: float = bounded(min=0.0, max=1.0)
+    samples_per_task: int = bounded(min=1, max=64)
+    lease_seconds: float = bounded(min=1.0, max=86400.0)
+    proof_chunk: int = bounded(min=1, max=4096)
+    proof_topk: int = bounded(min=1, max=4096)
+    max_exp_mismatches: int = bounded(min=0, max=4096)
+    max_mant_err_mean: float = bounded(min=0.0)
+    max_mant_err_median: float = bounded(min=0.0)
+    max_replay_mismatch_fraction: float = bounded(min=0.0, max=1.0)
+    publishers: tuple[bytes, ...] = bounded(max_items=256, item=KEY)
+    validators: tuple[bytes, ...] = bounded(max_items=256, item=KEY)
+    lock_window_seconds: float = bounded(min=0.0)
+    audit_rate_floor: float = bounded(min=0.0, max=1.0)
+    bootstrap: tuple[str, ...] = bounded(max_items=64, item={"max_len": 512})
+
+
 MESSAGE_TYPES: dict[str, type[Record]] = {
     cls.TYPE: cls
-    for cls in (TaskAnnouncement, Claim, Lease, Refusal, Submission, Verdict, LedgerEntry)
+    for cls in (
+        TaskAnnouncement,
+        Claim,
+        Lease,
+        Refusal,
+        Submission,
+        SubmissionReceipt,
+        VerdictRequest,
+        Verdict,
+        LedgerEntry,
+        LedgerHead,
+        Heartbeat,
+        ContributorProfile,
+        AnnouncementRangeRequest,
+        AnnouncementRange,
+        NetworkManifest,
+    )
 }
 
 # Per-type caps on the whole envelope, checked before any parsing.
@@ -154,6 +286,14 @@ MAX_ENVELOPE_BYTES: dict[str, int] = {
     Lease.TYPE: 200 * 1024,
     Refusal.TYPE: 4 * 1024,
     Submission.TYPE: 4 * 1024 * 1024,
+    SubmissionReceipt.TYPE: 1024,
+    VerdictRequest.TYPE: 1024,
     Verdict.TYPE: 80 * 1024,
     LedgerEntry.TYPE: 80 * 1024,
+    LedgerHead.TYPE: 1024,
+    Heartbeat.TYPE: 4 * 1024,
+    ContributorProfile.TYPE: 1024,
+    AnnouncementRangeRequest.TYPE: 1024,
+    AnnouncementRange.TYPE: 512 * 4200,
+    NetworkManifest.TYPE: 64 * 1024,
 }

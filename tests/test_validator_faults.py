@@ -14,14 +14,22 @@ import trio
 
 from ledger.store import LedgerStore
 from node.config import NetworkParams, NodeConfig
+from node.inbox import Inbox
 from node.tasks import builtin_tasks
 from node.validator import Validator
-from protocol.envelope import open_envelope, seal
+from protocol.envelope import message_id, open_envelope, seal
 from protocol.errors import PeerError
 from protocol.host import P2PHost
 from protocol.identity import Identity
-from protocol.ids import SUBMIT_LIMITS, SUBMIT_PROTOCOL
-from protocol.messages import Lease, Submission, Verdict
+from protocol.ids import SUBMIT_LIMITS, SUBMIT_PROTOCOL, VERDICT_LIMITS, VERDICT_PROTOCOL
+from protocol.messages import (
+    Lease,
+    Refusal,
+    Submission,
+    SubmissionReceipt,
+    Verdict,
+    VerdictRequest,
+)
 
 VALIDATOR = Identity(b"\x44" * 32)
 WORKER = Identity(b"\x55" * 32)
@@ -78,6 +86,7 @@ def test_validator_rejects_bad_submissions_and_keeps_serving(tmp_path: Path) -> 
         host = P2PHost(VALIDATOR)
         config = NodeConfig(roles=("validator",), data_dir=tmp_path, network=NET)
         store = LedgerStore(tmp_path / "ledger.sqlite")
+        inbox = Inbox(tmp_path / "inbox.sqlite")
         validator = Validator(
             config,
             VALIDATOR,
@@ -85,17 +94,28 @@ def test_validator_rejects_bad_submissions_and_keeps_serving(tmp_path: Path) -> 
             None,  # type: ignore[arg-type]  # never reached: every case fails a static check
             None,  # type: ignore[arg-type]
             store,
+            inbox,
             {t.task_id: t for t in TASKS},
             n_params=1000,
             on_verdict=lambda lease_id, ok: verdicts.append((lease_id, ok)),
         )
         host.handle(SUBMIT_PROTOCOL, validator.handle_submission, SUBMIT_LIMITS)
+        host.handle(VERDICT_PROTOCOL, validator.handle_verdict_request, VERDICT_LIMITS)
         client = P2PHost(WORKER)
-        async with host.running() as srv, client.running() as cli:
+        async with host.running() as srv, client.running() as cli, trio.open_nursery() as bg:
+            bg.start_soon(validator.run)
             await cli.connect(srv.addrs()[0])
 
             async def submit(data: bytes) -> Verdict:
                 reply = await cli.request(srv.peer_id, SUBMIT_PROTOCOL, data, SUBMIT_LIMITS)
+                receipt = open_envelope(reply, NET.network_id, expected=SubmissionReceipt)
+                assert receipt.signer == VALIDATOR.public_key
+                submission_id = receipt.expect(SubmissionReceipt).submission_id
+                assert submission_id == message_id(data)
+                ask = VerdictRequest(version=1, submission_id=submission_id, wait_seconds=10.0)
+                reply = await cli.request(
+                    srv.peer_id, VERDICT_PROTOCOL, seal(ask, WORKER, NET.network_id), VERDICT_LIMITS
+                )
                 opened = open_envelope(reply, NET.network_id, expected=Verdict)
                 assert opened.signer == VALIDATOR.public_key
                 return opened.expect(Verdict)
@@ -133,7 +153,17 @@ def test_validator_rejects_bad_submissions_and_keeps_serving(tmp_path: Path) -> 
             assert store.verify_all(NET.network_id) == []
             assert validator.stats.malformed == 2
             assert validator.stats.rejected == len(cases)
+
+            # Asking again returns the same signed verdict; an unknown id gets a refusal.
+            unknown = VerdictRequest(version=1, submission_id=bytes(32), wait_seconds=0.0)
+            reply = await cli.request(
+                srv.peer_id, VERDICT_PROTOCOL, seal(unknown, WORKER, NET.network_id), VERDICT_LIMITS
+            )
+            refusal = open_envelope(reply, NET.network_id, expected=Refusal).expect(Refusal)
+            assert refusal.code == "unknown_submission"
+            bg.cancel_scope.cancel()
         store.close()
+        inbox.close()
 
     trio.run(main)
     assert all(not ok for _, ok in verdicts)

@@ -1,0 +1,97 @@
+"""``flopnet network init`` and ``flopnet network show``: found a network, inspect a manifest."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from protocol.errors import ConfigError
+
+
+def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
+    """Add the ``network`` subcommand."""
+    p = sub.add_parser("network", help="found a network or inspect its manifest")
+    actions = p.add_subparsers(dest="network_command", required=True)
+
+    init = actions.add_parser("init", help="create a founder key and a signed network manifest")
+    init.add_argument("--out", type=Path, required=True, help="directory for the key and manifest")
+    init.add_argument("--name", default="flopnet", help="network name (lowercase, digits, dashes)")
+    init.add_argument("--model", default="tiny", help="seeded model name or Hugging Face id")
+    init.add_argument("--model-revision", default="", help="Hugging Face revision to pin")
+    init.add_argument("--model-seed", type=int, default=1234)
+    init.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    init.add_argument("--weights-sha256", default="", help="pin the model's weights")
+    init.add_argument("--max-new-tokens", type=int, default=48)
+    init.add_argument("--temperature", type=float, default=0.6)
+    init.add_argument("--top-p", type=float, default=0.95)
+    init.add_argument("--samples-per-task", type=int, default=1)
+    init.add_argument("--lease-seconds", type=float, default=120.0)
+    init.add_argument("--lock-window-seconds", type=float, default=86400.0)
+    init.add_argument("--publisher", action="append", default=[], help="hex public key")
+    init.add_argument("--validator", action="append", default=[], help="hex public key")
+    init.add_argument("--bootstrap", action="append", default=[], help="multiaddr")
+
+    show = actions.add_parser("show", help="verify a manifest and print it")
+    show.add_argument("manifest", type=Path)
+    show.add_argument("--json", action="store_true")
+    return {"network": _run}
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.network_command == "init":
+        return _init(args)
+    return _show(args)
+
+
+def _init(args: argparse.Namespace) -> int:
+    from node.config import NetworkParams, create_network
+    from protocol.identity import load_or_create_identity
+    from protocol.manifest import MANIFEST_FILE
+
+    out: Path = args.out
+    if (out / MANIFEST_FILE).exists():
+        raise ConfigError(f"{out / MANIFEST_FILE} exists; refusing to overwrite a network")
+    founder = load_or_create_identity(out)
+    params = NetworkParams(
+        network_id="assigned-by-manifest",
+        model=args.model,
+        model_revision=args.model_revision,
+        model_seed=args.model_seed,
+        dtype=args.dtype,
+        weights_sha256=args.weights_sha256,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        samples_per_task=args.samples_per_task,
+        lease_seconds=args.lease_seconds,
+        lock_window_seconds=args.lock_window_seconds,
+        publishers=tuple(k.lower() for k in args.publisher),
+        validators=tuple(k.lower() for k in args.validator),
+        bootstrap=tuple(args.bootstrap),
+    )
+    net = create_network(founder, args.name, params, out / MANIFEST_FILE)
+    print(f"network {net.network_id}")
+    print(f"manifest {out / MANIFEST_FILE} (founder key in {out / 'identity.key'}, keep it safe)")
+    return 0
+
+
+def describe(manifest_path: Path) -> dict[str, Any]:
+    """A verified manifest as plain JSON-able data."""
+    from node.config import NetworkParams
+
+    params = NetworkParams.load(manifest_path)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(params).items()}
+
+
+def _show(args: argparse.Namespace) -> int:
+    data = describe(args.manifest)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        width = max(len(k) for k in data)
+        for key, value in data.items():
+            print(f"{key:<{width}}  {value}")
+    return 0

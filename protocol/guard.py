@@ -1,0 +1,117 @@
+"""Abuse control: per-peer rate limits, a misbehaviour score, bans, and replay detection.
+
+Pure: callers pass ``now``. Every peer starts at score 0; violations subtract points, time gives
+them back; at the threshold the peer is banned for a while (the host then disconnects it and
+refuses its streams and gossip) and everyone else keeps being served.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Violation(enum.Enum):
+    """Misbehaviours and their cost in score points."""
+
+    MALFORMED = 20
+    OVERSIZED = 20
+    BAD_SIGNATURE = 25
+    WRONG_SIGNER = 25
+    REPLAY = 10
+    RATE_LIMIT = 2
+    TIMEOUT = 5
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+@dataclass
+class _PeerScore:
+    score: float = 0.0
+    updated: float = 0.0
+    banned_until: float = 0.0
+    violations: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class PeerGuard:
+    """Rate limits (token buckets per peer and protocol) and scores with bans."""
+
+    rate_per_s: float = 50.0
+    burst: float = 100.0
+    ban_threshold: float = -100.0
+    ban_seconds: float = 600.0
+    recovery_per_s: float = 0.5
+    nonce_memory: int = 10_000
+    _buckets: dict[tuple[str, str], _Bucket] = field(default_factory=dict)
+    _scores: dict[str, _PeerScore] = field(default_factory=dict)
+    _nonces: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
+
+    def _score(self, peer: str, now: float) -> _PeerScore:
+        s = self._scores.get(peer)
+        if s is None:
+            s = self._scores[peer] = _PeerScore(updated=now)
+        # Good behaviour over time earns back points, up to zero.
+        s.score = min(0.0, s.score + (now - s.updated) * self.recovery_per_s)
+        s.updated = now
+        return s
+
+    def is_banned(self, peer: str, now: float) -> bool:
+        """True while ``peer`` is banned."""
+        s = self._scores.get(peer)
+        return s is not None and s.banned_until > now
+
+    def penalize(self, peer: str, violation: Violation, now: float) -> bool:
+        """Record a violation; return True if it (newly) bans the peer."""
+        s = self._score(peer, now)
+        s.score -= violation.value
+        s.violations[violation.name] = s.violations.get(violation.name, 0) + 1
+        if s.score <= self.ban_threshold and s.banned_until <= now:
+            s.banned_until = now + self.ban_seconds
+            return True
+        return False
+
+    def allow(self, peer: str, protocol: str, now: float) -> bool:
+        """Take a token from the peer's bucket for ``protocol``; False (and a penalty) if empty."""
+        bucket = self._buckets.get((peer, protocol))
+        if bucket is None:
+            bucket = self._buckets[(peer, protocol)] = _Bucket(self.burst, now)
+        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate_per_s)
+        bucket.updated = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return True
+        self.penalize(peer, Violation.RATE_LIMIT, now)
+        return False
+
+    def is_replay(self, key: bytes) -> bool:
+        """Remember ``key`` (a nonce or message id); True if it was seen recently."""
+        if key in self._nonces:
+            self._nonces.move_to_end(key)
+            return True
+        self._nonces[key] = None
+        while len(self._nonces) > self.nonce_memory:
+            self._nonces.popitem(last=False)
+        return False
+
+    def snapshot(self, now: float) -> list[dict[str, Any]]:
+        """Peers with a non-zero score or a ban, for the API."""
+        out = []
+        for peer, s in sorted(self._scores.items()):
+            score = self._score(peer, now).score
+            if score < 0 or s.banned_until > now:
+                out.append(
+                    {
+                        "peer_id": peer,
+                        "score": round(score, 1),
+                        "banned_for_s": round(max(0.0, s.banned_until - now), 1),
+                        "violations": dict(s.violations),
+                    }
+                )
+        return out
