@@ -18,7 +18,7 @@ def _add_node(sub: argparse._SubParsersAction) -> None:
         "--role",
         action="append",
         required=True,
-        choices=("publisher", "validator", "worker"),
+        choices=("publisher", "validator", "worker", "relay"),
         help="a role of this node; repeat for several",
     )
     p.add_argument(
@@ -66,6 +66,11 @@ def _add_devnet(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=600.0, help="seconds before giving up")
     p.add_argument(
         "--lease-seconds", type=float, default=120.0, help="lease deadline before re-leasing"
+    )
+    p.add_argument(
+        "--bootstrap-node",
+        action="store_true",
+        help="start a separate bootstrap/relay node; others find the validator on the DHT",
     )
 
 
@@ -148,6 +153,7 @@ def _cmd_devnet(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         headless=args.headless,
         lease_seconds=args.lease_seconds,
+        bootstrap_node=args.bootstrap_node,
     )
     summary = run_devnet(options)
     if args.json:

@@ -20,7 +20,8 @@ from protocol.identity import Identity
 from protocol.manifest import create_manifest, load_manifest
 from protocol.messages import NetworkManifest
 
-ROLES = ("publisher", "validator", "worker")
+# A "relay" node does no work: it is a bootstrap peer, a DHT server and a circuit relay.
+ROLES = ("publisher", "validator", "worker", "relay")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import trio
 
 from node.api import build_app, load_or_create_token, serve_api
 from node.config import NodeConfig
+from node.discovery import Discovery
 from node.inbox import Inbox
 from node.liveness import Liveness
 from node.tasks import Task, builtin_tasks, load_tasks_file
@@ -225,6 +226,10 @@ async def run_node(config: NodeConfig) -> None:
             await host.subscribe(ledger_topic(net.network_id), on_ledger_gossip)
             await host.subscribe(heartbeat_topic(net.network_id), liveness.on_heartbeat)
             nursery.start_soon(liveness.heartbeat_loop)
+            discovery = Discovery(
+                host, net.network_id, roles, net.publisher_keys, net.validator_keys
+            )
+            nursery.start_soon(discovery.run)
             token = load_or_create_token(config.data_dir)
             app = build_app(token, {"/status": status, "/leaderboard": leaderboard})
             api_url = await nursery.start(serve_api, app, config.api_port)

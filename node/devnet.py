@@ -9,6 +9,7 @@ validator through its local API, then stops every process and summarises the val
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -27,6 +28,7 @@ from protocol.identity import load_or_create_identity
 from protocol.manifest import MANIFEST_FILE
 
 VALIDATOR_DIR = "validator"
+RELAY_DIR = "bootstrap"
 NODE_START_TIMEOUT_S = 300.0
 POLL_S = 0.5
 CHEAT_SEED_OFFSET = 1_000_003
@@ -45,6 +47,9 @@ class DevnetOptions:
     timeout: float = 600.0
     headless: bool = True
     lease_seconds: float = 120.0
+    # Start a separate bootstrap (relay) node that every other node knows, instead of giving
+    # workers the validator's address: they must then find it on the DHT.
+    bootstrap_node: bool = False
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -62,6 +67,7 @@ class _Proc:
     cheater: bool
     process: subprocess.Popen[bytes]
     public_key: str
+    kind: str  # "validator", "worker" or "relay"
 
 
 def _free_port() -> int:
@@ -118,7 +124,12 @@ class Devnet:
 
     # -- start ---------------------------------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str], cheater: bool = False) -> _Proc:
+    @property
+    def workers(self) -> list[_Proc]:
+        """The worker processes (honest and cheating), in start order."""
+        return [p for p in self.procs if p.kind == "worker"]
+
+    def _spawn(self, name: str, kind: str, args: list[str], cheater: bool = False) -> _Proc:
         data_dir = self.root / name
         identity = load_or_create_identity(data_dir)
         (data_dir / "node.json").unlink(missing_ok=True)
@@ -140,7 +151,7 @@ class Devnet:
             cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
         )
         log.close()
-        proc = _Proc(name, data_dir, cheater, process, identity.public_key.hex())
+        proc = _Proc(name, data_dir, cheater, process, identity.public_key.hex(), kind)
         self.procs.append(proc)
         return proc
 
@@ -182,9 +193,17 @@ class Devnet:
         node_args = ["--role", "publisher", "--role", "validator", "--tasks", str(opts.tasks)]
         if opts.tasks_file is not None:
             node_args += ["--tasks-file", str(opts.tasks_file)]
-        node_args += ["--wait-for-workers", str(opts.workers + opts.cheaters)]
-        validator = self._spawn(VALIDATOR_DIR, [*node_args, "--port", str(port)])
+        peers_needed = opts.workers + opts.cheaters
         bootstrap = f"/ip4/127.0.0.1/tcp/{port}/p2p/{validator_identity.peer_id}"
+        if opts.bootstrap_node:
+            relay_port = _free_port()
+            relay_identity = load_or_create_identity(self.root / RELAY_DIR)
+            self._spawn(RELAY_DIR, "relay", ["--role", "relay", "--port", str(relay_port)])
+            bootstrap = f"/ip4/127.0.0.1/tcp/{relay_port}/p2p/{relay_identity.peer_id}"
+            node_args += ["--bootstrap", bootstrap]
+            peers_needed += 1
+        node_args += ["--wait-for-workers", str(peers_needed)]
+        validator = self._spawn(VALIDATOR_DIR, "validator", [*node_args, "--port", str(port)])
         workers: list[tuple[str, bool, int | None]] = [
             (f"worker-{i + 1}", False, None) for i in range(opts.workers)
         ]
@@ -193,10 +212,10 @@ class Devnet:
             args = ["--role", "worker", "--bootstrap", bootstrap]
             if seed is not None:
                 args += ["--cheat-model-seed", str(seed)]
-            self._spawn(name, args, cheater)
+            self._spawn(name, "worker", args, cheater)
         deadline = time.time() + NODE_START_TIMEOUT_S
         self.validator_info = self._wait_info(validator, deadline)
-        for proc in self.procs[1:]:
+        for proc in self.procs:
             self._wait_info(proc, deadline)
         self.ready_at = time.time()
 
@@ -243,6 +262,8 @@ class Devnet:
         """SIGTERM every process, then SIGKILL what is left after a grace period."""
         for proc in self.procs:
             if proc.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.process.pid, signal.SIGCONT)  # a frozen node cannot stop
                 proc.process.send_signal(signal.SIGTERM)
         grace = time.time() + 15
         for proc in self.procs:
@@ -263,7 +284,7 @@ class Devnet:
                 for s in leaderboard(store, since=self.started_at, limit=10_000)
             }
         contributors: list[dict[str, Any]] = []
-        for proc in self.procs[1:]:
+        for proc in self.workers:
             standing = standings.get(proc.public_key)
             contributors.append(
                 {

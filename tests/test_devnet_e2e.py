@@ -115,7 +115,7 @@ def test_devnet_survives_a_worker_killed_mid_lease(tmp_path: Path) -> None:
     net = Devnet(options)
     try:
         net.start()
-        victim = net.procs[1]
+        victim = net.workers[0]
         info = read_node_info(victim.data_dir)
         assert info is not None
         held = False
