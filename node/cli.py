@@ -35,6 +35,13 @@ def _add_node(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--api-port", type=int, default=0, help="local API port (0: any)")
     p.add_argument("--bootstrap", action="append", default=[], help="multiaddr of a peer to dial")
+    p.add_argument(
+        "--relay",
+        action="append",
+        default=[],
+        help="multiaddr of a Circuit Relay v2 node to reserve a slot on (when behind NAT)",
+    )
+    p.add_argument("--mdns", action="store_true", help="discover peers on the LAN (off by default)")
     p.add_argument("--tasks", type=int, default=6, help="number of tasks to load")
     p.add_argument("--tasks-file", type=Path, help="DeepScaleR-style JSON or JSONL task file")
     p.add_argument("--task-seed", type=int, default=0, help="seed of the built-in task generator")
@@ -124,6 +131,8 @@ def _cmd_node(args: argparse.Namespace) -> int:
         listen_port=args.port,
         listen_ip=args.listen_ip,
         bootstrap=tuple(args.bootstrap),
+        relays=tuple(args.relay),
+        mdns=args.mdns,
         api_port=args.api_port,
         tasks=args.tasks,
         tasks_file=args.tasks_file,

@@ -161,6 +161,8 @@ class NodeConfig:
     torch_threads: int = 0
     verifier_workers: int = 1
     heartbeat_interval: float = 2.0
+    relays: tuple[str, ...] = ()  # relay multiaddrs to take a reservation on (nodes behind NAT)
+    mdns: bool = False
 
     def __post_init__(self) -> None:
         if not self.roles:

@@ -26,7 +26,7 @@ from node.inbox import Inbox
 from node.liveness import Liveness
 from node.tasks import Task, builtin_tasks, load_tasks_file
 from protocol.envelope import open_envelope
-from protocol.errors import MalformedMessage
+from protocol.errors import FlopnetError, MalformedMessage
 from protocol.host import P2PHost
 from protocol.identity import load_or_create_identity
 from protocol.ids import (
@@ -69,6 +69,40 @@ def setup_logging(data_dir: Path, level: str) -> None:
     logging.getLogger("libp2p").setLevel(max(logging.WARNING, root.level))
 
 
+async def _check_reachability(host: P2PHost, config: NodeConfig, state: dict[str, Any]) -> None:
+    """Find out whether peers can dial us, and take relay reservations when asked to.
+
+    A node that nobody can dial still works as a worker (workers only dial out), but a publisher
+    or validator must be reachable: directly, or through a relay's circuit address.
+    """
+    for relay in config.relays:
+        try:
+            relayed = await host.reserve_relay(relay)
+            state["relayed_addrs"].append(relayed)
+            log.info("reachable through relay at %s", relayed)
+        except FlopnetError as exc:
+            log.warning("relay %s refused or failed: %s", relay, exc)
+    for _attempt in range(30):
+        peers = host.connected_peers()
+        if peers:
+            try:
+                reachable = await host.check_reachability(peers[0])
+            except FlopnetError as exc:
+                log.info("reachability check via %s failed: %s", peers[0], exc)
+            else:
+                state["reachable"] = bool(reachable)
+                if reachable:
+                    log.info("reachable: %s dialed us back at %s", peers[0], reachable)
+                else:
+                    log.warning(
+                        "this node is NOT reachable from %s; publishers and validators behind "
+                        "NAT need --relay <relay multiaddr>",
+                        peers[0],
+                    )
+                return
+        await trio.sleep(2.0)
+
+
 def _write_node_info(data_dir: Path, info: dict[str, Any]) -> None:
     tmp = data_dir / (NODE_INFO_FILE + ".tmp")
     tmp.write_text(json.dumps(info, indent=2))
@@ -103,7 +137,10 @@ async def run_node(config: NodeConfig) -> None:
                 info.weights_sha256[:16],
             )
 
-        host = P2PHost(identity, listen_ip=config.listen_ip)
+        host = P2PHost(
+            identity, listen_ip=config.listen_ip, relay_hop="relay" in roles, mdns=config.mdns
+        )
+        network_state: dict[str, Any] = {"reachable": None, "relayed_addrs": []}
         tasks = load_task_set(config) if roles & {"publisher", "validator"} else []
         publisher = validator = worker = None
 
@@ -202,6 +239,8 @@ async def run_node(config: NodeConfig) -> None:
                 "uptime_s": round(now - started, 1),
                 "peers": host.connected_peers(),
                 "peer_table": liveness.table.snapshot(now),
+                "reachable": network_state["reachable"],
+                "relayed_addrs": network_state["relayed_addrs"],
                 "penalties": host.guard.snapshot(now),
                 "model": None if model is None or model.info is None else vars(model.info),
                 "publisher": publisher.snapshot() if publisher else None,
@@ -230,6 +269,7 @@ async def run_node(config: NodeConfig) -> None:
                 host, net.network_id, roles, net.publisher_keys, net.validator_keys
             )
             nursery.start_soon(discovery.run)
+            nursery.start_soon(_check_reachability, host, config, network_state)
             token = load_or_create_token(config.data_dir)
             app = build_app(token, {"/status": status, "/leaderboard": leaderboard})
             api_url = await nursery.start(serve_api, app, config.api_port)

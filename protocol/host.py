@@ -25,9 +25,11 @@ from typing import Any
 
 import trio
 
+from protocol.codec import decode_record
 from protocol.errors import MalformedMessage, PeerError, ProtocolTimeout
 from protocol.guard import PeerGuard, Violation
 from protocol.identity import Identity
+from protocol.messages import ReachabilityReply, ReachabilityRequest
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,16 @@ Handler = Callable[[str, bytes], Awaitable[bytes]]
 """A request handler: (remote peer id, request payload) -> response payload."""
 
 GOSSIP_PROTOCOLS = ("/meshsub/1.1.0", "/meshsub/1.0.0")
+# A transport-level service: bare records (the Noise session already authenticates the peer).
+DIALBACK_PROTOCOL = "/flopnet/dialback/1.0.0"
 MAX_VARINT_BYTES = 10
+
+
+def multiaddr_parse(text: str) -> Any:
+    """Parse a multiaddr (imported lazily: the CLI must start without libp2p)."""
+    import multiaddr
+
+    return multiaddr.Multiaddr(text)
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,9 @@ class StreamLimits:
     max_request: int
     max_response: int
     timeout: float = 10.0
+
+
+DIALBACK_LIMITS = StreamLimits(max_request=4096, max_response=4096, timeout=30.0)
 
 
 def encode_frame(payload: bytes) -> bytes:
@@ -121,11 +135,16 @@ class P2PHost:
         listen_ip: str = "127.0.0.1",
         guard: PeerGuard | None = None,
         health: HealthSettings | None = None,
+        relay_hop: bool = False,
+        mdns: bool = False,
     ) -> None:
         self.identity = identity
         self.listen_ip = listen_ip
         self.guard = guard or PeerGuard()
         self.health = health or HealthSettings()
+        self.relay_hop = relay_hop  # serve as a Circuit Relay v2 relay for others
+        self.mdns = mdns  # LAN discovery; off by default (it uses every interface)
+        self._circuit: Any = None
         self._host: Any = None
         self._pubsub: Any = None
         self._handlers: dict[str, tuple[Handler, StreamLimits]] = {}
@@ -138,38 +157,19 @@ class P2PHost:
     async def running(self, port: int = 0) -> AsyncIterator[P2PHost]:
         """Start listening on ``listen_ip:port`` with gossip running; stop on exit."""
         import multiaddr
-        from libp2p import new_host
         from libp2p.crypto.ed25519 import create_new_key_pair
-        from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_pair
         from libp2p.custom_types import TProtocol
         from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
-        from libp2p.network.config import ConnectionConfig
         from libp2p.pubsub.gossipsub import GossipSub
         from libp2p.pubsub.pubsub import Pubsub
-        from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
-        from libp2p.security.noise.transport import Transport as NoiseTransport
+        from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
+        from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
+        from libp2p.relay.circuit_v2.resources import RelayLimits
+        from libp2p.relay.circuit_v2.transport import CircuitV2Transport
         from libp2p.tools.anyio_service import background_trio_service
 
         key_pair = create_new_key_pair(self.identity.seed)
-        noise = NoiseTransport(key_pair, noise_privkey=create_x25519_pair().private_key)
-        # A frozen (SIGSTOPped) peer keeps its TCP connection open and hangs every read; health
-        # monitoring pings it and aborts the connection (measured: ~1.6 s at 1 s intervals).
-        connection_config = ConnectionConfig(
-            max_connections_per_peer=1,
-            enable_health_monitoring=True,
-            health_initial_delay=self.health.check_interval,
-            health_warmup_window=self.health.check_interval / 2,
-            health_check_interval=self.health.check_interval,
-            ping_timeout=self.health.ping_timeout,
-            abort_connection_on_ping_failure=True,
-        )
-        host = new_host(
-            key_pair=key_pair,
-            sec_opt={NOISE_ID: noise},
-            muxer_preference="YAMUX",
-            connection_config=connection_config,
-            enable_mDNS=False,
-        )
+        host = _new_libp2p_host(key_pair, self.health, mdns=self.mdns)
         self._install_ban_gate(host)
         if str(host.get_id()) != self.identity.peer_id:
             raise PeerError("libp2p derived a different peer id from our key")  # a library change
@@ -184,11 +184,20 @@ class P2PHost:
             eclipse_protection_enabled=False,  # every peer is on 127.0.0.1 in a devnet
         )
         pubsub = Pubsub(host, gossipsub, strict_signing=True)
+        limits = RelayLimits(
+            duration=3600, data=64 * 1024 * 1024, max_circuit_conns=64, max_reservations=64
+        )
+        circuit = CircuitV2Protocol(host, limits=limits, allow_hop=self.relay_hop)
+        circuit_transport = CircuitV2Transport(
+            host, circuit, RelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT, limits=limits)
+        )
         listen = multiaddr.Multiaddr(f"/ip4/{self.listen_ip}/tcp/{port}")
         async with host.run(listen_addrs=[listen]), trio.open_nursery() as nursery:
             self._host, self._pubsub, self._nursery = host, pubsub, nursery
+            self._circuit = circuit_transport
             for protocol_id in self._handlers:
                 self._register(protocol_id)
+            self._register_dialback()
             # The library's auto-connector redials every peer it ever saw, banned or frozen ones
             # included; we re-dial only the peers we choose (node.liveness).
             auto_connector = getattr(host.get_network(), "auto_connector", None)
@@ -199,6 +208,8 @@ class P2PHost:
                 background_trio_service(pubsub),
                 background_trio_service(gossipsub),
                 background_trio_service(dht),
+                background_trio_service(circuit),
+                background_trio_service(circuit_transport.discovery),
             ):
                 self._dht = dht
                 await pubsub.wait_until_ready()
@@ -206,7 +217,7 @@ class P2PHost:
                     yield self
                 finally:
                     nursery.cancel_scope.cancel()
-        self._host = self._pubsub = self._nursery = self._dht = None
+        self._host = self._pubsub = self._nursery = self._dht = self._circuit = None
 
     @property
     def peer_id(self) -> str:
@@ -225,11 +236,13 @@ class P2PHost:
         return out
 
     async def connect(self, multiaddr_text: str, *, timeout: float = 10.0) -> str:
-        """Dial a peer by full multiaddr; return its peer id."""
+        """Dial a peer by full multiaddr (a ``/p2p-circuit`` one goes through its relay)."""
         import multiaddr
         from libp2p.peer.peerinfo import info_from_p2p_addr
 
         assert self._host is not None, "host not running"
+        if "/p2p-circuit/" in multiaddr_text:
+            return await self._connect_relayed(multiaddr_text, timeout)
         try:
             info = info_from_p2p_addr(multiaddr.Multiaddr(multiaddr_text))
         except Exception as exc:
@@ -242,6 +255,100 @@ class P2PHost:
         except Exception as exc:
             raise PeerError(f"cannot connect to {multiaddr_text}: {exc}") from None
         return str(info.peer_id)
+
+    # -- NAT: relays and reachability --------------------------------------------------------
+
+    async def _connect_relayed(self, multiaddr_text: str, timeout: float) -> str:
+        import multiaddr
+
+        peer_id = multiaddr_text.rsplit("/p2p/", 1)[-1]
+        try:
+            with trio.fail_after(timeout):
+                # host.connect skips circuit addresses; the circuit transport dials them.
+                await self._circuit.dial(multiaddr.Multiaddr(multiaddr_text))
+        except trio.TooSlowError:
+            raise ProtocolTimeout(f"relayed dial to {peer_id} took over {timeout}s") from None
+        except Exception as exc:
+            raise PeerError(f"cannot reach {peer_id} through its relay: {exc}") from None
+        return peer_id
+
+    async def reserve_relay(self, relay_addr: str, *, timeout: float = 10.0) -> str:
+        """Take a Circuit Relay v2 reservation on a relay; return our relayed multiaddr.
+
+        Peers that cannot dial us directly dial this address; the relay splices the streams.
+        """
+        from libp2p.peer.id import ID
+
+        relay_id = await self.connect(relay_addr, timeout=timeout)
+        with trio.move_on_after(timeout):
+            await trio.sleep(0.2)  # identify must finish so the relay's hop protocol is known
+            await self._circuit.discovery.discover_relays()
+            info = self._circuit.discovery.get_relay_info(ID.from_base58(relay_id))
+            if info is None or not info.has_reservation:
+                await self._circuit.discovery.make_reservation(ID.from_base58(relay_id))
+                info = self._circuit.discovery.get_relay_info(ID.from_base58(relay_id))
+            if info is not None and info.has_reservation:
+                base = relay_addr if "/p2p/" in relay_addr else f"{relay_addr}/p2p/{relay_id}"
+                return f"{base}/p2p-circuit/p2p/{self.peer_id}"
+        raise PeerError(f"the relay {relay_id} granted no reservation")
+
+    def _register_dialback(self) -> None:
+        from libp2p.custom_types import TProtocol
+
+        async def on_stream(stream: Any) -> None:
+            peer = _remote_peer_id(stream)
+            try:
+                with trio.fail_after(DIALBACK_LIMITS.timeout):
+                    raw = await _Reader(stream).read_frame(DIALBACK_LIMITS.max_request)
+                    request = decode_record(ReachabilityRequest, raw, max_bytes=len(raw))
+                    reachable = await self._dial_back(peer, request.addrs, stream)
+                    reply = ReachabilityReply(version=1, reachable=tuple(reachable))
+                    await stream.write(encode_frame(reply.encode()))
+                    await stream.close()
+            except MalformedMessage:
+                await _reset(stream)
+                await self.penalize(peer, Violation.MALFORMED)
+            except Exception as exc:
+                log.info("dial-back for %s: %s", peer, exc)
+                await _reset(stream)
+
+        assert self._host is not None
+        self._host.set_stream_handler(TProtocol(DIALBACK_PROTOCOL), on_stream)
+
+    async def _dial_back(self, peer: str, addrs: tuple[str, ...], stream: Any) -> list[str]:
+        """Dial each claimed address from a throwaway host (the requester's existing connection
+        would otherwise be reused and prove nothing); only the requester's own IP is dialed, so
+        nobody can aim us at a third party."""
+        from libp2p.crypto.ed25519 import create_new_key_pair
+        from libp2p.peer.peerinfo import info_from_p2p_addr
+
+        observed = stream.get_remote_address()
+        observed_ip = observed[0] if observed else None
+        reachable = []
+        probe = _new_libp2p_host(create_new_key_pair(), self.health)
+        async with probe.run(listen_addrs=[]):
+            for addr in addrs[:8]:
+                if observed_ip is None or f"/ip4/{observed_ip}/" not in addr:
+                    continue
+                full = addr if "/p2p/" in addr else f"{addr}/p2p/{peer}"
+                try:
+                    info = info_from_p2p_addr(multiaddr_parse(full))
+                    if str(info.peer_id) != peer:
+                        continue
+                    with trio.fail_after(3.0):
+                        await probe.connect(info)  # Noise proves the peer id at that address
+                    reachable.append(addr)
+                except Exception as exc:
+                    log.debug("dial-back to %s failed: %s", addr, exc)
+        return reachable
+
+    async def check_reachability(
+        self, helper_peer: str, addrs: list[str] | None = None
+    ) -> list[str]:
+        """Ask a connected peer which of our listen addresses it can dial back."""
+        request = ReachabilityRequest(version=1, addrs=tuple((addrs or self.addrs())[:8]))
+        raw = await self.request(helper_peer, DIALBACK_PROTOCOL, request.encode(), DIALBACK_LIMITS)
+        return list(decode_record(ReachabilityReply, raw, max_bytes=len(raw)).reachable)
 
     # -- discovery (Kademlia) ------------------------------------------------------------------
 
@@ -469,6 +576,35 @@ class P2PHost:
         if self._pubsub is None:
             return 0
         return len(self._pubsub.peer_topics.get(topic, ()))
+
+
+def _new_libp2p_host(key_pair: Any, health: HealthSettings, *, mdns: bool = False) -> Any:
+    """A py-libp2p host with our settings: TCP + Noise only + Yamux, one connection per peer."""
+    from libp2p import new_host
+    from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_pair
+    from libp2p.network.config import ConnectionConfig
+    from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
+    from libp2p.security.noise.transport import Transport as NoiseTransport
+
+    noise = NoiseTransport(key_pair, noise_privkey=create_x25519_pair().private_key)
+    # A frozen (SIGSTOPped) peer keeps its TCP connection open and hangs every read; health
+    # monitoring pings it and aborts the connection (measured: ~1.6 s at 1 s intervals).
+    connection_config = ConnectionConfig(
+        max_connections_per_peer=1,
+        enable_health_monitoring=True,
+        health_initial_delay=health.check_interval,
+        health_warmup_window=health.check_interval / 2,
+        health_check_interval=health.check_interval,
+        ping_timeout=health.ping_timeout,
+        abort_connection_on_ping_failure=True,
+    )
+    return new_host(
+        key_pair=key_pair,
+        sec_opt={NOISE_ID: noise},
+        muxer_preference="YAMUX",
+        connection_config=connection_config,
+        enable_mDNS=mdns,
+    )
 
 
 async def _reset(stream: Any) -> None:

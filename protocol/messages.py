@@ -258,6 +258,24 @@ class NetworkManifest(Record):
     bootstrap: tuple[str, ...] = bounded(max_items=64, item={"max_len": 512})
 
 
+@dataclass(frozen=True)
+class ReachabilityRequest(Record):
+    """Ask a peer to dial us back on these addresses (are we reachable from outside?)."""
+
+    TYPE: ClassVar[str] = "reachability_request"
+    version: int = bounded(min=1, max=1)
+    addrs: tuple[str, ...] = bounded(max_items=8, item={"max_len": 256})
+
+
+@dataclass(frozen=True)
+class ReachabilityReply(Record):
+    """The addresses the peer could dial, with a fresh identity, within its deadline."""
+
+    TYPE: ClassVar[str] = "reachability_reply"
+    version: int = bounded(min=1, max=1)
+    reachable: tuple[str, ...] = bounded(max_items=8, item={"max_len": 256})
+
+
 MESSAGE_TYPES: dict[str, type[Record]] = {
     cls.TYPE: cls
     for cls in (
@@ -276,6 +294,8 @@ MESSAGE_TYPES: dict[str, type[Record]] = {
         AnnouncementRangeRequest,
         AnnouncementRange,
         NetworkManifest,
+        ReachabilityRequest,
+        ReachabilityReply,
     )
 }
 
@@ -296,4 +316,6 @@ MAX_ENVELOPE_BYTES: dict[str, int] = {
     AnnouncementRangeRequest.TYPE: 1024,
     AnnouncementRange.TYPE: 512 * 4200,
     NetworkManifest.TYPE: 64 * 1024,
+    ReachabilityRequest.TYPE: 4 * 1024,
+    ReachabilityReply.TYPE: 4 * 1024,
 }

@@ -14,6 +14,7 @@ from node.publisher import Publisher
 from node.tasks import builtin_tasks
 from protocol.envelope import open_envelope, seal
 from protocol.errors import MalformedMessage, PeerError, ProtocolTimeout
+from protocol.guard import PeerGuard
 from protocol.host import P2PHost, StreamLimits, encode_frame
 from protocol.identity import Identity
 from protocol.ids import CLAIM_LIMITS, CLAIM_PROTOCOL
@@ -104,3 +105,32 @@ def test_frame_encoding_and_caps() -> None:
     assert encode_frame(b"a" * 300)[:2] == b"\xac\x02"
     with pytest.raises(MalformedMessage):
         open_envelope(encode_frame(b"junk"), "faults")
+
+
+@pytest.mark.timeout(120)
+def test_abusive_peer_is_banned_and_others_still_served(tmp_path: Path) -> None:
+    async def main() -> None:
+        guard = PeerGuard(ban_threshold=-60.0, ban_seconds=60.0)
+        server = P2PHost(PUBLISHER, guard=guard)
+        publisher = make_publisher(server, tmp_path)
+        server.handle(CLAIM_PROTOCOL, publisher.handle_claim, CLAIM_LIMITS)
+        hostile, honest = P2PHost(MALLORY), P2PHost(WORKER)
+        async with server.running() as srv, hostile.running() as bad, honest.running() as good:
+            await bad.connect(srv.addrs()[0])
+            await good.connect(srv.addrs()[0])
+            task_id = next(iter(publisher.tasks))
+            for _ in range(3):  # three malformed claims: -60, banned
+                await bad.request(srv.peer_id, CLAIM_PROTOCOL, b"\xc1junk", CLAIM_LIMITS)
+            assert guard.is_banned(bad.peer_id, time.time())
+            await trio.sleep(0.5)
+            assert bad.peer_id not in srv.connected_peers()  # disconnected on the ban
+            with pytest.raises((PeerError, ProtocolTimeout)):
+                await bad.connect(srv.addrs()[0], timeout=3)
+                await bad.request(srv.peer_id, CLAIM_PROTOCOL, b"again", CLAIM_LIMITS)
+            reply = await good.request(
+                srv.peer_id, CLAIM_PROTOCOL, claim_bytes(WORKER, task_id), CLAIM_LIMITS
+            )
+            assert open_envelope(reply, "faults").expect(Lease).worker == WORKER.public_key
+            assert server.guard.snapshot(time.time())[0]["violations"] == {"MALFORMED": 3}
+
+    trio.run(main)
