@@ -45,6 +45,9 @@ class PeerGuard:
 
     rate_per_s: float = 50.0
     burst: float = 100.0
+    # Gossip is rated per original author and topic; a publisher may announce in bursts.
+    gossip_rate_per_s: float = 500.0
+    gossip_burst: float = 2000.0
     ban_threshold: float = -100.0
     ban_seconds: float = 600.0
     recovery_per_s: float = 0.5
@@ -77,12 +80,15 @@ class PeerGuard:
             return True
         return False
 
-    def allow(self, peer: str, protocol: str, now: float) -> bool:
+    def allow(self, peer: str, protocol: str, now: float, *, gossip: bool = False) -> bool:
         """Take a token from the peer's bucket for ``protocol``; False (and a penalty) if empty."""
+        rate, burst = (
+            (self.gossip_rate_per_s, self.gossip_burst) if gossip else (self.rate_per_s, self.burst)
+        )
         bucket = self._buckets.get((peer, protocol))
         if bucket is None:
-            bucket = self._buckets[(peer, protocol)] = _Bucket(self.burst, now)
-        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate_per_s)
+            bucket = self._buckets[(peer, protocol)] = _Bucket(burst, now)
+        bucket.tokens = min(burst, bucket.tokens + (now - bucket.updated) * rate)
         bucket.updated = now
         if bucket.tokens >= 1.0:
             bucket.tokens -= 1.0

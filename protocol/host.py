@@ -559,7 +559,10 @@ class P2PHost:
                 sender = ""
                 try:
                     sender = str(ID(message.from_id))
-                    if self.guard.is_banned(sender, time.time()):
+                    now = time.time()
+                    if self.guard.is_banned(sender, now) or not self.guard.allow(
+                        sender, topic, now, gossip=True
+                    ):
                         continue
                     await on_message(sender, bytes(message.data))
                 except MalformedMessage as exc:

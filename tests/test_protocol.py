@@ -257,3 +257,19 @@ def test_bounds_are_enforced() -> None:
 def test_every_message_type_has_a_cap() -> None:
     assert set(MESSAGE_TYPES) == set(MAX_ENVELOPE_BYTES)
     assert CreditBody.TYPE == ""  # bodies travel inside ledger entries, never alone
+
+
+@given(st.binary(max_size=2048))
+@settings(max_examples=200, deadline=None)
+def test_other_untrusted_decoders_raise_only_malformed(blob: bytes) -> None:
+    from protocol.codec import decode_record
+    from protocol.manifest import open_manifest
+    from protocol.messages import ReachabilityReply, ReachabilityRequest
+
+    for decode in (
+        lambda: open_manifest(blob),
+        lambda: decode_record(ReachabilityRequest, blob, max_bytes=4096),
+        lambda: decode_record(ReachabilityReply, blob, max_bytes=4096),
+    ):
+        with pytest.raises(MalformedMessage):
+            decode()
