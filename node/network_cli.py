@@ -37,7 +37,18 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Na
     show = actions.add_parser("show", help="verify a manifest and print it")
     show.add_argument("manifest", type=Path)
     show.add_argument("--json", action="store_true")
-    return {"network": _run}
+
+    ident = sub.add_parser("identity", help="create (if needed) and print a node's identity")
+    ident.add_argument("--data-dir", type=Path, help="the node's data dir")
+    return {"network": _run, "identity": _identity}
+
+
+def _identity(args: argparse.Namespace) -> int:
+    from protocol.identity import load_or_create_identity
+
+    identity = load_or_create_identity(args.data_dir)
+    print(json.dumps({"peer_id": identity.peer_id, "public_key": identity.public_key.hex()}))
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -99,3 +99,6 @@ def test_network_init_cli(tmp_path: Path) -> None:
     assert shown.returncode == 0 and f'"{KEY}"' in shown.stdout
     again = flopnet("network", "init", "--out", str(out))
     assert again.returncode == 2 and "refusing to overwrite" in again.stderr
+    ident = flopnet("identity", "--data-dir", str(tmp_path / "node"))
+    assert ident.returncode == 0 and '"public_key"' in ident.stdout
+    assert ident.stdout == flopnet("identity", "--data-dir", str(tmp_path / "node")).stdout
