@@ -122,12 +122,12 @@ async def run_node(config: NodeConfig) -> None:
 
     with ExitStack() as stack:
         model: ModelService | None = None
-        n_params = 0
+        model_config: dict[str, Any] = {}
         if roles & {"worker", "validator"}:
             model = ModelService(net.model, config.model_seed, net.dtype, config.torch_threads)
             stack.callback(model.close)
             info = await model.start()
-            n_params = info.n_params
+            model_config = info.config or {}
             log.info(
                 "model %s seed %d loaded in %.1fs: %d parameters, weights sha256 %s",
                 info.name,
@@ -179,7 +179,7 @@ async def run_node(config: NodeConfig) -> None:
                 store,
                 inbox,
                 {t.task_id: t for t in tasks},
-                n_params,
+                model_config,
                 on_verdict,
             )
             host.handle(SUBMIT_PROTOCOL, validator.handle_submission, SUBMIT_LIMITS)

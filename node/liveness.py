@@ -99,7 +99,7 @@ class Liveness:
 
     async def keep_connected(self, addr: str) -> None:
         """Dial ``addr`` and re-dial it with exponential backoff whenever the connection drops."""
-        backoff = Backoff()
+        backoff = Backoff(cap=10.0)
         rng = random.Random()
         peer_id = addr.rsplit("/p2p/", 1)[-1]
         while True:

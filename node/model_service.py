@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import multiprocessing
 import threading
@@ -43,6 +44,7 @@ class ModelInfo:
     vocab_size: int
     load_seconds: float
     gpu_names: tuple[str, ...] = ()
+    config: dict[str, Any] | None = None  # the HF config, for the validator's FLOP formula
 
 
 def _child_main(conn: Connection, model: str, seed: int, dtype: str, threads: int) -> None:
@@ -63,6 +65,7 @@ def _child_main(conn: Connection, model: str, seed: int, dtype: str, threads: in
         else:
             spec = hf_spec(model, dtype=dtype)
         backend = HFBackend(spec, num_threads=threads or None)
+        model_config: Any = backend.model.config
         info = ModelInfo(
             name=model,
             seed=seed,
@@ -75,6 +78,7 @@ def _child_main(conn: Connection, model: str, seed: int, dtype: str, threads: in
             gpu_names=tuple(
                 torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
             ),
+            config=json.loads(model_config.to_json_string(use_diff=False)),
         )
     except Exception as exc:
         conn.send({"ok": False, "error": f"model load failed: {type(exc).__name__}: {exc}"})

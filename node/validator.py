@@ -8,7 +8,8 @@ Order of checks (cheap and certain first): envelope signature and the stream's p
 publisher's signature on the lease; the lease names this validator and this worker and has not
 expired; the lease was not already used; token and proof counts within limits; then one prefill
 in the model process for the TOPLOC check and the sampling replay; then the answer verifier.
-FLOPs come from the model's parameter count and the token counts, never from the worker.
+FLOPs come from the model's config and the token counts (``ledger.flops.inference_flops``),
+never from the worker.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import trio
 
 from ledger.chain import decode_body
-from ledger.flops import FLOP_FORMULA, skeleton_flops
+from ledger.flops import MATMUL_FORMULA, inference_flops
 from ledger.store import LedgerStore
 from node.config import NodeConfig
 from node.inbox import Inbox
@@ -85,7 +86,7 @@ class Validator:
         store: LedgerStore,
         inbox: Inbox,
         tasks: dict[str, Task],
-        n_params: int,
+        model_config: dict[str, Any],
         on_verdict: Callable[[bytes, bool], None],
     ) -> None:
         self.config = config
@@ -97,7 +98,7 @@ class Validator:
         self.store = store
         self.inbox = inbox
         self.tasks = tasks
-        self.n_params = n_params
+        self.model_config = model_config
         self.on_verdict = on_verdict
         self.stats = ValidatorStats()
         self._used_leases: set[bytes] = store.credited_leases(identity.public_key)
@@ -250,7 +251,8 @@ class Validator:
             # A proof the model cannot even evaluate (wrong count, bad modulus) is a failed proof.
             reasons.append(f"proof check failed: {exc}")
         prompt_tokens, generated = len(lease.prompt_ids), len(sub.token_ids)
-        flops = skeleton_flops(self.n_params, prompt_tokens, generated) if accepted else 0
+        # Computed here from the validator's own model config and the counts it checked itself.
+        flops = inference_flops(self.model_config, prompt_tokens, generated) if accepted else 0
         body = CreditBody(
             contributor=opened.signer,
             lease_id=lease.lease_id,
@@ -260,7 +262,7 @@ class Validator:
             prompt_tokens=prompt_tokens,
             generated_tokens=generated,
             flops=flops,
-            flop_formula=FLOP_FORMULA,
+            flop_formula=MATMUL_FORMULA,
             accepted=accepted,
             answer_score=float(answer.score),
             reasons=tuple(r[:1024] for r in reasons[:64]),

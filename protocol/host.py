@@ -247,6 +247,7 @@ class P2PHost:
             info = info_from_p2p_addr(multiaddr.Multiaddr(multiaddr_text))
         except Exception as exc:
             raise PeerError(f"bad multiaddr {multiaddr_text!r}: {exc}") from None
+        self._forget_failed_dials(info.peer_id)
         try:
             with trio.fail_after(timeout):
                 await self._host.connect(info)
@@ -399,6 +400,7 @@ class P2PHost:
 
         assert self._host is not None, "host not running"
         info = PeerInfo(ID.from_base58(peer_id), [multiaddr.Multiaddr(a) for a in addrs])
+        self._forget_failed_dials(info.peer_id)
         try:
             with trio.fail_after(timeout):
                 await self._host.connect(info)
@@ -406,6 +408,14 @@ class P2PHost:
             raise ProtocolTimeout(f"connecting to {peer_id} took over {timeout}s") from None
         except Exception as exc:
             raise PeerError(f"cannot connect to {peer_id}: {exc}") from None
+
+    def _forget_failed_dials(self, peer_id: Any) -> None:
+        # The swarm refuses to dial a peer that failed recently ("negative cache") with its own
+        # growing backoff; callers here pace their own retries, and the two compounded into
+        # minute-long waits for a peer that was already up.
+        unblock = getattr(self._host.get_network(), "unblock_peer", None)
+        if unblock is not None:
+            unblock(peer_id)
 
     def connected_peers(self) -> list[str]:
         """Peer ids with an open connection."""

@@ -96,7 +96,7 @@ def test_validator_rejects_bad_submissions_and_keeps_serving(tmp_path: Path) -> 
             store,
             inbox,
             {t.task_id: t for t in TASKS},
-            n_params=1000,
+            model_config={"model_type": "llama"},  # never used: nothing here is accepted
             on_verdict=lambda lease_id, ok: verdicts.append((lease_id, ok)),
         )
         host.handle(SUBMIT_PROTOCOL, validator.handle_submission, SUBMIT_LIMITS)
