@@ -1,47 +1,46 @@
-"""The leaderboard: contributors ranked by credited FLOPs, one SQL query over verified entries.
+"""The leaderboard: contributors ranked by credited FLOPs, from the store's precomputed sums.
 
-Only entries that passed verification reach the store's ``credits`` table, so the query needs no
-re-checking. Rejected submissions stay in the chain as credit entries with ``accepted=False`` and
-``flops=0``: they are counted, never credited.
+Only entries that passed verification reach the store, so nothing is re-checked here. Rejected
+submissions stay in the chain as credit entries with ``accepted=False`` and ``flops=0``: they are
+counted, never credited. Credit voided by an invalidation (see :mod:`ledger.policy`) is taken out
+again; what remains is split into pending (inside the lock window) and final.
+
+Speed: a window ``[since, now]`` is summed from four parts of the store's sums: the raw credits
+of the partial hour at its start, the hour buckets up to the next quarter day, the quarter-day
+buckets up to the next UTC midnight, and the day buckets from there on (``since=None`` reads
+the all-time sums). A top-100 over a million entries
+thus reads thousands of rows. The sums are exact integers: FLOPs travel as 32-bit halves.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import csv
+import heapq
+import io
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
-from ledger.store import LedgerStore
+from ledger.policy import DEFAULT_LOCK_WINDOW_S
+from ledger.store import DAY, HOUR, QUARTER, LedgerStore
 from protocol.identity import peer_id_from_public_key
 
-_LOW32 = 0xFFFFFFFF
+WINDOWS: dict[str, float | None] = {"24h": 86400.0, "7d": 7 * 86400.0, "all": None}
+_DETAIL_FILTER_MAX = 500  # above this many contributors, sum the windows for everyone instead
 
-# FLOPs are summed as two 32-bit halves: a plain SUM of 64-bit integers overflows (SQLite raises
-# "integer overflow") after a few thousand long samples of a large model, and TOTAL() would round.
-# The ORDER BY compares (high part after carry, low 32 bits), which orders the exact totals. Ties
-# are broken by contributor key, which orders like the peer id: every Ed25519 peer id is 52 base58
-# characters over the same 6-byte prefix, and the base58 alphabet is in ASCII order.
-_QUERY = """
-SELECT contributor,
-       SUM(CASE WHEN accepted THEN flops >> 32 ELSE 0 END) AS hi,
-       SUM(CASE WHEN accepted THEN flops & {low} ELSE 0 END) AS lo,
-       SUM(accepted != 0) AS n_accepted,
-       SUM(accepted = 0) AS n_rejected,
-       SUM(CASE WHEN accepted THEN generated_tokens ELSE 0 END) AS tokens,
-       GROUP_CONCAT(DISTINCT CASE WHEN accepted THEN flop_formula END) AS formulas
-FROM credits
-{where}
-GROUP BY contributor
-ORDER BY hi + (lo >> 32) DESC, lo & {low} DESC, contributor ASC
-LIMIT ?
-"""
+Sums = dict[bytes, list[int]]  # contributor -> [flops, accepted, rejected, tokens, voided]
 
 
 @dataclass(frozen=True)
 class Standing:
-    """One contributor's row: credited FLOPs and accepted/rejected counts.
+    """One contributor's row: credited FLOPs and task counts in the ranked window.
 
-    ``generated_tokens`` counts accepted samples only, like ``flops``; ``formulas`` lists the FLOP
-    formula versions behind ``flops``.
+    ``flops`` = ``pending_flops`` + ``final_flops`` (voided credit excluded); ``generated_tokens``
+    counts accepted samples only, like ``flops``; ``tasks_voided`` counts accepted credits an
+    invalidation voided. ``flops_24h``/``flops_7d``/``flops_all`` are the same contributor's
+    credited FLOPs over those windows. ``formulas`` lists the FLOP formula versions behind the
+    contributor's credits.
     """
 
     contributor: bytes
@@ -51,6 +50,164 @@ class Standing:
     tasks_rejected: int
     generated_tokens: int
     formulas: tuple[str, ...] = ()
+    pending_flops: int = 0
+    final_flops: int = 0
+    tasks_voided: int = 0
+    flops_24h: int = 0
+    flops_7d: int = 0
+    flops_all: int = 0
+    display_name: str = ""
+    team: str = ""
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        """Accepted (and not voided) tasks over all judged tasks; None before the first one."""
+        judged = self.tasks_accepted + self.tasks_rejected + self.tasks_voided
+        return self.tasks_accepted / judged if judged else None
+
+
+def _in(column: str, values: Sequence[bytes] | None) -> tuple[str, list[Any]]:
+    if values is None:
+        return "", []
+    return f" AND {column} IN ({', '.join('?' * len(values))})", list(values)
+
+
+def window_sums(
+    store: LedgerStore,
+    since: float | None,
+    validators: Sequence[bytes] | None = None,
+    contributors: Sequence[bytes] | None = None,
+) -> dict[bytes, list[int]]:
+    """Per contributor [hi, lo, accepted, rejected, tokens] of credits at or after ``since``
+    (all time if None), before voiding; optionally only some signers and contributors."""
+    sig_sql, sig_params = _in("signer", validators)
+    con_sql, con_params = _in("contributor", contributors)
+    filters, params = sig_sql + con_sql, sig_params + con_params
+    amounts = "SUM(hi), SUM(lo), SUM(accepted), SUM(rejected), SUM(tokens)"
+    if since is None:
+        sql = f"SELECT contributor, {amounts} FROM credit_totals WHERE 1{filters} GROUP BY 1"
+        args: list[Any] = params
+    else:
+        # Whole buckets from the start of the window on: hours up to the next quarter day,
+        # quarters up to the next UTC midnight, then days; the rest is raw credits.
+        first_hour = -int(-since // HOUR)
+        first_quarter = -int(-since // QUARTER)
+        first_day = -int(-since // DAY)
+        # The raw edge is at most an hour of credits; read them in time order (rows were
+        # written in that order) unless only a few contributors are wanted. SQLite's statistics
+        # otherwise favour a skip-scan of the contributor index, twice as slow here.
+        raw_index = "credits_timestamp" if contributors is None else "credits_contributor"
+        raw = (
+            "SELECT contributor, "
+            "CASE WHEN accepted THEN flops >> 32 ELSE 0 END AS hi, "
+            "CASE WHEN accepted THEN flops & 4294967295 ELSE 0 END AS lo, "
+            "accepted != 0 AS accepted, accepted = 0 AS rejected, "
+            "CASE WHEN accepted THEN generated_tokens ELSE 0 END AS tokens "
+            f"FROM credits INDEXED BY {raw_index} WHERE timestamp >= ? AND timestamp < ?{filters}"
+        )
+        buckets = "SELECT contributor, hi, lo, accepted, rejected, tokens FROM {} WHERE {}"
+        hours = buckets.format("credit_hours", f"bucket >= ? AND bucket < ?{filters}")
+        quarters = buckets.format("credit_quarters", f"bucket >= ? AND bucket < ?{filters}")
+        days = buckets.format("credit_days", f"bucket >= ?{filters}")
+        sql = (
+            f"SELECT contributor, {amounts} FROM ({raw} UNION ALL {hours} UNION ALL {quarters} "
+            f"UNION ALL {days}) GROUP BY contributor"
+        )
+        per_hour, per_quarter = QUARTER // HOUR, DAY // QUARTER
+        args = [float(since), float(first_hour * HOUR), *params]
+        args += [first_hour, first_quarter * per_hour, *params]
+        args += [first_quarter, first_day * per_quarter, *params]
+        args += [first_day, *params]
+    return {row[0]: list(row[1:]) for row in store.connection.execute(sql, args)}
+
+
+def void_spans(
+    invalidations: Iterable[tuple[bytes, float]], lock_window: float
+) -> dict[bytes, list[tuple[float, float]]]:
+    """Per contributor, the disjoint time spans ``(lo, hi]`` in which hard invalidations at
+    the given times void credit: the union of ``(T - lock_window, T]`` (see ``policy.voids``)."""
+    times: dict[bytes, list[float]] = {}
+    for contributor, at in invalidations:
+        times.setdefault(contributor, []).append(at)
+    spans: dict[bytes, list[tuple[float, float]]] = {}
+    for contributor, ats in times.items():
+        merged: list[tuple[float, float]] = []
+        for at in sorted(ats):
+            lo = at - lock_window
+            if merged and lo <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], at)
+            else:
+                merged.append((lo, at))
+        spans[contributor] = merged
+    return spans
+
+
+_SPANS_PER_QUERY = 3000
+
+
+def voided_credits(
+    store: LedgerStore, lock_window: float, validators: Sequence[bytes] | None = None
+) -> list[tuple[bytes, float, int, int]]:
+    """(contributor, timestamp, flops, tokens) of every accepted credit an invalidation voids,
+    each once, by the rule of :func:`ledger.policy.voids`."""
+    inv_sql, inv_params = _in("signer", validators)
+    cred_sql, cred_params = _in("c.signer", validators)
+    conn = store.connection
+    hard = conn.execute(
+        f"SELECT contributor, timestamp FROM invalidations WHERE severity = 'hard'{inv_sql}",
+        inv_params,
+    ).fetchall()
+    spans = [
+        (contributor, lo, hi)
+        for contributor, merged in void_spans(hard, lock_window).items()
+        for lo, hi in merged
+    ]
+    columns = "c.signer, c.seq, c.contributor, c.timestamp, c.flops, c.generated_tokens"
+    found: dict[tuple[bytes, int], tuple[bytes, float, int, int]] = {}
+    # Disjoint spans: each credit is read once. CROSS JOIN keeps the spans as the outer loop,
+    # each one a range of the (contributor, timestamp) index.
+    for start in range(0, len(spans), _SPANS_PER_QUERY):
+        chunk = spans[start : start + _SPANS_PER_QUERY]
+        values = ", ".join("(?, ?, ?)" for _ in chunk)
+        rows = conn.execute(
+            f"WITH spans(contributor, lo, hi) AS (VALUES {values}) "
+            f"SELECT {columns} FROM spans s CROSS JOIN credits c "
+            "ON c.contributor = s.contributor AND c.timestamp > s.lo AND c.timestamp <= s.hi "
+            f"WHERE c.accepted{cred_sql}",
+            [*(v for span in chunk for v in span), *cred_params],
+        )
+        for signer, seq, contributor, at, flops, tokens in rows:
+            found[(signer, seq)] = (contributor, at, flops, tokens)
+    soft = conn.execute(
+        f"SELECT {columns} FROM invalidations i JOIN credits c "
+        "ON c.signer = i.credit_signer AND c.seq = i.credit_seq "
+        "AND c.contributor = i.contributor "
+        "AND c.timestamp <= i.timestamp AND c.timestamp > i.timestamp - ? "
+        f"WHERE i.severity = 'soft' AND c.accepted{_in('i.signer', validators)[0]}{cred_sql}",
+        [lock_window, *inv_params, *cred_params],
+    )
+    for signer, seq, contributor, at, flops, tokens in soft:
+        found[(signer, seq)] = (contributor, at, flops, tokens)
+    return list(found.values())
+
+
+def _credited(
+    raw: dict[bytes, list[int]],
+    voided: Iterable[tuple[bytes, float, int, int]],
+    since: float | None,
+) -> Sums:
+    """Exact [flops, accepted, rejected, tokens, voided] per contributor after voiding."""
+    out: Sums = {
+        c: [(hi << 32) + lo, acc, rej, tokens, 0] for c, (hi, lo, acc, rej, tokens) in raw.items()
+    }
+    for contributor, timestamp, flops, tokens in voided:
+        row = out.get(contributor)
+        if row is not None and (since is None or timestamp >= since):
+            row[0] -= flops
+            row[1] -= 1
+            row[3] -= tokens
+            row[4] += 1
+    return out
 
 
 def leaderboard(
@@ -58,36 +215,122 @@ def leaderboard(
     validators: set[bytes] | None = None,
     since: float | None = None,
     limit: int = 100,
+    *,
+    now: float | None = None,
+    lock_window: float = DEFAULT_LOCK_WINDOW_S,
+    details: bool = True,
 ) -> list[Standing]:
-    """Contributors ranked by accepted FLOPs, then peer id, from entries of ``validators`` (all
-    stored signers if None) with timestamps at or after ``since``."""
+    """Contributors ranked by credited FLOPs, then key (which orders like the peer id), from
+    entries of ``validators`` (all stored signers if None) with timestamps at or after ``since``.
+
+    With ``details`` each row also gets its pending/final split (by ``lock_window`` at ``now``),
+    its 24 h / 7 d / all-time FLOPs and its latest signed profile.
+    """
     if validators is not None and not validators:
         return []
-    clauses: list[str] = []
-    params: list[Any] = []
-    if validators is not None:
-        ordered = sorted(validators)
-        clauses.append(f"signer IN ({', '.join('?' * len(ordered))})")
-        params.extend(ordered)
-    if since is not None:
-        clauses.append("timestamp >= ?")
-        params.append(float(since))
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    params.append(max(0, int(limit)))
-    rows = store.connection.execute(_QUERY.format(where=where, low=_LOW32), params).fetchall()
-    return [
+    now = time.time() if now is None else now
+    signers = None if validators is None else sorted(validators)
+    voided = voided_credits(store, lock_window, signers)
+    ranked = _credited(window_sums(store, since, signers), voided, since)
+    top = heapq.nsmallest(max(0, int(limit)), ranked.items(), key=lambda kv: (-kv[1][0], kv[0]))
+    contributors = [c for c, _ in top]
+    formulas = _formulas(store, contributors, signers)
+    rows = [
         Standing(
-            contributor=contributor,
-            peer_id=peer_id_from_public_key(contributor),
-            flops=(hi << 32) + lo,
-            tasks_accepted=n_accepted,
-            tasks_rejected=n_rejected,
+            contributor=c,
+            peer_id=peer_id_from_public_key(c),
+            flops=flops,
+            tasks_accepted=accepted,
+            tasks_rejected=rejected,
             generated_tokens=tokens,
-            formulas=tuple(sorted(formulas.split(","))) if formulas else (),
+            formulas=formulas.get(c, ()),
+            final_flops=flops,
+            tasks_voided=n_voided,
         )
-        for contributor, hi, lo, n_accepted, n_rejected, tokens, formulas in rows
+        for c, (flops, accepted, rejected, tokens, n_voided) in top
     ]
+    if not details or not rows:
+        return rows
+    subset = contributors if len(contributors) <= _DETAIL_FILTER_MAX else None
+    # Windows that start where the ranked one does (24 h ranked with a 24 h lock window) are
+    # already summed, for every contributor.
+    known: dict[float | None, Sums] = {since: ranked}
 
+    def flops_since(start: float | None) -> dict[bytes, int]:
+        sums = known.get(start)
+        if sums is None:
+            sums = _credited(window_sums(store, start, signers, subset), voided, start)
+            known[start] = sums
+        return {c: v[0] for c, v in sums.items()}
+
+    pending_start = now - lock_window if since is None else max(since, now - lock_window)
+    pending = flops_since(pending_start)
+    last_day = flops_since(now - 86400.0)
+    last_week = flops_since(now - 7 * 86400.0)
+    ever = flops_since(None)
+    profiles = latest_profiles(store, contributors, signers)
+    out = []
+    for s in rows:
+        name, team = profiles.get(s.contributor, ("", ""))
+        p = pending.get(s.contributor, 0)
+        out.append(
+            replace(
+                s,
+                pending_flops=p,
+                final_flops=s.flops - p,
+                flops_24h=last_day.get(s.contributor, 0),
+                flops_7d=last_week.get(s.contributor, 0),
+                flops_all=ever.get(s.contributor, 0),
+                display_name=name,
+                team=team,
+            )
+        )
+    return out
+
+
+def _rows_for(
+    store: LedgerStore,
+    select: str,
+    contributors: Sequence[bytes],
+    signers: Sequence[bytes] | None,
+    order: str = "",
+) -> list[Any]:
+    """``select`` (ending in a WHERE clause) for some contributors and signers."""
+    subset = contributors if len(contributors) <= _DETAIL_FILTER_MAX else None
+    con_sql, con_params = _in("contributor", subset)
+    sig_sql, sig_params = _in("signer", signers)
+    sql = f"{select}{con_sql}{sig_sql}{order}"
+    return store.connection.execute(sql, [*con_params, *sig_params]).fetchall()
+
+
+def _formulas(
+    store: LedgerStore, contributors: Sequence[bytes], signers: Sequence[bytes] | None
+) -> dict[bytes, tuple[str, ...]]:
+    select = "SELECT DISTINCT contributor, flop_formula FROM credit_totals WHERE accepted > 0"
+    found: dict[bytes, set[str]] = {}
+    for contributor, formula in _rows_for(store, select, contributors, signers):
+        found.setdefault(contributor, set()).add(formula)
+    return {c: tuple(sorted(f)) for c, f in found.items()}
+
+
+def latest_profiles(
+    store: LedgerStore, contributors: Sequence[bytes], signers: Sequence[bytes] | None = None
+) -> dict[bytes, tuple[str, str]]:
+    """(display name, team) of each contributor's newest signed profile recorded by one of
+    ``signers``; newest by the profile's own ``updated_at``, ties broken by its message id."""
+    select = "SELECT contributor, display_name, team FROM profiles WHERE 1"
+    order = " ORDER BY contributor, updated_at, profile_id"
+    rows = _rows_for(store, select, contributors, signers, order)
+    return {contributor: (name, team) for contributor, name, team in rows}
+
+
+def flop_formulas(standings: Iterable[Standing]) -> list[str]:
+    """The FLOP formula versions behind a set of rows (shown with every leaderboard)."""
+    return sorted({f for s in standings for f in s.formulas})
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
 
 _SI = ["", "k", "M", "G", "T", "P", "E", "Z", "Y"]
 
@@ -100,22 +343,48 @@ def format_flops(flops: int) -> str:
     return f"{flops} FLOP" if unit == 0 else f"{value:.2f} {_SI[unit]}FLOP"
 
 
-def format_table(standings: list[Standing]) -> str:
+def _rate(s: Standing) -> str:
+    rate = s.acceptance_rate
+    return "-" if rate is None else f"{100 * rate:.1f}%"
+
+
+def format_table(standings: list[Standing], *, footer: Sequence[str] = ()) -> str:
     """A plain-text table for the terminal, with the FLOP formula versions in the footer."""
-    header = ("#", "peer id", "FLOPs", "accepted", "rejected", "tokens")
+    header = (
+        "#",
+        "peer id",
+        "name",
+        "team",
+        "FLOPs",
+        "pending",
+        "final",
+        "24 h",
+        "7 d",
+        "tokens",
+        "tasks",
+        "rejected",
+        "accepted",
+    )
     rows = [
         (
             str(rank),
             s.peer_id,
+            s.display_name,
+            s.team,
             format_flops(s.flops),
+            format_flops(s.pending_flops),
+            format_flops(s.final_flops),
+            format_flops(s.flops_24h),
+            format_flops(s.flops_7d),
+            str(s.generated_tokens),
             str(s.tasks_accepted),
             str(s.tasks_rejected),
-            str(s.generated_tokens),
+            _rate(s),
         )
         for rank, s in enumerate(standings, start=1)
     ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    left = {1}  # the peer id column reads better left-aligned; numbers right-aligned
+    left = {1, 2, 3}  # names read better left-aligned; numbers right-aligned
 
     def line(cells: tuple[str, ...]) -> str:
         return "  ".join(
@@ -127,26 +396,74 @@ def format_table(standings: list[Standing]) -> str:
     out.extend(line(r) for r in rows)
     if not rows:
         out.append("(no credited contributors)")
-    formulas = sorted({f for s in standings for f in s.formulas})
+    formulas = flop_formulas(standings)
     if formulas:
         out.append(f"FLOP formula: {', '.join(formulas)}")
+    out.extend(footer)
     return "\n".join(out)
 
 
 def to_json(standings: list[Standing]) -> list[dict[str, Any]]:
-    """Plain dicts for JSON; ``flops`` is an exact int (and also a string, for JavaScript
-    readers whose numbers lose integers above 2**53)."""
+    """Plain dicts for JSON; FLOP counts are exact ints (and ``flops`` also a string, for
+    JavaScript readers whose numbers lose integers above 2**53)."""
     return [
         {
             "rank": rank,
             "contributor": s.contributor.hex(),
             "peer_id": s.peer_id,
+            "display_name": s.display_name,
+            "team": s.team,
             "flops": s.flops,
             "flops_str": str(s.flops),
+            "pending_flops": s.pending_flops,
+            "final_flops": s.final_flops,
+            "flops_24h": s.flops_24h,
+            "flops_7d": s.flops_7d,
+            "flops_all": s.flops_all,
             "flop_formulas": list(s.formulas),
             "tasks_accepted": s.tasks_accepted,
             "tasks_rejected": s.tasks_rejected,
+            "tasks_voided": s.tasks_voided,
+            "acceptance_rate": s.acceptance_rate,
             "generated_tokens": s.generated_tokens,
         }
         for rank, s in enumerate(standings, start=1)
     ]
+
+
+CSV_COLUMNS = (
+    "rank",
+    "peer_id",
+    "contributor",
+    "display_name",
+    "team",
+    "flops",
+    "pending_flops",
+    "final_flops",
+    "flops_24h",
+    "flops_7d",
+    "flops_all",
+    "generated_tokens",
+    "tasks_accepted",
+    "tasks_rejected",
+    "tasks_voided",
+    "acceptance_rate",
+    "flop_formulas",
+)
+
+
+def to_csv(standings: list[Standing]) -> str:
+    """CSV with a header row; FLOPs as exact integers, formulas joined by ``;``."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in to_json(standings):
+        row["flop_formulas"] = ";".join(row["flop_formulas"])
+        rate = row["acceptance_rate"]
+        row["acceptance_rate"] = "" if rate is None else f"{rate:.6f}"
+        for key in ("display_name", "team"):
+            # Names are chosen by contributors: never let one be read as a spreadsheet formula.
+            if row[key][:1] in ("=", "+", "-", "@", "\t", "\r"):
+                row[key] = "'" + row[key]
+        writer.writerow([row[c] for c in CSV_COLUMNS])
+    return buffer.getvalue()
