@@ -12,8 +12,11 @@ from protocol.messages import (
     AnnouncementRange,
     AnnouncementRangeRequest,
     Claim,
+    ContributorProfile,
     Lease,
     LedgerEntry,
+    LedgerRange,
+    LedgerRangeRequest,
     Submission,
     SubmissionReceipt,
     Verdict,
@@ -64,3 +67,21 @@ def ledger_topic(network_id: str) -> str:
 def heartbeat_topic(network_id: str) -> str:
     """Topic of heartbeats (liveness, capacity, announcement heads) for one network."""
     return f"flopnet/1/{network_id}/heartbeat"
+
+
+# Ledger replication: any node serves the verified chains it holds, a range per stream; a sync
+# of 100,000 entries takes ~50 ranges, each verified entry by entry before it is stored.
+LEDGER_RANGE_PROTOCOL = "/flopnet/ledger-range/1.0.0"
+LEDGER_RANGE_LIMITS = StreamLimits(
+    max_request=MAX_ENVELOPE_BYTES[LedgerRangeRequest.TYPE],
+    max_response=MAX_ENVELOPE_BYTES[LedgerRange.TYPE],
+    timeout=30.0,
+)
+# A contributor hands its signed profile to a validator, which records it in its chain and
+# answers with that ledger entry.
+PROFILE_PROTOCOL = "/flopnet/profile/1.0.0"
+PROFILE_LIMITS = StreamLimits(
+    max_request=MAX_ENVELOPE_BYTES[ContributorProfile.TYPE],
+    max_response=MAX_ENVELOPE_BYTES[LedgerEntry.TYPE],
+    timeout=10.0,
+)

@@ -276,6 +276,35 @@ class ReachabilityReply(Record):
     reachable: tuple[str, ...] = bounded(max_items=8, item={"max_len": 256})
 
 
+MAX_LEDGER_RANGE = 2048  # entries in one ledger_range
+
+
+@dataclass(frozen=True)
+class LedgerRangeRequest(Record):
+    """Ask any node for a validator's ledger entries from ``from_seq`` on (range sync)."""
+
+    TYPE: ClassVar[str] = "ledger_range_request"
+    version: int = bounded(min=1, max=1)
+    signer: bytes = bounded(**KEY)  # the validator whose chain is wanted
+    from_seq: int = bounded(min=0)
+    limit: int = bounded(min=1, max=MAX_LEDGER_RANGE)
+
+
+@dataclass(frozen=True)
+class LedgerRange(Record):
+    """Sealed ledger entries of one validator in seq order, and the responder's head of that
+    chain (-1 when it holds none); each entry is verified on its own by the receiver."""
+
+    TYPE: ClassVar[str] = "ledger_range"
+    version: int = bounded(min=1, max=1)
+    signer: bytes = bounded(**KEY)
+    entries: tuple[bytes, ...] = bounded(
+        max_items=MAX_LEDGER_RANGE,
+        item={"max_len": 80 * 1024},  # a ledger_entry's cap
+    )
+    head_seq: int = bounded(min=-1)
+
+
 MESSAGE_TYPES: dict[str, type[Record]] = {
     cls.TYPE: cls
     for cls in (
@@ -296,6 +325,8 @@ MESSAGE_TYPES: dict[str, type[Record]] = {
         NetworkManifest,
         ReachabilityRequest,
         ReachabilityReply,
+        LedgerRangeRequest,
+        LedgerRange,
     )
 }
 
@@ -318,4 +349,6 @@ MAX_ENVELOPE_BYTES: dict[str, int] = {
     NetworkManifest.TYPE: 64 * 1024,
     ReachabilityRequest.TYPE: 4 * 1024,
     ReachabilityReply.TYPE: 4 * 1024,
+    LedgerRangeRequest.TYPE: 1024,
+    LedgerRange.TYPE: 4 * 1024 * 1024,  # a range is cut to fit, whatever its entry count
 }

@@ -1,0 +1,458 @@
+"""``flopnet ledger verify|dump|replicate`` and the ``flopnet leaderboard`` options.
+
+``verify`` re-checks every chain in a data dir and exits 0 only if all is well; ``dump`` writes
+the daily statistics export (BOINC-style: every contributor and team, with the chain heads it
+was computed from); ``replicate`` runs a replica that fetches, verifies, stores and serves the
+validators' chains (a mirror, and the vehicle of the replication tests and benchmarks).
+Heavy imports stay inside the handlers so that ``flopnet --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from protocol.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ledger.leaderboard import Standing
+    from ledger.store import LedgerStore
+    from node.config import NetworkParams
+
+DEFAULT_LOCK_WINDOW_S = 86400.0  # ledger.policy's default, repeated to keep this import cheap
+DUMP_FORMAT = "flopnet-stats/1"
+
+
+def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
+    """Add the ``ledger`` subcommand."""
+    p = sub.add_parser("ledger", help="verify, export or replicate the signed ledgers")
+    actions = p.add_subparsers(dest="ledger_command", required=True)
+
+    verify = actions.add_parser(
+        "verify", help="re-verify every chain in a data dir; exit 0 only if all is well"
+    )
+    _add_source(verify)
+
+    dump = actions.add_parser("dump", help="write the daily statistics export (JSON, .gz ok)")
+    _add_source(dump)
+    dump.add_argument("--out", type=Path, required=True, help="file to write (.json or .json.gz)")
+    dump.add_argument("--lock-window", type=float, help="seconds (default: manifest's, or 24 h)")
+    dump.add_argument("--as-of", type=float, help="Unix time to compute the export at")
+
+    replicate = actions.add_parser(
+        "replicate", help="run a replica: fetch, verify, store and serve the validators' chains"
+    )
+    replicate.add_argument("--data-dir", type=Path, help="identity and ledger of the replica")
+    replicate.add_argument("--manifest", type=Path, required=True, help="the network manifest")
+    replicate.add_argument("--bootstrap", action="append", default=[], help="peer multiaddr")
+    replicate.add_argument("--port", type=int, default=0, help="libp2p TCP port (0: any)")
+    replicate.add_argument("--listen-ip", default="127.0.0.1")
+    replicate.add_argument("--batch", type=int, default=512, help="entries per range request")
+    return {"ledger": _run}
+
+
+def _add_source(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, help="a node's or a devnet's data dir")
+    p.add_argument("--manifest", type=Path, help="network manifest (default: found in data dir)")
+    p.add_argument("--network-id", help="network id, when no manifest is at hand")
+
+
+def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``flopnet leaderboard`` (handled by :func:`run_leaderboard`)."""
+    parser.add_argument("--data-dir", type=Path, help="a node's or a devnet's data dir")
+    fmt = parser.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="JSON rows instead of a table")
+    fmt.add_argument("--csv", action="store_true", help="CSV instead of a table")
+    parser.add_argument(
+        "--window", choices=("24h", "7d", "all"), default="all", help="rank by this window"
+    )
+    parser.add_argument("--limit", type=int, default=100)
+    parser.add_argument(
+        "--manifest", type=Path, help="network manifest: validators and lock window"
+    )
+    parser.add_argument(
+        "--lock-window", type=float, help="seconds credit stays pending (default: manifest, 24 h)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _find_manifest(args: argparse.Namespace, data_dir: Path | None) -> Path | None:
+    from protocol.manifest import MANIFEST_FILE
+
+    if getattr(args, "manifest", None) is not None:
+        return Path(args.manifest)
+    if data_dir is None:
+        return None
+    for candidate in (data_dir / MANIFEST_FILE, data_dir.parent / MANIFEST_FILE):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _network(args: argparse.Namespace, data_dir: Path | None) -> NetworkParams | None:
+    from node.config import NetworkParams
+
+    path = _find_manifest(args, data_dir)
+    return None if path is None else NetworkParams.load(path)
+
+
+def _ledgers(data_dir: Path | None) -> list[Path]:
+    from node.devnet import find_ledgers
+
+    if data_dir is None:
+        raise ConfigError("give --data-dir (or set FLOPNET_HOME)")
+    ledgers = find_ledgers(data_dir)
+    if not ledgers:
+        raise ConfigError(f"no ledger found under {data_dir}")
+    return ledgers
+
+
+def _best_ledger(ledgers: list[Path], validators: set[bytes] | None) -> Path:
+    """The ledger holding the most of the validators' chains: with replication every node's
+    copy converges, and summing several copies would count each credit more than once."""
+    from ledger.store import LedgerStore
+
+    def coverage(path: Path) -> int:
+        with LedgerStore(path) as store:
+            heads = store.heads()
+        return sum(
+            seq + 1
+            for signer, (seq, _) in heads.items()
+            if validators is None or signer in validators
+        )
+
+    return max(ledgers, key=lambda path: (coverage(path), -ledgers.index(path)))
+
+
+def _lock_window(args: argparse.Namespace, net: NetworkParams | None) -> float:
+    if getattr(args, "lock_window", None) is not None:
+        if args.lock_window < 0:
+            raise ConfigError("--lock-window must be >= 0")
+        return float(args.lock_window)
+    return net.lock_window_seconds if net is not None else DEFAULT_LOCK_WINDOW_S
+
+
+# ---------------------------------------------------------------------------------------------
+# flopnet leaderboard
+
+
+def run_leaderboard(args: argparse.Namespace) -> int:
+    """``flopnet leaderboard [--json | --csv] [--window 24h|7d|all]``."""
+    import json
+    import time
+
+    from ledger.leaderboard import WINDOWS, format_table, leaderboard, to_csv, to_json
+    from ledger.store import LedgerStore
+
+    net = _network(args, args.data_dir)
+    validators = net.validator_keys if net is not None and net.validators else None
+    path = _best_ledger(_ledgers(args.data_dir), validators)
+    lock_window = _lock_window(args, net)
+    now = time.time()
+    width = WINDOWS[args.window]
+    with LedgerStore(path) as store:
+        rows = leaderboard(
+            store,
+            validators,
+            since=None if width is None else now - width,
+            limit=args.limit,
+            now=now,
+            lock_window=lock_window,
+        )
+    if args.json:
+        print(json.dumps(to_json(rows), indent=2))
+    elif args.csv:
+        sys.stdout.write(to_csv(rows))
+    else:
+        footer = [
+            f"window: {args.window}; credit is pending for {lock_window / 3600:g} h, then final",
+            f"ledger: {path}",
+        ]
+        print(format_table(rows, footer=footer))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# flopnet ledger ...
+
+
+def _run(args: argparse.Namespace) -> int:
+    command = args.ledger_command
+    if command == "verify":
+        return _verify(args)
+    if command == "dump":
+        return _dump(args)
+    return _replicate(args)
+
+
+def _network_id(args: argparse.Namespace, net: NetworkParams | None) -> str:
+    if args.network_id:
+        if net is not None and net.network_id != args.network_id:
+            raise ConfigError(f"--network-id {args.network_id} differs from the manifest's")
+        return str(args.network_id)
+    if net is None:
+        raise ConfigError("no network manifest found: give --manifest or --network-id")
+    return net.network_id
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from ledger.chain import signer_name
+    from ledger.store import LedgerStore
+
+    ledgers = _ledgers(args.data_dir)
+    net = _network(args, args.data_dir)
+    network_id = _network_id(args, net)
+    validators = net.validator_keys if net is not None and net.validators else None
+    total = 0
+    for path in ledgers:
+        print(f"ledger {path} (network {network_id})")
+        with LedgerStore(path) as store:
+            problems = store.verify_all(network_id)
+            by_signer: dict[bytes, list[str]] = {}
+            for problem in problems:
+                by_signer.setdefault(problem.signer, []).append(problem.message)
+            for signer in store.signers():
+                head = store.head(signer)
+                assert head is not None
+                found = by_signer.pop(signer, [])
+                if validators is not None and signer not in validators:
+                    found.insert(0, "this signer is not a validator of the network")
+                status = "OK" if not found else f"{len(found)} problem(s)"
+                print(
+                    f"  chain of {signer_name(signer)}: {head[0] + 1} entries, head seq "
+                    f"{head[0]} ({head[1][:6].hex()}): {status}"
+                )
+                for message in found:
+                    print(f"    {message}")
+                total += len(found)
+            for signer, messages in sorted(by_signer.items()):  # e.g. evidence, no stored chain
+                print(f"  {signer_name(signer)}:")
+                for message in messages:
+                    print(f"    {message}")
+                total += len(messages)
+            evidence = store.equivocations()
+            if evidence:
+                print(f"  equivocation evidence ({len(evidence)} conflicting signed entries):")
+                for ev in evidence:
+                    print(
+                        f"    {signer_name(ev.signer)} signed seq {ev.seq} twice: stored "
+                        f"{ev.conflicts_with[:6].hex()}, conflicting {ev.hash[:6].hex()} "
+                        f"({ev.reason})"
+                    )
+    print("all chains verify" if total == 0 else f"{total} problem(s) found")
+    return 0 if total == 0 else 1
+
+
+def build_dump(
+    store: LedgerStore,
+    network_id: str,
+    validators: set[bytes] | None,
+    *,
+    now: float,
+    lock_window: float,
+) -> dict[str, Any]:
+    """The statistics export: every contributor and team, and the heads it was computed from."""
+    import datetime
+
+    from ledger.chain import signer_name
+    from ledger.leaderboard import flop_formulas, leaderboard, to_json
+
+    rows = leaderboard(store, validators, limit=10**9, now=now, lock_window=lock_window)
+    contributors = to_json(rows)
+    heads = store.heads()
+    chains = [
+        {
+            "peer_id": signer_name(signer),
+            "public_key": signer.hex(),
+            "head_seq": seq,
+            "head_hash": h.hex(),
+        }
+        for signer, (seq, h) in sorted(heads.items())
+        if validators is None or signer in validators
+    ]
+    return {
+        "format": DUMP_FORMAT,
+        "network_id": network_id,
+        "as_of": now,
+        "as_of_utc": datetime.datetime.fromtimestamp(now, datetime.UTC).isoformat(),
+        "lock_window_seconds": lock_window,
+        "flop_formulas": flop_formulas(rows),
+        "chains": chains,
+        "equivocations": len(store.equivocations()),
+        "contributors": contributors,
+        "teams": team_totals(rows),
+    }
+
+
+_TEAM_SUMS = (
+    "flops",
+    "pending_flops",
+    "final_flops",
+    "flops_24h",
+    "flops_7d",
+    "generated_tokens",
+    "tasks_accepted",
+    "tasks_rejected",
+    "tasks_voided",
+)
+
+
+def team_totals(rows: list[Standing]) -> list[dict[str, Any]]:
+    """Per team (from the members' signed profiles): members and summed credit, ranked."""
+    teams: dict[str, dict[str, Any]] = {}
+    for s in rows:
+        if not s.team:
+            continue
+        team = teams.setdefault(
+            s.team, {"team": s.team, "members": 0, **dict.fromkeys(_TEAM_SUMS, 0)}
+        )
+        team["members"] += 1
+        for key in _TEAM_SUMS:
+            team[key] += getattr(s, key)
+    ranked = sorted(teams.values(), key=lambda t: (-t["flops"], t["team"]))
+    return [{"rank": i, **t} for i, t in enumerate(ranked, start=1)]
+
+
+def _dump(args: argparse.Namespace) -> int:
+    import gzip
+    import json
+    import os
+    import time
+
+    from ledger.store import LedgerStore
+
+    net = _network(args, args.data_dir)
+    network_id = _network_id(args, net)
+    validators = net.validator_keys if net is not None and net.validators else None
+    path = _best_ledger(_ledgers(args.data_dir), validators)
+    now = time.time() if args.as_of is None else float(args.as_of)
+    with LedgerStore(path) as store:
+        dump = build_dump(
+            store, network_id, validators, now=now, lock_window=_lock_window(args, net)
+        )
+    data = (json.dumps(dump, indent=1, sort_keys=True) + "\n").encode()
+    out: Path = args.out
+    tmp = out.with_name(out.name + ".tmp")
+    # Written whole, then renamed: a reader never sees half an export.
+    if out.name.endswith(".gz"):
+        tmp.write_bytes(gzip.compress(data, mtime=0))
+    else:
+        tmp.write_bytes(data)
+    os.replace(tmp, out)
+    print(f"wrote {out}: {len(dump['contributors'])} contributors, {len(dump['teams'])} teams")
+    return 0
+
+
+def _replicate(args: argparse.Namespace) -> int:
+    import trio
+
+    from node.config import NetworkParams, env_settings
+
+    data_dir = args.data_dir or env_settings().data_root
+    net = NetworkParams.load(args.manifest)
+    trio.run(
+        run_replica, data_dir, net, tuple(args.bootstrap), args.port, args.listen_ip, args.batch
+    )
+    return 0
+
+
+def replica_command(
+    data_dir: Path, manifest: Path, bootstrap: tuple[str, ...] = (), batch: int | None = None
+) -> list[str]:
+    """The command line of a replica process, runnable before ``flopnet`` registers ``ledger``."""
+    command = [sys.executable, "-m", "node.ledger_cli", "ledger", "replicate"]
+    command += ["--data-dir", str(data_dir), "--manifest", str(manifest)]
+    for addr in bootstrap:
+        command += ["--bootstrap", addr]
+    if batch is not None:
+        command += ["--batch", str(batch)]
+    return command
+
+
+async def run_replica(
+    data_dir: Path,
+    net: NetworkParams,
+    bootstrap: tuple[str, ...],
+    port: int,
+    listen_ip: str,
+    batch: int,
+) -> None:
+    """A replica node: sync and serve the validators' chains until SIGTERM/SIGINT.
+
+    Prints one JSON line ``{"peer_id", "addrs"}`` on stdout once it listens.
+    """
+    import json
+    import random
+    import signal
+
+    import trio
+
+    from ledger.store import LedgerStore
+    from node.ledger_sync import LedgerSync
+    from protocol.errors import FlopnetError
+    from protocol.host import P2PHost
+    from protocol.identity import load_or_create_identity
+    from protocol.ids import LEDGER_RANGE_LIMITS, LEDGER_RANGE_PROTOCOL, ledger_topic
+    from protocol.peers import Backoff
+
+    identity = load_or_create_identity(data_dir)
+    host = P2PHost(identity, listen_ip=listen_ip)
+    with LedgerStore(data_dir / "ledger.sqlite") as store:
+        sync = LedgerSync(host, store, identity, net.network_id, net.validator_keys, batch=batch)
+        host.handle(LEDGER_RANGE_PROTOCOL, sync.handle_range, LEDGER_RANGE_LIMITS)
+
+        async def keep_connected(addr: str) -> None:
+            backoff, rng = Backoff(), random.Random()
+            peer = addr.rsplit("/p2p/", 1)[-1]
+            while True:
+                if peer not in host.connected_peers():
+                    try:
+                        await host.connect(addr)
+                        backoff.reset()
+                    except FlopnetError:
+                        await trio.sleep(backoff.next_delay(rng))
+                        continue
+                await trio.sleep(1.0)
+
+        async with host.running(port), trio.open_nursery() as nursery:
+            await host.subscribe(ledger_topic(net.network_id), sync.on_ledger_gossip)
+            for addr in bootstrap:
+                nursery.start_soon(keep_connected, addr)
+            nursery.start_soon(sync.run)
+            print(json.dumps({"peer_id": host.peer_id, "addrs": host.addrs()}), flush=True)
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    break
+            nursery.cancel_scope.cancel()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m node.ledger_cli ledger ...`` (before ``flopnet`` itself registers it)."""
+    from protocol.errors import FlopnetError
+
+    parser = argparse.ArgumentParser(prog="flopnet")
+    sub = parser.add_subparsers(dest="command", required=True)
+    handlers = register(sub)
+    board = sub.add_parser("leaderboard", help="contributors ranked by credited FLOPs")
+    add_leaderboard_arguments(board)
+    handlers["leaderboard"] = run_leaderboard
+    args = parser.parse_args(argv)
+    try:
+        if getattr(args, "data_dir", "unset") is None:
+            from node.config import env_settings
+
+            args.data_dir = env_settings().data_root
+        return handlers[args.command](args)
+    except FlopnetError as exc:
+        print(f"flopnet: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,393 @@
+"""Ledger replication on a P2PHost: gossip of heads and entries, range serving, the sync loop.
+
+Every node keeps verified copies of the chains of the manifest's validators and serves them to
+others. What to fetch is decided by the pure :class:`ledger.sync.SyncPlanner`; every entry is
+verified (signature, body, signer in the manifest, link to the stored chain) by
+:meth:`ledger.store.LedgerStore.ingest_range` before it is stored. The store is the only state
+that matters: a node killed during a sync resumes from its stored heads.
+
+A validator also announces its own head on the ledger topic every ``head_interval`` seconds
+(and a node that misses gossip still catches up by probing its peers), and records signed
+contributor profiles it is handed over ``/flopnet/profile/1.0.0``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+
+import trio
+
+from ledger.chain import EntryError, VerifiedEntry, entry_name, read_entry_unverified, signer_name
+from ledger.kinds import KIND_PROFILE, ProfileBody, open_profile
+from ledger.store import EquivocationError, LedgerStore, RangeResult
+from ledger.sync import Fetch, SyncPlanner
+from protocol.envelope import open_envelope, seal
+from protocol.errors import FlopnetError, MalformedMessage
+from protocol.guard import Violation
+from protocol.host import P2PHost
+from protocol.identity import Identity, peer_id_from_public_key
+from protocol.ids import LEDGER_RANGE_LIMITS, LEDGER_RANGE_PROTOCOL, ledger_topic
+from protocol.messages import (
+    MAX_ENVELOPE_BYTES,
+    ContributorProfile,
+    LedgerEntry,
+    LedgerHead,
+    LedgerRange,
+    LedgerRangeRequest,
+    Refusal,
+)
+
+log = logging.getLogger(__name__)
+# Room left in a ledger_range envelope for its other fields and the msgpack framing.
+_RANGE_OVERHEAD = 4096
+_INGEST_SLICE = 256
+PROFILE_MIN_INTERVAL_S = 600.0  # one recorded profile per contributor per validator per 10 min
+
+
+@dataclass
+class SyncStats:
+    """Counters for the API."""
+
+    fetched: int = 0  # entries stored from ranges
+    gossip_stored: int = 0
+    duplicates: int = 0
+    ranges_served: int = 0
+    entries_served: int = 0
+    fetch_failures: int = 0
+    rejected: int = 0  # entries that failed verification
+    equivocations: int = 0
+
+
+class LedgerSync:
+    """Replicates the chains of ``validators`` into ``store`` and serves them to others."""
+
+    def __init__(
+        self,
+        host: P2PHost,
+        store: LedgerStore,
+        identity: Identity,
+        network_id: str,
+        validators: set[bytes],
+        *,
+        on_entry: Callable[[VerifiedEntry], None] | None = None,
+        batch: int = 512,
+        head_interval: float = 5.0,
+        probe_interval: float = 30.0,
+        tick: float = 0.5,
+    ) -> None:
+        self.host = host
+        self.store = store
+        self.identity = identity
+        self.network_id = network_id
+        self.validators = set(validators)
+        self.on_entry = on_entry
+        self.head_interval = head_interval
+        self.tick = tick
+        self.is_validator = identity.public_key in self.validators
+        self.planner = SyncPlanner(
+            self.validators,
+            own=identity.public_key,
+            batch=batch,
+            probe_interval=probe_interval,
+        )
+        self.stats = SyncStats()
+        self._wake = trio.Event()
+
+    # -- gossip ------------------------------------------------------------------------------
+
+    async def on_ledger_gossip(self, sender: str, data: bytes) -> None:
+        """Handle a ``ledger_entry`` or ``ledger_head`` from the ledger topic.
+
+        Raises MalformedMessage (the host charges the sender) for anything not signed by a
+        manifest validator or of another type.
+        """
+        opened = open_envelope(data, self.network_id)
+        signer = opened.signer
+        if signer not in self.validators:
+            raise MalformedMessage("ledger gossip signed by a key that is not a validator")
+        message = opened.message
+        if isinstance(message, LedgerHead):
+            self.store.record_head(data, self.network_id)  # what `ledger verify` checks against
+            self.planner.heard(signer, message.seq, sender)
+            stored = self.store.entry_hash(signer, message.seq)
+            if stored is not None and stored != message.hash:
+                self.planner.conflicting_head(signer, message.seq, sender)
+            self._wake.set()
+        elif isinstance(message, LedgerEntry):
+            self.planner.heard(signer, message.seq, sender)
+            head = self.store.head(signer)
+            if message.seq <= (-1 if head is None else head[0]) + 1:
+                result = self.store.ingest_range([data], self.network_id, self.validators)
+                self.stats.gossip_stored += len(result.stored)
+                self._after_ingest(result, f"gossip from {sender}")
+            else:
+                self._wake.set()  # a gap: the sync loop fetches it
+        else:
+            raise MalformedMessage(f"unexpected {type(message).__name__} on the ledger topic")
+
+    def _after_ingest(self, result: RangeResult, where: str) -> str:
+        """Count and report an ingest: ``ok``, ``bad`` (an entry failed verification: whoever
+        served it is at fault) or ``retry`` (it did not follow our stored head)."""
+        self.stats.duplicates += result.duplicates
+        if self.on_entry is not None:
+            for entry in result.stored:
+                try:
+                    self.on_entry(entry)
+                except Exception:  # a consumer's bug must not stop replication
+                    log.exception("ledger entry callback failed")
+        error = result.error
+        if error is None:
+            return "ok"
+        if isinstance(error, EquivocationError):
+            # Whoever relayed it passed on a validator's own signatures: not their fault.
+            self.stats.equivocations += 1
+            log.warning("%s: %s", where, error)
+            return "ok"
+        if isinstance(error, EntryError):
+            self.stats.rejected += 1
+            log.warning("%s: refused: %s", where, error)
+            return "bad"
+        log.info("%s: %s", where, error)
+        return "retry"
+
+    # -- serving -----------------------------------------------------------------------------
+
+    async def handle_range(self, peer_id: str, data: bytes) -> bytes:
+        """Serve a ``ledger_range_request``: stored entries from ``from_seq`` on, cut to fit."""
+        opened = open_envelope(data, self.network_id, expected=LedgerRangeRequest)
+        if peer_id_from_public_key(opened.signer) != peer_id:
+            raise MalformedMessage("the range request is not signed by the stream's peer")
+        request = opened.expect(LedgerRangeRequest)
+        entries: list[bytes] = []
+        head = self.store.head(request.signer) if request.signer in self.validators else None
+        if head is not None:
+            budget = MAX_ENVELOPE_BYTES[LedgerRange.TYPE] - _RANGE_OVERHEAD
+            for envelope in self.store.entries(request.signer, request.from_seq, request.limit):
+                budget -= len(envelope) + 5  # msgpack bin header
+                if budget < 0:
+                    break
+                entries.append(envelope)
+        self.stats.ranges_served += 1
+        self.stats.entries_served += len(entries)
+        reply = LedgerRange(
+            version=1,
+            signer=request.signer,
+            entries=tuple(entries),
+            head_seq=-1 if head is None else head[0],
+        )
+        return seal(reply, self.identity, self.network_id)
+
+    async def handle_profile(self, peer_id: str, data: bytes) -> bytes:
+        """Record a contributor's signed profile in our chain (validators only); answers the
+        ledger entry that holds it, or a refusal."""
+        opened = open_envelope(data, self.network_id, expected=ContributorProfile)
+        if peer_id_from_public_key(opened.signer) != peer_id:
+            raise MalformedMessage("the profile is not signed by the stream's peer")
+        body = ProfileBody(profile=opened.raw)
+        profile = open_profile(body, self.network_id)  # also refuses control characters
+        me = self.identity.public_key
+        if not self.is_validator:
+            return self._refuse("not_a_validator", "this node keeps no ledger of its own")
+        conn = self.store.connection
+        if (
+            conn.execute(
+                "SELECT 1 FROM credits WHERE contributor = ? AND signer = ? LIMIT 1",
+                (profile.contributor, me),
+            ).fetchone()
+            is None
+        ):
+            # Anyone can make a key; only contributors we credited may write to our chain.
+            return self._refuse("unknown_contributor", "no credit of yours is on this ledger")
+        last = conn.execute(
+            "SELECT p.updated_at, e.timestamp, e.envelope FROM profiles p JOIN entries e "
+            "ON e.signer = p.signer AND e.seq = p.seq WHERE p.signer = ? AND p.contributor = ? "
+            "ORDER BY p.seq DESC LIMIT 1",
+            (me, profile.contributor),
+        ).fetchone()
+        if last is not None:
+            if profile.updated_at <= last[0]:
+                return self._refuse("stale_profile", "a newer profile is already recorded")
+            if time.time() - last[1] < PROFILE_MIN_INTERVAL_S:
+                return self._refuse("too_frequent", "one profile change per 10 minutes")
+        seq, _, entry = self.store.append_local(self.identity, self.network_id, KIND_PROFILE, body)
+        log.info("recorded the profile of %s as %s", peer_id, entry_name(seq, None))
+        await self._publish(entry)
+        return entry
+
+    def _refuse(self, code: str, reason: str) -> bytes:
+        return seal(Refusal(version=1, code=code, reason=reason), self.identity, self.network_id)
+
+    # -- publishing (validators) -------------------------------------------------------------
+
+    async def _publish(self, data: bytes) -> None:
+        try:
+            await self.host.publish(ledger_topic(self.network_id), data)
+        except Exception as exc:  # gossip is best effort; replicas also probe
+            log.warning("publishing on the ledger topic failed: %s", exc)
+
+    async def publish_entry(self, envelope: bytes) -> None:
+        """Gossip one of our own new entries (already durable in the store)."""
+        await self._publish(envelope)
+
+    async def publish_head(self) -> None:
+        """Gossip our chain's head, signed, so replicas notice what they miss."""
+        head = self.store.head(self.identity.public_key)
+        if head is None:
+            return
+        (last,) = self.store.entries(self.identity.public_key, head[0], 1)
+        timestamp = read_entry_unverified(last).entry.timestamp
+        message = LedgerHead(version=1, seq=head[0], hash=head[1], timestamp=timestamp)
+        await self._publish(seal(message, self.identity, self.network_id))
+
+    # -- the sync loop -----------------------------------------------------------------------
+
+    def local_heads(self) -> dict[bytes, int]:
+        """The stored head seq of every replicated chain."""
+        out = {}
+        for signer in self.validators:
+            head = self.store.head(signer)
+            out[signer] = -1 if head is None else head[0]
+        return out
+
+    async def run(self) -> None:
+        """Fetch what we miss, forever; validators also announce their head periodically."""
+        async with trio.open_nursery() as nursery:
+            if self.is_validator and self.head_interval > 0:
+                nursery.start_soon(self._head_loop)
+            while True:
+                for fetch in self.planner.plan(
+                    self.local_heads(), self.host.connected_peers(), time.monotonic()
+                ):
+                    nursery.start_soon(self._fetch, fetch)
+                self._wake = trio.Event()
+                with trio.move_on_after(self.tick):
+                    await self._wake.wait()
+
+    async def _head_loop(self) -> None:
+        while True:
+            await self.publish_head()
+            await trio.sleep(self.head_interval)
+
+    async def _request(self, fetch: Fetch) -> LedgerRange:
+        """One range request; raises MalformedMessage or another FlopnetError."""
+        request = LedgerRangeRequest(
+            version=1, signer=fetch.signer, from_seq=fetch.from_seq, limit=fetch.limit
+        )
+        reply_bytes = await self.host.request(
+            fetch.peer,
+            LEDGER_RANGE_PROTOCOL,
+            seal(request, self.identity, self.network_id),
+            LEDGER_RANGE_LIMITS,
+        )
+        opened = open_envelope(reply_bytes, self.network_id, expected=LedgerRange)
+        reply = opened.expect(LedgerRange)
+        if peer_id_from_public_key(opened.signer) != fetch.peer or reply.signer != fetch.signer:
+            raise MalformedMessage("a ledger range from the wrong peer or for another chain")
+        return reply
+
+    async def _fetch(self, fetch: Fetch) -> None:
+        """Fetch ``fetch``'s range and keep going while the peer has more, with the next range
+        always requested before the current one is verified and stored (the peer prepares and
+        sends it meanwhile)."""
+        ok, peer_head = True, None
+        allowed = {fetch.signer} & self.validators
+        where = f"range from {fetch.peer}"
+        try:
+            async with trio.open_nursery() as nursery:
+                pending: _Pending | None = _Pending.start(nursery, self._request, fetch)
+                current = fetch
+                while pending is not None:
+                    reply = await pending.result()
+                    peer_head, pending = reply.head_seq, None
+                    if not reply.entries:
+                        break
+                    following = replace(current, from_seq=current.from_seq + len(reply.entries))
+                    if peer_head >= following.from_seq:
+                        pending = _Pending.start(nursery, self._request, following)
+                    outcome = await self._ingest(reply.entries, allowed, where)
+                    if outcome != "ok":
+                        ok = outcome == "done"
+                        if outcome == "bad":
+                            await self.host.penalize(fetch.peer, Violation.BAD_SIGNATURE)
+                        nursery.cancel_scope.cancel()
+                        break
+                    current = following
+        except MalformedMessage as exc:
+            ok = False
+            log.warning("ledger range from %s: %s", fetch.peer, exc)
+            await self.host.penalize(fetch.peer, Violation.MALFORMED)
+        except FlopnetError as exc:
+            ok = False
+            log.info("ledger range from %s for %s: %s", fetch.peer, signer_name(fetch.signer), exc)
+        if not ok:
+            self.stats.fetch_failures += 1
+        self.planner.done(fetch, time.monotonic(), peer_head=peer_head, ok=ok)
+        self._wake.set()
+
+    async def _ingest(self, entries: Sequence[bytes], allowed: set[bytes], where: str) -> str:
+        """Verify and store a range in slices, letting other tasks run between them (a slice
+        of 256 entries takes ~50 ms). ``ok``; ``done`` when the chain cannot continue from this
+        range (equivocation evidence stored); or :meth:`_after_ingest`'s ``bad``/``retry``."""
+        for start in range(0, len(entries), _INGEST_SLICE):
+            part = entries[start : start + _INGEST_SLICE]
+            result = self.store.ingest_range(part, self.network_id, allowed)
+            self.stats.fetched += len(result.stored)
+            outcome = self._after_ingest(result, where)
+            if outcome != "ok":
+                return outcome
+            if result.error is not None:
+                return "done"
+            await trio.sleep(0)
+        return "ok"
+
+    def snapshot(self) -> dict[str, object]:
+        """Replication state for the API: counters, chains we lag on, equivocations held."""
+        heads = self.local_heads()
+        return {
+            **vars(self.stats),
+            "heads": {signer_name(s): seq for s, seq in sorted(heads.items())},
+            "behind": {
+                signer_name(s): {"have": ours, "known": theirs}
+                for s, (ours, theirs) in sorted(self.planner.behind(heads).items())
+            },
+            "equivocation_evidence": len(self.store.equivocations()),
+        }
+
+
+class _Pending:
+    """The outcome of a request running in the background (a one-shot future)."""
+
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self._value: LedgerRange | None = None
+        self._error: BaseException | None = None
+
+    @classmethod
+    def start(
+        cls,
+        nursery: trio.Nursery,
+        request: Callable[[Fetch], Awaitable[LedgerRange]],
+        fetch: Fetch,
+    ) -> _Pending:
+        pending = cls()
+
+        async def run() -> None:
+            try:
+                pending._value = await request(fetch)
+            except FlopnetError as exc:
+                pending._error = exc
+            finally:
+                pending._done.set()
+
+        nursery.start_soon(run)
+        return pending
+
+    async def result(self) -> LedgerRange:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
