@@ -34,6 +34,15 @@ class AnnouncementLog:
         while len(self._items) > self.capacity:
             self._items.popitem(last=False)
 
+    def restore(self, items: list[tuple[int, bytes]]) -> None:
+        """Reload consecutive (seq, sealed) pairs after a restart; the head continues from them."""
+        if not items:
+            return
+        self._items.clear()
+        self.head = items[0][0] - 1
+        for seq, sealed in items:
+            self.append(seq, sealed)
+
     def range(self, from_seq: int, limit: int) -> list[bytes]:
         """Up to ``limit`` sealed announcements from ``from_seq`` on (older ones may be evicted)."""
         limit = max(0, min(limit, MAX_RANGE))

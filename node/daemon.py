@@ -24,6 +24,7 @@ from node.config import NodeConfig
 from node.discovery import Discovery
 from node.inbox import Inbox
 from node.liveness import Liveness
+from node.publisher_store import PublisherStore
 from node.tasks import Task, builtin_tasks, load_tasks_file
 from protocol.envelope import open_envelope
 from protocol.errors import FlopnetError, MalformedMessage
@@ -48,6 +49,7 @@ log = logging.getLogger("flopnet.node")
 NODE_INFO_FILE = "node.json"
 LEDGER_FILE = "ledger.sqlite"
 INBOX_FILE = "inbox.sqlite"
+PUBLISHER_FILE = "publisher.sqlite"
 
 
 def load_task_set(config: NodeConfig) -> list[Task]:
@@ -148,7 +150,11 @@ async def run_node(config: NodeConfig) -> None:
             from node.inference.tokenizer import tokenizer_for_model
             from node.publisher import Publisher
 
-            publisher = Publisher(config, identity, host, tokenizer_for_model(net.model), tasks)
+            publisher_store = PublisherStore(config.data_dir / PUBLISHER_FILE)
+            stack.callback(publisher_store.close)
+            publisher = Publisher(
+                config, identity, host, tokenizer_for_model(net.model), tasks, publisher_store
+            )
             host.handle(CLAIM_PROTOCOL, publisher.handle_claim, CLAIM_LIMITS)
             host.handle(ANNOUNCEMENTS_PROTOCOL, publisher.handle_range, ANNOUNCEMENTS_LIMITS)
 

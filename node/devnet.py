@@ -68,6 +68,14 @@ class _Proc:
     process: subprocess.Popen[bytes]
     public_key: str
     kind: str  # "validator", "worker" or "relay"
+    command: list[str]
+
+
+def _launch(cmd: list[str], data_dir: Path) -> subprocess.Popen[bytes]:
+    with open(data_dir / "stderr.log", "ab") as log:
+        return subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+        )
 
 
 def _free_port() -> int:
@@ -133,7 +141,6 @@ class Devnet:
         data_dir = self.root / name
         identity = load_or_create_identity(data_dir)
         (data_dir / "node.json").unlink(missing_ok=True)
-        log = open(data_dir / "stderr.log", "ab")  # noqa: SIM115 - owned by the child
         cmd = [
             sys.executable,
             "-m",
@@ -147,13 +154,22 @@ class Devnet:
             "1",
             *args,
         ]
-        process = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-        )
-        log.close()
-        proc = _Proc(name, data_dir, cheater, process, identity.public_key.hex(), kind)
+        process = _launch(cmd, data_dir)
+        proc = _Proc(name, data_dir, cheater, process, identity.public_key.hex(), kind, cmd)
         self.procs.append(proc)
         return proc
+
+    def restart(self, name: str) -> dict[str, Any]:
+        """Start a (killed) node again with the same command and state; wait until it is up."""
+        proc = next(p for p in self.procs if p.name == name)
+        if proc.process.poll() is None:
+            raise FlopnetError(f"{name} is still running")
+        (proc.data_dir / "node.json").unlink(missing_ok=True)
+        proc.process = _launch(proc.command, proc.data_dir)
+        info = self._wait_info(proc, time.time() + NODE_START_TIMEOUT_S)
+        if proc.kind == "validator":
+            self.validator_info = info
+        return info
 
     def _wait_info(self, proc: _Proc, deadline: float) -> dict[str, Any]:
         while time.time() < deadline:

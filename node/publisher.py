@@ -19,7 +19,8 @@ from node.announcements import AnnouncementLog
 from node.config import NodeConfig
 from node.inference.prompt import format_r1_prompt
 from node.inference.tokenizer import Tokenizer
-from node.leases import Denied, LeaseBook
+from node.leases import Denied, Grant, LeaseBook
+from node.publisher_store import PublisherStore
 from node.tasks import Task
 from protocol.envelope import open_envelope, seal
 from protocol.errors import MalformedMessage
@@ -61,6 +62,7 @@ class Publisher:
         host: P2PHost,
         tokenizer: Tokenizer,
         tasks: list[Task],
+        store: PublisherStore | None = None,
     ) -> None:
         self.config = config
         self.net = config.network
@@ -75,9 +77,23 @@ class Publisher:
         self.log = AnnouncementLog()
         self._to_announce: list[str] = []
         self._announce_wanted = trio.Event()
+        self.store = store
+        if store is not None:
+            self._restore(store)
         self._validators = sorted(self.net.validator_keys)
         self._next_validator = 0
         self._prompt_ids: dict[str, tuple[int, ...]] = {}
+
+    def _restore(self, store: PublisherStore) -> None:
+        """Rebuild the lease book and announcement log from durable state after a restart."""
+        for lease in store.leases():
+            if lease.task_id not in self.tasks:
+                continue  # the task set changed between runs
+            grant = Grant(lease.task_id, lease.sample_index, lease.expires_at)
+            self.book.record_lease(grant, lease.lease_id, lease.worker)
+            if lease.outcome is not None:
+                self.book.settle(lease.lease_id, lease.outcome == "accepted")
+        self.log.restore(store.announcements(self.log.capacity))
 
     def prompt_ids(self, task: Task) -> tuple[int, ...]:
         """The token ids of a task's prompt: assigned here, so worker and validator agree."""
@@ -92,7 +108,7 @@ class Publisher:
         """Wait for enough workers, announce every task, then re-announce re-opened ones."""
         while len(self.host.connected_peers()) < self.config.wait_for_workers:
             await trio.sleep(0.2)
-        self._queue_announcements(list(self.tasks))
+        self._queue_announcements(self.book.open_tasks())
         while True:
             for task_id, index in self.book.expire(time.time()):
                 log.info("lease on %s#%d expired; re-opened", task_id, index)
@@ -121,6 +137,8 @@ class Publisher:
             announced_at=time.time(),
         )
         sealed = seal(message, self.identity, self.net.network_id)
+        if self.store is not None:
+            self.store.record_announcement(message.seq, sealed)
         self.log.append(message.seq, sealed)
         try:
             await self.host.publish(tasks_topic(self.net.network_id), sealed)
@@ -179,6 +197,10 @@ class Publisher:
             issued_at=now,
             expires_at=decision.expires_at,
         )
+        if self.store is not None:  # durable before the lease leaves this process
+            self.store.record_lease(
+                lease.lease_id, task.task_id, decision.sample_index, opened.signer, lease.expires_at
+            )
         self.book.record_lease(decision, lease.lease_id, opened.signer)
         self.stats.leases_issued += 1
         log.info(
@@ -202,6 +224,8 @@ class Publisher:
         key = self.book.settle(lease_id, accepted)
         if key is None:
             return
+        if self.store is not None:
+            self.store.record_outcome(lease_id, accepted)
         if accepted:
             self.stats.samples_done += 1
         else:

@@ -167,7 +167,11 @@ class Validator:
                     await self._wakeup.wait()
                 continue
             verdict = self._verdict_from_ledger(queued.submission_id)
-            if verdict is None:
+            if verdict is not None:
+                # Credited before a crash; the publisher may not have heard the outcome.
+                rebuilt = open_envelope(verdict, self.net.network_id, expected=Verdict)
+                self.on_verdict(rebuilt.expect(Verdict).lease_id, rebuilt.expect(Verdict).accepted)
+            else:
                 opened, lease_opened = self._open(queued.peer, queued.envelope)
                 verdict = await self._validate(
                     opened, opened.expect(Submission), lease_opened, lease_opened.expect(Lease)

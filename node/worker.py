@@ -88,6 +88,7 @@ class Worker:
         self._wakeup = trio.Event()
         self._resync_wanted = trio.Event()
         self.busy = False
+        self.phase = "idle"  # idle, generating, submitting, awaiting_verdict
 
     def _tracker(self, publisher: str) -> SeqTracker:
         return self._trackers.setdefault(publisher, SeqTracker())
@@ -182,6 +183,7 @@ class Worker:
                         await self._work(lease_bytes)
                     finally:
                         self.busy = False
+                        self.phase = "idle"
             except FlopnetError as exc:
                 self.stats.errors += 1
                 log.warning("task %s: %s: %s", task_id, type(exc).__name__, exc)
@@ -223,6 +225,7 @@ class Worker:
     async def _work(self, lease_bytes: bytes) -> None:
         lease = open_envelope(lease_bytes, self.net.network_id, expected=Lease).expect(Lease)
         started = time.perf_counter()
+        self.phase = "generating"
         try:
             gen = await self.model.call(
                 "generate",
@@ -249,12 +252,14 @@ class Worker:
         )
         validator_peer = peer_id_from_public_key(lease.validator)
         sealed = seal(submission, self.identity, self.net.network_id)
+        self.phase = "submitting"
         reply = await self.host.request(validator_peer, SUBMIT_PROTOCOL, sealed, SUBMIT_LIMITS)
         receipt = open_envelope(reply, self.net.network_id, expected=SubmissionReceipt)
         if receipt.signer != lease.validator:
             raise MalformedMessage("the receipt is not signed by the lease's validator")
         if receipt.expect(SubmissionReceipt).submission_id != message_id(sealed):
             raise MalformedMessage("the receipt is for another submission")
+        self.phase = "awaiting_verdict"
         verdict = await self._await_verdict(validator_peer, lease, message_id(sealed))
         if verdict.accepted:
             self.stats.accepted += 1
@@ -324,6 +329,7 @@ class Worker:
             "flops_credited": s.flops_credited,
             "generation_seconds": round(s.generation_seconds, 3),
             "generations": s.generations,
+            "phase": self.phase,
             "known_tasks": len(self._offers),
             "announcements": s.announcements,
             "resyncs": s.resyncs,

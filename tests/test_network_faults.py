@@ -134,3 +134,40 @@ def test_abusive_peer_is_banned_and_others_still_served(tmp_path: Path) -> None:
             assert server.guard.snapshot(time.time())[0]["violations"] == {"MALFORMED": 3}
 
     trio.run(main)
+
+
+@pytest.mark.timeout(60)
+def test_publisher_state_survives_a_restart(tmp_path: Path) -> None:
+    from node.publisher_store import PublisherStore
+
+    async def main() -> None:
+        host = P2PHost(PUBLISHER)
+        store = PublisherStore(tmp_path / "publisher.sqlite")
+        first = make_publisher(host, tmp_path)
+        first.store = store
+        tasks = list(first.tasks.values())
+        for task in tasks:
+            await first.announce(task)
+        granted = [
+            open_envelope(
+                await first.handle_claim(WORKER.peer_id, claim_bytes(WORKER, t.task_id)),
+                "faults",
+            ).message
+            for t in tasks[:1]
+        ]
+        lease = granted[0]
+        assert isinstance(lease, Lease)
+        first.settle(lease.lease_id, accepted=True)
+        store.close()
+
+        # A new process: the same task set, the state read back from disk.
+        reopened = PublisherStore(tmp_path / "publisher.sqlite")
+        config = NodeConfig(roles=("publisher",), data_dir=tmp_path, network=first.net, tasks=3)
+        second = Publisher(config, PUBLISHER, host, ByteTokenizer(), builtin_tasks(3), reopened)
+        assert second.book.counts() == {"open": 2, "leased": 0, "done": 1}
+        assert second.log.head == 3 and second.log.next_seq() == 4
+        again = await second.handle_claim(WORKER.peer_id, claim_bytes(WORKER, lease.task_id))
+        assert open_envelope(again, "faults").expect(Refusal).code == "task_done"
+        reopened.close()
+
+    trio.run(main)
