@@ -165,7 +165,8 @@ def voided_credits(
     columns = "c.signer, c.seq, c.contributor, c.timestamp, c.flops, c.generated_tokens"
     found: dict[tuple[bytes, int], tuple[bytes, float, int, int]] = {}
     # Disjoint spans: each credit is read once. CROSS JOIN keeps the spans as the outer loop,
-    # each one a range of the (contributor, timestamp) index.
+    # each one a range of the (contributor, timestamp) index. (After an ANALYZE, which nodes
+    # never run, SQLite may put a Bloom filter on credits here: a full scan, ~100x slower.)
     for start in range(0, len(spans), _SPANS_PER_QUERY):
         chunk = spans[start : start + _SPANS_PER_QUERY]
         values = ", ".join("(?, ?, ?)" for _ in chunk)

@@ -388,8 +388,11 @@ class LedgerStore:
                 self._conn.execute(statement)
 
     def _backfill_sums(self) -> None:
-        for row in self._conn.execute("SELECT * FROM credits ORDER BY signer, seq").fetchall():
-            self._add_sums(tuple(row))
+        by_signer: dict[bytes, _Sums] = {}
+        for row in self._conn.execute("SELECT * FROM credits ORDER BY signer, seq"):
+            by_signer.setdefault(row[0], _Sums()).add(tuple(row))
+        for signer, sums in by_signer.items():
+            self._write_sums(signer, sums)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -436,25 +439,38 @@ class LedgerStore:
         return None if row is None else (row[0], row[1], row[2])
 
     def _insert(self, v: VerifiedEntry, network_id: str) -> None:
-        execute = self._conn.execute
-        execute(
-            _INSERT["entries"],
-            (v.signer, v.seq, v.hash, v.prev_hash, v.timestamp, v.kind, v.raw),
-        )
-        for table, row in derive(v.signer, v.seq, v.timestamp, v.body, network_id).rows.items():
-            execute(_INSERT[table], row)
-            if table == "credits":
-                self._add_sums(row)
+        self._insert_all([v], network_id)
 
-    def _add_sums(self, credit: tuple[object, ...]) -> None:
-        signer, contributor, formula, timestamp = credit[0], credit[2], credit[4], credit[11]
-        assert isinstance(timestamp, float)
-        amounts = credit_amounts(credit)
-        execute = self._conn.execute
-        execute(_ADD_TOTAL, (contributor, signer, formula, *amounts))
-        execute(_ADD_DAY, (day_of(timestamp), contributor, signer, *amounts))
-        execute(_ADD_QUARTER, (quarter_of(timestamp), contributor, signer, *amounts))
-        execute(_ADD_HOUR, (hour_of(timestamp), contributor, signer, *amounts))
+    def _insert_all(self, entries: Sequence[VerifiedEntry], network_id: str) -> None:
+        """Insert verified entries of one signer with their derived rows, and add their credits
+        to the sums (one upsert per bucket touched, not per credit: ingest speed)."""
+        rows: dict[str, list[tuple[object, ...]]] = {"entries": []}
+        sums = _Sums()
+        for v in entries:
+            rows["entries"].append(
+                (v.signer, v.seq, v.hash, v.prev_hash, v.timestamp, v.kind, v.raw)
+            )
+            for table, row in derive(v.signer, v.seq, v.timestamp, v.body, network_id).rows.items():
+                rows.setdefault(table, []).append(row)
+                if table == "credits":
+                    sums.add(row)
+        executemany = self._conn.executemany
+        for table, batch in rows.items():
+            executemany(_INSERT[table], batch)
+        if sums.totals:
+            signer = entries[0].signer
+            assert all(v.signer == signer for v in entries)
+            self._write_sums(signer, sums)
+
+    def _write_sums(self, signer: bytes, sums: _Sums) -> None:
+        executemany = self._conn.executemany
+        executemany(_ADD_TOTAL, [(c, signer, f, *a) for (c, f), a in sums.totals.items()])
+        for sql, buckets in (
+            (_ADD_DAY, sums.days),
+            (_ADD_QUARTER, sums.quarters),
+            (_ADD_HOUR, sums.hours),
+        ):
+            executemany(sql, [(bucket, c, signer, *a) for (bucket, c), a in buckets.items()])
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -484,6 +500,7 @@ class LedgerStore:
         """
         clock = time.time() if now is None else now
         out: list[tuple[int, bytes, bytes]] = []
+        written: list[VerifiedEntry] = []
         try:
             with self._write():
                 head = self._head_row(identity.public_key)
@@ -500,9 +517,10 @@ class LedgerStore:
                         expected_seq=seq,
                         expected_prev=prev,
                     )
-                    self._insert(verified, network_id)
+                    written.append(verified)
                     out.append((seq, verified.hash, data))
                     seq, prev, last_ts = seq + 1, verified.hash, timestamp
+                self._insert_all(written, network_id)
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot append to the ledger in {self.path}: {exc}") from exc
         return out
@@ -564,12 +582,13 @@ class LedgerStore:
                 head = self._head_row(signer)
                 expected = 0 if head is None else head[0] + 1
                 prev = None if head is None else head[1]
+                batch: dict[
+                    int, bytes
+                ] = {}  # seq -> hash of entries of this range, not yet written
                 for v in verified:
                     if v.seq < expected:
-                        (stored_hash,) = self._conn.execute(
-                            "SELECT hash FROM entries WHERE signer = ? AND seq = ?",
-                            (signer, v.seq),
-                        ).fetchone()
+                        stored_hash = batch.get(v.seq) or self.entry_hash(signer, v.seq)
+                        assert stored_hash is not None  # every seq below `expected` is held
                         if stored_hash == v.hash:
                             result.duplicates += 1
                             continue
@@ -588,9 +607,10 @@ class LedgerStore:
                         break
                     # A timestamp going backwards is not refused here: the entry is signed,
                     # refusing it would stall replication for good; verify_all reports it.
-                    self._insert(v, network_id)
                     result.stored.append(v)
+                    batch[v.seq] = v.hash
                     expected, prev = v.seq + 1, v.hash
+                self._insert_all(result.stored, network_id)
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot store entries of {signer_name(signer)}: {exc}") from exc
         if evidence is not None:

@@ -119,7 +119,15 @@ class LedgerSync:
         elif isinstance(message, LedgerEntry):
             self.planner.heard(signer, message.seq, sender)
             head = self.store.head(signer)
-            if message.seq <= (-1 if head is None else head[0]) + 1:
+            top = -1 if head is None else head[0]
+            if signer == self.identity.public_key and message.seq > top:
+                # Only append_local extends our own chain: an entry of ours we never stored was
+                # signed with our key elsewhere (a stolen key, or a restored old copy).
+                log.error(
+                    "%s signed with our key is not in our chain", entry_name(message.seq, None)
+                )
+                return
+            if message.seq <= top + 1:
                 result = self.store.ingest_range([data], self.network_id, self.validators)
                 self.stats.gossip_stored += len(result.stored)
                 self._after_ingest(result, f"gossip from {sender}")

@@ -98,7 +98,10 @@ def test_ingest_range_stores_the_valid_prefix_and_names_the_bad_entry(tmp_path: 
         again = store.ingest_range(chain, NET, {V1})  # overlap: duplicates, then the rest
         assert again.duplicates == 6 and len(again.stored) == 4 and again.error is None
         assert again.head == (9, message_id(chain[9]))
-        gap = store.ingest_range(build_chain(VALIDATOR, 13)[11:], NET)
+        repeated = build_chain(VALIDATOR, 12)
+        within = store.ingest_range([repeated[10], repeated[11], repeated[10]], NET)
+        assert (len(within.stored), within.duplicates, within.error) == (2, 1, None)
+        gap = store.ingest_range(build_chain(VALIDATOR, 14)[13:], NET)
         assert gap.stored == [] and "out of order" in str(gap.error)
         mixed = store.ingest_range([build_chain(OTHER_VALIDATOR, 1)[0], chain[0]], NET)
         assert "one signer only" in str(mixed.error) and len(mixed.stored) == 1

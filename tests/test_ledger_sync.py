@@ -347,4 +347,12 @@ def test_gossip_from_a_non_validator_is_charged(tmp_path: Path) -> None:
         assert node.store.signed_head(K1) == (5, bytes(32))
         assert node.sync.planner.behind(node.sync.local_heads()) == {K1: (-1, 5)}
 
+        # A validator never takes entries of its own chain from others: only it appends.
+        v1 = Node(V1, tmp_path / "v1.db")
+        theirs = make_entry(V1, NET, 0, GENESIS_PREV, "credit", credit(BOB, 1), T0)
+        await v1.sync.on_ledger_gossip("elsewhere", theirs)
+        assert v1.store.head(K1) is None
+        await node.sync.on_ledger_gossip("v1", theirs)  # any other node does
+        assert node.store.head(K1) == (0, message_id(theirs))
+
     trio.run(main)
