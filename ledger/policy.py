@@ -159,3 +159,36 @@ def audit_states(results: Iterable[tuple[bytes, bool]]) -> dict[bytes, AuditStat
     for contributor, passed in results:
         states[contributor] = after_audit(states.get(contributor), passed)
     return states
+
+
+@dataclass(frozen=True)
+class AuditDecision:
+    """Whether to audit one submission, and the numbers an ``audit`` entry records."""
+
+    audit: bool
+    rate: float
+    consecutive_valid: int
+
+
+class AuditBook:
+    """A validator's audit records of its contributors (in memory, rebuilt from its chain's
+    ``audit`` entries at start: ``AuditBook(policy, store.audit_results(own_key))``)."""
+
+    def __init__(self, policy: AuditPolicy, results: Iterable[tuple[bytes, bool]] = ()) -> None:
+        self.policy = policy
+        self.states = audit_states(results)
+
+    def decide(self, contributor: bytes, draw: float) -> AuditDecision:
+        """Audit or not, for a submission whose draw (see :func:`audit_draw`) is ``draw``."""
+        state = self.states.get(contributor)
+        return AuditDecision(
+            audit=self.policy.should_audit(state, draw),
+            rate=self.policy.rate(state),
+            consecutive_valid=0 if state is None else state.consecutive_valid,
+        )
+
+    def record(self, contributor: bytes, passed: bool) -> AuditState:
+        """Record an audit's result (after its ``audit`` entry is durable)."""
+        state = after_audit(self.states.get(contributor), passed)
+        self.states[contributor] = state
+        return state

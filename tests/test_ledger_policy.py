@@ -342,3 +342,24 @@ def test_leaderboard_rows_split_pending_final_and_void(tmp_path: Path) -> None:
         csv_text = to_csv(board)
         assert csv_text.splitlines()[0].startswith("rank,peer_id,contributor")
         assert f"2,{ALICE.peer_id},{A.hex()}" in csv_text
+
+
+def test_audit_book_drives_a_validator_from_new_to_spot_checks() -> None:
+    from ledger.policy import AuditBook
+
+    book = AuditBook(AuditPolicy(floor=0.05, warmup=10))
+    audited = 0
+    for n in range(3000):
+        decision = book.decide(A, audit_draw(VALIDATOR.seed, n.to_bytes(32, "big")))
+        if decision.audit:
+            audited += 1
+            book.record(A, passed=True)
+        if n < 10:
+            assert decision.audit and decision.rate == 1.0  # new: every submission audited
+    assert book.states[A].consecutive_valid == audited
+    assert 0.05 * 3000 * 0.6 < audited < 0.05 * 3000 * 2.5  # the floor, after the warm-up
+    assert book.decide(A, 0.999).rate == 0.05
+    book.record(A, passed=False)
+    assert book.decide(A, 0.999) == book.decide(A, 0.0) and book.decide(A, 0.999).audit
+    rebuilt = AuditBook(book.policy, [(A, True)] * 40 + [(B, False)])
+    assert rebuilt.decide(A, 0.5).rate == 0.25 and rebuilt.decide(B, 0.99).rate == 1.0
