@@ -12,6 +12,8 @@ STAMP="$VENV/.flopnet-installed"
 need_apt=()
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
 [ -e /usr/include/gmp.h ] || ls /usr/include/*/gmp.h >/dev/null 2>&1 || need_apt+=(libgmp-dev)
+# The code verifiers' sandbox (verifiers/sandbox/bwrap.py).
+command -v bwrap >/dev/null 2>&1 || need_apt+=(bubblewrap)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "bootstrap: installing system packages: ${need_apt[*]}"
   SUDO=""

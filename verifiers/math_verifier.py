@@ -10,7 +10,9 @@ Answer extraction is deliberately stricter than math-verify's own:
 * only the text after the last ``</think>`` counts (a draft inside the think block never does);
 * by default the answer must be in ``\\boxed{...}``; the last box (or the last run of boxes
   joined by commas/"and"/"or", which math-verify merges into a set) is the answer;
-* an unfinished last ``\\boxed{`` (truncated output) is reported, never replaced by an earlier box.
+* an unfinished last ``\\boxed{`` (truncated output) is reported, never replaced by an earlier box;
+* known math-verify mistakes (e-notation, ordinal suffixes, absolute tolerance on tiny numbers)
+  are corrected by :mod:`verifiers.math_fixes`.
 """
 
 from __future__ import annotations
@@ -20,19 +22,22 @@ import math
 import re
 import threading
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 from protocol.errors import VerifierError
+from verifiers.extract import THINK_CLOSE, THINK_OPEN, final_answer_region
+from verifiers.math_fixes import numeric_override, rewrite_answer
 from verifiers.result import Result
 
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
+__all__ = ["THINK_CLOSE", "THINK_OPEN", "check_math", "final_answer_region", "normalize_gold"]
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 # What may separate boxes that together form one answer ("\boxed{1}, \boxed{2}").
 _BOX_GAP_RE = re.compile(
     r"^(?:\s|\$|\\[()\[\]]|\\quad|\\qquad|,|;|\band\b|\bor\b|\\text\{\s*(?:and|or)\s*\})*$"
 )
+_PLAIN_NUMBER_RE = re.compile(r"^[+-]?\d{1,40}(?:\.\d{1,40})?$")
 # An unescaped $ (escaped \$ is a currency sign inside a gold such as \$18.90).
 _DOLLAR_RE = re.compile(r"(?<!\\)\$")
 _MAX_SHOWN = 200
@@ -81,16 +86,6 @@ def find_boxes(text: str) -> tuple[list[tuple[int, int, str]], bool]:
             return boxes, True
         boxes.append((m.start(), end, text[m.end() : end - 1]))
         pos = end
-
-
-def final_answer_region(response: str) -> str | None:
-    """Text after the last ``</think>``; None when a ``<think>`` block never closes."""
-    close = response.rfind(THINK_CLOSE)
-    if close >= 0:
-        return response[close + len(THINK_CLOSE) :]
-    if THINK_OPEN in response:
-        return None
-    return response
 
 
 def _last_box_chain(text: str, boxes: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
@@ -191,6 +186,38 @@ def _shown(parsed: Sequence[Any]) -> str:
     return _short(str(parsed[0])) if parsed else ""
 
 
+def _plain_number(boxed: str) -> Decimal | None:
+    """The value of ``\\boxed{27}``-like text that is one box holding only a decimal number."""
+    boxes, unfinished = find_boxes(boxed)
+    if unfinished or len(boxes) != 1 or boxed.strip() != boxed[boxes[0][0] : boxes[0][1]]:
+        return None
+    content = boxes[0][2].replace(" ", "")
+    return Decimal(content) if _PLAIN_NUMBER_RE.match(content) else None
+
+
+def _compare_plain_numbers(answer_text: str, golds: list[str]) -> Result | None:
+    """A verdict without math-verify when the answer and golds are plain numbers, else None.
+
+    math-verify's LaTeX parser costs milliseconds per new string; most answers (AIME, AMC, most
+    of MATH) are integers. Equal values pass; unequal values fail only when every value is an
+    integer (``27.0`` counts): a differing decimal may still be accepted by math-verify's rounding.
+    """
+    answer = _plain_number(answer_text)
+    if answer is None:
+        return None
+    values = [_plain_number(g) for g in golds]
+    for gold_text, value in zip(golds, values, strict=True):
+        if value is not None and value == answer:
+            return Result(1.0, True, (f"answer {_short(answer_text)!r} equals gold {gold_text!r}",))
+    integers = [v for v in (answer, *values) if v is not None and v == v.to_integral_value()]
+    if len(integers) == len(golds) + 1:
+        shown = " | ".join(_short(g) for g in golds)
+        return Result(
+            0.0, False, (f"answer {_short(answer_text)!r} does not match gold {shown!r}",)
+        )
+    return None
+
+
 def _gold_list(gold: Gold) -> list[str | int | float]:
     if isinstance(gold, (str, int, float)):
         return [gold]
@@ -222,7 +249,9 @@ def check_math(
         raise VerifierError(f"response must be a string, got {type(response).__name__}")
     secs = max(1, math.ceil(timeout_s))  # a float alarm silently disables math-verify's checks
     golds = [normalize_gold(g) for g in _gold_list(gold)]
-    parsed_golds = [_parse_gold(g, secs) for g in golds]
+    # An unusable gold is reported whatever the response; plain-number golds always parse.
+    plain_golds = all(_plain_number(g) is not None for g in golds)
+    parsed_golds = None if plain_golds else [_parse_gold(rewrite_answer(g), secs) for g in golds]
 
     region = final_answer_region(response)
     if region is None:
@@ -237,19 +266,29 @@ def check_math(
     else:
         answer_text = region
 
+    fast = _compare_plain_numbers(answer_text, golds)
+    if fast is not None:
+        return fast
+    notes: list[str] = []
     try:
-        answer = _parse(answer_text, secs)
+        if parsed_golds is None:
+            parsed_golds = [_parse_gold(rewrite_answer(g), secs) for g in golds]
+        answer = _parse(rewrite_answer(answer_text), secs)
         if not answer:
             return Result(0.0, False, (f"answer does not parse: {_short(answer_text)!r}",))
         for gold_text, parsed_gold in zip(golds, parsed_golds, strict=True):
-            if _verify(list(parsed_gold), answer, secs):
-                return Result(
-                    1.0, True, (f"answer {_shown(answer)!r} matches gold {_short(gold_text)!r}",)
-                )
+            same = _verify(list(parsed_gold), answer, secs)
+            same, note = numeric_override(parsed_gold[0], answer[0], same, secs)
+            if note:
+                notes.append(note)
+            if same:
+                shown = f"answer {_shown(answer)!r} matches gold {_short(gold_text)!r}"
+                return Result(1.0, True, (shown, *notes))
     except _Timeout as exc:
         return Result.failure(f"timeout: math-verify {exc.args[0]} exceeded {secs} s")
     shown_golds = " | ".join(_short(g) for g in golds)
-    return Result(0.0, False, (f"answer {_shown(answer)!r} does not match gold {shown_golds!r}",))
+    shown = f"answer {_shown(answer)!r} does not match gold {shown_golds!r}"
+    return Result(0.0, False, (shown, *notes))
 
 
 def warm_up() -> None:

@@ -66,7 +66,8 @@ class WorkerCrashed(VerifierError):
     """A child process died while running a job."""
 
 
-def _resolve(fn: JobFn) -> Callable[..., Any]:
+def resolve_job(fn: JobFn) -> Callable[..., Any]:
+    """The function a job names: a callable as is, or ``"package.module:function"`` imported."""
     if callable(fn):
         return fn
     module, sep, name = fn.partition(":")
@@ -98,7 +99,7 @@ def _child_main(conn: Connection, parent_pid: int, warmup: Sequence[str]) -> Non
     warm_errors = []
     for name in warmup:
         try:
-            _resolve(name)()
+            resolve_job(name)()
         except Exception as exc:  # a failed warm-up only costs speed; report it, keep serving
             warm_errors.append(f"{name}: {type(exc).__name__}: {exc}")
     conn.send(("ready", warm_errors))
@@ -114,7 +115,7 @@ def _child_main(conn: Connection, parent_pid: int, warmup: Sequence[str]) -> Non
             if job is None:
                 return
             fn, args, kwargs = job
-            value = _resolve(fn)(*args, **kwargs)
+            value = resolve_job(fn)(*args, **kwargs)
             reply: tuple[Any, ...] = ("ok", value)
             payload = pickle.dumps(reply)  # fail here, not half-way through a send
         except BaseException as exc:

@@ -1,4 +1,5 @@
-"""The record every verifier returns: a score in [0, 1], a pass flag, reasons, an optional error."""
+"""The record every verifier returns: a score in [0, 1], a pass flag, reasons, an optional error,
+and the outcome of the rule checks (format, repetition, truncation) reported with every verdict."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ class Result:
     passed: bool
     reasons: tuple[str, ...] = ()
     error: str | None = None
+    #: (rule name, ok) pairs from :mod:`verifiers.rules`; informational unless a policy gates.
+    rules: tuple[tuple[str, bool], ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.score, (int, float)) or isinstance(self.score, bool):
@@ -33,6 +36,8 @@ class Result:
         # Accept a list for convenience but store a tuple so the record stays hashable.
         object.__setattr__(self, "reasons", tuple(str(r) for r in self.reasons))
         object.__setattr__(self, "score", float(self.score))
+        rules = tuple((str(name), bool(ok)) for name, ok in self.rules)
+        object.__setattr__(self, "rules", rules)
 
     @classmethod
     def failure(cls, error: str, *reasons: str) -> Result:
@@ -46,6 +51,7 @@ class Result:
             "passed": self.passed,
             "reasons": list(self.reasons),
             "error": self.error,
+            "rules": dict(self.rules),
         }
 
     @classmethod
@@ -62,8 +68,17 @@ class Result:
                 raise VerifierError("reasons must be a list of strings")
             if error is not None and not isinstance(error, str):
                 raise VerifierError("error must be a string or None")
+            rules = data.get("rules", {})
+            if not isinstance(rules, dict) or not all(
+                isinstance(k, str) and isinstance(v, bool) for k, v in rules.items()
+            ):
+                raise VerifierError("rules must map names to booleans")
             return cls(
-                score=data["score"], passed=data["passed"], reasons=tuple(reasons), error=error
+                score=data["score"],
+                passed=data["passed"],
+                reasons=tuple(reasons),
+                error=error,
+                rules=tuple(rules.items()),
             )
         except KeyError as exc:
             raise VerifierError(f"result dict lacks {exc.args[0]!r}") from None
