@@ -110,16 +110,20 @@ class Publisher:
             await trio.sleep(0.2)
         self._queue_announcements(self.book.open_tasks())
         while True:
-            for task_id, index in self.book.expire(time.time()):
-                log.info("lease on %s#%d expired; re-opened", task_id, index)
-                self.stats.samples_reopened += 1
-                self._queue_announcements([task_id])
+            self._expire(time.time())
             while self._to_announce:
                 task_id = self._to_announce.pop(0)
                 await self.announce(self.tasks[task_id])
             self._announce_wanted = trio.Event()
             with trio.move_on_after(EXPIRY_CHECK_S):
                 await self._announce_wanted.wait()
+
+    def _expire(self, now: float) -> None:
+        """Re-open expired leases: count them and announce their tasks again."""
+        for task_id, index in self.book.expire(now):
+            log.info("lease on %s#%d expired; re-opened", task_id, index)
+            self.stats.samples_reopened += 1
+            self._queue_announcements([task_id])
 
     def _queue_announcements(self, task_ids: list[str]) -> None:
         self._to_announce.extend(t for t in task_ids if t not in self._to_announce)
@@ -173,6 +177,7 @@ class Publisher:
         if self.host.guard.is_replay(opened.message_id):
             await self.host.penalize(peer_id, Violation.REPLAY)
             return self._refuse("replayed_claim", "this exact claim was already answered")
+        self._expire(now)  # so a re-open during a claim is counted and announced too
         decision = self.book.claim(claim.task_id, opened.signer, now)
         if isinstance(decision, Denied):
             return self._refuse(decision.code, decision.reason)

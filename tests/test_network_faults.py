@@ -171,3 +171,37 @@ def test_publisher_state_survives_a_restart(tmp_path: Path) -> None:
         reopened.close()
 
     trio.run(main)
+
+
+@pytest.mark.timeout(60)
+def test_malformed_gossip_frame_does_not_kill_the_node() -> None:
+    """One undecodable pubsub RPC used to end the whole host; ours resets that stream."""
+    from libp2p.custom_types import TProtocol
+    from libp2p.peer.id import ID
+
+    async def main() -> None:
+        victim, attacker, bystander = P2PHost(PUBLISHER), P2PHost(MALLORY), P2PHost(WORKER)
+        got: list[bytes] = []
+
+        async def collect(sender: str, data: bytes) -> None:
+            got.append(data)
+
+        async with victim.running() as v, attacker.running() as a, bystander.running() as b:
+            await a.connect(v.addrs()[0])
+            await b.connect(v.addrs()[0])
+            await v.subscribe("t", collect)
+            await b.subscribe("t", collect)
+            raw = await a._host.new_stream(ID.from_base58(v.peer_id), [TProtocol("/meshsub/1.1.0")])
+            await raw.write(encode_frame(b"\xff\xff\xff\xff garbage"))
+            await trio.sleep(1.0)
+            # Still alive and serving: gossip from the bystander arrives.
+            for _ in range(50):
+                await b.publish("t", b"still here")
+                await trio.sleep(0.1)
+                if b"still here" in got:
+                    break
+            assert b"still here" in got
+            violations = v.guard.snapshot(time.time())
+            assert any(p["peer_id"] == a.peer_id for p in violations)
+
+    trio.run(main)
