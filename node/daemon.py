@@ -162,10 +162,12 @@ async def run_node(config: NodeConfig) -> None:
             from ledger.store import LedgerStore
             from node.validator import Validator
             from verifiers.pool import MATH_WARMUP, VerifierPool
+            from verifiers.registry import Verifiers, VerifyOptions
 
             assert model is not None
             pool = VerifierPool(config.verifier_workers, warmup=(MATH_WARMUP,))
             stack.callback(pool.close)
+            verifiers = Verifiers(VerifyOptions(max_tokens=net.max_new_tokens), pool=pool)
             store = LedgerStore(config.data_dir / LEDGER_FILE)
             stack.callback(store.close)
             inbox = Inbox(config.data_dir / INBOX_FILE)
@@ -181,7 +183,7 @@ async def run_node(config: NodeConfig) -> None:
                 identity,
                 host,
                 model,
-                pool,
+                verifiers,
                 store,
                 inbox,
                 {t.task_id: t for t in tasks},

@@ -46,7 +46,7 @@ from protocol.messages import (
     Verdict,
     VerdictRequest,
 )
-from verifiers.pool import VerifierPool, verify_math
+from verifiers.registry import Verifiers
 from verifiers.result import Result
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class Validator:
         identity: Identity,
         host: P2PHost,
         model: ModelService,
-        verifier_pool: VerifierPool,
+        verifiers: Verifiers,
         store: LedgerStore,
         inbox: Inbox,
         tasks: dict[str, Task],
@@ -94,7 +94,7 @@ class Validator:
         self.identity = identity
         self.host = host
         self.model = model
-        self.pool = verifier_pool
+        self.verifiers = verifiers
         self.store = store
         self.inbox = inbox
         self.tasks = tasks
@@ -247,8 +247,14 @@ class Validator:
             if accepted:
                 # The validator decodes the tokens itself; the worker's text is never trusted.
                 response = response_for_verifier(proof["text"])
-                answer = await self._check_answer(response, self.tasks[lease.task_id])
+                answer = await self._check_answer(response, self.tasks[lease.task_id], lease)
                 reasons.extend(f"answer: {r}" for r in answer.reasons)
+                if answer.error:
+                    reasons.append(f"answer: verifier error: {answer.error}")
+                failed_rules = [name for name, ok in answer.rules if not ok]
+                reasons.append(
+                    "rules: " + (", ".join(f"{n} failed" for n in failed_rules) or "all pass")
+                )
         except _Reject as exc:
             reasons.append(str(exc))
         except ModelServiceError as exc:
@@ -328,10 +334,18 @@ class Validator:
         self.stats.proof_bytes += sum(len(p) for p in sub.proofs)
         return result
 
-    async def _check_answer(self, text: str, task: Task) -> Result:
+    async def _check_answer(self, text: str, task: Task, lease: Lease) -> Result:
+        """The task type's verifier, in a killable child; answer correctness labels the data."""
         started = time.perf_counter()
+        spec = {
+            "task_type": task.task_type,
+            "gold": task.answer,
+            "max_tokens": lease.max_new_tokens,
+        }
         try:
-            return await trio.to_thread.run_sync(verify_math, self.pool, text, task.answer)
+            return await trio.to_thread.run_sync(
+                lambda: self.verifiers.verify(spec, text, response_tokens=None)
+            )
         except VerifierError as exc:
             return Result(score=0.0, passed=False, reasons=(), error=str(exc))
         finally:
