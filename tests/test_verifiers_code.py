@@ -260,3 +260,26 @@ def test_unusable_tasks_are_errors_not_crashes(verifiers: Verifiers) -> None:
     ):
         r = verifiers.verify(task, fenced("def f(x):\n    return x"))
         assert r.error is not None and r.score == 0.0, task
+
+
+# -- the registry's own guarantees -------------------------------------------------------------
+
+
+def _job_hang(task: dict[str, Any], response: str) -> Result:
+    import time
+
+    time.sleep(3600)
+    return Result(1.0, True)
+
+
+def test_stuck_verifier_is_killed_and_reported(verifiers: Verifiers) -> None:
+    from verifiers.registry import Job, Registry, TaskType
+
+    def prepare(task: Any, response: str, options: Any, v: Any) -> Job:
+        return Job("test_verifiers_code:_job_hang", (dict(task), response), {}, 1.0)
+
+    hanging = Verifiers(pool=verifiers.pool, registry=Registry([TaskType("hang", prepare)]))
+    r = hanging.verify({"task_type": "hang"}, "</think> 42")
+    assert r.error is not None and r.error.startswith("timeout") and r.score == 0.0
+    assert dict(r.rules) == {"format": True, "repetition": True, "truncation": True}
+    assert verifiers.verify(ADD_TASK, fenced("def add(a, b):\n    return a + b")).passed
