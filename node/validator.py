@@ -247,7 +247,9 @@ class Validator:
             if accepted:
                 # The validator decodes the tokens itself; the worker's text is never trusted.
                 response = response_for_verifier(proof["text"])
-                answer = await self._check_answer(response, self.tasks[lease.task_id], lease)
+                answer = await self._check_answer(
+                    response, self.tasks[lease.task_id], lease, len(sub.token_ids)
+                )
                 reasons.extend(f"answer: {r}" for r in answer.reasons)
                 if answer.error:
                     reasons.append(f"answer: verifier error: {answer.error}")
@@ -334,7 +336,7 @@ class Validator:
         self.stats.proof_bytes += sum(len(p) for p in sub.proofs)
         return result
 
-    async def _check_answer(self, text: str, task: Task, lease: Lease) -> Result:
+    async def _check_answer(self, text: str, task: Task, lease: Lease, tokens: int) -> Result:
         """The task type's verifier, in a killable child; answer correctness labels the data."""
         started = time.perf_counter()
         spec = {
@@ -344,7 +346,7 @@ class Validator:
         }
         try:
             return await trio.to_thread.run_sync(
-                lambda: self.verifiers.verify(spec, text, response_tokens=None)
+                lambda: self.verifiers.verify(spec, text, response_tokens=tokens)
             )
         except VerifierError as exc:
             return Result(score=0.0, passed=False, reasons=(), error=str(exc))
