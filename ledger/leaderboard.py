@@ -18,6 +18,7 @@ import csv
 import heapq
 import io
 import time
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -143,71 +144,106 @@ def void_spans(
 
 
 _SPANS_PER_QUERY = 3000
+VoidSums = dict[bytes, tuple[int, int, int]]  # contributor -> (flops, credits, tokens) voided
 
 
-def voided_credits(
-    store: LedgerStore, lock_window: float, validators: Sequence[bytes] | None = None
-) -> list[tuple[bytes, float, int, int]]:
-    """(contributor, timestamp, flops, tokens) of every accepted credit an invalidation voids,
-    each once, by the rule of :func:`ledger.policy.voids`."""
-    inv_sql, inv_params = _in("signer", validators)
-    cred_sql, cred_params = _in("c.signer", validators)
-    conn = store.connection
-    hard = conn.execute(
-        f"SELECT contributor, timestamp FROM invalidations WHERE severity = 'hard'{inv_sql}",
-        inv_params,
-    ).fetchall()
-    spans = [
-        (contributor, lo, hi)
-        for contributor, merged in void_spans(hard, lock_window).items()
-        for lo, hi in merged
-    ]
-    columns = "c.signer, c.seq, c.contributor, c.timestamp, c.flops, c.generated_tokens"
-    found: dict[tuple[bytes, int], tuple[bytes, float, int, int]] = {}
-    # Disjoint spans: each credit is read once. CROSS JOIN keeps the spans as the outer loop,
-    # each one a range of the (contributor, timestamp) index. (After an ANALYZE, which nodes
-    # never run, SQLite may put a Bloom filter on credits here: a full scan, ~100x slower.)
-    for start in range(0, len(spans), _SPANS_PER_QUERY):
-        chunk = spans[start : start + _SPANS_PER_QUERY]
-        values = ", ".join("(?, ?, ?)" for _ in chunk)
-        rows = conn.execute(
-            f"WITH spans(contributor, lo, hi) AS (VALUES {values}) "
-            f"SELECT {columns} FROM spans s CROSS JOIN credits c "
-            "ON c.contributor = s.contributor AND c.timestamp > s.lo AND c.timestamp <= s.hi "
-            f"WHERE c.accepted{cred_sql}",
-            [*(v for span in chunk for v in span), *cred_params],
-        )
-        for signer, seq, contributor, at, flops, tokens in rows:
-            found[(signer, seq)] = (contributor, at, flops, tokens)
-    soft = conn.execute(
-        f"SELECT {columns} FROM invalidations i JOIN credits c "
-        "ON c.signer = i.credit_signer AND c.seq = i.credit_seq "
-        "AND c.contributor = i.contributor "
-        "AND c.timestamp <= i.timestamp AND c.timestamp > i.timestamp - ? "
-        f"WHERE i.severity = 'soft' AND c.accepted{_in('i.signer', validators)[0]}{cred_sql}",
-        [lock_window, *inv_params, *cred_params],
-    )
-    for signer, seq, contributor, at, flops, tokens in soft:
-        found[(signer, seq)] = (contributor, at, flops, tokens)
-    return list(found.values())
+class Voids:
+    """The credit invalidations void (by the rule of :func:`ledger.policy.voids`), summed per
+    contributor from any time on.
+
+    Hard invalidations are merged into disjoint spans per contributor, so each voided credit
+    is counted once and summed inside SQLite (a day of a big contributor's credit can be voided
+    at once); soft ones name single credits and are few.
+    """
+
+    def __init__(
+        self, store: LedgerStore, lock_window: float, validators: Sequence[bytes] | None = None
+    ) -> None:
+        self.store = store
+        self.validators = validators
+        inv_sql, inv_params = _in("signer", validators)
+        conn = store.connection
+        hard = conn.execute(
+            f"SELECT contributor, timestamp FROM invalidations WHERE severity = 'hard'{inv_sql}",
+            inv_params,
+        ).fetchall()
+        self.spans = void_spans(hard, lock_window)
+        cred_sql, cred_params = _in("c.signer", validators)
+        soft = conn.execute(
+            "SELECT DISTINCT c.signer, c.seq, c.contributor, c.timestamp, c.flops, "
+            "c.generated_tokens FROM invalidations i JOIN credits c "
+            "ON c.signer = i.credit_signer AND c.seq = i.credit_seq "
+            "AND c.contributor = i.contributor "
+            "AND c.timestamp <= i.timestamp AND c.timestamp > i.timestamp - ? "
+            f"WHERE i.severity = 'soft' AND c.accepted{_in('i.signer', validators)[0]}{cred_sql}",
+            [lock_window, *inv_params, *cred_params],
+        ).fetchall()
+        # A soft invalidation's credit inside a hard span is already counted there.
+        self.soft = [row[2:] for row in soft if not self._in_span(row[2], row[3])]
+
+    def _in_span(self, contributor: bytes, timestamp: float) -> bool:
+        spans = self.spans.get(contributor, [])
+        i = bisect_left(spans, (timestamp,))  # the first span whose lo >= timestamp
+        return i > 0 and spans[i - 1][0] < timestamp <= spans[i - 1][1]
+
+    def sums(self, since: float | None, contributors: Sequence[bytes] | None = None) -> VoidSums:
+        """Voided (flops, credits, tokens) per contributor among credits at or after ``since``,
+        optionally only for some contributors."""
+        wanted = None if contributors is None else set(contributors)
+        spans = [
+            (contributor, lo, hi)
+            for contributor, merged in self.spans.items()
+            if wanted is None or contributor in wanted
+            for lo, hi in merged
+            if since is None or hi >= since
+        ]
+        out: dict[bytes, list[int]] = {}
+        cred_sql, cred_params = _in("c.signer", self.validators)
+        start = float("-inf") if since is None else float(since)
+        # CROSS JOIN keeps the spans as the outer loop, each a range of the (contributor,
+        # timestamp) index. (After an ANALYZE, which nodes never run, SQLite may put a Bloom
+        # filter on credits here instead: a full scan, ~100x slower.)
+        for first in range(0, len(spans), _SPANS_PER_QUERY):
+            chunk = spans[first : first + _SPANS_PER_QUERY]
+            values = ", ".join("(?, ?, ?)" for _ in chunk)
+            rows = self.store.connection.execute(
+                f"WITH spans(contributor, lo, hi) AS (VALUES {values}) "
+                "SELECT s.contributor, SUM(c.flops >> 32), SUM(c.flops & 4294967295), COUNT(*), "
+                "SUM(c.generated_tokens) FROM spans s CROSS JOIN credits c "
+                "ON c.contributor = s.contributor AND c.timestamp > s.lo AND c.timestamp <= s.hi "
+                f"WHERE c.accepted AND c.timestamp >= ?{cred_sql} GROUP BY s.contributor",
+                [*(v for span in chunk for v in span), start, *cred_params],
+            )
+            for contributor, hi, lo, count, tokens in rows:
+                _add(out, contributor, ((hi << 32) + lo, count, tokens))
+        for contributor, timestamp, flops, tokens in self.soft:
+            if timestamp >= start and (wanted is None or contributor in wanted):
+                _add(out, contributor, (flops, 1, tokens))
+        return {c: (v[0], v[1], v[2]) for c, v in out.items()}
+
+    def count(self, since: float | None = None) -> int:
+        """How many credits are voided (from ``since`` on)."""
+        return sum(n for _, n, _ in self.sums(since).values())
 
 
-def _credited(
-    raw: dict[bytes, list[int]],
-    voided: Iterable[tuple[bytes, float, int, int]],
-    since: float | None,
-) -> Sums:
+def _add(sums: dict[bytes, list[int]], key: bytes, amounts: tuple[int, int, int]) -> None:
+    row = sums.setdefault(key, [0, 0, 0])
+    for i, value in enumerate(amounts):
+        row[i] += value
+
+
+def _credited(raw: dict[bytes, list[int]], voided: VoidSums) -> Sums:
     """Exact [flops, accepted, rejected, tokens, voided] per contributor after voiding."""
     out: Sums = {
         c: [(hi << 32) + lo, acc, rej, tokens, 0] for c, (hi, lo, acc, rej, tokens) in raw.items()
     }
-    for contributor, timestamp, flops, tokens in voided:
+    for contributor, (flops, count, tokens) in voided.items():
         row = out.get(contributor)
-        if row is not None and (since is None or timestamp >= since):
+        if row is not None:
             row[0] -= flops
-            row[1] -= 1
+            row[1] -= count
             row[3] -= tokens
-            row[4] += 1
+            row[4] += count
     return out
 
 
@@ -231,8 +267,8 @@ def leaderboard(
         return []
     now = time.time() if now is None else now
     signers = None if validators is None else sorted(validators)
-    voided = voided_credits(store, lock_window, signers)
-    ranked = _credited(window_sums(store, since, signers), voided, since)
+    voids = Voids(store, lock_window, signers)
+    ranked = _credited(window_sums(store, since, signers), voids.sums(since))
     top = heapq.nsmallest(max(0, int(limit)), ranked.items(), key=lambda kv: (-kv[1][0], kv[0]))
     contributors = [c for c, _ in top]
     formulas = _formulas(store, contributors, signers)
@@ -260,7 +296,8 @@ def leaderboard(
     def flops_since(start: float | None) -> dict[bytes, int]:
         sums = known.get(start)
         if sums is None:
-            sums = _credited(window_sums(store, start, signers, subset), voided, start)
+            raw = window_sums(store, start, signers, subset)
+            sums = _credited(raw, voids.sums(start, subset))
             known[start] = sums
         return {c: v[0] for c, v in sums.items()}
 

@@ -54,7 +54,7 @@ class SyncPlanner:
         validators: Iterable[bytes],
         *,
         own: bytes | None = None,
-        batch: int = 512,
+        batch: int = MAX_LEDGER_RANGE,
         probe_interval: float = 30.0,
         catch_up_interval: float = 1.0,
         retry_after: float = 1.0,

@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Na
     replicate.add_argument("--bootstrap", action="append", default=[], help="peer multiaddr")
     replicate.add_argument("--port", type=int, default=0, help="libp2p TCP port (0: any)")
     replicate.add_argument("--listen-ip", default="127.0.0.1")
-    replicate.add_argument("--batch", type=int, default=512, help="entries per range request")
+    replicate.add_argument("--batch", type=int, default=2048, help="entries per range request")
     return {"ledger": _run}
 
 

@@ -73,7 +73,7 @@ class LedgerSync:
         validators: set[bytes],
         *,
         on_entry: Callable[[VerifiedEntry], None] | None = None,
-        batch: int = 512,
+        batch: int = 2048,
         head_interval: float = 5.0,
         probe_interval: float = 30.0,
         tick: float = 0.5,

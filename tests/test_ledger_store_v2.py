@@ -197,7 +197,7 @@ def test_schema_1_files_are_migrated(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     with LedgerStore(path) as store:
-        assert store.connection.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert store.connection.execute("PRAGMA user_version").fetchone()[0] == 3
         assert store.verify_all(NET) == []
         assert leaderboard(store, now=T0) == expected
     conn = sqlite3.connect(path)
