@@ -142,7 +142,7 @@ def test_devnet_survives_a_worker_killed_mid_lease(tmp_path: Path) -> None:
 
 def test_validator_killed_after_receipts_loses_nothing(tmp_path: Path) -> None:
     options = DevnetOptions(
-        workers=2, tasks=6, max_new_tokens=96, data_dir=tmp_path, lease_seconds=60, timeout=300
+        workers=2, tasks=6, max_new_tokens=96, data_dir=tmp_path, lease_seconds=15, timeout=300
     )
     net = Devnet(options)
     try:
