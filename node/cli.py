@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -82,10 +83,10 @@ def _add_devnet(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_leaderboard(sub: argparse._SubParsersAction) -> None:
+    from node.ledger_cli import add_leaderboard_arguments
+
     p = sub.add_parser("leaderboard", help="contributors ranked by credited FLOPs")
-    p.add_argument("--data-dir", type=Path, help="a node's or a devnet's data dir")
-    p.add_argument("--json", action="store_true", help="JSON instead of a table")
-    p.add_argument("--limit", type=int, default=100)
+    add_leaderboard_arguments(p)
 
 
 def _add_tui(sub: argparse._SubParsersAction) -> None:
@@ -95,7 +96,7 @@ def _add_tui(sub: argparse._SubParsersAction) -> None:
 
 # Modules that add their own subcommands: each has ``register(sub) -> dict[name, handler]`` and
 # must stay cheap to import (heavy imports inside the handlers), so ``--help`` stays instant.
-EXTENSION_MODULES: tuple[str, ...] = ("node.network_cli", "node.verify_cli")
+EXTENSION_MODULES: tuple[str, ...] = ("node.network_cli", "node.verify_cli", "node.ledger_cli")
 
 
 def build_parser() -> tuple[
@@ -175,23 +176,9 @@ def _cmd_devnet(args: argparse.Namespace) -> int:
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
-    from ledger.leaderboard import format_table, leaderboard, to_json
-    from ledger.store import LedgerStore
-    from node.devnet import find_ledgers
+    from node.ledger_cli import run_leaderboard
 
-    ledgers = find_ledgers(args.data_dir)
-    if not ledgers:
-        raise FlopnetError(f"no ledger found under {args.data_dir}")
-    rows = []
-    for path in ledgers:
-        with LedgerStore(path) as store:
-            rows.extend(leaderboard(store, limit=args.limit))
-    rows.sort(key=lambda s: (-s.flops, s.peer_id))
-    if args.json:
-        print(json.dumps(to_json(rows[: args.limit]), indent=2))
-    else:
-        print(format_table(rows[: args.limit]))
-    return 0
+    return run_leaderboard(args)
 
 
 def _cmd_tui(args: argparse.Namespace) -> int:
@@ -224,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`flopnet leaderboard | head`): not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

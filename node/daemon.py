@@ -19,6 +19,7 @@ from typing import Any
 
 import trio
 
+from ledger.chain import VerifiedEntry
 from node.api import build_app, load_or_create_token, serve_api
 from node.config import NodeConfig
 from node.discovery import Discovery
@@ -26,8 +27,7 @@ from node.inbox import Inbox
 from node.liveness import Liveness
 from node.publisher_store import PublisherStore
 from node.tasks import Task, builtin_tasks, load_tasks_file
-from protocol.envelope import open_envelope
-from protocol.errors import FlopnetError, MalformedMessage
+from protocol.errors import FlopnetError
 from protocol.host import P2PHost
 from protocol.identity import load_or_create_identity
 from protocol.ids import (
@@ -35,6 +35,10 @@ from protocol.ids import (
     ANNOUNCEMENTS_PROTOCOL,
     CLAIM_LIMITS,
     CLAIM_PROTOCOL,
+    LEDGER_RANGE_LIMITS,
+    LEDGER_RANGE_PROTOCOL,
+    PROFILE_LIMITS,
+    PROFILE_PROTOCOL,
     SUBMIT_LIMITS,
     SUBMIT_PROTOCOL,
     VERDICT_LIMITS,
@@ -43,7 +47,7 @@ from protocol.ids import (
     ledger_topic,
     tasks_topic,
 )
-from protocol.messages import CreditBody, LedgerEntry, LedgerHead
+from protocol.messages import CreditBody
 
 log = logging.getLogger("flopnet.node")
 NODE_INFO_FILE = "node.json"
@@ -158,8 +162,26 @@ async def run_node(config: NodeConfig) -> None:
             host.handle(CLAIM_PROTOCOL, publisher.handle_claim, CLAIM_LIMITS)
             host.handle(ANNOUNCEMENTS_PROTOCOL, publisher.handle_range, ANNOUNCEMENTS_LIMITS)
 
+        # Every node keeps verified replicas of the validators' chains (a validator's own chain
+        # lives in the same store) and serves them; the leaderboard is a query over it.
+        from ledger.store import LedgerStore
+        from node.ledger_sync import LedgerSync
+
+        store = LedgerStore(config.data_dir / LEDGER_FILE)
+        stack.callback(store.close)
+
+        def on_replicated(entry: VerifiedEntry) -> None:
+            # Remote publishers learn verdicts from the validators' replicated credit entries.
+            if publisher is not None and isinstance(entry.body, CreditBody):
+                publisher.settle(entry.body.lease_id, entry.body.accepted)
+
+        ledger_sync = LedgerSync(
+            host, store, identity, net.network_id, net.validator_keys, on_entry=on_replicated
+        )
+        host.handle(LEDGER_RANGE_PROTOCOL, ledger_sync.handle_range, LEDGER_RANGE_LIMITS)
+        host.handle(PROFILE_PROTOCOL, ledger_sync.handle_profile, PROFILE_LIMITS)
+
         if "validator" in roles:
-            from ledger.store import LedgerStore
             from node.validator import Validator
             from verifiers.pool import MATH_WARMUP, VerifierPool
             from verifiers.registry import Verifiers, VerifyOptions
@@ -168,8 +190,6 @@ async def run_node(config: NodeConfig) -> None:
             pool = VerifierPool(config.verifier_workers, warmup=(MATH_WARMUP,))
             stack.callback(pool.close)
             verifiers = Verifiers(VerifyOptions(max_tokens=net.max_new_tokens), pool=pool)
-            store = LedgerStore(config.data_dir / LEDGER_FILE)
-            stack.callback(store.close)
             inbox = Inbox(config.data_dir / INBOX_FILE)
             stack.callback(inbox.close)
             await trio.to_thread.run_sync(pool.wait_ready)
@@ -189,6 +209,7 @@ async def run_node(config: NodeConfig) -> None:
                 {t.task_id: t for t in tasks},
                 model_config,
                 on_verdict,
+                publish_entry=ledger_sync.publish_entry,
             )
             host.handle(SUBMIT_PROTOCOL, validator.handle_submission, SUBMIT_LIMITS)
             host.handle(VERDICT_PROTOCOL, validator.handle_verdict_request, VERDICT_LIMITS)
@@ -198,26 +219,6 @@ async def run_node(config: NodeConfig) -> None:
 
             assert model is not None
             worker = Worker(config, identity, host, model)
-
-        async def on_ledger_gossip(sender: str, data: bytes) -> None:
-            # Entries and heads from the manifest's validators only; anything else is charged to
-            # its sender. Remote publishers learn verdicts from the gossiped credit entries.
-            opened = open_envelope(data, net.network_id)
-            if opened.signer not in net.validator_keys:
-                raise MalformedMessage("ledger gossip signed by a key that is not a validator")
-            if not isinstance(opened.message, LedgerEntry | LedgerHead):
-                raise MalformedMessage(
-                    f"unexpected {type(opened.message).__name__} on ledger topic"
-                )
-            if publisher is None or not isinstance(opened.message, LedgerEntry):
-                return
-            entry = opened.message
-            if entry.kind == "credit":
-                from ledger.chain import decode_body
-
-                body = decode_body("credit", entry.body)
-                if isinstance(body, CreditBody):
-                    publisher.settle(body.lease_id, body.accepted)
 
         def capacity() -> tuple[float, int, int]:
             busy = worker is not None and worker.busy
@@ -254,15 +255,14 @@ async def run_node(config: NodeConfig) -> None:
                 "publisher": publisher.snapshot() if publisher else None,
                 "validator": validator.snapshot() if validator else None,
                 "worker": worker.snapshot() if worker else None,
+                "ledger": ledger_sync.snapshot(),
             }
 
         def leaderboard() -> list[dict[str, Any]]:
-            if validator is None:
-                return []
             from ledger.leaderboard import leaderboard as rank
             from ledger.leaderboard import to_json
 
-            return to_json(rank(validator.store, net.validator_keys or None))
+            return to_json(rank(store, net.validator_keys or None))
 
         async with host.running(config.listen_port), trio.open_nursery() as nursery:
             for addr in (*config.bootstrap, *net.bootstrap):
@@ -270,7 +270,12 @@ async def run_node(config: NodeConfig) -> None:
                     nursery.start_soon(liveness.keep_connected, addr)
             if worker is not None:
                 await host.subscribe(tasks_topic(net.network_id), worker.on_announcement)
-            await host.subscribe(ledger_topic(net.network_id), on_ledger_gossip)
+            await host.subscribe(ledger_topic(net.network_id), ledger_sync.on_ledger_gossip)
+            # Known issue (reproducible, cause not found yet): inside the daemon, LedgerSync.run
+            # (range fetching) made the libp2p host stop silently (exit 0): a relay node seconds
+            # after its first peer connected, workers seconds after a validator was SIGKILLed.
+            # Until it is understood, nodes replicate from gossip and serve ranges, but do not
+            # fetch missing ranges (LedgerSync.run is exercised by tests/test_ledger_sync.py).
             await host.subscribe(heartbeat_topic(net.network_id), liveness.on_heartbeat)
             nursery.start_soon(liveness.heartbeat_loop)
             discovery = Discovery(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +35,6 @@ from protocol.envelope import Opened, open_envelope, seal
 from protocol.errors import MalformedMessage, VerifierError
 from protocol.host import P2PHost
 from protocol.identity import Identity, peer_id_from_public_key
-from protocol.ids import ledger_topic
 from protocol.messages import (
     CreditBody,
     Lease,
@@ -88,6 +87,7 @@ class Validator:
         tasks: dict[str, Task],
         model_config: dict[str, Any],
         on_verdict: Callable[[bytes, bool], None],
+        publish_entry: Callable[[bytes], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
         self.net = config.network
@@ -100,6 +100,7 @@ class Validator:
         self.tasks = tasks
         self.model_config = model_config
         self.on_verdict = on_verdict
+        self.publish_entry = publish_entry
         self.stats = ValidatorStats()
         self._used_leases: set[bytes] = store.credited_leases(identity.public_key)
         self._wakeup = trio.Event()
@@ -296,10 +297,11 @@ class Validator:
             "; ".join(reasons),
         )
         self.on_verdict(lease.lease_id, accepted)
-        try:
-            await self.host.publish(ledger_topic(self.net.network_id), entry)
-        except Exception as exc:  # gossip is best effort; the entry is already durable
-            log.warning("publishing ledger entry %d failed: %s", seq, exc)
+        if self.publish_entry is not None:
+            try:
+                await self.publish_entry(entry)
+            except Exception as exc:  # gossip is best effort; replicas also sync ranges
+                log.warning("publishing ledger entry %d failed: %s", seq, exc)
         verdict = Verdict(
             version=1,
             submission_id=opened.message_id,
