@@ -271,6 +271,14 @@ def leaderboard(
         return []
     now = time.time() if now is None else now
     signers = None if validators is None else sorted(validators)
+    (first,) = store.connection.execute("SELECT MIN(timestamp) FROM credits").fetchone()
+
+    def effective(start: float | None) -> float | None:
+        # A window that starts before the first credit holds them all: the same as all time,
+        # which is then summed (and cached below) once.
+        return None if start is None or first is None or start <= first else start
+
+    since = effective(since)
     voids = Voids(store, lock_window, signers)
     ranked = _credited(window_sums(store, since, signers), voids.sums(since))
     top = heapq.nsmallest(max(0, int(limit)), ranked.items(), key=lambda kv: (-kv[1][0], kv[0]))
@@ -298,6 +306,7 @@ def leaderboard(
     known: dict[float | None, Sums] = {since: ranked}
 
     def flops_since(start: float | None) -> dict[bytes, int]:
+        start = effective(start)
         sums = known.get(start)
         if sums is None:
             raw = window_sums(store, start, signers, subset)
