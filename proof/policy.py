@@ -1,4 +1,4 @@
-"""The proof decision: TOPLOC chunk checks and sampling replay → pass or fail, with reasons.
+"""The proof decision: TOPLOC checks, sampling replay and completion → pass or fail, with reasons.
 
 A pure function of data, so the rule a validator applies can be tested and audited without a model.
 Every reason names the measured value beside its threshold.
@@ -9,16 +9,28 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from proof.sampling import ReplayCheck
-from proof.toploc import ChunkCheck, ToplocThresholds, failing_chunks
+from proof.completion import CompletionCheck
+from proof.sampling import DEFAULT_TOLERANCE, ReplayCheck
+from proof.toploc import (
+    ChunkCheck,
+    ToplocThresholds,
+    failing_chunks,
+    pooled_failure,
+    pooled_mant_err,
+)
 
 
 @dataclass(frozen=True)
 class ProofPolicy:
-    """Thresholds from the network parameters."""
+    """Thresholds from the network parameters.
+
+    ``replay_tolerance`` is what the validator passes to
+    :func:`~proof.sampling.replay_sampling`; it is here so that one record carries every limit.
+    """
 
     toploc: ToplocThresholds
     max_replay_mismatch_fraction: float = 0.05
+    replay_tolerance: float = DEFAULT_TOLERANCE
 
 
 @dataclass(frozen=True)
@@ -27,26 +39,98 @@ class ProofDecision:
     reasons: tuple[str, ...]
 
 
-def decide(checks: Sequence[ChunkCheck], replay: ReplayCheck, policy: ProofPolicy) -> ProofDecision:
-    """Fail if any TOPLOC chunk is outside its thresholds or too many tokens fail the replay."""
+def decide(
+    checks: Sequence[ChunkCheck],
+    replay: ReplayCheck,
+    policy: ProofPolicy,
+    completion: CompletionCheck | None = None,
+) -> ProofDecision:
+    """Fail if any TOPLOC chunk is outside its thresholds, too many tokens fail the replay, or
+    (when given) the output does not end as an honest generation ends."""
     reasons: list[str] = []
     for index, why in failing_chunks(checks, policy.toploc):
         reasons.append(f"toploc chunk {index}: {why}")
-    if replay.checked:
-        fraction = replay.mismatches / replay.checked
-        if fraction > policy.max_replay_mismatch_fraction:
-            reasons.append(
-                f"sampling replay: {replay.mismatches}/{replay.checked} tokens could not have "
-                f"been sampled ({fraction:.3f} > {policy.max_replay_mismatch_fraction})"
-            )
+    pooled = pooled_failure(checks, policy.toploc)
+    if pooled is not None:
+        reasons.append(f"toploc pooled: {pooled}")
+    fraction = replay.mismatches / replay.checked if replay.checked else 0.0
+    if fraction > policy.max_replay_mismatch_fraction:
+        reasons.append(
+            f"sampling replay: {replay.mismatches}/{replay.checked} tokens could not have "
+            f"been sampled ({fraction:.3f} > {policy.max_replay_mismatch_fraction})"
+        )
+    if completion is not None:
+        reasons.extend(f"completion: {why}" for why in completion.reasons)
     if reasons:
         return ProofDecision(False, tuple(reasons))
+    return ProofDecision(True, _pass_reasons(checks, replay, policy, completion))
+
+
+def _pass_reasons(
+    checks: Sequence[ChunkCheck],
+    replay: ReplayCheck,
+    policy: ProofPolicy,
+    completion: CompletionCheck | None,
+) -> tuple[str, ...]:
+    t = policy.toploc
     worst = max((c.exp_mismatches for c in checks), default=0)
-    return ProofDecision(
-        True,
-        (
-            f"toploc: {len(checks)} chunk(s) pass, worst {worst} exponent mismatches "
-            f"(threshold {policy.toploc.max_exp_mismatches})",
-            f"sampling replay: {replay.mismatches}/{replay.checked} mismatches",
-        ),
-    )
+    mean = max((c.mant_err_mean for c in checks), default=0.0)
+    median = max((c.mant_err_median for c in checks), default=0.0)
+    sign = max((c.sign_mismatches for c in checks), default=0)
+    reasons = [
+        f"toploc: {len(checks)} chunk(s) pass, worst {worst} exponent mismatches "
+        f"(threshold {t.max_exp_mismatches}), mant_err_mean {mean:g} "
+        f"(threshold {t.max_mant_err_mean:g}), mant_err_median {median:g} "
+        f"(threshold {t.max_mant_err_median:g}), sign_mismatches {sign} "
+        f"(threshold {t.max_sign_mismatches})",
+        f"sampling replay: {replay.mismatches}/{replay.checked} mismatches "
+        f"(threshold fraction {policy.max_replay_mismatch_fraction:g}), worst shortfall "
+        f"{replay.max_shortfall:.3g} (tolerance {policy.replay_tolerance:g})",
+    ]
+    pooled = pooled_mant_err(checks, t)
+    if pooled is not None:
+        reasons.append(
+            f"toploc pooled: average mant_err_mean {pooled[0]:.3g} over {pooled[1]} chunks "
+            f"(limit {pooled[2]:.3g})"
+        )
+    if completion is not None:
+        ending = "ends with eos" if completion.ends_with_eos else "reaches max_new_tokens"
+        reasons.append(
+            f"completion: {completion.tokens} tokens, {ending} "
+            f"(max_new_tokens {completion.max_new_tokens})"
+        )
+    return tuple(reasons)
+
+
+# Calibrated for the embedded seeded models with ``flopnet proof calibrate`` on 2026-11-22 (2-core
+# CPU VM; honest variations: batch 1/4/16, eager vs SDPA, validator on 2 threads vs 1; prompts
+# and seeds disjoint from those of benchmarks/proof_detection.py). Honest worst values and margins
+# are in docs/proof.md. fp32 is bit-exact between decode and prefill here, so its thresholds are
+# the calibration floors. Keyed by (model, dtype).
+_FP32_FLOORS = ProofPolicy(
+    ToplocThresholds(4, 0.25, 1.0, 4, mant_err_mean_baseline=0.05),
+    max_replay_mismatch_fraction=0.0,
+    replay_tolerance=0.02,
+)
+_RECOMMENDED: dict[tuple[str, str], ProofPolicy] = {
+    ("tiny", "bfloat16"): ProofPolicy(
+        ToplocThresholds(10, 1.5, 2.0, 4, mant_err_mean_baseline=0.5),
+        max_replay_mismatch_fraction=0.0,
+        replay_tolerance=0.02,
+    ),
+    ("small", "bfloat16"): ProofPolicy(
+        ToplocThresholds(16, 1.6, 2.0, 4, mant_err_mean_baseline=1.15),
+        max_replay_mismatch_fraction=0.0,
+        replay_tolerance=0.105,
+    ),
+    ("tiny", "float32"): _FP32_FLOORS,
+    ("small", "float32"): _FP32_FLOORS,
+}
+
+
+def recommended_policy(model: str, dtype: str) -> ProofPolicy:
+    """The calibrated policy of an embedded model; the paper-era TOPLOC defaults otherwise.
+
+    Real models must be calibrated on the network's own hardware before their manifest is signed.
+    """
+    return _RECOMMENDED.get((model, dtype), ProofPolicy(ToplocThresholds()))

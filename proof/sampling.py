@@ -55,6 +55,9 @@ class ReplayCheck:
     checked: int
     mismatches: int
     mismatch_positions: tuple[int, ...]
+    # Largest score shortfall (best candidate's score minus the token's) among the tokens that
+    # passed: how close honest tokens came to the tolerance. What calibration measures.
+    max_shortfall: float = 0.0
 
     @property
     def mismatch_rate(self) -> float:
@@ -160,22 +163,67 @@ def replay_sampling(
     ``logits / temperature + noise``, or plain logits when greedy. Token ids outside the
     vocabulary and non-finite scores count as mismatches. Pure function of its inputs.
     """
+    if tolerance < 0:
+        raise ConfigError("tolerance must be >= 0")
+    shortfalls = replay_shortfalls(
+        logits,
+        tokens,
+        seed,
+        params,
+        top_p_slack=top_p_slack,
+        start_position=start_position,
+        chunk_rows=chunk_rows,
+    )
+    return replay_check(shortfalls.tolist(), tolerance, start_position=start_position)
+
+
+def replay_check(
+    shortfalls: Sequence[float], tolerance: float, *, start_position: int = 0
+) -> ReplayCheck:
+    """Apply a tolerance to per-token shortfalls from :func:`replay_shortfalls` (pure)."""
+    bad = [i for i, s in enumerate(shortfalls) if not s <= tolerance]  # NaN and inf fail
+    passing = [s for s in shortfalls if s <= tolerance]
+    return ReplayCheck(
+        checked=len(shortfalls),
+        mismatches=len(bad),
+        mismatch_positions=tuple(start_position + i for i in bad),
+        max_shortfall=max(passing, default=0.0),
+    )
+
+
+def replay_shortfalls(
+    logits: torch.Tensor,
+    tokens: Sequence[int],
+    seed: int,
+    params: SamplingParams,
+    *,
+    top_p_slack: float = DEFAULT_TOP_P_SLACK,
+    start_position: int = 0,
+    chunk_rows: int = 256,
+) -> torch.Tensor:
+    """Per token, how far its score falls below the best candidate's: float32 ``[G]``.
+
+    0 when the token is the seeded sampler's choice on these logits; small and positive at
+    near-ties that decode/prefill differences flipped; ``inf`` when no tolerance can make it a
+    sample (outside the lenient top-p set or the vocabulary, or non-finite scores). See
+    :func:`replay_sampling` for the sets and scores.
+    """
     if logits.dim() != 2:
         raise ProofError(f"logits must be [G, vocab], got shape {tuple(logits.shape)}")
     g, vocab = logits.shape
     if len(tokens) != g:
         raise ProofError(f"{len(tokens)} tokens for {g} rows of logits")
-    if tolerance < 0 or top_p_slack < 0 or chunk_rows <= 0 or start_position < 0:
-        raise ConfigError("tolerance, top_p_slack and start_position must be >= 0, chunk_rows > 0")
+    if top_p_slack < 0 or chunk_rows <= 0 or start_position < 0:
+        raise ConfigError("top_p_slack and start_position must be >= 0, chunk_rows > 0")
     if g == 0:
-        return ReplayCheck(checked=0, mismatches=0, mismatch_positions=())
+        return torch.zeros(0, dtype=torch.float32)
     if vocab == 0:
         raise ProofError("logits have an empty vocabulary")
 
     token_t = torch.tensor([int(t) for t in tokens], dtype=torch.int64)
     in_vocab = (token_t >= 0) & (token_t < vocab)
     safe_tok = torch.where(in_vocab, token_t, torch.zeros_like(token_t))
-    ok_all = torch.empty(g, dtype=torch.bool)
+    shortfall = torch.empty(g, dtype=torch.float32)
 
     for lo in range(0, g, chunk_rows):
         hi = min(g, lo + chunk_rows)
@@ -209,12 +257,6 @@ def replay_sampling(
                 in_set = torch.ones(hi - lo, dtype=torch.bool)
         best = scores.masked_fill(~candidate, -math.inf).max(dim=1).values
         mine = scores.gather(1, tok).squeeze(1)
-        close = (mine >= best - tolerance) & torch.isfinite(mine) & torch.isfinite(best)
-        ok_all[lo:hi] = in_set & close & in_vocab[lo:hi]
-
-    bad = (~ok_all).nonzero().flatten().tolist()
-    return ReplayCheck(
-        checked=g,
-        mismatches=len(bad),
-        mismatch_positions=tuple(start_position + int(i) for i in bad),
-    )
+        possible = in_set & in_vocab[lo:hi] & torch.isfinite(mine) & torch.isfinite(best)
+        shortfall[lo:hi] = torch.where(possible, (best - mine).clamp(min=0), math.inf)
+    return shortfall

@@ -31,6 +31,13 @@ Beyond the reference (deliberate; only inputs the reference mishandles behave di
 - A chunk with fewer than ``topk`` elements (a short last chunk of a tiny model) uses all its
   elements and pads the coefficients with zeros, which leaves the polynomial unchanged; the
   reference cannot build that proof at all.
+- :func:`pooled_mant_err` optionally adds a submission-level check over all chunks.
+
+Speed (docs/proof.md has the figures): the top-k of all chunks is one batched ``topk`` over int16
+magnitude patterns on the CPU (exactly the reference's selection, see :func:`_top_points`), the
+finiteness check reads each chunk's largest magnitude from it instead of a pass of its own, and
+the field arithmetic runs on float64 tensors (exact below 2**53, with SIMD floors instead of int64
+division), all chunks at once.
 """
 
 from __future__ import annotations
@@ -56,6 +63,8 @@ __all__ = [
     "gf_inverse",
     "injective_moduli",
     "newton_coefficients",
+    "pooled_failure",
+    "pooled_mant_err",
     "verify_proofs",
 ]
 
@@ -68,11 +77,12 @@ MAX_TOPK = 4096
 # The reference keeps indices in a C ``int``; larger chunks would wrap around there.
 _MAX_CHUNK_ELEMENTS = 2**31 - 1
 _NO_MATCH_ERROR = float(2**64)  # the reference's mantissa errors when no exponent matches
-# int64 elements held at once by the [chunks, k, k] inverse-difference table (32 MiB) and by the
-# [chunks, candidates, k] residue table of the modulus search.
-_PAIRWISE_BUDGET = 1 << 22
+# int64 elements held at once by the [chunks, candidates, k] residue table of the modulus search.
 _SEARCH_BUDGET = 1 << 22
+# bf16 elements per batched top-k call (its int16 key copy is 8 MiB).
+_TOPK_BLOCK_ELEMENTS = 1 << 22
 
+_NOT_FINITE = "hidden states contain NaN or infinity"
 _EXP_MASK = 0x7F80
 _MANT_MASK = 0x007F
 
@@ -101,12 +111,17 @@ class ToplocThresholds:
     ``max_sign_mismatches`` is ours: honest chunks show about 0 (only a stray point outside the
     prover's top-k whose random value happens to match the exponent can differ in sign), while a
     model with negated states shows about topk.
+
+    ``mant_err_mean_baseline`` (ours, off by default) turns on a pooled check over a whole
+    submission, see :func:`pooled_failure`: the honest average of ``mant_err_mean``, from
+    calibration.
     """
 
     max_exp_mismatches: int = 38
     max_mant_err_mean: float = 10.0
     max_mant_err_median: float = 8.0
     max_sign_mismatches: int = 4
+    mant_err_mean_baseline: float | None = None
 
 
 def failing_chunks(
@@ -137,10 +152,70 @@ def failing_chunks(
     return failures
 
 
+def pooled_mant_err(
+    checks: Sequence[ChunkCheck], thresholds: ToplocThresholds
+) -> tuple[float, int, float] | None:
+    """(average mant_err_mean, chunks averaged, limit) of the pooled check; None when off.
+
+    A per-chunk limit must tolerate the noisiest honest chunk; a cheat that shifts every chunk a
+    little (int8 weights, 1% weight noise) can stay under it chunk by chunk. Averaged over n
+    chunks, honest noise shrinks like 1/sqrt(n) while such a shift does not, so the average must
+    stay below ``baseline + (max_mant_err_mean - baseline) / sqrt(n)``: the per-chunk limit at
+    n = 1, the same number of honest standard deviations above the honest mean for any n.
+    Chunks without an exponent match (errors 2**64) fail on their own and are left out; the
+    check is off without a baseline or with fewer than two chunks.
+    """
+    baseline = thresholds.mant_err_mean_baseline
+    means = [c.mant_err_mean for c in checks if c.mant_err_mean < _NO_MATCH_ERROR]
+    if baseline is None or len(means) < 2:
+        return None
+    n = len(means)
+    limit = baseline + (thresholds.max_mant_err_mean - baseline) / math.sqrt(n)
+    return sum(means) / n, n, limit
+
+
+def pooled_failure(checks: Sequence[ChunkCheck], thresholds: ToplocThresholds) -> str | None:
+    """The reason the pooled check fails (value beside limit), or None; see pooled_mant_err."""
+    pooled = pooled_mant_err(checks, thresholds)
+    if pooled is None or pooled[0] <= pooled[2]:
+        return None
+    average, n, limit = pooled
+    baseline = thresholds.mant_err_mean_baseline
+    return (
+        f"average mant_err_mean {average:.3g} over {n} chunks > {limit:.3g} "
+        f"(baseline {baseline:g} + ({thresholds.max_mant_err_mean:g} - {baseline:g}) / sqrt({n}))"
+    )
+
+
 # --------------------------------------------------------------------------------------------------
-# GF(65497) arithmetic on int64 tensors (values kept in [0, PRIME), so products stay below 2**32)
+# GF(65497) arithmetic
+#
+# Field elements are held as integers in float64 tensors. A product of two elements is below 2**32,
+# exact in float64, and float64 multiplies, floors and fused adds are SIMD operations on CPUs (int64
+# division is not), which makes interpolation and evaluation several times faster than int64 with
+# ``%``. The public helpers take and return int64.
+
+_INV_P = math.nextafter(1.0 / PRIME, math.inf)  # >= 1/p, see _reduce_
+_F64 = torch.float64
 
 _INVERSE_TABLES: dict[torch.device, torch.Tensor] = {}
+
+
+def _reduce_(x: torch.Tensor) -> torch.Tensor:
+    """In place: integer-valued float64 ``x`` with |x| < 2**40 -> a representative in [0, p].
+
+    ``q = floor(x * _INV_P)``: because ``_INV_P >= 1/p`` and x/p < 2**24, q is exactly
+    floor(x / p) for x >= 0 (canonical result) and at most one below it for x < 0, where the
+    result is then p instead of 0. p is congruent to 0, so [0, p] is a valid lazy range for
+    further products (< 2**33); :func:`_canonical` maps p to 0 at the end.
+    """
+    q = torch.mul(x, _INV_P).floor_()
+    return x.add_(q, alpha=-PRIME)
+
+
+def _canonical(x: torch.Tensor) -> torch.Tensor:
+    """Representatives in [0, p] -> int64 in [0, p)."""
+    return x.masked_fill(x == PRIME, 0.0).to(torch.int64)
 
 
 def gf_inverse(a: torch.Tensor) -> torch.Tensor:
@@ -157,10 +232,12 @@ def gf_inverse(a: torch.Tensor) -> torch.Tensor:
 
 
 def _inverse_table(device: torch.device) -> torch.Tensor:
-    # One table of all 65497 inverses per device turns every division into a single gather.
+    """float64 inverses of d - p for d in [0, 2p): index a difference x_i - x_l plus p directly."""
+    # One table per device turns every division into a single gather, with no reduction first.
     table = _INVERSE_TABLES.get(device)
     if table is None:
-        table = gf_inverse(torch.arange(PRIME, dtype=torch.int64, device=device))
+        inverse = gf_inverse(torch.arange(PRIME, dtype=torch.int64, device=device))
+        table = torch.cat([inverse, inverse]).to(_F64)
         _INVERSE_TABLES[device] = table
     return table
 
@@ -170,7 +247,7 @@ def newton_coefficients(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
     ``x`` and ``y`` are ``[batch, k]`` integer tensors; each row's x must be distinct mod p.
     Same result as the reference ``compute_newton_coefficients``: the interpolant of degree < k
-    is unique, so the order of the points does not matter.
+    is unique, so the order of the points does not matter. Returns int64 in [0, p).
     """
     if x.shape != y.shape or x.dim() != 2:
         raise ProofError(
@@ -178,80 +255,58 @@ def newton_coefficients(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         )
     batch, k = x.shape
     x = x.to(torch.int64) % PRIME
-    dd = y.to(torch.int64) % PRIME
+    y = y.to(torch.int64) % PRIME
     if k > 1 and bool((x.sort(dim=1).values.diff(dim=1) == 0).any()):
         raise ProofError("interpolation points must be distinct modulo 65497")
     if batch == 0 or k <= 1:
-        return dd.clone()
+        return y.clone()
+    # Memory is O(batch * k); the k sequential levels are what costs, so one batch for all rows.
+    dd = _divided_differences(x, y.to(_F64))
+    return _canonical(_newton_to_monomial(x, dd))
+
+
+def _divided_differences(x: torch.Tensor, dd: torch.Tensor) -> torch.Tensor:
+    """Newton divided differences: level j sets dd_i <- (dd_i - dd_{i-1}) / (x_i - x_{i-j}).
+
+    ``x`` int64 in [0, p), ``dd`` float64 (modified in place and returned).
+    """
+    k = x.shape[1]
     inverse = _inverse_table(x.device)
-    per_block = max(1, _PAIRWISE_BUDGET // (k * k))
-    if k * k <= _PAIRWISE_BUDGET:
-        blocks = []
-        for start in range(0, batch, per_block):
-            blocks.append(
-                _divided_differences_pairwise(
-                    x[start : start + per_block], dd[start : start + per_block], inverse
-                )
-            )
-        dd = torch.cat(blocks)
-    else:
-        dd = _divided_differences_levelwise(x, dd, inverse)
-    return _newton_to_monomial(x, dd)
-
-
-def _divided_differences_pairwise(
-    x: torch.Tensor, dd: torch.Tensor, inverse: torch.Tensor
-) -> torch.Tensor:
-    # All 1/(x_i - x_l) at once; level j then reads the j-th subdiagonal (a view), so each of the
-    # k-1 levels costs a few vector ops. The diagonal (x_i - x_i = 0) is never read.
-    k = x.shape[1]
-    inv_diff = inverse[(x[:, :, None] - x[:, None, :]) % PRIME]
-    dd = dd.clone()
     for j in range(1, k):
-        step = torch.diagonal(inv_diff, offset=-j, dim1=1, dim2=2)  # [b, k-j]: 1/(x[i+j] - x[i])
-        # torch's % takes the divisor's sign, so the negative differences need no +PRIME.
-        dd[:, j:] = torch.sub(dd[:, j:], dd[:, j - 1 : -1]).mul_(step).remainder_(PRIME)
-    return dd
-
-
-def _divided_differences_levelwise(
-    x: torch.Tensor, dd: torch.Tensor, inverse: torch.Tensor
-) -> torch.Tensor:
-    # Same recurrence without the k*k table, for large k.
-    k = x.shape[1]
-    dd = dd.clone()
-    for j in range(1, k):
-        step = inverse[(x[:, j:] - x[:, :-j]) % PRIME]
-        dd[:, j:] = torch.sub(dd[:, j:], dd[:, j - 1 : -1]).mul_(step).remainder_(PRIME)
+        # 1/(x_i - x_{i-j}): the difference plus p indexes the table directly, no reduction.
+        where = torch.sub(x[:, j:], x[:, :-j]).add_(PRIME)
+        step = inverse.index_select(0, where.view(-1)).view(where.shape)
+        level = torch.sub(dd[:, j:], dd[:, j - 1 : -1]).mul_(step)
+        dd[:, j:] = _reduce_(level)
     return dd
 
 
 def _newton_to_monomial(x: torch.Tensor, dd: torch.Tensor) -> torch.Tensor:
     # Horner on the Newton form, c <- c * (X - x_i) + dd_i for i = k-2 .. 0, on coefficient
-    # vectors. c slides left through one buffer whose first k columns hold dd: at step i it sits
-    # in columns i+1 .. i+k and column i already holds dd_i, so "shift up, then add dd_i" is one
-    # slice and each step costs three vector ops.
+    # vectors. c slides left through one buffer whose first k columns hold dd: before step i it
+    # sits in columns i+1 .. k-1 (degree k-2-i), and column i already holds dd_i, so "shift up,
+    # then add dd_i" is one slice of width k-i; the columns beyond stay zero and are never read.
     batch, k = x.shape
-    buf = torch.zeros((batch, 2 * k - 1), dtype=torch.int64, device=x.device)
+    buf = torch.zeros((batch, k + 1), dtype=_F64, device=x.device)
     buf[:, :k] = dd
-    minus_x = (PRIME - x) % PRIME
+    minus_x = (PRIME - x).to(_F64)
     for i in range(k - 2, -1, -1):
-        step = torch.addcmul(buf[:, i : i + k], buf[:, i + 1 : i + 1 + k], minus_x[:, i : i + 1])
-        buf[:, i : i + k] = step.remainder_(PRIME)
-    return buf[:, :k].clone()
+        step = torch.mul(buf[:, i + 1 : k + 1], minus_x[:, i : i + 1]).add_(buf[:, i:k])
+        buf[:, i:k] = _reduce_(step)
+    return buf[:, :k]
 
 
 def evaluate_polynomials(coeffs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Evaluate row b's polynomial (``[batch, n]``, ascending) at its ``[batch, k]`` points."""
     if coeffs.dim() != 2 or x.dim() != 2 or coeffs.shape[0] != x.shape[0] or coeffs.shape[1] == 0:
         raise ProofError(f"cannot evaluate {tuple(coeffs.shape)} coefficients at {tuple(x.shape)}")
-    coeffs = coeffs.to(torch.int64) % PRIME
-    points = x.to(torch.int64) % PRIME
-    n = coeffs.shape[1]
-    result = coeffs[:, n - 1 : n].expand_as(points)
+    c = (coeffs.to(torch.int64) % PRIME).to(_F64)
+    points = (x.to(torch.int64) % PRIME).to(_F64)
+    n = c.shape[1]
+    result = c[:, n - 1 : n].expand_as(points).clone()
     for j in range(n - 2, -1, -1):
-        result = torch.addcmul(coeffs[:, j : j + 1], result, points).remainder_(PRIME)
-    return result.contiguous()
+        result = _reduce_(result.mul_(points).add_(c[:, j : j + 1]))
+    return _canonical(result)
 
 
 def injective_moduli(x: torch.Tensor) -> torch.Tensor:
@@ -317,15 +372,8 @@ def _check_hidden(hidden: object, chunk: int, topk: int) -> torch.Tensor:
         raise ProofError(
             f"a chunk of {min(chunk, rows) * width} elements exceeds 2**31 - 1 indices"
         )
-    hidden = hidden.detach()
-    if not bool(torch.isfinite(hidden).all()):
-        raise ProofError("hidden states contain NaN or infinity")
-    return hidden.contiguous()
-
-
-def _bits(values: torch.Tensor) -> torch.Tensor:
-    """bf16 -> its 16-bit pattern as int64 in [0, 65536)."""
-    return values.view(torch.int16).to(torch.int64) & 0xFFFF
+    # Finiteness is checked in _top_points, from each chunk's largest magnitude, for free.
+    return hidden.detach().contiguous()
 
 
 def _chunk_groups(rows: int, width: int, chunk: int, topk: int) -> list[tuple[int, int, int]]:
@@ -339,19 +387,50 @@ def _chunk_groups(rows: int, width: int, chunk: int, topk: int) -> list[tuple[in
 
 
 def _top_points(
-    hidden: torch.Tensor, magnitude: torch.Tensor, first: int, count: int, chunk: int, k: int
+    hidden: torch.Tensor, first: int, count: int, chunk: int, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat top-k indices and bf16 bit patterns of chunks first..first+count-1, as [count, k]."""
-    indices = []
-    values = []
-    for c in range(first, first + count):
+    """Flat top-k indices and bf16 bit patterns of chunks first..first+count-1, as [count, k].
+
+    The indices must be exactly the reference's ``flat.abs().topk(k).indices``, ties included,
+    or the proof bytes change. On the CPU, torch's topk runs the same selection (a heap over
+    (value, index) pairs) on every row of a batch as on a 1-D tensor, and the 15-bit magnitude
+    pattern of a finite bf16 orders exactly like its absolute value, equal magnitudes included,
+    so one batched topk over those int16 patterns picks the same indices (tested against the 1-D
+    bf16 topk on tie-heavy data) at a fraction of the cost. Other devices have other kernels, so
+    there each chunk gets the reference's own 1-D bf16 topk.
+    """
+    width = hidden.shape[1]
+    full = min(count, hidden.shape[0] // chunk - first)  # chunks with all their rows
+    indices: list[torch.Tensor] = []
+    values: list[torch.Tensor] = []
+    if hidden.device.type == "cpu" and full > 0:
+        per_block = min(full, max(1, _TOPK_BLOCK_ELEMENTS // (chunk * width)))
+        # One key buffer for all blocks: fresh large allocations cost a page fault per 4 KiB.
+        buffer = torch.empty((per_block, chunk * width), dtype=torch.int16)
+        for lo in range(first, first + full, per_block):
+            hi = min(first + full, lo + per_block)
+            raw = hidden[lo * chunk : hi * chunk].view(torch.int16).reshape(hi - lo, chunk * width)
+            keys = torch.bitwise_and(raw, 0x7FFF, out=buffer[: hi - lo])
+            top = keys.topk(k, dim=1)
+            # The first (largest) magnitude pattern is >= 0x7F80 exactly when a chunk holds an
+            # infinity or a NaN, which saves a separate pass over the states.
+            if bool((top.values[:, 0] >= _EXP_MASK).any()):
+                raise ProofError(_NOT_FINITE)
+            idx = top.indices
+            indices.append(idx)
+            values.append(raw.gather(1, idx))
+        done = full
+    else:
+        done = 0
+    for c in range(first + done, first + count):
         flat = hidden[c * chunk : (c + 1) * chunk].reshape(-1)
-        # One 1-D topk per chunk, on the bf16 magnitudes, exactly like the reference: a batched topk
-        # could break ties among equal magnitudes differently and change the proof bytes.
-        idx = magnitude[c * chunk : (c + 1) * chunk].reshape(-1).topk(k).indices
-        indices.append(idx)
-        values.append(flat[idx])
-    return torch.stack(indices), _bits(torch.stack(values))
+        top = flat.abs().topk(k)
+        if not bool(torch.isfinite(top.values[0])):  # topk puts NaN first, like infinity
+            raise ProofError(_NOT_FINITE)
+        idx = top.indices
+        indices.append(idx[None])
+        values.append(flat[idx].view(torch.int16)[None])
+    return torch.cat(indices), torch.cat(values).to(torch.int64) & 0xFFFF
 
 
 # --------------------------------------------------------------------------------------------------
@@ -365,9 +444,8 @@ def build_proofs(hidden: torch.Tensor, chunk: int = 32, topk: int = 128) -> list
     rows, width = hidden.shape
     proofs: list[bytes] = []
     with torch.no_grad():
-        magnitude = hidden.abs()
         for first, count, k in _chunk_groups(rows, width, chunk, topk):
-            indices, values = _top_points(hidden, magnitude, first, count, chunk, k)
+            indices, values = _top_points(hidden, first, count, chunk, k)
             moduli = injective_moduli(indices)
             coeffs = newton_coefficients(indices % moduli[:, None], values)
             if k < topk:  # short chunk: zero high coefficients leave the polynomial unchanged
@@ -429,10 +507,9 @@ def verify_proofs(
 
     checks: list[ChunkCheck] = []
     with torch.no_grad():
-        magnitude = hidden.abs()
         device = hidden.device
         for first, count, k in _chunk_groups(rows, width, chunk, topk):
-            indices, own = _top_points(hidden, magnitude, first, count, chunk, k)
+            indices, own = _top_points(hidden, first, count, chunk, k)
             mod = torch.tensor(moduli[first : first + count], dtype=torch.int64, device=device)
             coeffs = torch.tensor(
                 all_coeffs[first : first + count], dtype=torch.int64, device=device

@@ -13,7 +13,9 @@ from proof.sampling import (
     ReplayCheck,
     SamplingParams,
     gumbel_noise,
+    replay_check,
     replay_sampling,
+    replay_shortfalls,
     sample_token,
 )
 from protocol.errors import ConfigError, FlopnetError, ProofError
@@ -213,3 +215,38 @@ def test_replay_bad_inputs() -> None:
     assert replay_sampling(logits[:0], [], 0, PARAMS) == ReplayCheck(0, 0, ())
     with pytest.raises(ConfigError):
         sample_token(torch.zeros(0), 0, 0, PARAMS)
+
+
+def test_shortfalls_are_zero_for_sampled_tokens_and_inf_outside_the_set() -> None:
+    logits = _logits(24, 50, seed=8)
+    tokens = _sample_all(logits, 99, PARAMS)
+    shortfalls = replay_shortfalls(logits, tokens, 99, PARAMS)
+    assert shortfalls.shape == (24,) and bool((shortfalls == 0).all())
+    # The least likely token is outside the 0.95 nucleus at any tolerance.
+    worst = [int(row.argmin()) for row in logits]
+    outside = replay_shortfalls(logits, worst, 99, PARAMS)
+    assert bool(torch.isinf(outside).all())
+    # Another in-set token has a finite shortfall that a large enough tolerance accepts.
+    second = [int(row.topk(2).indices[1]) for row in logits]
+    near = replay_shortfalls(logits, second, 99, PARAMS)
+    finite = near[torch.isfinite(near)]
+    assert finite.numel() > 0 and bool((finite > 0).any())
+    loose = replay_check(near.tolist(), float(finite.max()))
+    assert loose.mismatches == int(torch.isinf(near).sum())
+    assert loose.max_shortfall == pytest.approx(float(finite.max()))
+
+
+def test_replay_sampling_is_replay_check_of_shortfalls() -> None:
+    logits = _logits(40, 64, seed=12)
+    tokens = _sample_all(logits, 5, PARAMS)
+    tokens[3] = (tokens[3] + 1) % 64
+    tokens[17] = (tokens[17] + 7) % 64
+    direct = replay_sampling(logits, tokens, 5, PARAMS, tolerance=0.05, start_position=10)
+    via = replay_check(
+        replay_shortfalls(logits, tokens, 5, PARAMS, start_position=10).tolist(),
+        0.05,
+        start_position=10,
+    )
+    assert direct == via
+    assert replay_check([], 0.1) == ReplayCheck(0, 0, (), 0.0)
+    assert replay_check([float("nan"), 0.0], 0.1).mismatch_positions == (0,)

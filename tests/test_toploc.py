@@ -9,6 +9,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from proof import toploc as toploc_module
 from proof.toploc import (
     MAX_TOPK,
     PRIME,
@@ -166,6 +167,64 @@ def test_reference_poly_examples() -> None:
     assert int(got[0, 0]) == (1 + 2 * 42 + 3 * 42**2 + 4 * 42**3) % PRIME
     coeffs = newton_coefficients(torch.tensor([[1, 2, 3]]), torch.tensor([[4, 5, 6]]))
     assert evaluate_polynomials(coeffs, torch.tensor([[1, 2, 3]]))[0].tolist() == [4, 5, 6]
+
+
+@FAST
+@given(
+    st.lists(
+        st.one_of(
+            st.integers(-(2**40) + 1, 2**40 - 1),
+            st.integers(-(2**24), 2**24).map(lambda n: n * PRIME),  # exact multiples of p
+            st.integers(-(2**24), 2**24).map(lambda n: n * PRIME + 1),
+            st.integers(-(2**24), 2**24).map(lambda n: n * PRIME - 1),
+        ),
+        min_size=1,
+        max_size=50,
+    )
+)
+def test_float64_reduction_matches_python_modulo(values: list[int]) -> None:
+    # The lazy reduction behind all the field arithmetic: a representative in [0, p], congruent,
+    # canonical (never p) for x >= 0; _canonical then maps p to 0.
+    x = torch.tensor(values, dtype=torch.float64)
+    got = toploc_module._reduce_(x.clone()).to(torch.int64).tolist()
+    for v, r in zip(values, got, strict=True):
+        assert 0 <= r <= PRIME and (r - v) % PRIME == 0
+        if v >= 0:
+            assert r == v % PRIME
+    canon = toploc_module._canonical(toploc_module._reduce_(x.clone())).tolist()
+    assert canon == [v % PRIME for v in values]
+
+
+@FAST
+@given(
+    st.integers(1, 6),
+    st.sampled_from([1, 8, 37, 128]),
+    st.sampled_from(["levels", "sparse", "normal", "quarters"]),
+    st.integers(0, 2**31),
+)
+def test_cpu_batched_top_points_equal_reference_topk_with_ties(
+    chunks: int, width: int, kind: str, seed: int
+) -> None:
+    # build_proofs selects points with one batched topk over int16 magnitude patterns on the CPU;
+    # the reference runs flat.abs().topk(k) per chunk. Tie-heavy inputs must give the same indices.
+    gen = torch.Generator().manual_seed(seed)
+    rows = 4 * chunks
+    if kind == "levels":
+        x = torch.randint(-3, 4, (rows, width), generator=gen).float()
+    elif kind == "sparse":
+        x = torch.randn(rows, width, generator=gen) * (torch.rand(rows, width, generator=gen) < 0.1)
+    elif kind == "quarters":
+        x = (torch.randn(rows, width, generator=gen) * 4).round() / 4
+    else:
+        x = torch.randn(rows, width, generator=gen)
+    hidden = x.to(torch.bfloat16)
+    k = min(16, 4 * width)
+    indices, values = toploc_module._top_points(hidden, 0, chunks, 4, k)
+    for c in range(chunks):
+        flat = hidden[4 * c : 4 * c + 4].reshape(-1)
+        expected = flat.abs().topk(k).indices
+        assert indices[c].tolist() == expected.tolist()
+        assert values[c].tolist() == [v & 0xFFFF for v in flat[expected].view(torch.int16).tolist()]
 
 
 def test_interpolation_refuses_repeated_points() -> None:
@@ -488,6 +547,45 @@ def test_random_garbage_never_crashes() -> None:
         assert len(failing_chunks(checks, ToplocThresholds())) == 2
 
 
+@FAST
+@given(
+    st.lists(st.binary(max_size=300), max_size=4),
+    st.sampled_from([1, 3, 32]),
+    st.sampled_from([1, 8, 128]),
+    st.integers(0, 3),
+)
+def test_any_bytes_are_judged_or_refused(
+    proofs: list[bytes], chunk: int, topk: int, special: int
+) -> None:
+    # Whatever arrives from the network: a ProofError or a judgement, nothing else, quickly.
+    hidden = states(40, 64, seed=23)
+    if special == 1:
+        hidden[5, 7] = float("nan")
+    elif special == 2:
+        hidden[39, 0] = float("-inf")
+    if special == 3 and proofs:  # well-formed length, arbitrary content
+        size = 2 + 2 * topk
+        proofs = [(p * size)[:size] if p else bytes(size) for p in proofs]
+    try:
+        checks = verify_proofs(hidden, proofs, chunk=chunk, topk=topk)
+    except ProofError:
+        return
+    assert special in (0, 3)
+    assert len(checks) == math.ceil(40 / chunk)
+    assert all(0 <= c.exp_mismatches <= topk for c in checks)
+
+
+def test_nan_in_a_short_last_chunk_is_refused() -> None:
+    hidden = states(33, 2, seed=3)  # last chunk: 2 elements < topk
+    hidden[32, 1] = float("nan")
+    with pytest.raises(ProofError, match="NaN"):
+        build_proofs(hidden, chunk=32, topk=8)
+    negative_nan = states(64, 16, seed=4)
+    negative_nan.view(torch.int16)[40, 3] = -64  # 0xFFC0: NaN with the sign bit set
+    with pytest.raises(ProofError, match="NaN"):
+        build_proofs(negative_nan)
+
+
 def test_reduced_modulus_accepted_for_large_chunks() -> None:
     hidden = states(2, 40000, seed=4)  # 80000 elements per 2-row chunk
     proofs = build_proofs(hidden, chunk=2, topk=128)
@@ -516,6 +614,47 @@ def test_reference_package_oracle() -> None:
     )
     mine = verify_proofs(noisy, ours)
     for r, c in zip(ref, mine, strict=True):
+        assert (r.exp_mismatches, r.mant_err_mean, r.mant_err_median) == (
+            c.exp_mismatches,
+            c.mant_err_mean,
+            c.mant_err_median,
+        )
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.integers(1, 80),
+    width=st.sampled_from([64, 384, 768, 2100, 4096]),
+    chunk=st.sampled_from([1, 7, 32]),
+    topk=st.sampled_from([8, 64, 128]),
+    kind=st.sampled_from(["normal", "quarters", "outliers"]),
+    seed=st.integers(0, 2**31),
+)
+def test_reference_package_oracle_random(
+    rows: int, width: int, chunk: int, topk: int, kind: str, seed: int
+) -> None:
+    # Byte-for-byte against the reference's own build on random (often tie-heavy) states, large
+    # chunks included (reduced moduli), and statistics equal to its C++ verifier on noisy states.
+    toploc = pytest.importorskip("toploc")
+    if chunk * width < topk or (rows % chunk and (rows % chunk) * width < topk):
+        return  # chunks with fewer than topk elements: the reference cannot build those proofs
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, width, generator=gen)
+    if kind == "quarters":
+        x = (x * 4).round() / 4
+    elif kind == "outliers":
+        x[:, :3] *= 40  # massive activations in a few channels, as in real models
+    hidden = x.to(torch.bfloat16)
+    ours = build_proofs(hidden, chunk=chunk, topk=topk)
+    theirs = toploc.build_proofs_bytes(
+        hidden, decode_batching_size=chunk, topk=topk, skip_prefill=True
+    )
+    assert ours == list(theirs)
+    noisy = (x * (1 + 0.02 * torch.randn(rows, width, generator=gen))).to(torch.bfloat16)
+    ref = toploc.verify_proofs_bytes(
+        noisy, ours, decode_batching_size=chunk, topk=topk, skip_prefill=True
+    )
+    for r, c in zip(ref, verify_proofs(noisy, ours, chunk=chunk, topk=topk), strict=True):
         assert (r.exp_mismatches, r.mant_err_mean, r.mant_err_median) == (
             c.exp_mismatches,
             c.mant_err_mean,

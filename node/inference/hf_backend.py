@@ -1,4 +1,4 @@
-"""The embedded inference backend: Hugging Face transformers, batch 1, on any device.
+"""The embedded inference backend: Hugging Face transformers, batch 1 or batched, on any device.
 
 The worker side (:meth:`HFBackend.generate`) decodes with a KV cache and captures, through a
 forward hook on the final norm, the post-norm hidden state whose LM-head logits sampled each
@@ -46,6 +46,16 @@ class Generation:
         return n / self.decode_s if n > 0 and self.decode_s > 0 else 0.0
 
 
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One row of :meth:`HFBackend.generate_batch`: what :meth:`HFBackend.generate` takes."""
+
+    prompt_ids: Sequence[int]
+    seed: int
+    params: SamplingParams
+    max_new_tokens: int
+
+
 @dataclass
 class Prefill:
     """States and logits of the positions that produced ``output_ids``, from one forward pass."""
@@ -91,7 +101,12 @@ class HFBackend:
     """A model built from a :class:`ModelSpec`, with seeded generation and validator prefill."""
 
     def __init__(
-        self, spec: ModelSpec, *, device: str = "cpu", num_threads: int | None = None
+        self,
+        spec: ModelSpec,
+        *,
+        device: str = "cpu",
+        num_threads: int | None = None,
+        attn_implementation: str | None = None,
     ) -> None:
         if num_threads is not None:
             if num_threads < 1:
@@ -100,7 +115,7 @@ class HFBackend:
             torch.set_num_threads(num_threads)
         self.spec = spec
         self.device = torch.device(device)
-        model, tokenizer = build_model(spec)
+        model, tokenizer = build_model(spec, attn_implementation=attn_implementation)
         self.model: nn.Module = model.to(self.device)
         self.tokenizer: Tokenizer = tokenizer
         self._norm = _final_norm(self.model)
@@ -176,6 +191,94 @@ class HFBackend:
             prefill_s=t1 - t0,
             decode_s=t2 - t1,
         )
+
+    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        """Decode several requests together, each as :meth:`generate` would on its own.
+
+        Prompts are left-padded under an attention mask, with each row's own position ids, so
+        row ``b``'s token ``i`` is ``sample_token(logits, seed_b, i, params_b)`` as in
+        :meth:`generate`. Batching changes the arithmetic (bf16 kernels reduce in other orders),
+        so states and, at near-ties, tokens may differ slightly from batch 1: the proof check
+        must tolerate that. Finished rows keep running (masked) until the last row stops; timings
+        are the batch's.
+        """
+        if not requests:
+            return []
+        for req in requests:
+            if not req.prompt_ids:
+                raise ConfigError("prompt is empty")
+            if req.max_new_tokens < 1:
+                raise ConfigError(f"max_new_tokens must be >= 1, got {req.max_new_tokens}")
+        rows = [self._ids(req.prompt_ids)[0] for req in requests]
+        b, width = len(rows), max(len(r) for r in rows)
+        # Any valid id serves as padding: padded positions are masked out of every attention.
+        input_ids = torch.zeros((b, width), dtype=torch.long, device=self.device)
+        mask = torch.zeros((b, width), dtype=torch.long, device=self.device)
+        for i, r in enumerate(rows):
+            input_ids[i, width - len(r) :] = r
+            mask[i, width - len(r) :] = 1
+        lengths = torch.tensor([len(r) for r in rows], dtype=torch.long, device=self.device)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        limit = max(req.max_new_tokens for req in requests)
+        dtype = next(self.model.parameters()).dtype
+        hidden = torch.empty((b, limit, self.hidden_size), dtype=dtype, device=self.device)
+        tokens: list[list[int]] = [[] for _ in requests]
+        finish: list[FinishReason] = ["length"] * b
+        active = [True] * b
+        with torch.inference_mode(), self._capture() as cap:
+            t0 = time.perf_counter()
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            t1 = time.perf_counter()
+            for i in range(limit):
+                states = cap.take()[:, -1]
+                logits = out.logits[:, -1].float().cpu()
+                step = torch.zeros((b, 1), dtype=torch.long, device=self.device)
+                for row, req in enumerate(requests):
+                    if not active[row]:
+                        continue
+                    hidden[row, i] = states[row]
+                    tok = sample_token(logits[row], req.seed, i, req.params)
+                    tokens[row].append(tok)
+                    step[row, 0] = tok
+                    if tok == self.eos_id:
+                        finish[row] = "eos"
+                        active[row] = False
+                    elif i + 1 == req.max_new_tokens:
+                        active[row] = False
+                if not any(active):
+                    break
+                keep = torch.tensor(active, dtype=torch.long, device=self.device)[:, None]
+                mask = torch.cat([mask, keep], dim=1)
+                out = self.model(
+                    input_ids=step,
+                    attention_mask=mask,
+                    position_ids=(lengths + i)[:, None],
+                    past_key_values=out.past_key_values,
+                    use_cache=True,
+                )
+            t2 = time.perf_counter()
+        results = []
+        for row, toks in enumerate(tokens):
+            text_ids = toks[:-1] if finish[row] == "eos" else toks
+            results.append(
+                Generation(
+                    token_ids=toks,
+                    text=self.tokenizer.decode(text_ids),
+                    finish_reason=finish[row],
+                    hidden=hidden[row, : len(toks)].to(
+                        device="cpu", dtype=torch.bfloat16, copy=True
+                    ),
+                    prefill_s=t1 - t0,
+                    decode_s=t2 - t1,
+                )
+            )
+        return results
 
     def prefill(self, prompt_ids: Sequence[int], output_ids: Sequence[int]) -> Prefill:
         """One forward pass over prompt + output (no KV-cache decode), as a validator re-computes.

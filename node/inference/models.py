@@ -22,6 +22,7 @@ from protocol.errors import ConfigError
 
 _DTYPES: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 _FAMILIES = ("llama", "qwen2")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 _INIT_STD = 0.02
 _WEIGHT_DOMAIN = b"flopnet/seeded-weights/v1"
 
@@ -148,7 +149,15 @@ def _overwrite_seeded(model: nn.Module, seed: int) -> None:
                 param.copy_(_seeded_values(param.shape, _param_generator(seed, name)))
 
 
-def _build_seeded(spec: ModelSpec) -> nn.Module:
+def _check_attn(attn_implementation: str | None) -> None:
+    if attn_implementation is not None and attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise ConfigError(
+            f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, "
+            f"got {attn_implementation!r}"
+        )
+
+
+def _build_seeded(spec: ModelSpec, attn_implementation: str = "sdpa") -> nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     cfg = dict(spec.config)
@@ -158,11 +167,11 @@ def _build_seeded(spec: ModelSpec) -> nn.Module:
     try:
         if spec.family == "llama":
             config = LlamaConfig(**cfg)
-            config._attn_implementation = "sdpa"
+            config._attn_implementation = attn_implementation
             model = LlamaForCausalLM(config)
         else:
             config = Qwen2Config(**cfg)
-            config._attn_implementation = "sdpa"
+            config._attn_implementation = attn_implementation
             model = Qwen2ForCausalLM(config)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid config for seeded model {spec.name!r}: {exc}") from exc
@@ -174,25 +183,38 @@ def _build_seeded(spec: ModelSpec) -> nn.Module:
     return out
 
 
-def _build_hf(spec: ModelSpec) -> nn.Module:
+def _build_hf(spec: ModelSpec, attn_implementation: str | None = None) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     if not spec.hf_id:
         raise ConfigError("hf_id is empty")
+    # Only passed when asked for, so the library keeps choosing by default.
+    extra: dict[str, Any] = {}
+    if attn_implementation is not None:
+        extra["attn_implementation"] = attn_implementation
     try:
         model: nn.Module = AutoModelForCausalLM.from_pretrained(
             spec.hf_id,
             revision=spec.revision,
             dtype=spec.torch_dtype,
             trust_remote_code=spec.trust_remote_code,
+            **extra,
         )
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load model {spec.hf_id!r}: {exc}") from exc
     return model
 
 
-def build_model(spec: ModelSpec) -> tuple[nn.Module, Tokenizer]:
-    """The model (eval mode, no grads, in ``spec.dtype``) and its tokenizer."""
+def build_model(
+    spec: ModelSpec, *, attn_implementation: str | None = None
+) -> tuple[nn.Module, Tokenizer]:
+    """The model (eval mode, no grads, in ``spec.dtype``) and its tokenizer.
+
+    ``attn_implementation`` ("sdpa" or "eager") is a local choice, not part of the network's
+    model: both must produce states that pass the proof check. ``None`` means "sdpa" for seeded
+    models and the library's default for Hugging Face ones.
+    """
+    _check_attn(attn_implementation)
     tokenizer: Tokenizer
     if spec.seeded:
         tokenizer = ByteTokenizer()
@@ -202,13 +224,13 @@ def build_model(spec: ModelSpec) -> tuple[nn.Module, Tokenizer]:
             raise ConfigError(
                 f"seeded model vocab_size {vocab} != byte tokenizer's {tokenizer.vocab_size}"
             )
-        model = _build_seeded(spec)
+        model = _build_seeded(spec, attn_implementation or "sdpa")
     else:
         assert spec.hf_id is not None
         tokenizer = HFTokenizer(
             spec.hf_id, revision=spec.revision, trust_remote_code=spec.trust_remote_code
         )
-        model = _build_hf(spec)
+        model = _build_hf(spec, attn_implementation)
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer

@@ -1,0 +1,105 @@
+"""``flopnet proof calibrate``: honest generation under the tolerated variations → thresholds.
+
+Cheap to import: torch and the model load inside the handler, so ``flopnet --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
+    """Add the ``proof`` subcommand."""
+    p = sub.add_parser("proof", help="TOPLOC proof tools: threshold calibration")
+    actions = p.add_subparsers(dest="proof_command", required=True)
+    cal = actions.add_parser(
+        "calibrate",
+        help="run honest generation under batch/attention/thread variations, suggest thresholds",
+        description=(
+            "Generates with the real backend at batch 1, 4 and 16, with eager and SDPA attention "
+            "and with the validator on another thread count; validates every sample with one "
+            "prefill; prints the honest worst of each measure, the suggested threshold, its "
+            "margin, and the threshold in force."
+        ),
+    )
+    cal.add_argument("--model", default="tiny", choices=("tiny", "small"))
+    cal.add_argument("--model-seed", type=int, default=0)
+    cal.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    cal.add_argument("--samples", type=int, default=16, help="prompts per variation")
+    cal.add_argument("--max-new-tokens", type=int, default=96)
+    cal.add_argument("--json", action="store_true", help="print one JSON document")
+    return {"proof": _run}
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.proof_command == "calibrate":
+        return _calibrate(args)
+    raise AssertionError(args.proof_command)  # argparse allows only the commands above
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from node.proof_calibration import run_honest
+    from proof.calibrate import calibrate
+    from proof.policy import ProofPolicy
+    from proof.toploc import ToplocThresholds
+    from protocol.errors import ConfigError
+
+    if args.samples < 1 or args.max_new_tokens < 1:
+        raise ConfigError("--samples and --max-new-tokens must be >= 1")
+    current = ProofPolicy(ToplocThresholds())
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    runs = run_honest(
+        args.model,
+        args.dtype,
+        samples=args.samples,
+        max_new_tokens=args.max_new_tokens,
+        policy=current,
+        model_seed=args.model_seed,
+        progress=progress,
+    )
+    measured = [m for run in runs for m in run.measured]
+    result = calibrate(
+        [m.checks for m in measured],
+        [m.unbounded for m in measured],
+        current=current,
+    )
+    doc: dict[str, Any] = {
+        "model": args.model,
+        "dtype": args.dtype,
+        "variations": [run.variation.name for run in runs],
+        "chunks": result.chunks,
+        "samples": result.samples,
+        "tokens": result.tokens,
+        "suggested": {
+            **asdict(result.policy.toploc),
+            "max_replay_mismatch_fraction": result.policy.max_replay_mismatch_fraction,
+            "replay_tolerance": result.policy.replay_tolerance,
+        },
+        "measures": [asdict(s) for s in result.suggestions],
+    }
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(
+        f"{args.model} ({args.dtype}): {result.samples} honest samples, {result.chunks} chunks, "
+        f"{result.tokens} tokens over: {', '.join(doc['variations'])}"
+    )
+    print(
+        f"{'measure':30} {'honest worst':>12} {'honest mean':>12} {'suggested':>10} "
+        f"{'margin':>8} {'current':>8} {'honest fails now':>17}"
+    )
+    for s in result.suggestions:
+        print(
+            f"{s.measure:30} {s.honest_worst:12.4g} {s.honest_mean:12.4g} {s.suggested:10.4g} "
+            f"{s.margin:8.4g} {s.current:8.4g} {s.current_honest_failures:17d}"
+        )
+    return 0

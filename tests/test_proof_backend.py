@@ -1,0 +1,116 @@
+"""Batched generation and the attention option: honest variations the proof check must accept."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from node.inference.hf_backend import GenerationRequest, HFBackend
+from node.inference.models import build_model, seeded_spec
+from node.proof_calibration import calibration_prompts, lease_seed
+from proof.completion import check_completion
+from proof.policy import decide, recommended_policy
+from proof.sampling import SamplingParams, replay_sampling
+from proof.toploc import build_proofs, verify_proofs
+from protocol.errors import ConfigError
+
+PARAMS = SamplingParams()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    # Decoding a tiny model gains nothing from a second thread and, on a busy machine, an OpenMP
+    # team waiting for a core makes it many times slower. Restored for the other modules.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> HFBackend:
+    return HFBackend(seeded_spec("tiny", seed=0))
+
+
+def test_batch_of_one_is_generate(tiny: HFBackend) -> None:
+    prompt = calibration_prompts(tiny.tokenizer, 1)[0]
+    single = tiny.generate(prompt, seed=5, params=PARAMS, max_new_tokens=20)
+    (batched,) = tiny.generate_batch([GenerationRequest(prompt, 5, PARAMS, 20)])
+    assert batched.token_ids == single.token_ids
+    assert torch.equal(batched.hidden, single.hidden)
+    assert batched.finish_reason == single.finish_reason and batched.text == single.text
+
+
+def test_padded_batch_rows_pass_the_proof_check(tiny: HFBackend) -> None:
+    prompts = calibration_prompts(tiny.tokenizer, 3, offset=50)
+    assert len({len(p) for p in prompts}) == 3  # different lengths: real left padding
+    limits = [40, 7, 33]
+    reqs = [
+        GenerationRequest(p, lease_seed(i), PARAMS, n)
+        for i, (p, n) in enumerate(zip(prompts, limits, strict=True))
+    ]
+    policy = recommended_policy("tiny", "bfloat16")
+    for req, gen in zip(reqs, tiny.generate_batch(reqs), strict=True):
+        assert 1 <= len(gen.token_ids) <= req.max_new_tokens
+        assert gen.hidden.shape == (len(gen.token_ids), tiny.hidden_size)
+        assert gen.hidden.dtype == torch.bfloat16 and not gen.hidden.is_inference()
+        pre = tiny.prefill(req.prompt_ids, gen.token_ids)
+        checks = verify_proofs(pre.hidden, build_proofs(gen.hidden))
+        replay = replay_sampling(
+            pre.logits, gen.token_ids, req.seed, PARAMS, tolerance=policy.replay_tolerance
+        )
+        done = check_completion(
+            gen.token_ids, eos_id=tiny.eos_id, max_new_tokens=req.max_new_tokens
+        )
+        assert decide(checks, replay, policy, done).passed, (checks, replay)
+
+
+def test_batch_rows_stop_on_eos_independently(tiny: HFBackend) -> None:
+    prompts = calibration_prompts(tiny.tokenizer, 2)
+    ref = tiny.generate(prompts[0], seed=1, params=PARAMS, max_new_tokens=12)
+    old = tiny.eos_id
+    tiny.eos_id = ref.token_ids[3]  # pretend that token is eos
+    try:
+        a, b = tiny.generate_batch(
+            [
+                GenerationRequest(prompts[0], 1, PARAMS, 12),
+                GenerationRequest(prompts[1], 2, PARAMS, 12),
+            ]
+        )
+    finally:
+        tiny.eos_id = old
+    assert a.finish_reason == "eos" and a.token_ids[-1] == ref.token_ids[3]
+    assert a.token_ids == ref.token_ids[: len(a.token_ids)]
+    assert len(b.token_ids) == 12 or b.finish_reason == "eos"
+
+
+def test_generate_batch_input_errors(tiny: HFBackend) -> None:
+    assert tiny.generate_batch([]) == []
+    with pytest.raises(ConfigError):
+        tiny.generate_batch([GenerationRequest([], 1, PARAMS, 4)])
+    with pytest.raises(ConfigError):
+        tiny.generate_batch([GenerationRequest([1, 2], 1, PARAMS, 0)])
+    with pytest.raises(ConfigError):
+        tiny.generate_batch([GenerationRequest([tiny.vocab_size], 1, PARAMS, 4)])
+
+
+def test_eager_attention_is_an_honest_variation(tiny: HFBackend) -> None:
+    with pytest.raises(ConfigError):
+        build_model(seeded_spec("tiny"), attn_implementation="flash")
+    eager = HFBackend(seeded_spec("tiny", seed=0), attn_implementation="eager")
+    config: Any = eager.model.config
+    assert config._attn_implementation == "eager"
+    config = tiny.model.config
+    assert config._attn_implementation == "sdpa"
+    prompt = calibration_prompts(tiny.tokenizer, 1, offset=9)[0]
+    gen = eager.generate(prompt, seed=3, params=PARAMS, max_new_tokens=40)
+    pre = tiny.prefill(prompt, gen.token_ids)
+    policy = recommended_policy("tiny", "bfloat16")
+    checks = verify_proofs(pre.hidden, build_proofs(gen.hidden))
+    replay = replay_sampling(
+        pre.logits, gen.token_ids, 3, PARAMS, tolerance=policy.replay_tolerance
+    )
+    assert decide(checks, replay, policy).passed
