@@ -96,7 +96,12 @@ def _add_tui(sub: argparse._SubParsersAction) -> None:
 
 # Modules that add their own subcommands: each has ``register(sub) -> dict[name, handler]`` and
 # must stay cheap to import (heavy imports inside the handlers), so ``--help`` stays instant.
-EXTENSION_MODULES: tuple[str, ...] = ("node.network_cli", "node.verify_cli", "node.ledger_cli")
+EXTENSION_MODULES: tuple[str, ...] = (
+    "node.network_cli",
+    "node.verify_cli",
+    "node.ledger_cli",
+    "node.proof_cli",
+)
 
 
 def build_parser() -> tuple[

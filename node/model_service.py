@@ -54,6 +54,7 @@ def _child_main(conn: Connection, model: str, seed: int, dtype: str, threads: in
     from node.inference.hf_backend import HFBackend
     from node.inference.models import hf_spec, param_count, seeded_spec, weights_sha256
     from node.inference.tokenizer import EMBEDDED_MODELS
+    from proof.completion import check_completion
     from proof.policy import ProofPolicy, decide
     from proof.sampling import SamplingParams, replay_sampling
     from proof.toploc import ToplocThresholds, build_proofs, verify_proofs
@@ -112,9 +113,13 @@ def _child_main(conn: Connection, model: str, seed: int, dtype: str, threads: in
         replay = replay_sampling(pre.logits, req["token_ids"], req["seed"], params)
         policy = ProofPolicy(ToplocThresholds(**req["thresholds"]), req["max_replay_fraction"])
         decision = decide(checks, replay, policy)
+        # Tokens that are there are checked above; an output cut short is caught by how it ends.
+        completion = check_completion(
+            req["token_ids"], eos_id=backend.eos_id, max_new_tokens=req["max_new_tokens"]
+        )
         return {
-            "passed": decision.passed,
-            "reasons": list(decision.reasons),
+            "passed": decision.passed and completion.complete,
+            "reasons": [*decision.reasons, *(f"completion: {r}" for r in completion.reasons)],
             "checks": [dataclasses.asdict(c) for c in checks],
             "replay_mismatches": replay.mismatches,
             "replay_checked": replay.checked,

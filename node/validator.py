@@ -325,6 +325,7 @@ class Validator:
             seed=lease.seed,
             temperature=lease.temperature,
             top_p=lease.top_p,
+            max_new_tokens=lease.max_new_tokens,
             thresholds={
                 "max_exp_mismatches": net.max_exp_mismatches,
                 "max_mant_err_mean": net.max_mant_err_mean,
