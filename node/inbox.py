@@ -8,11 +8,11 @@ worker that asks again (after a crash on either side) gets the same signed verdi
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from node.sqlite_files import open_durable
 from protocol.errors import FlopnetError
 
 _SCHEMA = """
@@ -46,13 +46,7 @@ class Inbox:
     """Submissions and verdicts in one SQLite file, used from the daemon's trio thread only."""
 
     def __init__(self, path: Path) -> None:
-        try:
-            self._conn = sqlite3.connect(path, isolation_level=None)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise InboxError(f"cannot open inbox {path}: {exc}") from None
+        self._conn = open_durable(path, _SCHEMA, InboxError)
 
     def close(self) -> None:
         self._conn.close()

@@ -8,10 +8,10 @@ announcement sequence numbers (which hearers would take for duplicates).
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from node.sqlite_files import open_durable
 from protocol.errors import FlopnetError
 
 _SCHEMA = """
@@ -49,13 +49,7 @@ class PublisherStore:
     """Leases and announcements in one SQLite file, used from the daemon's trio thread."""
 
     def __init__(self, path: Path) -> None:
-        try:
-            self._conn = sqlite3.connect(path, isolation_level=None)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise PublisherStoreError(f"cannot open publisher state {path}: {exc}") from None
+        self._conn = open_durable(path, _SCHEMA, PublisherStoreError)
 
     def close(self) -> None:
         self._conn.close()

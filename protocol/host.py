@@ -256,14 +256,7 @@ class P2PHost:
             info = info_from_p2p_addr(multiaddr.Multiaddr(multiaddr_text))
         except Exception as exc:
             raise PeerError(f"bad multiaddr {multiaddr_text!r}: {exc}") from None
-        self._forget_failed_dials(info.peer_id)
-        try:
-            with trio.fail_after(timeout):
-                await self._host.connect(info)
-        except trio.TooSlowError:
-            raise ProtocolTimeout(f"connecting to {multiaddr_text} took over {timeout}s") from None
-        except Exception as exc:
-            raise PeerError(f"cannot connect to {multiaddr_text}: {exc}") from None
+        await self._dial(info, timeout, multiaddr_text)
         return str(info.peer_id)
 
     # -- NAT: relays and reachability --------------------------------------------------------
@@ -409,14 +402,19 @@ class P2PHost:
 
         assert self._host is not None, "host not running"
         info = PeerInfo(ID.from_base58(peer_id), [multiaddr.Multiaddr(a) for a in addrs])
+        await self._dial(info, timeout, peer_id)
+
+    async def _dial(self, info: Any, timeout: float, what: str) -> None:
+        """Connect to a PeerInfo under a deadline, mapping library errors at this boundary."""
+        assert self._host is not None, "host not running"
         self._forget_failed_dials(info.peer_id)
         try:
             with trio.fail_after(timeout):
                 await self._host.connect(info)
         except trio.TooSlowError:
-            raise ProtocolTimeout(f"connecting to {peer_id} took over {timeout}s") from None
+            raise ProtocolTimeout(f"connecting to {what} took over {timeout}s") from None
         except Exception as exc:
-            raise PeerError(f"cannot connect to {peer_id}: {exc}") from None
+            raise PeerError(f"cannot connect to {what}: {exc}") from None
 
     def _forget_failed_dials(self, peer_id: Any) -> None:
         # The swarm refuses to dial a peer that failed recently ("negative cache") with its own
