@@ -261,14 +261,24 @@ class LedgerSync:
         return out
 
     async def run(self) -> None:
-        """Fetch what we miss, forever; validators also announce their head periodically."""
+        """Fetch what we miss, forever; validators also announce their head periodically.
+
+        Nothing in here may end the node: ``P2PHost.running()`` swallows an exception from the
+        tasks it holds, so one escaping would stop the node silently, with exit status 0.
+        """
         async with trio.open_nursery() as nursery:
             if self.is_validator and self.head_interval > 0:
                 nursery.start_soon(self._head_loop)
             while True:
-                for fetch in self.planner.plan(
-                    self.local_heads(), self.host.connected_peers(), time.monotonic()
-                ):
+                try:
+                    fetches = self.planner.plan(
+                        self.local_heads(), self.host.connected_peers(), time.monotonic()
+                    )
+                except Exception:  # e.g. the store cannot be read: try again in a while
+                    log.exception("planning ledger fetches")
+                    fetches = []
+                    await trio.sleep(5 * self.tick)
+                for fetch in fetches:
                     nursery.start_soon(self._fetch, fetch)
                 self._wake = trio.Event()
                 with trio.move_on_after(self.tick):
@@ -276,7 +286,10 @@ class LedgerSync:
 
     async def _head_loop(self) -> None:
         while True:
-            await self.publish_head()
+            try:
+                await self.publish_head()
+            except Exception:
+                log.exception("announcing our ledger head")
             await trio.sleep(self.head_interval)
 
     async def _request(self, fetch: Fetch) -> LedgerRange:
@@ -299,41 +312,52 @@ class LedgerSync:
     async def _fetch(self, fetch: Fetch) -> None:
         """Fetch ``fetch``'s range and keep going while the peer has more, with the next range
         always requested before the current one is verified and stored (the peer prepares and
-        sends it meanwhile)."""
-        ok, peer_head = True, None
-        allowed = {fetch.signer} & self.validators
-        where = f"range from {fetch.peer}"
+        sends it meanwhile). Never raises: a failing peer is backed off, the node goes on."""
+        ok, peer_head = False, None
         try:
             async with trio.open_nursery() as nursery:
-                pending: _Pending | None = _Pending.start(nursery, self._request, fetch)
-                current = fetch
-                while pending is not None:
-                    reply = await pending.result()
-                    peer_head, pending = reply.head_seq, None
-                    if not reply.entries:
-                        break
-                    following = replace(current, from_seq=current.from_seq + len(reply.entries))
-                    if peer_head >= following.from_seq:
-                        pending = _Pending.start(nursery, self._request, following)
-                    outcome = await self._ingest(reply.entries, allowed, where)
-                    if outcome != "ok":
-                        ok = outcome == "done"
-                        if outcome == "bad":
-                            await self.host.penalize(fetch.peer, Violation.BAD_SIGNATURE)
-                        nursery.cancel_scope.cancel()
-                        break
-                    current = following
-        except MalformedMessage as exc:
+                # Errors are handled inside the nursery: leaving it, they would come out wrapped
+                # in an ExceptionGroup (trio's strict groups) that no handler here matches.
+                try:
+                    ok, peer_head = await self._fetch_from(nursery, fetch)
+                except MalformedMessage as exc:
+                    log.warning("ledger range from %s: %s", fetch.peer, exc)
+                    await self.host.penalize(fetch.peer, Violation.MALFORMED)
+                except FlopnetError as exc:
+                    name = signer_name(fetch.signer)
+                    log.info("ledger range from %s for %s: %s", fetch.peer, name, exc)
+                finally:
+                    nursery.cancel_scope.cancel()  # a request still in flight is not needed
+        except Exception:  # a bug here must not take the node down with it
+            log.exception("ledger range from %s", fetch.peer)
             ok = False
-            log.warning("ledger range from %s: %s", fetch.peer, exc)
-            await self.host.penalize(fetch.peer, Violation.MALFORMED)
-        except FlopnetError as exc:
-            ok = False
-            log.info("ledger range from %s for %s: %s", fetch.peer, signer_name(fetch.signer), exc)
         if not ok:
             self.stats.fetch_failures += 1
         self.planner.done(fetch, time.monotonic(), peer_head=peer_head, ok=ok)
         self._wake.set()
+
+    async def _fetch_from(self, nursery: trio.Nursery, fetch: Fetch) -> tuple[bool, int | None]:
+        """The fetch loop of :meth:`_fetch`: (success, the peer's head of the chain)."""
+        allowed = {fetch.signer} & self.validators
+        where = f"range from {fetch.peer}"
+        peer_head = None
+        pending: _Pending | None = _Pending.start(nursery, self._request, fetch)
+        current = fetch
+        while pending is not None:
+            reply = await pending.result()
+            peer_head, pending = reply.head_seq, None
+            if not reply.entries:
+                break
+            following = replace(current, from_seq=current.from_seq + len(reply.entries))
+            if peer_head >= following.from_seq:
+                pending = _Pending.start(nursery, self._request, following)
+            outcome = await self._ingest(reply.entries, allowed, where)
+            if outcome != "ok":
+                if outcome == "bad":
+                    await self.host.penalize(fetch.peer, Violation.BAD_SIGNATURE)
+                return outcome == "done", peer_head
+            current = following
+        return True, peer_head
 
     async def _ingest(self, entries: Sequence[bytes], allowed: set[bytes], where: str) -> str:
         """Verify and store a range in slices, letting other tasks run between them (a slice
@@ -385,7 +409,7 @@ class _Pending:
         async def run() -> None:
             try:
                 pending._value = await request(fetch)
-            except FlopnetError as exc:
+            except Exception as exc:  # handed to the waiter, never out of the nursery
                 pending._error = exc
             finally:
                 pending._done.set()

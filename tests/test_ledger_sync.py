@@ -356,3 +356,39 @@ def test_gossip_from_a_non_validator_is_charged(tmp_path: Path) -> None:
         assert node.store.head(K1) == (0, message_id(theirs))
 
     trio.run(main)
+
+
+@pytest.mark.timeout(60)
+def test_sync_survives_peers_that_do_not_serve_ranges(tmp_path: Path) -> None:
+    # A relay, a worker or a broken peer: every range request to it fails. The sync loop must
+    # back off and keep running, never take the node down.
+    async def main(outcome: Outcome) -> None:
+        node = Node(REPLICA, tmp_path / "r.db")
+        bare = P2PHost(LATE)  # serves no flopnet protocol at all
+        async with (
+            node.host.running(),
+            bare.running(),
+            trio.open_nursery() as nursery,
+            outcome.guard(),
+        ):
+            await node.host.connect(bare.addrs()[0])
+            await node.start(nursery)
+            node.sync.planner.heard(K1, 10, bare.peer_id)  # pretend it announced a head
+            await wait_for(lambda: node.sync.stats.fetch_failures >= 2, 20)
+            await trio.sleep(0.5)
+            # Still up: it serves a range, and its sync loop still plans fetches.
+            append(node.store, V2, 3)  # (a replica holding V2's chain, stored directly)
+            if node.host.peer_id not in bare.connected_peers():
+                await bare.connect(node.host.addrs()[0])
+            request = seal(LedgerRangeRequest(1, K2, 0, 10), LATE, NET)
+            reply = await bare.request(
+                node.host.peer_id, LEDGER_RANGE_PROTOCOL, request, LEDGER_RANGE_LIMITS
+            )
+            assert len(open_envelope(reply, NET).expect(LedgerRange).entries) == 3
+            failures = node.sync.stats.fetch_failures
+            node.sync.planner.forget_peer(bare.peer_id)  # its backoff forgotten: asked again
+            node.sync.planner.heard(K1, 10, bare.peer_id)
+            await wait_for(lambda: node.sync.stats.fetch_failures > failures, 20)
+            nursery.cancel_scope.cancel()
+
+    run_checked(main)
