@@ -271,11 +271,7 @@ async def run_node(config: NodeConfig) -> None:
             if worker is not None:
                 await host.subscribe(tasks_topic(net.network_id), worker.on_announcement)
             await host.subscribe(ledger_topic(net.network_id), ledger_sync.on_ledger_gossip)
-            # Known issue (reproducible, cause not found yet): inside the daemon, LedgerSync.run
-            # (range fetching) made the libp2p host stop silently (exit 0): a relay node seconds
-            # after its first peer connected, workers seconds after a validator was SIGKILLed.
-            # Until it is understood, nodes replicate from gossip and serve ranges, but do not
-            # fetch missing ranges (LedgerSync.run is exercised by tests/test_ledger_sync.py).
+            nursery.start_soon(ledger_sync.run)
             await host.subscribe(heartbeat_topic(net.network_id), liveness.on_heartbeat)
             nursery.start_soon(liveness.heartbeat_loop)
             discovery = Discovery(
