@@ -51,6 +51,18 @@ def devnet(tmp_path: Path, *extra: str) -> tuple[int, dict[str, Any]]:
     return result.returncode, json.loads(result.stdout)
 
 
+def reaches_phase(data_dir: Path, phase: str, timeout: float = 120.0) -> bool:
+    """Poll a worker's /status until it reports ``phase`` (a brief state: poll fast)."""
+    info = read_node_info(data_dir)
+    assert info is not None
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if api_get(info, "/status")["worker"]["phase"] == phase:
+            return True
+        time.sleep(0.005)
+    return False
+
+
 def test_devnet_validates_every_task(tmp_path: Path) -> None:
     code, summary = devnet(tmp_path)
     assert code == 0, summary
@@ -116,17 +128,9 @@ def test_devnet_survives_a_worker_killed_mid_lease(tmp_path: Path) -> None:
     try:
         net.start()
         victim = net.workers[0]
-        info = read_node_info(victim.data_dir)
-        assert info is not None
-        held = False
-        deadline = time.time() + 120
-        while time.time() < deadline and not held:
-            # Killed while generating: its lease must expire and go to another worker. (Killed
-            # after its receipt, its durable submission would still be validated and credited.)
-            held = api_get(info, "/status")["worker"]["phase"] == "generating"
-            if not held:
-                time.sleep(0.01)
-        assert held, "the victim never held a lease"
+        # Killed while generating: its lease must expire and go to another worker. (Killed
+        # after its receipt, its durable submission would still be validated and credited.)
+        assert reaches_phase(victim.data_dir, "generating"), "the victim never held a lease"
         os.killpg(victim.process.pid, signal.SIGKILL)  # the daemon and its model child
         finished = net.wait_done(240, allow_dead=frozenset({victim.name}))
         net.capture_status()
@@ -147,15 +151,9 @@ def test_validator_killed_after_receipts_loses_nothing(tmp_path: Path) -> None:
     net = Devnet(options)
     try:
         net.start()
-        worker_info = read_node_info(net.workers[0].data_dir)
-        assert worker_info is not None
-        waiting = False
-        deadline = time.time() + 120
-        while time.time() < deadline and not waiting:
-            waiting = api_get(worker_info, "/status")["worker"]["phase"] == "awaiting_verdict"
-            if not waiting:
-                time.sleep(0.005)
-        assert waiting, "no worker ever waited for a verdict"
+        assert reaches_phase(net.workers[0].data_dir, "awaiting_verdict"), (
+            "no worker ever waited for a verdict"
+        )
         validator = next(p for p in net.procs if p.kind == "validator")
         os.killpg(validator.process.pid, signal.SIGKILL)  # mid-queue: receipts already given
         validator.process.wait()
