@@ -201,32 +201,46 @@ class P2PHost:
             host, circuit, RelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT, limits=limits)
         )
         listen = multiaddr.Multiaddr(f"/ip4/{self.listen_ip}/tcp/{port}")
-        async with host.run(listen_addrs=[listen]), trio.open_nursery() as nursery:
-            self._host, self._pubsub, self._nursery = host, pubsub, nursery
-            self._circuit = circuit_transport
-            for protocol_id in self._handlers:
-                self._register(protocol_id)
-            self._register_dialback()
-            # The library's auto-connector redials every peer it ever saw, banned or frozen ones
-            # included; we re-dial only the peers we choose (node.liveness).
-            auto_connector = getattr(host.get_network(), "auto_connector", None)
-            if auto_connector is not None:
-                await auto_connector.stop()
-            dht = KadDHT(host, DHTMode.SERVER)
-            async with (
-                background_trio_service(pubsub),
-                background_trio_service(gossipsub),
-                background_trio_service(dht),
-                background_trio_service(circuit),
-                background_trio_service(circuit_transport.discovery),
-            ):
-                self._dht = dht
-                await pubsub.wait_until_ready()
+        body_error: BaseException | None = None
+        try:
+            async with host.run(listen_addrs=[listen]), trio.open_nursery() as nursery:
+                self._host, self._pubsub, self._nursery = host, pubsub, nursery
+                self._circuit = circuit_transport
+                for protocol_id in self._handlers:
+                    self._register(protocol_id)
+                self._register_dialback()
+                # The library's auto-connector redials every peer it ever saw, banned or frozen
+                # ones included; we re-dial only the peers we choose (node.liveness).
+                auto_connector = getattr(host.get_network(), "auto_connector", None)
+                if auto_connector is not None:
+                    await auto_connector.stop()
+                dht = KadDHT(host, DHTMode.SERVER)
                 try:
-                    yield self
+                    async with (
+                        background_trio_service(pubsub),
+                        background_trio_service(gossipsub),
+                        background_trio_service(dht),
+                        background_trio_service(circuit),
+                        background_trio_service(circuit_transport.discovery),
+                    ):
+                        self._dht = dht
+                        await pubsub.wait_until_ready()
+                        try:
+                            yield self
+                        except BaseException as exc:
+                            body_error = exc
+                            raise
                 finally:
+                    # Cancelled only after the services have stopped: cancelling first made
+                    # their shutdown raise Cancelled, which replaced (and so swallowed) an
+                    # exception raised in the body.
                     nursery.cancel_scope.cancel()
-        self._host = self._pubsub = self._nursery = self._dht = self._circuit = None
+        except BaseExceptionGroup as group:
+            raise _unwrap(group, body_error) from None
+        finally:
+            self._host = self._pubsub = self._nursery = self._dht = self._circuit = None
+        if body_error is not None and not isinstance(body_error, trio.Cancelled):
+            raise body_error  # a library layer swallowed it; a failed body must never look clean
 
     @property
     def peer_id(self) -> str:
@@ -338,9 +352,13 @@ class P2PHost:
                     info = info_from_p2p_addr(multiaddr_parse(full))
                     if str(info.peer_id) != peer:
                         continue
+                    network = probe.get_network()
                     with trio.fail_after(3.0):
-                        await probe.connect(info)  # Noise proves the peer id at that address
+                        # This exact address: host.connect would reuse a connection made to an
+                        # earlier address, or try every address the peerstore knows.
+                        await network.dial_addr(info.addrs[0], info.peer_id)  # Noise: peer id
                     reachable.append(addr)
+                    await network.close_peer(info.peer_id)
                 except Exception as exc:
                     log.debug("dial-back to %s failed: %s", addr, exc)
         return reachable
@@ -637,3 +655,25 @@ async def _reset(stream: Any) -> None:
             await stream.reset()
         except Exception:
             log.debug("stream reset failed", exc_info=True)
+
+
+def _unwrap(group: BaseExceptionGroup, body_error: BaseException | None) -> BaseException:
+    """The one real error inside the nurseries' exception groups, else the group itself.
+
+    Callers of :meth:`P2PHost.running` see what their body raised, not the library's nesting.
+    """
+    leaves: list[BaseException] = []
+
+    def collect(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                collect(inner)
+        elif not isinstance(exc, trio.Cancelled):
+            leaves.append(exc)
+
+    collect(group)
+    if body_error is not None and body_error in leaves:
+        return body_error
+    if len(leaves) == 1:
+        return leaves[0]
+    return group

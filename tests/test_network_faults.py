@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -119,8 +120,11 @@ def test_abusive_peer_is_banned_and_others_still_served(tmp_path: Path) -> None:
             await bad.connect(srv.addrs()[0])
             await good.connect(srv.addrs()[0])
             task_id = next(iter(publisher.tasks))
-            for _ in range(3):  # three malformed claims: -60, banned
-                await bad.request(srv.peer_id, CLAIM_PROTOCOL, b"\xc1junk", CLAIM_LIMITS)
+            for _ in range(4):  # -20 each; the score decays back a little between them
+                with contextlib.suppress(PeerError):  # the banning request is cut off
+                    await bad.request(srv.peer_id, CLAIM_PROTOCOL, b"\xc1junk", CLAIM_LIMITS)
+                if guard.is_banned(bad.peer_id, time.time()):
+                    break
             assert guard.is_banned(bad.peer_id, time.time())
             await trio.sleep(0.5)
             assert bad.peer_id not in srv.connected_peers()  # disconnected on the ban
@@ -131,7 +135,7 @@ def test_abusive_peer_is_banned_and_others_still_served(tmp_path: Path) -> None:
                 srv.peer_id, CLAIM_PROTOCOL, claim_bytes(WORKER, task_id), CLAIM_LIMITS
             )
             assert open_envelope(reply, "faults").expect(Lease).worker == WORKER.public_key
-            assert server.guard.snapshot(time.time())[0]["violations"] == {"MALFORMED": 3}
+            assert server.guard.snapshot(time.time())[0]["violations"]["MALFORMED"] >= 3
 
     trio.run(main)
 
@@ -205,3 +209,27 @@ def test_malformed_gossip_frame_does_not_kill_the_node() -> None:
             assert any(p["peer_id"] == a.peer_id for p in violations)
 
     trio.run(main)
+
+
+@pytest.mark.timeout(60)
+def test_an_error_inside_a_running_host_reaches_the_caller() -> None:
+    """py-libp2p's services once turned a failure in the body into a clean exit (exit code 0)."""
+
+    class Boom(Exception):
+        pass
+
+    async def main() -> None:
+        async with P2PHost(Identity(b"\x77" * 32)).running():
+            await trio.sleep(0.1)
+            raise Boom("from the body")
+
+    with pytest.raises(Boom):
+        trio.run(main)
+
+    async def cancelled_from_outside() -> bool:
+        with trio.move_on_after(0.3) as scope:
+            async with P2PHost(Identity(b"\x78" * 32)).running():
+                await trio.sleep(30)
+        return scope.cancelled_caught
+
+    assert trio.run(cancelled_from_outside)
