@@ -101,6 +101,7 @@ EXTENSION_MODULES: tuple[str, ...] = (
     "node.verify_cli",
     "node.ledger_cli",
     "node.proof_cli",
+    "node.profile",
 )
 
 

@@ -262,7 +262,9 @@ async def run_node(config: NodeConfig) -> None:
             from ledger.leaderboard import leaderboard as rank
             from ledger.leaderboard import to_json
 
-            return to_json(rank(store, net.validator_keys or None))
+            return to_json(
+                rank(store, net.validator_keys or None, lock_window=net.lock_window_seconds)
+            )
 
         async with host.running(config.listen_port), trio.open_nursery() as nursery:
             for addr in (*config.bootstrap, *net.bootstrap):

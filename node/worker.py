@@ -13,6 +13,7 @@ import trio
 from node.announcements import SeqTracker
 from node.config import NodeConfig
 from node.model_service import ModelService, ModelServiceError
+from node.profile import ProfileSharer, load_profile
 from protocol.envelope import message_id, open_envelope, seal
 from protocol.errors import FlopnetError, MalformedMessage, PeerError, ProtocolTimeout
 from protocol.host import P2PHost
@@ -89,6 +90,10 @@ class Worker:
         self._resync_wanted = trio.Event()
         self.busy = False
         self.phase = "idle"  # idle, generating, submitting, awaiting_verdict
+        # Our display name and team go to each validator that credits us (if we have set one).
+        self.profile = ProfileSharer(
+            host, identity, self.net.network_id, lambda: load_profile(config.data_dir)
+        )
 
     def _tracker(self, publisher: str) -> SeqTracker:
         return self._trackers.setdefault(publisher, SeqTracker())
@@ -265,6 +270,7 @@ class Worker:
             self.stats.accepted += 1
             self.stats.flops_credited += verdict.flops
             self._offers.pop(lease.task_id, None)
+            await self.profile.share(lease.validator)
         else:
             self.stats.rejected += 1
         self.stats.last_verdict = "; ".join(verdict.reasons)[:300]
