@@ -27,7 +27,7 @@ from node.inbox import Inbox
 from node.liveness import Liveness
 from node.publisher_store import PublisherStore
 from node.tasks import Task, builtin_tasks, load_tasks_file
-from protocol.errors import FlopnetError
+from protocol.errors import ConfigError, FlopnetError
 from protocol.host import P2PHost
 from protocol.identity import load_or_create_identity
 from protocol.ids import (
@@ -115,6 +115,17 @@ def _write_node_info(data_dir: Path, info: dict[str, Any]) -> None:
     os.replace(tmp, data_dir / NODE_INFO_FILE)
 
 
+def check_pinned_weights(model: str, pinned: str, actual: str) -> None:
+    """Refuse to run weights other than the ones the manifest pins (if it pins any): a wrong
+    revision, dtype or a modified checkpoint would only ever earn rejected proofs."""
+    if pinned and actual != pinned:
+        raise ConfigError(
+            f"the weights of {model} on this node hash to {actual[:16]}..., but the network's "
+            f"manifest pins {pinned[:16]}...: refusing to start (check the model revision and "
+            "dtype, or that the checkpoint is unmodified)"
+        )
+
+
 async def run_node(config: NodeConfig) -> None:
     """Run a node until SIGTERM/SIGINT."""
     from node.model_service import ModelService
@@ -142,6 +153,8 @@ async def run_node(config: NodeConfig) -> None:
                 info.n_params,
                 info.weights_sha256[:16],
             )
+            if config.model_seed_override is None:  # a devnet cheater forges on purpose
+                check_pinned_weights(net.model, net.weights_sha256, info.weights_sha256)
 
         host = P2PHost(
             identity, listen_ip=config.listen_ip, relay_hop="relay" in roles, mdns=config.mdns

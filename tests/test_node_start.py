@@ -1,0 +1,52 @@
+"""A node checks what it is about to run against the manifest before it joins the network."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from node.config import NetworkParams, create_network
+from node.daemon import check_pinned_weights
+from protocol.errors import ConfigError
+from protocol.identity import Identity
+
+FOUNDER = Identity(b"\xb1" * 32)
+
+
+def test_pinned_weights_decision() -> None:
+    check_pinned_weights("tiny", "", "ab" * 32)  # not pinned: any weights
+    check_pinned_weights("tiny", "ab" * 32, "ab" * 32)
+    with pytest.raises(ConfigError, match="refusing to start"):
+        check_pinned_weights("tiny", "ab" * 32, "cd" * 32)
+
+
+@pytest.mark.timeout(180)
+def test_a_node_with_other_weights_than_the_manifest_pins_refuses_to_start(
+    tmp_path: Path,
+) -> None:
+    params = NetworkParams(network_id="pending", weights_sha256="00" * 32)
+    create_network(FOUNDER, "pinned", params, tmp_path / "network.manifest")
+    node = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "node.cli",
+            "node",
+            "--role",
+            "worker",
+            "--data-dir",
+            str(tmp_path / "worker"),
+            "--manifest",
+            str(tmp_path / "network.manifest"),
+            "--torch-threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert node.returncode == 2, node.stderr
+    assert "manifest pins 0000000000000000...: refusing to start" in node.stderr
