@@ -9,19 +9,34 @@ key; every node verifies it at start and refuses it if the signature or network 
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protocol.errors import ConfigError
 from protocol.identity import Identity
 from protocol.manifest import create_manifest, load_manifest
 from protocol.messages import NetworkManifest
 
+if TYPE_CHECKING:  # proof.policy imports torch, which the daemon never loads
+    from proof.policy import ProofPolicy
+
 # A "relay" node does no work: it is a bootstrap peer, a DHT server and a circuit relay.
 ROLES = ("publisher", "validator", "worker", "relay")
+# The fields of NetworkParams that make up the proof policy (``proof.policy.POLICY_PARAMS``,
+# named here too so that the daemon need not import torch).
+PROOF_PARAMS = (
+    "max_exp_mismatches",
+    "max_mant_err_mean",
+    "max_mant_err_median",
+    "max_sign_mismatches",
+    "mant_err_mean_baseline",
+    "replay_tolerance",
+    "max_replay_mismatch_fraction",
+)
 
 
 @dataclass(frozen=True)
@@ -41,11 +56,18 @@ class NetworkParams:
     lease_seconds: float = 120.0
     proof_chunk: int = 32
     proof_topk: int = 128
-    # TOPLOC thresholds (paper-era values; calibration is the proof issue's job)
+    # The proof policy (``proof_policy()``). These defaults are the lenient paper-era values of
+    # ``ProofPolicy()``; ``flopnet network init`` and the devnet write ``recommended_policy(model,
+    # dtype)`` instead (``recommended_proof_params``).
     max_exp_mismatches: int = 38
     max_mant_err_mean: float = 10.0
     max_mant_err_median: float = 8.0
-    # Fraction of generated tokens that may fail the sampling replay (near-ties in bf16).
+    max_sign_mismatches: int = 4
+    # Honest average mant_err_mean for the pooled check over a submission; 0: no pooled check.
+    mant_err_mean_baseline: float = 0.0
+    # Score units by which a sampled token may fall short of the seeded sampler's choice.
+    replay_tolerance: float = 0.1
+    # Fraction of generated tokens that may fail the sampling replay.
     max_replay_mismatch_fraction: float = 0.05
     publishers: tuple[str, ...] = ()  # hex Ed25519 public keys
     validators: tuple[str, ...] = ()
@@ -68,6 +90,48 @@ class NetworkParams:
         for key in (*self.publishers, *self.validators):
             if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
                 raise ConfigError(f"{key!r} is not a hex Ed25519 public key")
+        self._check_proof_params()
+
+    def _check_proof_params(self) -> None:
+        for name in ("max_exp_mismatches", "max_sign_mismatches"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 4096:
+                raise ConfigError(f"{name} must be an integer in 0..4096, not {value!r}")
+        for name in (
+            "max_mant_err_mean",
+            "max_mant_err_median",
+            "mant_err_mean_baseline",
+            "replay_tolerance",
+            "max_replay_mismatch_fraction",
+        ):
+            value = getattr(self, name)
+            if (
+                not isinstance(value, int | float)
+                or isinstance(value, bool)
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise ConfigError(f"{name} must be a finite number >= 0, not {value!r}")
+        if self.max_replay_mismatch_fraction > 1:
+            raise ConfigError("max_replay_mismatch_fraction must be in [0, 1]")
+        if self.mant_err_mean_baseline > self.max_mant_err_mean:
+            # The pooled limit falls from the per-chunk limit towards the baseline; above it the
+            # baseline would loosen nothing and only confuse.
+            raise ConfigError(
+                f"mant_err_mean_baseline {self.mant_err_mean_baseline} must not exceed "
+                f"max_mant_err_mean {self.max_mant_err_mean}"
+            )
+
+    def proof_params(self) -> dict[str, Any]:
+        """The proof policy's parameters as plain numbers (what crosses the pipe to the model
+        process); ``proof.policy.policy_from_params`` turns them into the policy."""
+        return {name: getattr(self, name) for name in PROOF_PARAMS}
+
+    def proof_policy(self) -> ProofPolicy:
+        """The :class:`~proof.policy.ProofPolicy` this network's validators apply (loads torch)."""
+        from proof.policy import policy_from_params
+
+        return policy_from_params(self.proof_params())
 
     @property
     def publisher_keys(self) -> set[bytes]:
@@ -96,7 +160,12 @@ class NetworkParams:
         out["created_at"] = time.time()
         for key in ("temperature", "top_p", "lease_seconds", "max_mant_err_mean"):
             out[key] = float(out[key])
-        for key in ("max_mant_err_median", "max_replay_mismatch_fraction"):
+        for key in (
+            "max_mant_err_median",
+            "mant_err_mean_baseline",
+            "replay_tolerance",
+            "max_replay_mismatch_fraction",
+        ):
             out[key] = float(out[key])
         out["lock_window_seconds"] = float(out["lock_window_seconds"])
         out["audit_rate_floor"] = float(out["audit_rate_floor"])
@@ -106,6 +175,15 @@ class NetworkParams:
     def load(cls, path: Path) -> NetworkParams:
         """Read and verify a founder-signed ``network.manifest``."""
         return cls.from_manifest(load_manifest(path))
+
+
+def recommended_proof_params(model: str, dtype: str) -> dict[str, Any]:
+    """The proof parameters a new network of ``model``/``dtype`` starts with:
+    ``proof.policy.recommended_policy`` (calibrated for the embedded models, the paper-era
+    defaults for any other model until it is calibrated). Imports torch."""
+    from proof.policy import policy_params, recommended_policy
+
+    return policy_params(recommended_policy(model, dtype))
 
 
 def create_network(

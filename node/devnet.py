@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node.config import NetworkParams, create_network
+from node.config import NetworkParams, create_network, recommended_proof_params
 from protocol.errors import ConfigError, FlopnetError
 from protocol.identity import load_or_create_identity
 from protocol.manifest import MANIFEST_FILE
@@ -115,6 +115,21 @@ def api_get(info: dict[str, Any], path: str, timeout: float = 5.0) -> Any:
     return response.json()
 
 
+def devnet_params(opts: DevnetOptions, validator_key: str) -> NetworkParams:
+    """A devnet's network parameters: one publisher-validator, and the proof policy
+    ``recommended_policy(model, dtype)`` (calibrated for the embedded models)."""
+    return NetworkParams(
+        network_id="assigned-by-manifest",  # the founder key decides the real id
+        model=opts.model,
+        dtype=opts.dtype,
+        max_new_tokens=opts.max_new_tokens,
+        lease_seconds=opts.lease_seconds,
+        publishers=(validator_key,),
+        validators=(validator_key,),
+        **recommended_proof_params(opts.model, opts.dtype),
+    )
+
+
 class Devnet:
     """Starts, watches and stops the processes of one local network."""
 
@@ -196,15 +211,7 @@ class Devnet:
         port = _free_port()
         # A fresh founder key per devnet data dir: its manifest signs this network into being.
         founder = load_or_create_identity(self.root / "founder")
-        params = NetworkParams(
-            network_id="assigned-by-manifest",  # the founder key decides the real id
-            model=opts.model,
-            dtype=opts.dtype,
-            max_new_tokens=opts.max_new_tokens,
-            lease_seconds=opts.lease_seconds,
-            publishers=(validator_key,),
-            validators=(validator_key,),
-        )
+        params = devnet_params(opts, validator_key)
         self.network_id = create_network(founder, "devnet", params, self.network_file).network_id
         node_args = ["--role", "publisher", "--role", "validator", "--tasks", str(opts.tasks)]
         if opts.tasks_file is not None:

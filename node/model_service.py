@@ -55,9 +55,9 @@ def _child_main(conn: Connection, model: str, seed: int, dtype: str, threads: in
     from node.inference.models import hf_spec, param_count, seeded_spec, weights_sha256
     from node.inference.tokenizer import EMBEDDED_MODELS
     from proof.completion import check_completion
-    from proof.policy import ProofPolicy, decide
+    from proof.policy import decide, policy_from_params
     from proof.sampling import SamplingParams, replay_sampling
-    from proof.toploc import ToplocThresholds, build_proofs, verify_proofs
+    from proof.toploc import build_proofs, verify_proofs
 
     started = time.perf_counter()
     try:
@@ -104,22 +104,29 @@ def _child_main(conn: Connection, model: str, seed: int, dtype: str, threads: in
         }
 
     def check(req: dict[str, Any]) -> dict[str, Any]:
+        # The manifest's proof policy, as plain numbers (NetworkParams.proof_params). A bad one is
+        # the validator's own fault, never the worker's: an internal error, not a failed proof.
+        try:
+            policy = policy_from_params(req["policy"])
+        except FlopnetError as exc:
+            raise RuntimeError(f"bad proof policy in the check request: {exc}") from None
         t0 = time.perf_counter()
         pre = backend.prefill(req["prompt_ids"], req["token_ids"])
         t1 = time.perf_counter()
         # Results cross the pipe as plain data so the daemon never unpickles torch-backed types.
         checks = verify_proofs(pre.hidden, list(req["proofs"]))
         params = SamplingParams(temperature=req["temperature"], top_p=req["top_p"])
-        replay = replay_sampling(pre.logits, req["token_ids"], req["seed"], params)
-        policy = ProofPolicy(ToplocThresholds(**req["thresholds"]), req["max_replay_fraction"])
-        decision = decide(checks, replay, policy)
+        replay = replay_sampling(
+            pre.logits, req["token_ids"], req["seed"], params, tolerance=policy.replay_tolerance
+        )
         # Tokens that are there are checked above; an output cut short is caught by how it ends.
         completion = check_completion(
             req["token_ids"], eos_id=backend.eos_id, max_new_tokens=req["max_new_tokens"]
         )
+        decision = decide(checks, replay, policy, completion)  # the one verdict, every reason
         return {
-            "passed": decision.passed and completion.complete,
-            "reasons": [*decision.reasons, *(f"completion: {r}" for r in completion.reasons)],
+            "passed": decision.passed,
+            "reasons": list(decision.reasons),
             "checks": [dataclasses.asdict(c) for c in checks],
             "replay_mismatches": replay.mismatches,
             "replay_checked": replay.checked,

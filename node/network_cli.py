@@ -33,6 +33,23 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Na
     init.add_argument("--publisher", action="append", default=[], help="hex public key")
     init.add_argument("--validator", action="append", default=[], help="hex public key")
     init.add_argument("--bootstrap", action="append", default=[], help="multiaddr")
+    policy = init.add_argument_group(
+        "proof policy",
+        "each defaults to proof.policy.recommended_policy(model, dtype): calibrated for the "
+        "embedded models, the lenient paper-era values for any other model (calibrate it with "
+        "`flopnet proof calibrate` on the network's hardware first)",
+    )
+    policy.add_argument("--max-exp-mismatches", type=int, help="per 32-token chunk, of top-k")
+    policy.add_argument("--max-mant-err-mean", type=float, help="per chunk")
+    policy.add_argument("--max-mant-err-median", type=float, help="per chunk")
+    policy.add_argument("--max-sign-mismatches", type=int, help="per chunk")
+    policy.add_argument(
+        "--mant-err-mean-baseline", type=float, help="pooled check's honest average; 0: off"
+    )
+    policy.add_argument("--replay-tolerance", type=float, help="score units a token may fall short")
+    policy.add_argument(
+        "--max-replay-mismatch-fraction", type=float, help="of tokens that may fail the replay"
+    )
 
     show = actions.add_parser("show", help="verify a manifest and print it")
     show.add_argument("manifest", type=Path)
@@ -58,14 +75,16 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from node.config import NetworkParams, create_network
+    from node.config import PROOF_PARAMS, NetworkParams, create_network, recommended_proof_params
     from protocol.identity import load_or_create_identity
     from protocol.manifest import MANIFEST_FILE
 
     out: Path = args.out
     if (out / MANIFEST_FILE).exists():
         raise ConfigError(f"{out / MANIFEST_FILE} exists; refusing to overwrite a network")
-    founder = load_or_create_identity(out)
+    proof = recommended_proof_params(args.model, args.dtype)
+    overridden = [k for k in PROOF_PARAMS if getattr(args, k) is not None]
+    proof.update({k: getattr(args, k) for k in overridden})
     params = NetworkParams(
         network_id="assigned-by-manifest",
         model=args.model,
@@ -82,9 +101,15 @@ def _init(args: argparse.Namespace) -> int:
         publishers=tuple(k.lower() for k in args.publisher),
         validators=tuple(k.lower() for k in args.validator),
         bootstrap=tuple(args.bootstrap),
+        **proof,
     )
+    founder = load_or_create_identity(out)  # after the parameters are known to be valid
     net = create_network(founder, args.name, params, out / MANIFEST_FILE)
     print(f"network {net.network_id}")
+    source = f"recommended_policy({args.model!r}, {args.dtype!r})"
+    if overridden:
+        source += " with " + ", ".join(f"{k} {proof[k]}" for k in overridden)
+    print(f"proof policy {source}")
     print(f"manifest {out / MANIFEST_FILE} (founder key in {out / 'identity.key'}, keep it safe)")
     return 0
 

@@ -46,7 +46,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     from node.proof_calibration import run_honest
     from proof.calibrate import calibrate
-    from proof.policy import recommended_policy
+    from proof.policy import policy_params, recommended_policy
     from protocol.errors import ConfigError
 
     if args.samples < 1 or args.max_new_tokens < 1:
@@ -79,13 +79,14 @@ def _calibrate(args: argparse.Namespace) -> int:
         "chunks": result.chunks,
         "samples": result.samples,
         "tokens": result.tokens,
-        "suggested": {
-            **asdict(result.policy.toploc),
-            "max_replay_mismatch_fraction": result.policy.max_replay_mismatch_fraction,
-            "replay_tolerance": result.policy.replay_tolerance,
-        },
+        # Named as the manifest's fields (a pooled baseline of 0 there means no pooled check).
+        "suggested": policy_params(result.policy),
         "measures": [asdict(s) for s in result.suggestions],
     }
+    # What puts the suggestion in force: the proof policy of a new network's manifest.
+    doc["network_init_flags"] = " ".join(
+        f"--{name.replace('_', '-')} {value!r}" for name, value in doc["suggested"].items()
+    )
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
@@ -102,4 +103,5 @@ def _calibrate(args: argparse.Namespace) -> int:
             f"{s.measure:30} {s.honest_worst:12.4g} {s.honest_mean:12.4g} {s.suggested:10.4g} "
             f"{s.margin:8.4g} {s.current:8.4g} {s.current_honest_failures:16d}"
         )
+    print(f"to sign it into a network: flopnet network init ... {doc['network_init_flags']}")
     return 0

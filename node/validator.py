@@ -326,12 +326,7 @@ class Validator:
             temperature=lease.temperature,
             top_p=lease.top_p,
             max_new_tokens=lease.max_new_tokens,
-            thresholds={
-                "max_exp_mismatches": net.max_exp_mismatches,
-                "max_mant_err_mean": net.max_mant_err_mean,
-                "max_mant_err_median": net.max_mant_err_median,
-            },
-            max_replay_fraction=net.max_replay_mismatch_fraction,
+            policy=net.proof_params(),  # the manifest's proof policy, as plain numbers
         )
         self.stats.prefill_seconds += time.perf_counter() - started
         self.stats.proof_checks += 1

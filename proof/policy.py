@@ -6,8 +6,9 @@ Every reason names the measured value beside its threshold.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from proof.completion import CompletionCheck
 from proof.sampling import DEFAULT_TOLERANCE, ReplayCheck
@@ -18,6 +19,7 @@ from proof.toploc import (
     pooled_failure,
     pooled_mant_err,
 )
+from protocol.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -134,3 +136,55 @@ def recommended_policy(model: str, dtype: str) -> ProofPolicy:
     Real models must be calibrated on the network's own hardware before their manifest is signed.
     """
     return _RECOMMENDED.get((model, dtype), ProofPolicy(ToplocThresholds()))
+
+
+# The network parameters (manifest fields) that make up a ProofPolicy, with their types. The
+# manifest has no null: a ``mant_err_mean_baseline`` of 0 there means no pooled check (None here).
+POLICY_PARAMS: dict[str, type] = {
+    "max_exp_mismatches": int,
+    "max_mant_err_mean": float,
+    "max_mant_err_median": float,
+    "max_sign_mismatches": int,
+    "mant_err_mean_baseline": float,
+    "replay_tolerance": float,
+    "max_replay_mismatch_fraction": float,
+}
+
+
+def policy_from_params(params: Mapping[str, Any]) -> ProofPolicy:
+    """The policy a network's parameters put in force: the one place a validator's policy is built.
+
+    ``params`` holds exactly the keys of :data:`POLICY_PARAMS` as plain numbers
+    (``node.config.NetworkParams.proof_params``, which validates them), so it crosses a pipe as
+    plain data.
+    """
+    if set(params) != set(POLICY_PARAMS):
+        missing = sorted(set(POLICY_PARAMS) - set(params))
+        extra = sorted(set(params) - set(POLICY_PARAMS))
+        raise ConfigError(f"proof policy parameters: missing {missing}, unknown {extra}")
+    baseline = float(params["mant_err_mean_baseline"])
+    return ProofPolicy(
+        ToplocThresholds(
+            max_exp_mismatches=int(params["max_exp_mismatches"]),
+            max_mant_err_mean=float(params["max_mant_err_mean"]),
+            max_mant_err_median=float(params["max_mant_err_median"]),
+            max_sign_mismatches=int(params["max_sign_mismatches"]),
+            mant_err_mean_baseline=baseline if baseline > 0 else None,
+        ),
+        max_replay_mismatch_fraction=float(params["max_replay_mismatch_fraction"]),
+        replay_tolerance=float(params["replay_tolerance"]),
+    )
+
+
+def policy_params(policy: ProofPolicy) -> dict[str, int | float]:
+    """The network parameters of ``policy`` (the inverse of :func:`policy_from_params`)."""
+    t = policy.toploc
+    return {
+        "max_exp_mismatches": int(t.max_exp_mismatches),
+        "max_mant_err_mean": float(t.max_mant_err_mean),
+        "max_mant_err_median": float(t.max_mant_err_median),
+        "max_sign_mismatches": int(t.max_sign_mismatches),
+        "mant_err_mean_baseline": float(t.mant_err_mean_baseline or 0.0),
+        "replay_tolerance": float(policy.replay_tolerance),
+        "max_replay_mismatch_fraction": float(policy.max_replay_mismatch_fraction),
+    }

@@ -16,7 +16,7 @@ from protocol.codec import record_from_wire, unpackb
 from protocol.envelope import open_envelope, seal
 from protocol.errors import ConfigError, MalformedMessage
 from protocol.identity import Identity
-from protocol.messages import MAX_ENVELOPE_BYTES, NetworkManifest
+from protocol.messages import MANIFEST_VERSION, MAX_ENVELOPE_BYTES, NetworkManifest
 
 MANIFEST_FILE = "network.manifest"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
@@ -37,7 +37,7 @@ def network_id_for(name: str, founder_key: bytes) -> str:
 def create_manifest(founder: Identity, name: str, **fields: Any) -> bytes:
     """Build and seal a new network's manifest; ``fields`` are NetworkManifest's other fields."""
     manifest = NetworkManifest(
-        version=1,
+        version=MANIFEST_VERSION,
         network_id=network_id_for(name, founder.public_key),
         founder=founder.public_key,
         **fields,
@@ -52,7 +52,13 @@ def open_manifest(data: bytes, expected_network_id: str | None = None) -> Networ
     raw = unpackb(data, max_bytes=MAX_ENVELOPE_BYTES[NetworkManifest.TYPE])
     if not isinstance(raw, dict) or not isinstance(raw.get("body"), bytes):
         raise MalformedMessage("not a manifest envelope")
-    peek = record_from_wire(NetworkManifest, unpackb(raw["body"], max_bytes=len(raw["body"])))
+    body = unpackb(raw["body"], max_bytes=len(raw["body"]))
+    if isinstance(body, dict) and body.get("version") != MANIFEST_VERSION:
+        raise MalformedMessage(
+            f"manifest version {str(body.get('version'))[:16]}; this node reads version "
+            f"{MANIFEST_VERSION} (found the network again with `flopnet network init`)"
+        )
+    peek = record_from_wire(NetworkManifest, body)
     opened = open_envelope(data, peek.network_id, expected=NetworkManifest)
     manifest = opened.expect(NetworkManifest)
     if opened.signer != manifest.founder:

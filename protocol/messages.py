@@ -222,16 +222,22 @@ class AnnouncementRange(Record):
     head_seq: int = bounded(min=0)
 
 
+# Version 2 added the proof policy's pooled baseline, sign limit and replay tolerance; a version 1
+# manifest (without them) is refused: found the network again with ``flopnet network init``.
+MANIFEST_VERSION = 2
+
+
 @dataclass(frozen=True)
 class NetworkManifest(Record):
     """Everything the nodes of one network agree on, signed by the founder key.
 
     ``network_id`` ends with the first 16 hex digits of SHA-256(founder key), so a manifest
-    signed by any other key cannot claim the same network.
+    signed by any other key cannot claim the same network. The proof fields are the validators'
+    :class:`proof.policy.ProofPolicy` (``proof.policy.policy_from_params``).
     """
 
     TYPE: ClassVar[str] = "network_manifest"
-    version: int = bounded(min=1, max=1)
+    version: int = bounded(min=MANIFEST_VERSION, max=MANIFEST_VERSION)
     network_id: str = bounded(max_len=64)
     founder: bytes = bounded(**KEY)
     created_at: float = bounded(min=0.0)
@@ -250,6 +256,9 @@ class NetworkManifest(Record):
     max_exp_mismatches: int = bounded(min=0, max=4096)
     max_mant_err_mean: float = bounded(min=0.0)
     max_mant_err_median: float = bounded(min=0.0)
+    max_sign_mismatches: int = bounded(min=0, max=4096)
+    mant_err_mean_baseline: float = bounded(min=0.0)  # of the pooled check; 0: no pooled check
+    replay_tolerance: float = bounded(min=0.0)  # score units a sampled token may fall short by
     max_replay_mismatch_fraction: float = bounded(min=0.0, max=1.0)
     publishers: tuple[bytes, ...] = bounded(max_items=256, item=KEY)
     validators: tuple[bytes, ...] = bounded(max_items=256, item=KEY)
