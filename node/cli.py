@@ -102,6 +102,7 @@ EXTENSION_MODULES: tuple[str, ...] = (
     "node.ledger_cli",
     "node.proof_cli",
     "node.profile",
+    "node.hardware_cli",
 )
 
 

@@ -115,6 +115,10 @@ def _write_node_info(data_dir: Path, info: dict[str, Any]) -> None:
     os.replace(tmp, data_dir / NODE_INFO_FILE)
 
 
+# Prompt tokens planned for beside max_new_tokens when checking that a sequence fits in memory.
+PROMPT_ALLOWANCE_TOKENS = 2048
+
+
 def check_pinned_weights(model: str, pinned: str, actual: str) -> None:
     """Refuse to run weights other than the ones the manifest pins (if it pins any): a wrong
     revision, dtype or a modified checkpoint would only ever earn rejected proofs."""
@@ -141,7 +145,13 @@ async def run_node(config: NodeConfig) -> None:
         model: ModelService | None = None
         model_config: dict[str, Any] = {}
         if roles & {"worker", "validator"}:
-            model = ModelService(net.model, config.model_seed, net.dtype, config.torch_threads)
+            model = ModelService(
+                net.model,
+                config.model_seed,
+                net.dtype,
+                config.torch_threads,
+                max_seq_tokens=net.max_new_tokens + PROMPT_ALLOWANCE_TOKENS,
+            )
             stack.callback(model.close)
             info = await model.start()
             model_config = info.config or {}
@@ -153,6 +163,15 @@ async def run_node(config: NodeConfig) -> None:
                 info.n_params,
                 info.weights_sha256[:16],
             )
+            if info.plan is not None:
+                log.info(
+                    "hardware plan: %s on %s, tensor parallel %d, batch %d; %s",
+                    info.plan["backend"],
+                    info.plan["device"],
+                    info.plan["tensor_parallel"],
+                    info.plan["batch_size"],
+                    "; ".join(info.plan["notes"]),
+                )
             if config.model_seed_override is None:  # a devnet cheater forges on purpose
                 check_pinned_weights(net.model, net.weights_sha256, info.weights_sha256)
 

@@ -3,8 +3,9 @@
 Keeping torch out of the daemon keeps the event loop responsive (a forward pass never blocks
 libp2p), lets a crashed or hung model be killed without losing the node, and keeps the daemon's
 own start fast. The child serves three operations: ``generate`` (worker: sample, build TOPLOC
-proofs), ``check`` (validator: one prefill, verify proofs, replay sampling, decode text) and
-``info``. Requests are served one at a time.
+proofs), ``check`` (validator, an audit: one prefill, verify proofs, replay sampling, decode text)
+and ``inspect`` (validator, an unaudited submission: decode text, check how it ends). Requests are
+served one at a time.
 """
 
 from __future__ import annotations
@@ -45,9 +46,12 @@ class ModelInfo:
     load_seconds: float
     gpu_names: tuple[str, ...] = ()
     config: dict[str, Any] | None = None  # the HF config, for the validator's FLOP formula
+    plan: dict[str, Any] | None = None  # node.inference.hardware.Plan, when one was made
 
 
-def _child_main(conn: Connection, model: str, seed: int, dtype: str, threads: int) -> None:
+def _child_main(
+    conn: Connection, model: str, seed: int, dtype: str, threads: int, max_seq_tokens: int
+) -> None:
     # Heavy imports happen here, in the child only.
     import torch
 
@@ -58,15 +62,23 @@ def _child_main(conn: Connection, model: str, seed: int, dtype: str, threads: in
     from proof.policy import decide, policy_from_params
     from proof.sampling import SamplingParams, replay_sampling
     from proof.toploc import build_proofs, verify_proofs
+    from protocol.errors import ConfigError
 
     started = time.perf_counter()
     try:
+        plan = None
+        if max_seq_tokens:
+            # Before loading: a model that cannot fit is refused with numbers, not an OOM.
+            from node.inference.hardware import detect, model_config, plan_for
+
+            needed = model_config(model)
+            plan = plan_for(detect(), needed, dtype, max_seq_tokens, model_name=model).as_dict()
         if model in EMBEDDED_MODELS:
             spec = seeded_spec(model, seed=seed, dtype=dtype)
         else:
             spec = hf_spec(model, dtype=dtype)
         backend = HFBackend(spec, num_threads=threads or None)
-        model_config: Any = backend.model.config
+        hf_config: Any = backend.model.config
         info = ModelInfo(
             name=model,
             seed=seed,
@@ -79,7 +91,8 @@ def _child_main(conn: Connection, model: str, seed: int, dtype: str, threads: in
             gpu_names=tuple(
                 torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
             ),
-            config=json.loads(model_config.to_json_string(use_diff=False)),
+            config=json.loads(hf_config.to_json_string(use_diff=False)),
+            plan=plan,
         )
     except Exception as exc:
         conn.send({"ok": False, "error": f"model load failed: {type(exc).__name__}: {exc}"})
@@ -135,7 +148,21 @@ def _child_main(conn: Connection, model: str, seed: int, dtype: str, threads: in
             "verify_s": time.perf_counter() - t1,
         }
 
-    ops = {"generate": generate, "check": check}
+    def inspect(req: dict[str, Any]) -> dict[str, Any]:
+        # An unaudited submission: no prefill, only what costs nothing (decode, how it ends).
+        token_ids = list(req["token_ids"])
+        if any(not 0 <= t < backend.vocab_size for t in token_ids):
+            raise ConfigError(f"token ids must be in [0, {backend.vocab_size})")
+        completion = check_completion(
+            token_ids, eos_id=backend.eos_id, max_new_tokens=req["max_new_tokens"]
+        )
+        return {
+            "complete": completion.complete,
+            "reasons": [f"completion: {r}" for r in completion.reasons],
+            "text": backend.tokenizer.decode(token_ids),
+        }
+
+    ops = {"generate": generate, "check": check, "inspect": inspect}
     with torch.inference_mode():
         while True:
             try:
@@ -170,8 +197,11 @@ class ModelServiceError(FlopnetError):
 class ModelService:
     """Owns the model child process; ``await call(op, ...)`` from trio."""
 
-    def __init__(self, model: str, seed: int, dtype: str, threads: int = 0) -> None:
-        self._args = (model, seed, dtype, threads)
+    def __init__(
+        self, model: str, seed: int, dtype: str, threads: int = 0, max_seq_tokens: int = 0
+    ) -> None:
+        # max_seq_tokens > 0: check first that the model and one such sequence fit here.
+        self._args = (model, seed, dtype, threads, max_seq_tokens)
         self._lock = threading.Lock()
         self._conn: Connection | None = None
         self._process: multiprocessing.process.BaseProcess | None = None

@@ -93,10 +93,58 @@ SMALL_CONFIG: dict[str, Any] = {
     "use_sliding_window": False,
 }
 
+
+def _real_shape(base: dict[str, Any], **shape: Any) -> dict[str, Any]:
+    """A real model's body (layers, widths, heads) with the byte vocabulary: every sampled id
+    stays decodable, and the embedding and LM head are tiny instead of ~0.5-1B parameters."""
+    return {**base, **shape, "max_position_embeddings": 32768}
+
+
+# Bodies of real models, for GPU runs (building one takes minutes and its full size in RAM).
+QWEN25_1_5B_SHAPE = _real_shape(
+    SMALL_CONFIG,
+    hidden_size=1536,
+    intermediate_size=8960,
+    num_hidden_layers=28,
+    num_attention_heads=12,
+    num_key_value_heads=2,
+    rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+)
+QWEN25_7B_SHAPE = _real_shape(
+    SMALL_CONFIG,
+    hidden_size=3584,
+    intermediate_size=18944,
+    num_hidden_layers=28,
+    num_attention_heads=28,
+    num_key_value_heads=4,
+    rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+)
+LLAMA3_8B_SHAPE = _real_shape(
+    TINY_CONFIG,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+)
+
 _NAMED: dict[str, tuple[str, dict[str, Any]]] = {
     "tiny": ("llama", TINY_CONFIG),
     "small": ("qwen2", SMALL_CONFIG),
+    "qwen2.5-1.5b-shape": ("qwen2", QWEN25_1_5B_SHAPE),
+    "qwen2.5-7b-shape": ("qwen2", QWEN25_7B_SHAPE),
+    "llama3-8b-shape": ("llama", LLAMA3_8B_SHAPE),
 }
+
+
+def seeded_config(name: str) -> dict[str, Any]:
+    """The Hugging Face config (as a dict, with ``model_type``) of a named seeded model."""
+    try:
+        family, config = _NAMED[name]
+    except KeyError:
+        raise ConfigError(f"unknown seeded model {name!r}; known: {sorted(_NAMED)}") from None
+    return {**config, "model_type": family}
 
 
 def seeded_spec(name: str, *, seed: int = 0, dtype: str = "bfloat16") -> ModelSpec:

@@ -170,7 +170,9 @@ class HFTokenizer:
 
 
 # Names of the seeded random-weight models (see node.inference.models); they use the byte tokenizer.
-EMBEDDED_MODELS = frozenset({"tiny", "small"})
+EMBEDDED_MODELS = frozenset(
+    {"tiny", "small", "qwen2.5-1.5b-shape", "qwen2.5-7b-shape", "llama3-8b-shape"}
+)
 
 
 def tokenizer_for_model(model: str) -> Tokenizer:
