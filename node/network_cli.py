@@ -24,6 +24,12 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Na
     init.add_argument("--model-seed", type=int, default=1234)
     init.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     init.add_argument("--weights-sha256", default="", help="pin the model's weights")
+    init.add_argument(
+        "--pin-weights",
+        action="store_true",
+        help="load the model here and pin the SHA-256 of its weights (nodes with others refuse "
+        "to start)",
+    )
     init.add_argument("--max-new-tokens", type=int, default=48)
     init.add_argument("--temperature", type=float, default=0.6)
     init.add_argument("--top-p", type=float, default=0.95)
@@ -82,6 +88,13 @@ def _init(args: argparse.Namespace) -> int:
     out: Path = args.out
     if (out / MANIFEST_FILE).exists():
         raise ConfigError(f"{out / MANIFEST_FILE} exists; refusing to overwrite a network")
+    weights = args.weights_sha256
+    if args.pin_weights and not weights:
+        from node.inference.models import model_weights_sha256
+
+        weights = model_weights_sha256(
+            args.model, seed=args.model_seed, dtype=args.dtype, revision=args.model_revision
+        )
     proof = recommended_proof_params(args.model, args.dtype)
     overridden = [k for k in PROOF_PARAMS if getattr(args, k) is not None]
     proof.update({k: getattr(args, k) for k in overridden})
@@ -91,7 +104,7 @@ def _init(args: argparse.Namespace) -> int:
         model_revision=args.model_revision,
         model_seed=args.model_seed,
         dtype=args.dtype,
-        weights_sha256=args.weights_sha256,
+        weights_sha256=weights,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_p=args.top_p,
@@ -110,6 +123,8 @@ def _init(args: argparse.Namespace) -> int:
     if overridden:
         source += " with " + ", ".join(f"{k} {proof[k]}" for k in overridden)
     print(f"proof policy {source}")
+    if weights:
+        print(f"weights pinned: sha256 {weights}")
     print(f"manifest {out / MANIFEST_FILE} (founder key in {out / 'identity.key'}, keep it safe)")
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from protocol.errors import ConfigError
 from protocol.identity import Identity
 
 FOUNDER = Identity(b"\xb1" * 32)
+FLOPNET = (sys.executable, "-m", "node.cli")
 
 
 def test_pinned_weights_decision() -> None:
@@ -50,3 +52,46 @@ def test_a_node_with_other_weights_than_the_manifest_pins_refuses_to_start(
     )
     assert node.returncode == 2, node.stderr
     assert "manifest pins 0000000000000000...: refusing to start" in node.stderr
+
+
+@pytest.mark.timeout(240)
+def test_network_init_pins_the_weights_and_a_node_with_them_starts(tmp_path: Path) -> None:
+    from node.config import NetworkParams
+    from node.devnet import read_node_info
+
+    made = subprocess.run(
+        [*FLOPNET, "network", "init", "--out", str(tmp_path / "net"), "--pin-weights"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
+    manifest = tmp_path / "net" / "network.manifest"
+    pinned = NetworkParams.load(manifest).weights_sha256
+    assert len(pinned) == 64 and f"weights pinned: sha256 {pinned}" in made.stdout
+    data_dir = tmp_path / "worker"
+    node = subprocess.Popen(
+        [
+            *FLOPNET,
+            "node",
+            "--role",
+            "worker",
+            "--data-dir",
+            str(data_dir),
+            "--manifest",
+            str(manifest),
+            "--torch-threads",
+            "1",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while read_node_info(data_dir) is None and node.poll() is None:
+            assert time.time() < deadline, "the node did not come up"
+            time.sleep(0.2)
+        assert node.poll() is None, node.stderr.read() if node.stderr else ""
+    finally:
+        node.terminate()
+        node.wait(timeout=30)

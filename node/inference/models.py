@@ -297,6 +297,18 @@ def weights_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def model_weights_sha256(name: str, *, seed: int, dtype: str, revision: str = "") -> str:
+    """Build (or load) a network's model and hash its weights, for pinning in a manifest."""
+    from node.inference.tokenizer import EMBEDDED_MODELS
+
+    if name in EMBEDDED_MODELS:
+        spec = seeded_spec(name, seed=seed, dtype=dtype)
+    else:
+        spec = hf_spec(name, revision=revision or None, dtype=dtype)
+    model, _tokenizer = build_model(spec)
+    return weights_sha256(model)
+
+
 def param_count(model: nn.Module, include_embeddings: bool) -> int:
     """Number of parameters; without embeddings excludes the input embedding and the LM head."""
     excluded: set[int] = set()
