@@ -56,7 +56,6 @@ def test_a_node_with_other_weights_than_the_manifest_pins_refuses_to_start(
 
 @pytest.mark.timeout(240)
 def test_network_init_pins_the_weights_and_a_node_with_them_starts(tmp_path: Path) -> None:
-    from node.config import NetworkParams
     from node.devnet import read_node_info
 
     made = subprocess.run(
