@@ -51,6 +51,13 @@ def _add_node(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--torch-threads", type=int, default=0, help="threads for the model (0: auto)")
     p.add_argument("--verifier-workers", type=int, default=1, help="validator: verifier processes")
+    p.add_argument("--batch-size", type=int, default=1, help="worker: leases to generate together")
+    p.add_argument(
+        "--max-leases-per-worker",
+        type=int,
+        default=8,
+        help="publisher: active leases one worker may hold",
+    )
     p.add_argument(
         "--cheat-model-seed",
         type=int,
@@ -64,6 +71,10 @@ def _add_devnet(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--headless", action="store_true", help="no TUI; run until done or timeout")
     p.add_argument("--workers", type=int, default=2, help="honest workers")
     p.add_argument("--cheaters", type=int, default=0, help="workers running forged weights")
+    p.add_argument("--batch-size", type=int, default=1, help="leases each worker runs together")
+    p.add_argument(
+        "--pin-weights", action="store_true", help="pin the model's weights hash in the manifest"
+    )
     p.add_argument("--tasks", type=int, default=6, help="tasks to validate")
     p.add_argument("--tasks-file", type=Path, help="DeepScaleR-style JSON or JSONL task file")
     p.add_argument("--max-new-tokens", type=int, default=48, help="generation length cap")
@@ -149,6 +160,8 @@ def _cmd_node(args: argparse.Namespace) -> int:
         model_seed_override=args.cheat_model_seed,
         torch_threads=args.torch_threads or env.torch_threads,
         verifier_workers=args.verifier_workers,
+        batch_size=args.batch_size,
+        max_leases_per_worker=args.max_leases_per_worker,
     )
     setup_logging(config.data_dir, env.log_level)
     trio.run(run_node, config)
@@ -161,6 +174,8 @@ def _cmd_devnet(args: argparse.Namespace) -> int:
     options = DevnetOptions(
         workers=args.workers,
         cheaters=args.cheaters,
+        batch_size=args.batch_size,
+        pin_weights=args.pin_weights,
         tasks=args.tasks,
         tasks_file=args.tasks_file,
         max_new_tokens=args.max_new_tokens,

@@ -241,8 +241,15 @@ class NodeConfig:
     heartbeat_interval: float = 2.0
     relays: tuple[str, ...] = ()  # relay multiaddrs to take a reservation on (nodes behind NAT)
     mdns: bool = False
+    batch_size: int = 1  # worker: leases generated together
+    # Publisher: active leases one worker may hold (a batching worker needs several).
+    max_leases_per_worker: int = 8
 
     def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= 256:
+            raise ConfigError("--batch-size must be in 1..256")
+        if not 1 <= self.max_leases_per_worker <= 1024:
+            raise ConfigError("--max-leases-per-worker must be in 1..1024")
         if not self.roles:
             raise ConfigError("a node needs at least one role")
         for role in self.roles:

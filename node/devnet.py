@@ -10,6 +10,7 @@ validator through its local API, then stops every process and summarises the val
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from node.config import NetworkParams, create_network, recommended_proof_params
+from node.profile import save_profile
 from protocol.errors import ConfigError, FlopnetError
 from protocol.identity import load_or_create_identity
 from protocol.manifest import MANIFEST_FILE
@@ -50,6 +52,8 @@ class DevnetOptions:
     # Start a separate bootstrap (relay) node that every other node knows, instead of giving
     # workers the validator's address: they must then find it on the DHT.
     bootstrap_node: bool = False
+    batch_size: int = 1  # each worker generates this many leases together
+    pin_weights: bool = False  # hash the model's weights into the manifest (~5 s for tiny)
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -212,6 +216,11 @@ class Devnet:
         # A fresh founder key per devnet data dir: its manifest signs this network into being.
         founder = load_or_create_identity(self.root / "founder")
         params = devnet_params(opts, validator_key)
+        if opts.pin_weights:
+            from node.inference.models import model_weights_sha256
+
+            pinned = model_weights_sha256(opts.model, seed=params.model_seed, dtype=opts.dtype)
+            params = dataclasses.replace(params, weights_sha256=pinned)
         self.network_id = create_network(founder, "devnet", params, self.network_file).network_id
         node_args = ["--role", "publisher", "--role", "validator", "--tasks", str(opts.tasks)]
         if opts.tasks_file is not None:
@@ -233,8 +242,11 @@ class Devnet:
         workers += [(f"cheater-{i + 1}", True, CHEAT_SEED_OFFSET + i) for i in range(opts.cheaters)]
         for name, cheater, seed in workers:
             args = ["--role", "worker", "--bootstrap", bootstrap]
+            args += ["--batch-size", str(opts.batch_size)]
             if seed is not None:
                 args += ["--cheat-model-seed", str(seed)]
+            # Each worker signs a profile, so the leaderboard shows names and a team.
+            save_profile(self.root / name, name, "devnet")
             self._spawn(name, "worker", args, cheater)
         deadline = time.time() + NODE_START_TIMEOUT_S
         self.validator_info = self._wait_info(validator, deadline)
@@ -267,6 +279,22 @@ class Devnet:
                 return True
             time.sleep(POLL_S)
         return False
+
+    def wait_profiles(self, timeout: float = 10.0) -> bool:
+        """Wait until every worker credited so far has its profile on the validator's ledger
+        (a worker sends it right after its first accepted verdict)."""
+        assert self.validator_info is not None
+        deadline = time.time() + timeout
+        while True:
+            try:
+                rows = api_get(self.validator_info, "/leaderboard")
+                if all(r["display_name"] for r in rows if r["tasks_accepted"]):
+                    return True
+            except Exception:
+                pass  # the validator is busy or restarting: ask again
+            if time.time() >= deadline:
+                return False
+            time.sleep(POLL_S)
 
     # -- stop and summarise --------------------------------------------------------------------
 
@@ -313,6 +341,8 @@ class Devnet:
                 {
                     "name": proc.name,
                     "peer_id": load_or_create_identity(proc.data_dir).peer_id,
+                    "display_name": standing.display_name if standing else "",
+                    "team": standing.team if standing else "",
                     "cheater": proc.cheater,
                     "tasks": standing.tasks_accepted if standing else 0,
                     "rejected": standing.tasks_rejected if standing else 0,
@@ -341,17 +371,19 @@ class Devnet:
 
     def _timing(self) -> dict[str, float | None]:
         """Per-task generation and validation times and proof size, from the nodes' counters."""
-        gen_s = gens = 0.0
+        gen_s = gens = batches = 0.0
         for name, status in self.final_status.items():
             worker = status.get("worker")
             if worker and not name.startswith("cheater"):
                 gen_s += worker["generation_seconds"]
                 gens += worker["generations"]
+                batches += worker["batches"]
         val = (self.final_status.get(VALIDATOR_DIR) or {}).get("validator") or {}
         checks = val.get("proof_checks", 0)
         tokens = val.get("tokens_checked", 0)
         return {
             "generation_s_per_task": round(gen_s / gens, 4) if gens else None,
+            "tasks_per_generation_call": round(gens / batches, 2) if batches else None,
             "proof_check_s_per_task": round(val["prefill_seconds"] / checks, 4) if checks else None,
             "answer_check_s_per_task": (
                 round(val["verify_seconds"] / val["accepted"], 4) if val.get("accepted") else None
@@ -368,6 +400,8 @@ def run_devnet(options: DevnetOptions) -> dict[str, Any]:
         devnet.start()
         if options.headless:
             finished = devnet.wait_done(options.timeout)
+            if finished:
+                devnet.wait_profiles()
         else:
             from tui.app import NodeTarget, run_tui
 

@@ -55,7 +55,7 @@ def _child_main(
     # Heavy imports happen here, in the child only.
     import torch
 
-    from node.inference.hf_backend import HFBackend
+    from node.inference.hf_backend import GenerationRequest, HFBackend
     from node.inference.models import hf_spec, param_count, seeded_spec, weights_sha256
     from node.inference.tokenizer import EMBEDDED_MODELS
     from proof.completion import check_completion
@@ -162,7 +162,44 @@ def _child_main(
             "text": backend.tokenizer.decode(token_ids),
         }
 
-    ops = {"generate": generate, "check": check, "inspect": inspect}
+    def generate_batch(req: dict[str, Any]) -> list[dict[str, Any]]:
+        # Rows decode together (one forward pass per step for all); each is sampled and proven
+        # exactly as on its own, up to the kernels' arithmetic the proof check tolerates.
+        rows = [
+            GenerationRequest(
+                prompt_ids=r["prompt_ids"],
+                seed=r["seed"],
+                params=SamplingParams(temperature=r["temperature"], top_p=r["top_p"]),
+                max_new_tokens=r["max_new_tokens"],
+            )
+            for r in req["requests"]
+        ]
+        t0 = time.perf_counter()
+        gens = backend.generate_batch(rows)
+        decode_s = time.perf_counter() - t0
+        out = []
+        for gen in gens:
+            t1 = time.perf_counter()
+            proofs = build_proofs(gen.hidden) if gen.token_ids else []
+            out.append(
+                {
+                    "token_ids": list(gen.token_ids),
+                    "text": gen.text,
+                    "finish_reason": gen.finish_reason,
+                    "proofs": proofs,
+                    "prefill_s": gen.prefill_s,
+                    "decode_s": decode_s,
+                    "proof_s": time.perf_counter() - t1,
+                }
+            )
+        return out
+
+    ops = {
+        "generate": generate,
+        "generate_batch": generate_batch,
+        "check": check,
+        "inspect": inspect,
+    }
     with torch.inference_mode():
         while True:
             try:

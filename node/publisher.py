@@ -70,7 +70,10 @@ class Publisher:
         self.host = host
         self.tokenizer = tokenizer
         self.tasks = {t.task_id: t for t in tasks}
-        self.book = LeaseBook(lease_seconds=self.net.lease_seconds)
+        self.book = LeaseBook(
+            lease_seconds=self.net.lease_seconds,
+            max_active_per_worker=config.max_leases_per_worker,
+        )
         for task in tasks:
             self.book.add_task(task.task_id, self.net.samples_per_task)
         self.stats = PublisherStats()

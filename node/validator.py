@@ -10,10 +10,18 @@ expired; the lease was not already used; token and proof counts within limits; t
 in the model process for the TOPLOC check and the sampling replay; then the answer verifier.
 FLOPs come from the model's config and the token counts (``ledger.flops.inference_flops``),
 never from the worker.
+
+Adaptive auditing (``ledger.policy``): the prefill is the expensive part, so it runs for every
+submission of a new contributor and then for a falling share of them, down to the manifest's
+floor. An audit writes an ``audit`` entry beside the credit, in the same durable commit; a failed
+audit also writes a ``hard`` invalidation, which voids all of the contributor's pending credit,
+unaudited credit included. An unaudited submission is decoded and checked for how it ends (no
+prefill), and its credit is pending like every credit, so a later failed audit can still void it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -25,6 +33,15 @@ import trio
 
 from ledger.chain import decode_body
 from ledger.flops import MATMUL_FORMULA, inference_flops
+from ledger.kinds import (
+    HARD,
+    KIND_AUDIT,
+    KIND_CREDIT,
+    KIND_INVALIDATION,
+    AuditBody,
+    InvalidationBody,
+)
+from ledger.policy import AuditBook, AuditDecision, AuditPolicy, audit_draw
 from ledger.store import LedgerStore
 from node.config import NodeConfig
 from node.inbox import Inbox
@@ -66,6 +83,10 @@ class ValidatorStats:
     proof_checks: int = 0
     tokens_checked: int = 0
     proof_bytes: int = 0
+    audits: int = 0
+    audits_failed: int = 0
+    unaudited: int = 0
+    invalidations: int = 0
 
 
 class _Reject(Exception):
@@ -88,6 +109,9 @@ class Validator:
         model_config: dict[str, Any],
         on_verdict: Callable[[bytes, bool], None],
         publish_entry: Callable[[bytes], Awaitable[None]] | None = None,
+        *,
+        audit_policy: AuditPolicy | None = None,
+        draw: Callable[[bytes], float] | None = None,
     ) -> None:
         self.config = config
         self.net = config.network
@@ -103,6 +127,14 @@ class Validator:
         self.publish_entry = publish_entry
         self.stats = ValidatorStats()
         self._used_leases: set[bytes] = store.credited_leases(identity.public_key)
+        # Rebuilt from our own chain's audit entries, so a restart keeps every record.
+        self.audits = AuditBook(
+            audit_policy or AuditPolicy(floor=self.net.audit_rate_floor),
+            store.audit_results(identity.public_key),
+        )
+        # Only we can compute the draws in advance: a worker cannot tell which results we check.
+        secret = hashlib.sha256(b"flopnet-audit-secret\0" + identity.seed).digest()
+        self._draw = draw or (lambda submission_id: audit_draw(secret, submission_id))
         self._wakeup = trio.Event()
         self._verdict_ready: dict[bytes, trio.Event] = {}
 
@@ -240,14 +272,20 @@ class Validator:
         reasons: list[str] = []
         answer = Result(score=0.0, passed=False, reasons=())
         accepted = False
+        audit: AuditDecision | None = None
         try:
             self._static_checks(opened, sub, lease_opened)
-            proof = await self._check_proof(sub, lease)
-            reasons.extend(proof["reasons"])
-            accepted = bool(proof["passed"])
+            decision = self.audits.decide(opened.signer, self._draw(opened.message_id))
+            if decision.audit:
+                audit = decision
+                checked = await self._check_proof(sub, lease)  # prefill, TOPLOC, replay
+            else:
+                checked = await self._inspect(sub, lease, decision)
+            reasons.extend(checked["reasons"])
+            accepted = bool(checked["passed"])
             if accepted:
                 # The validator decodes the tokens itself; the worker's text is never trusted.
-                response = response_for_verifier(proof["text"])
+                response = response_for_verifier(checked["text"])
                 answer = await self._check_answer(
                     response, self.tasks[lease.task_id], lease, len(sub.token_ids)
                 )
@@ -263,6 +301,9 @@ class Validator:
         except ModelServiceError as exc:
             # A proof the model cannot even evaluate (wrong count, bad modulus) is a failed proof.
             reasons.append(f"proof check failed: {exc}")
+            if exc.kind == "internal":
+                # Our model process failed, not the worker: no audit result, no invalidation.
+                audit = None
         prompt_tokens, generated = len(lease.prompt_ids), len(sub.token_ids)
         # Computed here from the validator's own model config and the counts it checked itself.
         flops = inference_flops(self.model_config, prompt_tokens, generated) if accepted else 0
@@ -280,9 +321,13 @@ class Validator:
             answer_score=float(answer.score),
             reasons=tuple(r[:1024] for r in reasons[:64]),
         )
-        seq, _hash, entry = self.store.append_local(
-            self.identity, self.net.network_id, "credit", body
+        # Credit, audit result and invalidation are one durable commit: all or none.
+        appended = self.store.append_local_batch(
+            self.identity, self.net.network_id, self._entries(body, audit)
         )
+        seq = appended[0][0]
+        if audit is not None:
+            self.audits.record(opened.signer, accepted)  # after the audit entry is durable
         self._used_leases.add(lease.lease_id)
         if accepted:
             self.stats.accepted += 1
@@ -290,18 +335,20 @@ class Validator:
         else:
             self.stats.rejected += 1
         log.info(
-            "%s %s from %s: %s",
+            "%s %s from %s%s: %s",
             "ACCEPT" if accepted else "REJECT",
             lease.task_id,
             peer_id_from_public_key(opened.signer),
+            "" if audit is not None else " (not audited)",
             "; ".join(reasons),
         )
         self.on_verdict(lease.lease_id, accepted)
         if self.publish_entry is not None:
-            try:
-                await self.publish_entry(entry)
-            except Exception as exc:  # gossip is best effort; replicas also sync ranges
-                log.warning("publishing ledger entry %d failed: %s", seq, exc)
+            for entry_seq, _hash, entry in appended:
+                try:
+                    await self.publish_entry(entry)
+                except Exception as exc:  # gossip is best effort; replicas also sync ranges
+                    log.warning("publishing ledger entry %d failed: %s", entry_seq, exc)
         verdict = Verdict(
             version=1,
             submission_id=opened.message_id,
@@ -313,6 +360,60 @@ class Validator:
             ledger_seq=seq,
         )
         return seal(verdict, self.identity, self.net.network_id)
+
+    def _entries(self, credit: CreditBody, audit: AuditDecision | None) -> list[tuple[str, Any]]:
+        """The ledger entries one validated submission writes: its credit, and for an audited
+        one the audit result; a failed audit adds a hard invalidation naming this credit."""
+        entries: list[tuple[str, Any]] = [(KIND_CREDIT, credit)]
+        if audit is None:
+            return entries
+        entries.append(
+            (
+                KIND_AUDIT,
+                AuditBody(
+                    contributor=credit.contributor,
+                    submission_id=credit.submission_id,
+                    passed=credit.accepted,
+                    rate=audit.rate,
+                    consecutive_valid=audit.consecutive_valid,
+                    reasons=credit.reasons,
+                ),
+            )
+        )
+        self.stats.audits += 1
+        if not credit.accepted:
+            self.stats.audits_failed += 1
+            self.stats.invalidations += 1
+            head = self.store.head(self.identity.public_key)
+            credit_seq = 0 if head is None else head[0] + 1  # the credit is the batch's first
+            entries.append(
+                (
+                    KIND_INVALIDATION,
+                    InvalidationBody(
+                        contributor=credit.contributor,
+                        severity=HARD,
+                        credit_signer=self.identity.public_key,
+                        credit_seq=credit_seq,
+                        submission_id=credit.submission_id,
+                        reason=("audit failed: " + "; ".join(credit.reasons))[:1024],
+                    ),
+                )
+            )
+        return entries
+
+    async def _inspect(
+        self, sub: Submission, lease: Lease, decision: AuditDecision
+    ) -> dict[str, Any]:
+        """An unaudited submission: decoded and checked for how it ends, credited as pending."""
+        result: dict[str, Any] = await self.model.call(
+            "inspect", token_ids=list(sub.token_ids), max_new_tokens=lease.max_new_tokens
+        )
+        self.stats.unaudited += 1
+        note = (
+            f"not audited (audit rate {decision.rate:.3f} after "
+            f"{decision.consecutive_valid} valid audits): credit pending until its lock window ends"
+        )
+        return {**result, "passed": result["complete"], "reasons": [note, *result["reasons"]]}
 
     async def _check_proof(self, sub: Submission, lease: Lease) -> dict[str, Any]:
         net = self.net
@@ -366,4 +467,8 @@ class Validator:
             "proof_checks": s.proof_checks,
             "tokens_checked": s.tokens_checked,
             "proof_bytes": s.proof_bytes,
+            "audits": s.audits,
+            "audits_failed": s.audits_failed,
+            "unaudited": s.unaudited,
+            "invalidations": s.invalidations,
         }

@@ -7,6 +7,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -47,6 +48,7 @@ IDLE_POLL_S = 0.2
 TAKEN_BACKOFF_S = 3.0
 ERROR_BACKOFF_S = 2.0
 VERDICT_PATIENCE_S = 900.0
+BATCH_GATHER_S = 0.5
 
 
 @dataclass
@@ -66,6 +68,7 @@ class WorkerStats:
     flops_credited: int = 0
     generation_seconds: float = 0.0
     generations: int = 0
+    batches: int = 0  # model calls; generations / batches is the batch size achieved
     announcements: int = 0
     resyncs: int = 0
     last_verdict: str = ""
@@ -73,7 +76,7 @@ class WorkerStats:
 
 
 class Worker:
-    """Claims tasks one at a time and runs them on the local model."""
+    """Claims up to ``batch_size`` tasks at a time and runs them together on the local model."""
 
     def __init__(
         self, config: NodeConfig, identity: Identity, host: P2PHost, model: ModelService
@@ -174,31 +177,60 @@ class Worker:
 
     async def _work_loop(self) -> None:
         while True:
-            task_id = self._pick()
-            if task_id is None:
+            leases = await self._claim_batch()
+            if not leases:
                 self._wakeup = trio.Event()
                 with trio.move_on_after(1.0):
                     await self._wakeup.wait()
                 continue
+            self.busy = True
+            try:
+                await self._work(leases)
+            except FlopnetError as exc:
+                self.stats.errors += 1
+                log.warning("batch of %d: %s: %s", len(leases), type(exc).__name__, exc)
+                await trio.sleep(ERROR_BACKOFF_S)
+            finally:
+                self.busy = False
+                self.phase = "idle"
+
+    async def _claim_batch(self) -> list[bytes]:
+        """Leases on up to ``batch_size`` distinct tasks (claims are cheap; generation is not)."""
+        leases: list[bytes] = []
+        tried: set[str] = set()
+        # Announcements arrive one by one: give a batch a moment to fill before claiming.
+        gather_until = time.monotonic() + BATCH_GATHER_S
+        while self.config.batch_size > 1 and self._ready() < self.config.batch_size:
+            left = gather_until - time.monotonic()
+            if left <= 0 or not self._ready():
+                break
+            self._wakeup = trio.Event()
+            with trio.move_on_after(left):
+                await self._wakeup.wait()
+        while len(leases) < self.config.batch_size:
+            task_id = self._pick(exclude=tried)
+            if task_id is None:
+                break
+            tried.add(task_id)
             try:
                 lease_bytes = await self._claim(task_id)
-                if lease_bytes is not None:
-                    self.busy = True
-                    try:
-                        await self._work(lease_bytes)
-                    finally:
-                        self.busy = False
-                        self.phase = "idle"
             except FlopnetError as exc:
                 self.stats.errors += 1
                 log.warning("task %s: %s: %s", task_id, type(exc).__name__, exc)
                 self._offers.get(task_id, _Offer("", 0)).not_before = time.time() + ERROR_BACKOFF_S
-                await trio.sleep(ERROR_BACKOFF_S)
+                continue
+            if lease_bytes is not None:
+                leases.append(lease_bytes)
+        return leases
 
-    def _pick(self) -> str | None:
+    def _ready(self) -> int:
+        now = time.time()
+        return sum(1 for o in self._offers.values() if o.not_before <= now)
+
+    def _pick(self, exclude: set[str] | frozenset[str] = frozenset()) -> str | None:
         # A random pick spreads workers over tasks instead of all racing for the first one.
         now = time.time()
-        ready = [t for t, o in self._offers.items() if o.not_before <= now]
+        ready = [t for t, o in self._offers.items() if o.not_before <= now and t not in exclude]
         return random.choice(ready) if ready else None
 
     async def _claim(self, task_id: str) -> bytes | None:
@@ -227,25 +259,56 @@ class Worker:
         self.stats.leases += 1
         return opened.raw
 
-    async def _work(self, lease_bytes: bytes) -> None:
-        lease = open_envelope(lease_bytes, self.net.network_id, expected=Lease).expect(Lease)
+    async def _work(self, leases: list[bytes]) -> None:
+        """Generate the leases' samples together, then submit each and wait for its verdict."""
+        opened = [
+            open_envelope(lb, self.net.network_id, expected=Lease).expect(Lease) for lb in leases
+        ]
         started = time.perf_counter()
         self.phase = "generating"
+        requests: list[dict[str, Any]] = [
+            {
+                "prompt_ids": list(lease.prompt_ids),
+                "seed": lease.seed,
+                "temperature": lease.temperature,
+                "top_p": lease.top_p,
+                "max_new_tokens": lease.max_new_tokens,
+            }
+            for lease in opened
+        ]
         try:
-            gen = await self.model.call(
-                "generate",
-                prompt_ids=list(lease.prompt_ids),
-                seed=lease.seed,
-                temperature=lease.temperature,
-                top_p=lease.top_p,
-                max_new_tokens=lease.max_new_tokens,
-            )
+            if len(requests) == 1:
+                gens = [await self.model.call("generate", **requests[0])]
+            else:
+                gens = await self.model.call("generate_batch", requests=requests)
         except ModelServiceError as exc:
             raise ModelServiceError(f"generation failed: {exc}") from None
         elapsed = time.perf_counter() - started
         self.stats.generation_seconds += elapsed
-        self.stats.generations += 1
-        self.stats.tokens_generated += len(gen["token_ids"])
+        self.stats.generations += len(gens)
+        self.stats.batches += 1
+        self.stats.tokens_generated += sum(len(g["token_ids"]) for g in gens)
+        self.phase = "submitting"
+        async with trio.open_nursery() as nursery:
+            for lease_bytes, lease, gen in zip(leases, opened, gens, strict=True):
+                nursery.start_soon(self._submit_and_settle, lease_bytes, lease, gen, elapsed)
+
+    async def _submit_and_settle(
+        self, lease_bytes: bytes, lease: Lease, gen: dict[str, Any], elapsed: float
+    ) -> None:
+        """Submit one sample and keep its verdict; errors are counted, never end the batch."""
+        try:
+            await self._submit(lease_bytes, lease, gen, elapsed)
+        except FlopnetError as exc:
+            self.stats.errors += 1
+            log.warning("task %s: %s: %s", lease.task_id, type(exc).__name__, exc)
+            self._offers.get(lease.task_id, _Offer("", 0)).not_before = (
+                time.time() + ERROR_BACKOFF_S
+            )
+
+    async def _submit(
+        self, lease_bytes: bytes, lease: Lease, gen: dict[str, Any], elapsed: float
+    ) -> None:
         submission = Submission(
             version=1,
             lease=lease_bytes,
@@ -257,7 +320,6 @@ class Worker:
         )
         validator_peer = peer_id_from_public_key(lease.validator)
         sealed = seal(submission, self.identity, self.net.network_id)
-        self.phase = "submitting"
         reply = await self.host.request(validator_peer, SUBMIT_PROTOCOL, sealed, SUBMIT_LIMITS)
         receipt = open_envelope(reply, self.net.network_id, expected=SubmissionReceipt)
         if receipt.signer != lease.validator:
@@ -335,6 +397,7 @@ class Worker:
             "flops_credited": s.flops_credited,
             "generation_seconds": round(s.generation_seconds, 3),
             "generations": s.generations,
+            "batches": s.batches,
             "phase": self.phase,
             "known_tasks": len(self._offers),
             "announcements": s.announcements,

@@ -72,6 +72,11 @@ def test_devnet_validates_every_task(tmp_path: Path) -> None:
     assert len(rows) == 2 and not any(r["cheater"] for r in rows)
     assert sum(r["tasks"] for r in rows) == 6
     assert summary["flops_credited"] == sum(r["flops"] for r in rows) > 0
+    # Each worker shared its signed profile; the validator recorded it on its ledger.
+    assert {(r["display_name"], r["team"]) for r in rows} == {
+        ("worker-1", "devnet"),
+        ("worker-2", "devnet"),
+    }
     for row in rows:
         assert row["peer_id"].startswith("12D3KooW")
         # FLOPs are the validator's 2·N·(P+G), never a worker's claim: positive for any work.
@@ -80,7 +85,10 @@ def test_devnet_validates_every_task(tmp_path: Path) -> None:
     # Every node ran as its own process and kept its state; the ledger verifies.
     validator_key = load_or_create_identity(tmp_path / "validator").public_key
     with LedgerStore(tmp_path / "validator" / "ledger.sqlite") as store:
-        assert store.head(validator_key) == (5, store.head(validator_key)[1])  # type: ignore[index]
+        # A credit and an audit result per task (a devnet's audit rate floor is 1.0), and a
+        # profile per worker.
+        assert store.head(validator_key) == (13, store.head(validator_key)[1])  # type: ignore[index]
+        assert len(store.audit_results(validator_key)) == 6
         network_id = summary["network_id"]
         assert store.verify_all(network_id) == []
 
@@ -89,6 +97,17 @@ def test_devnet_validates_every_task(tmp_path: Path) -> None:
     ranked = json.loads(board.stdout)
     assert {r["peer_id"] for r in ranked} == {r["peer_id"] for r in rows}
     assert ranked[0]["flops"] >= ranked[-1]["flops"]
+
+
+def test_devnet_batched_generation_with_pinned_weights(tmp_path: Path) -> None:
+    from node.config import NetworkParams
+
+    code, summary = devnet(tmp_path, "--workers", "1", "--batch-size", "3", "--pin-weights")
+    assert code == 0, summary
+    assert summary["tasks_validated"] == 6 and summary["tasks_rejected"] == 0
+    # Six tasks in calls of up to three: batched rows pass the same proof check as single ones.
+    assert summary["timing"]["tasks_per_generation_call"] > 1.0
+    assert len(NetworkParams.load(tmp_path / "network.manifest").weights_sha256) == 64
 
 
 def test_devnet_rejects_cheaters_and_releases_their_tasks(tmp_path: Path) -> None:

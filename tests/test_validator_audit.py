@@ -1,0 +1,215 @@
+"""Adaptive auditing in a real validator: real model process, real SQLite ledger and inbox.
+
+A new contributor is audited until its record earns a lower rate; an unaudited result is credited
+as pending without a prefill; a failed audit writes an audit entry and a hard invalidation in the
+same commit as the credit, voiding the contributor's pending credit (the unaudited one included);
+a restarted validator rebuilds its audit records from its chain.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from ledger.chain import decode_body
+from ledger.kinds import HARD, AuditBody, InvalidationBody
+from ledger.leaderboard import leaderboard
+from ledger.policy import AuditPolicy
+from ledger.store import LedgerStore
+from node.config import NetworkParams, NodeConfig
+from node.inbox import Inbox
+from node.model_service import ModelService
+from node.tasks import builtin_tasks
+from node.validator import Validator
+from protocol.envelope import message_id, open_envelope, seal
+from protocol.identity import Identity
+from protocol.messages import Lease, LedgerEntry, Submission, Verdict
+from verifiers.registry import Verifiers, VerifyOptions
+
+VALIDATOR = Identity(b"\x91" * 32)
+WORKER = Identity(b"\x92" * 32)
+NET = NetworkParams(
+    network_id="audit",
+    publishers=(VALIDATOR.public_key.hex(),),
+    validators=(VALIDATOR.public_key.hex(),),
+    max_new_tokens=24,
+)
+TASKS = builtin_tasks(4)
+# Two valid audits in a row halve the rate (warmup 1: rate = 1 / consecutive valid audits).
+POLICY = AuditPolicy(floor=0.0, warmup=1)
+
+
+def _lease(index: int, prompt: tuple[int, ...]) -> bytes:
+    lease = Lease(
+        version=1,
+        lease_id=bytes([index]) * 16,
+        task_id=TASKS[index % len(TASKS)].task_id,
+        task_type="math",
+        sample_index=0,
+        worker=WORKER.public_key,
+        validator=VALIDATOR.public_key,
+        seed=1000 + index,
+        prompt_ids=prompt,
+        max_new_tokens=NET.max_new_tokens,
+        temperature=NET.temperature,
+        top_p=NET.top_p,
+        issued_at=time.time(),
+        expires_at=time.time() + 600,
+    )
+    return seal(lease, VALIDATOR, NET.network_id)
+
+
+async def _honest(model: ModelService, index: int) -> tuple[bytes, dict[str, Any]]:
+    prompt = tuple(range(1 + index, 20 + index))
+    lease_bytes = _lease(index, prompt)
+    out = await model.call(
+        "generate",
+        prompt_ids=list(prompt),
+        seed=1000 + index,
+        temperature=NET.temperature,
+        top_p=NET.top_p,
+        max_new_tokens=NET.max_new_tokens,
+    )
+    return lease_bytes, out
+
+
+def _submission(lease_bytes: bytes, out: dict[str, Any], proofs: list[bytes]) -> bytes:
+    sub = Submission(
+        version=1,
+        lease=lease_bytes,
+        token_ids=tuple(out["token_ids"]),
+        text=out["text"],
+        finish_reason=out["finish_reason"],
+        proofs=tuple(proofs),
+        generation_seconds=0.1,
+    )
+    return seal(sub, WORKER, NET.network_id)
+
+
+def _entries(store: LedgerStore) -> list[tuple[str, Any]]:
+    out = []
+    for raw in store.entries(VALIDATOR.public_key, 0, 1000):
+        entry = open_envelope(raw, NET.network_id, expected=LedgerEntry).expect(LedgerEntry)
+        out.append((entry.kind, decode_body(entry.kind, entry.body)))
+    return out
+
+
+@pytest.mark.timeout(300)
+def test_audits_fall_with_valid_results_and_a_failed_audit_voids_pending_credit(
+    tmp_path: Path,
+) -> None:
+    draws: dict[bytes, float] = {}
+    config = NodeConfig(roles=("validator",), data_dir=tmp_path, network=NET)
+
+    async def main() -> None:
+        model = ModelService("tiny", NET.model_seed, NET.dtype, threads=1)
+        info = await model.start()
+        verifiers = Verifiers(VerifyOptions(max_tokens=NET.max_new_tokens))
+        store = LedgerStore(tmp_path / "ledger.sqlite")
+        inbox = Inbox(tmp_path / "inbox.sqlite")
+        try:
+            validator = Validator(
+                config,
+                VALIDATOR,
+                None,  # type: ignore[arg-type]  # submissions go straight into the inbox
+                model,
+                verifiers,
+                store,
+                inbox,
+                {t.task_id: t for t in TASKS},
+                info.config or {},
+                on_verdict=lambda lease_id, ok: None,
+                audit_policy=POLICY,
+                draw=lambda submission_id: draws.get(submission_id, 0.0),
+            )
+            generations = [await _honest(model, i) for i in range(4)]
+            subs = [_submission(lb, out, list(out["proofs"])) for lb, out in generations[:3]]
+            # The cheat: real tokens of its own lease, with another generation's proofs.
+            lease_c, out_c = generations[3]
+            other = generations[0][1]["proofs"]
+            assert len(other) == len(out_c["proofs"])  # both one 32-token chunk or less
+            subs.append(_submission(lease_c, out_c, list(other)))
+            # Submissions 0 and 1 are audited (new contributor, then rate 1/1); submission 2
+            # draws 0.99 against a rate of 1/2 and is not; the cheat draws 0.0 and is caught.
+            draws[message_id(subs[2])] = 0.99
+
+            verdicts = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(validator.run)
+                for data in subs:
+                    lease_id = open_envelope(data, NET.network_id).expect(Submission).lease
+                    lease_id = open_envelope(lease_id, NET.network_id).expect(Lease).lease_id
+                    inbox.add(message_id(data), lease_id, WORKER.peer_id, data)
+                    validator._wakeup.set()
+                    with trio.fail_after(120):
+                        while (raw := inbox.verdict(message_id(data))) is None:
+                            await trio.sleep(0.05)
+                    verdicts.append(
+                        open_envelope(raw, NET.network_id, expected=Verdict).expect(Verdict)
+                    )
+                nursery.cancel_scope.cancel()
+
+            assert [v.accepted for v in verdicts] == [True, True, True, False], [
+                v.reasons for v in verdicts
+            ]
+            assert any(r.startswith("not audited (audit rate 0.500") for r in verdicts[2].reasons)
+            assert not any(r.startswith("not audited") for r in verdicts[1].reasons)
+            assert any("toploc" in r for r in verdicts[3].reasons)
+            assert verdicts[2].flops > 0
+            stats = validator.stats
+            assert (stats.audits, stats.audits_failed, stats.unaudited) == (3, 1, 1)
+            assert stats.invalidations == 1
+
+            kinds = [kind for kind, _ in _entries(store)]
+            assert kinds == [
+                "credit", "audit", "credit", "audit", "credit",
+                "credit", "audit", "invalidation",
+            ]  # fmt: skip
+            entries = _entries(store)
+            audit = entries[6][1]
+            assert isinstance(audit, AuditBody)
+            assert not audit.passed and audit.rate == 0.5 and audit.consecutive_valid == 2
+            invalidation = entries[7][1]
+            assert isinstance(invalidation, InvalidationBody)
+            assert invalidation.severity == HARD and invalidation.credit_seq == 5
+            assert invalidation.contributor == WORKER.public_key
+            assert invalidation.reason.startswith("audit failed: ")
+            assert store.verify_all(NET.network_id) == []
+
+            # Every pending credit of the contributor is void, the unaudited one included.
+            (row,) = leaderboard(store, {VALIDATOR.public_key}, lock_window=86400.0)
+            assert row.contributor == WORKER.public_key
+            assert row.flops == 0 and row.tasks_voided == 3
+            # Had the window closed before the failure, the credit would have stayed final.
+            (later,) = leaderboard(
+                store, {VALIDATOR.public_key}, lock_window=1e-9, now=time.time() + 1
+            )
+            assert later.flops == sum(v.flops for v in verdicts)
+
+            # A restarted validator rebuilds the records from its chain: audited again at once.
+            again = Validator(
+                config,
+                VALIDATOR,
+                None,  # type: ignore[arg-type]
+                model,
+                verifiers,
+                store,
+                inbox,
+                {t.task_id: t for t in TASKS},
+                info.config or {},
+                on_verdict=lambda lease_id, ok: None,
+                audit_policy=POLICY,
+            )
+            state = again.audits.states[WORKER.public_key]
+            assert (state.consecutive_valid, state.audits, state.failures) == (0, 3, 1)
+            assert again.audits.decide(WORKER.public_key, 0.999).audit
+        finally:
+            model.close()
+            inbox.close()
+            store.close()
+
+    trio.run(main)
