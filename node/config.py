@@ -114,6 +114,10 @@ class NetworkParams:
                 raise ConfigError(f"{name} must be a finite number >= 0, not {value!r}")
         if self.max_replay_mismatch_fraction > 1:
             raise ConfigError("max_replay_mismatch_fraction must be in [0, 1]")
+        if not 0.0 <= self.audit_rate_floor <= 1.0:
+            raise ConfigError(f"audit_rate_floor must be in [0, 1], not {self.audit_rate_floor}")
+        if self.lock_window_seconds < 0:
+            raise ConfigError("lock_window_seconds must be >= 0")
         if self.mant_err_mean_baseline > self.max_mant_err_mean:
             # The pooled limit falls from the per-chunk limit towards the baseline; above it the
             # baseline would loosen nothing and only confuse.

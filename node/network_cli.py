@@ -36,6 +36,12 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Na
     init.add_argument("--samples-per-task", type=int, default=1)
     init.add_argument("--lease-seconds", type=float, default=120.0)
     init.add_argument("--lock-window-seconds", type=float, default=86400.0)
+    init.add_argument(
+        "--audit-rate-floor",
+        type=float,
+        default=0.05,
+        help="share of a trusted contributor's results still audited (1.0: audit everything)",
+    )
     init.add_argument("--publisher", action="append", default=[], help="hex public key")
     init.add_argument("--validator", action="append", default=[], help="hex public key")
     init.add_argument("--bootstrap", action="append", default=[], help="multiaddr")
@@ -111,6 +117,7 @@ def _init(args: argparse.Namespace) -> int:
         samples_per_task=args.samples_per_task,
         lease_seconds=args.lease_seconds,
         lock_window_seconds=args.lock_window_seconds,
+        audit_rate_floor=args.audit_rate_floor,
         publishers=tuple(k.lower() for k in args.publisher),
         validators=tuple(k.lower() for k in args.validator),
         bootstrap=tuple(args.bootstrap),

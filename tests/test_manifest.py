@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +98,9 @@ def test_network_init_cli(tmp_path: Path) -> None:
     assert oct((out / "identity.key").stat().st_mode & 0o777) == "0o600"
     shown = flopnet("network", "show", str(out / "network.manifest"), "--json")
     assert shown.returncode == 0 and f'"{KEY}"' in shown.stdout
+    assert json.loads(shown.stdout)["audit_rate_floor"] == 0.05  # a real network's default
+    bad = flopnet("network", "init", "--out", str(tmp_path / "b"), "--audit-rate-floor", "1.5")
+    assert bad.returncode == 2 and "audit_rate_floor must be in [0, 1]" in bad.stderr
     again = flopnet("network", "init", "--out", str(out))
     assert again.returncode == 2 and "refusing to overwrite" in again.stderr
     ident = flopnet("identity", "--data-dir", str(tmp_path / "node"))
