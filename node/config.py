@@ -114,6 +114,9 @@ class NetworkParams:
                 raise ConfigError(f"{name} must be a finite number >= 0, not {value!r}")
         if self.max_replay_mismatch_fraction > 1:
             raise ConfigError("max_replay_mismatch_fraction must be in [0, 1]")
+        if (self.proof_chunk, self.proof_topk) != (32, 128):
+            # Workers and validators build and check proofs with the reference's 32/128 only.
+            raise ConfigError("proof_chunk and proof_topk must be 32 and 128 (the TOPLOC format)")
         if not 0.0 <= self.audit_rate_floor <= 1.0:
             raise ConfigError(f"audit_rate_floor must be in [0, 1], not {self.audit_rate_floor}")
         if self.lock_window_seconds < 0:
