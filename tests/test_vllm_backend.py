@@ -209,6 +209,21 @@ def test_vllm_prefill_matches_hf_prefill_and_verifies(pair: Pair) -> None:
     assert pair.vllm.llm.collective_rpc(worker_pending) == [(0, 0, False)]
 
 
+def test_capture_off_keeps_the_seeded_tokens(pair: Pair) -> None:
+    prompt = _prompt(pair, "What is 6 * 7?")
+    on = pair.vllm.generate(prompt, seed=5, params=PARAMS, max_new_tokens=32)
+    pair.vllm.set_capture(False)
+    try:
+        off = pair.vllm.generate(prompt, seed=5, params=PARAMS, max_new_tokens=32)
+        with pytest.raises(ConfigError):
+            pair.vllm.prefill(prompt, off.token_ids)
+    finally:
+        pair.vllm.set_capture(True)
+    assert off.token_ids == on.token_ids and off.hidden.shape[0] == 0
+    again = pair.vllm.generate(prompt, seed=5, params=PARAMS, max_new_tokens=32)
+    assert again.token_ids == on.token_ids and torch.equal(again.hidden, on.hidden)
+
+
 def test_bad_requests_raise_config_error(pair: Pair) -> None:
     with pytest.raises(ConfigError):
         pair.vllm.generate([], seed=1, params=PARAMS, max_new_tokens=4)

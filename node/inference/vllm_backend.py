@@ -79,6 +79,7 @@ class _WorkerState:
     records: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
     handles: list[Any] = field(default_factory=list)
     rank0: bool | None = None
+    capture: bool = True  # off: seeded sampling only, no states kept (for measurements)
 
 
 _STATE = _WorkerState()
@@ -139,6 +140,19 @@ def _install_hooks(worker: Any) -> str:
         target.register_forward_hook(_post_hook, with_kwargs=True),
     ]
     return type(target).__name__
+
+
+def _set_capture(worker: Any, on: bool) -> None:
+    """collective_rpc target: hooks on and states kept (the default), or hooks off."""
+    _STATE.capture = on
+    _STATE.hidden = None
+    _STATE.records.clear()
+    if on:
+        _install_hooks(worker)
+    else:
+        for handle in _STATE.handles:
+            handle.remove()
+        _STATE.handles = []
 
 
 def _take_records(worker: Any, tags: list[str]) -> dict[str, dict[int, torch.Tensor]] | None:
@@ -219,15 +233,16 @@ def _make_sampler_class() -> type:
         def apply(self, logits: torch.Tensor) -> torch.Tensor:
             if not self.rows:
                 return logits
+            capture = _STATE.capture
             hidden = _STATE.hidden
-            if hidden is None or hidden.shape[0] != logits.shape[0]:
+            if capture and (hidden is None or hidden.shape[0] != logits.shape[0]):
                 raise RuntimeError(
                     "flopnet capture: hidden states of this step do not match the logits "
                     f"({None if hidden is None else tuple(hidden.shape)} vs {tuple(logits.shape)})"
                 )
             if _STATE.record_calls and _STATE.calls:
                 _STATE.calls[-1][2] = True  # the call just recorded fed the sampler
-            record = _is_rank0()
+            record = capture and hidden is not None and _is_rank0()
             cpu_logits = logits.detach().to(device="cpu", dtype=torch.float32)
             for index, row in self.rows.items():
                 if index >= logits.shape[0]:
@@ -237,6 +252,7 @@ def _make_sampler_class() -> type:
                 logits[index].fill_(-math.inf)
                 logits[index, token] = 0.0
                 if record:
+                    assert hidden is not None
                     state = hidden[index].to(device="cpu", dtype=torch.bfloat16, copy=True)
                     _STATE.records.setdefault(row.tag, {})[position] = state
             return logits
@@ -354,8 +370,18 @@ class VLLMBackend:
             self.close()
             raise VLLMBackendError(f"vLLM failed to start: {type(exc).__name__}: {exc}") from exc
         self.hooked_modules: list[str] = list(hooked)
+        self.capture = True
         if spec.seeded and self.vocab_size != self.tokenizer.vocab_size:
             raise ConfigError(f"vocab_size {self.vocab_size} != tokenizer's")
+
+    def set_capture(self, on: bool) -> None:
+        """Keep hidden states (default) or not; without, ``Generation.hidden`` is empty.
+
+        Sampling stays seeded either way: this only removes the cost of the capture, for
+        measuring it. :meth:`prefill` needs capture on.
+        """
+        self.llm.collective_rpc(_set_capture, args=(bool(on),))
+        self.capture = bool(on)
 
     def close(self) -> None:
         """Stop vLLM's engine and remove the temporary checkpoint."""
@@ -436,7 +462,7 @@ class VLLMBackend:
         t0 = time.perf_counter()
         outputs = self._run(prompts, sampling)
         elapsed = time.perf_counter() - t0
-        records = self._take(tags)
+        records = self._take(tags) if self.capture else {}
         results = []
         for req, tag, out in zip(requests, tags, outputs, strict=True):
             completion = out.outputs[0]
@@ -448,13 +474,13 @@ class VLLMBackend:
                 )
             rows = records.get(tag, {})
             missing = [i for i in range(len(tokens)) if i not in rows]
-            if missing:
+            if missing and self.capture:
                 raise VLLMBackendError(
                     f"no hidden state captured for {len(missing)} of {len(tokens)} positions"
                 )
             hidden = (
                 torch.stack([rows[i] for i in range(len(tokens))])
-                if tokens
+                if tokens and self.capture
                 else torch.empty((0, self.hidden_size), dtype=torch.bfloat16)
             )
             prefill_s, decode_s = _timings(out, elapsed)
@@ -490,6 +516,8 @@ class VLLMBackend:
         """
         if not prompt_ids:
             raise ConfigError("prompt is empty")
+        if not self.capture:
+            raise ConfigError("prefill needs capture on (set_capture(True))")
         p, g = len(prompt_ids), len(output_ids)
         if g == 0:
             return Prefill(
