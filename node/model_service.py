@@ -10,6 +10,7 @@ served one at a time.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import json
@@ -55,7 +56,7 @@ def _child_main(
     # Heavy imports happen here, in the child only.
     import torch
 
-    from node.inference.hf_backend import GenerationRequest, HFBackend
+    from node.inference.hf_backend import PROOF_CHUNK, GenerationRequest, HFBackend
     from node.inference.models import hf_spec, param_count, seeded_spec, weights_sha256
     from node.inference.tokenizer import EMBEDDED_MODELS
     from proof.completion import check_completion
@@ -98,14 +99,37 @@ def _child_main(
         conn.send({"ok": False, "error": f"model load failed: {type(exc).__name__}: {exc}"})
         return
     conn.send({"ok": True, "result": info})
+    # Proofs of full chunks are built here while the model keeps decoding (one thread: the
+    # arithmetic is small, and ordering per row stays trivial).
+    proof_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="flopnet-proofs")
+
+    class ProofStream:
+        def __init__(self) -> None:
+            self.futures: dict[tuple[int, int], concurrent.futures.Future[list[bytes]]] = {}
+
+        def __call__(self, row: int, index: int, states: torch.Tensor) -> None:
+            self.futures[(row, index)] = proof_pool.submit(build_proofs, states)
+
+        def proofs(self, row: int, hidden: torch.Tensor) -> list[bytes]:
+            # Chunks are independent: these equal build_proofs(hidden) byte for byte.
+            full = len(hidden) // PROOF_CHUNK
+            out = [self.futures.pop((row, i)).result()[0] for i in range(full)]
+            if len(hidden) % PROOF_CHUNK:
+                out += build_proofs(hidden[full * PROOF_CHUNK :])
+            return out
 
     def generate(req: dict[str, Any]) -> dict[str, Any]:
         params = SamplingParams(temperature=req["temperature"], top_p=req["top_p"])
+        stream = ProofStream()
         gen = backend.generate(
-            req["prompt_ids"], seed=req["seed"], params=params, max_new_tokens=req["max_new_tokens"]
+            req["prompt_ids"],
+            seed=req["seed"],
+            params=params,
+            max_new_tokens=req["max_new_tokens"],
+            on_chunk=stream,
         )
-        t0 = time.perf_counter()
-        proofs = build_proofs(gen.hidden) if gen.token_ids else []
+        t0 = time.perf_counter()  # what proof building adds after decoding: the last chunk
+        proofs = stream.proofs(0, gen.hidden)
         return {
             "token_ids": list(gen.token_ids),
             "text": gen.text,
@@ -175,12 +199,13 @@ def _child_main(
             for r in req["requests"]
         ]
         t0 = time.perf_counter()
-        gens = backend.generate_batch(rows)
+        stream = ProofStream()
+        gens = backend.generate_batch(rows, on_chunk=stream)
         decode_s = time.perf_counter() - t0
         out = []
-        for gen in gens:
+        for row, gen in enumerate(gens):
             t1 = time.perf_counter()
-            proofs = build_proofs(gen.hidden) if gen.token_ids else []
+            proofs = stream.proofs(row, gen.hidden)
             out.append(
                 {
                     "token_ids": list(gen.token_ids),

@@ -114,3 +114,31 @@ def test_eager_attention_is_an_honest_variation(tiny: HFBackend) -> None:
         pre.logits, gen.token_ids, 3, PARAMS, tolerance=policy.replay_tolerance
     )
     assert decide(checks, replay, policy).passed
+
+
+def test_chunks_handed_over_while_decoding_are_the_final_states(tiny: HFBackend) -> None:
+    """``on_chunk`` gets each full 32-row chunk as soon as it exists; proofs built from those
+    chunks are byte for byte the proofs of the whole output (the worker builds them meanwhile)."""
+    prompts = calibration_prompts(tiny.tokenizer, 3)
+    seen: dict[tuple[int, int], torch.Tensor] = {}
+
+    def keep(row: int, index: int, states: torch.Tensor) -> None:
+        assert (row, index) not in seen and states.dtype == torch.bfloat16
+        seen[(row, index)] = states
+
+    single = tiny.generate(prompts[0], seed=1, params=PARAMS, max_new_tokens=80, on_chunk=keep)
+    full = len(single.token_ids) // 32
+    assert full >= 1
+    assert sorted(seen) == [(0, i) for i in range(full)]
+    chunked = [p for i in range(full) for p in build_proofs(seen[(0, i)])]
+    assert chunked == build_proofs(single.hidden)[:full]
+
+    seen.clear()
+    requests = [GenerationRequest(p, 20 + i, PARAMS, 70) for i, p in enumerate(prompts)]
+    gens = tiny.generate_batch(requests, on_chunk=keep)
+    for row, gen in enumerate(gens):
+        rows = len(gen.token_ids) // 32
+        assert {i for r, i in seen if r == row} == set(range(rows)), row
+        for i in range(rows):
+            assert torch.equal(seen[(row, i)], gen.hidden[i * 32 : (i + 1) * 32])
+    assert sum(len(g.token_ids) // 32 for g in gens) >= 2

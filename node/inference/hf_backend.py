@@ -9,7 +9,7 @@ forward pass over prompt + output and returns the same positions' states and log
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,6 +26,11 @@ FinishReason = Literal["eos", "length"]
 
 # Rows of logits computed per LM-head call in prefill; bounds the transient memory.
 _LOGITS_CHUNK = 512
+# Rows per TOPLOC proof: ``on_chunk`` hands over each full chunk of states as soon as it exists.
+PROOF_CHUNK = 32
+
+# (row of the batch, chunk index, bf16 states [PROOF_CHUNK, hidden]) -> None
+ChunkCallback = Callable[[int, int, torch.Tensor], None]
 
 
 @dataclass
@@ -79,6 +84,13 @@ class _NormCapture:
             raise RuntimeError("final-norm hook did not fire")
         out, self.out = self.out, None
         return out
+
+
+def _chunk_states(hidden: torch.Tensor, last: int) -> torch.Tensor:
+    """The bf16 CPU copy of the chunk of states that ends at row ``last``."""
+    return hidden[last + 1 - PROOF_CHUNK : last + 1].to(
+        device="cpu", dtype=torch.bfloat16, copy=True
+    )
 
 
 def _final_norm(model: nn.Module) -> nn.Module:
@@ -147,11 +159,14 @@ class HFBackend:
         seed: int,
         params: SamplingParams,
         max_new_tokens: int,
+        on_chunk: ChunkCallback | None = None,
     ) -> Generation:
         """Decode up to ``max_new_tokens`` tokens with the seeded sampler; stops after eos.
 
         Token ``i`` is sampled by ``sample_token(logits, seed, i, params)``. An eos token is kept in
-        ``token_ids`` (it is a proven position) but left out of ``text``.
+        ``token_ids`` (it is a proven position) but left out of ``text``. ``on_chunk`` receives
+        each full chunk of :data:`PROOF_CHUNK` states while decoding continues (proofs can be
+        built meanwhile, off the decoding thread); the last, partial chunk is left to the caller.
         """
         if not prompt_ids:
             raise ConfigError("prompt is empty")
@@ -169,6 +184,8 @@ class HFBackend:
             past = out.past_key_values
             for i in range(max_new_tokens):
                 hidden[i] = cap.take()[0, -1]
+                if on_chunk is not None and (i + 1) % PROOF_CHUNK == 0:
+                    on_chunk(0, i // PROOF_CHUNK, _chunk_states(hidden, i))
                 tok = sample_token(out.logits[0, -1].float().cpu(), seed, i, params)
                 tokens.append(tok)
                 if tok == self.eos_id:
@@ -192,7 +209,9 @@ class HFBackend:
             decode_s=t2 - t1,
         )
 
-    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+    def generate_batch(
+        self, requests: Sequence[GenerationRequest], on_chunk: ChunkCallback | None = None
+    ) -> list[Generation]:
         """Decode several requests together, each as :meth:`generate` would on its own.
 
         Prompts are left-padded under an attention mask, with each row's own position ids, so
@@ -243,6 +262,8 @@ class HFBackend:
                     if not active[row]:
                         continue
                     hidden[row, i] = states[row]
+                    if on_chunk is not None and (i + 1) % PROOF_CHUNK == 0:
+                        on_chunk(row, i // PROOF_CHUNK, _chunk_states(hidden[row], i))
                     tok = sample_token(logits[row], req.seed, i, req.params)
                     tokens[row].append(tok)
                     step[row, 0] = tok
