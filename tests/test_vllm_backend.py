@@ -7,6 +7,7 @@ importable every test here is skipped.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -235,3 +236,35 @@ def test_bad_requests_raise_config_error(pair: Pair) -> None:
         pair.vllm.prefill([], [1])
     # The engine still serves after refused requests.
     assert len(pair.vllm.generate([1, 2], seed=1, params=PARAMS, max_new_tokens=4).token_ids) == 4
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="tensor parallelism 2 needs 2 CPUs")
+def test_tensor_parallel_two_workers_record_on_rank0(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One CPU worker per rank, no core reserved for the scheduler (2-core machines).
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")
+    monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    spec = seeded_spec("tiny", seed=0, dtype="float32")
+    hf = HFBackend(spec, num_threads=2)
+    tp = VLLMBackend(spec, enforce_eager=True, tensor_parallel_size=2, max_model_len=1024)
+    try:
+        assert tp.hooked_modules == ["LogitsProcessor", "LogitsProcessor"]
+        requests = [
+            GenerationRequest(
+                hf.tokenizer.encode(f"Q{i}: {i} * 7?", add_bos=True), 100 + i, PARAMS, 48
+            )
+            for i in range(4)
+        ]
+        policy = recommended_policy("tiny", "float32")
+        for req, out in zip(requests, tp.generate_batch(requests), strict=True):
+            alone = hf.generate(req.prompt_ids, seed=req.seed, params=PARAMS, max_new_tokens=48)
+            assert out.token_ids == alone.token_ids
+            pre = hf.prefill(req.prompt_ids, out.token_ids)
+            replay = replay_sampling(pre.logits, out.token_ids, req.seed, PARAMS)
+            assert decide(
+                verify_proofs(pre.hidden, build_proofs(out.hidden)), replay, policy
+            ).passed
+        vpre = tp.prefill(requests[-1].prompt_ids, out.token_ids)
+        assert vpre.hidden.shape[0] == len(out.token_ids)
+        assert tp.llm.collective_rpc(worker_pending) == [(0, 0, False), (0, 0, False)]
+    finally:
+        tp.close()

@@ -170,11 +170,9 @@ def _set_record_calls(worker: Any, on: bool) -> None:
 
 def _take_calls(worker: Any) -> list[list[Any]] | None:
     """collective_rpc target: the calls kept since :func:`_set_record_calls` (rank 0)."""
-    if not _is_rank0():
-        return None
     calls, _STATE.calls = _STATE.calls, []
     _STATE.record_calls = False
-    return calls
+    return calls if _is_rank0() else None
 
 
 def worker_pending(worker: Any) -> tuple[int, int, bool]:
