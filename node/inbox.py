@@ -4,13 +4,26 @@ A worker's submission is written (SQLite, WAL, synchronous=FULL) before the sign
 back, so a validator killed at any moment loses no acknowledged submission: on restart the
 queued rows are validated in arrival order. Verdicts are stored beside their submission, so a
 worker that asks again (after a crash on either side) gets the same signed verdict.
+
+Group commit (``add_durable``): submissions that arrive while a commit is being made (plus an
+optional ``commit_window``) are written together in the next transaction, so one fsync serves
+many receipts. Each caller returns only once the transaction holding its row has committed; a
+crash before that commit loses only rows nobody was told about. The whole transaction (BEGIN,
+inserts, COMMIT) runs in a worker thread on a second connection of its own, so the trio thread
+keeps serving streams during the fsync, and the write lock is never held across a checkpoint of
+the loop (a verdict written on the trio thread meanwhile only waits for the commit in flight).
+No background task is needed: the first caller to find no commit in progress leads (makes one
+commit, then hands the lead to the oldest caller still waiting, or ends it if none).
 """
 
 from __future__ import annotations
 
+import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import trio
 
 from node.sqlite_files import open_durable
 from protocol.errors import FlopnetError
@@ -26,6 +39,11 @@ CREATE TABLE IF NOT EXISTS inbox (
 );
 CREATE INDEX IF NOT EXISTS inbox_queue ON inbox (verdict, received_at);
 """
+_INSERT = (
+    "INSERT OR IGNORE INTO inbox (submission_id, lease_id, peer, envelope, received_at) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
+_Row = tuple[bytes, bytes, str, bytes, float]
 
 
 class InboxError(FlopnetError):
@@ -42,23 +60,117 @@ class Queued:
     received_at: float
 
 
-class Inbox:
-    """Submissions and verdicts in one SQLite file, used from the daemon's trio thread only."""
+@dataclass(eq=False)
+class _Pending:
+    """One ``add_durable`` call waiting for the commit that holds its row."""
 
-    def __init__(self, path: Path) -> None:
+    row: _Row
+    ready: trio.Event = field(default_factory=trio.Event)
+    lead: bool = False  # woken to lead the next commit, not because its row is stored
+    abandoned: bool = False  # the caller was cancelled; the row is still committed
+    added: bool | None = None
+    error: Exception | None = None
+
+    def result(self) -> bool:
+        if self.error is not None:
+            raise self.error
+        assert self.added is not None
+        return self.added
+
+
+class Inbox:
+    """Submissions and verdicts in one SQLite file, used from the daemon's trio thread only.
+
+    Two connections to the file: the trio thread's (reads, verdicts, the synchronous ``add``)
+    and the group committer's, used by one worker thread at a time. WAL lets the trio thread
+    read while a commit is in flight; a write on either waits (busy timeout) for the other's.
+    """
+
+    def __init__(self, path: Path, *, commit_window: float = 0.0) -> None:
         self._conn = open_durable(path, _SCHEMA, InboxError)
+        self._writer = open_durable(path, _SCHEMA, InboxError, check_same_thread=False)
+        self.commit_window = commit_window  # extra seconds a leader waits for company
+        self._queue: list[_Pending] = []
+        self._leading = False
+        self.commits = 0  # transactions made by add_durable
+        self.rows_committed = 0  # rows those transactions carried (resends included)
 
     def close(self) -> None:
         self._conn.close()
+        self._writer.close()
 
     def add(self, submission_id: bytes, lease_id: bytes, peer: str, envelope: bytes) -> bool:
-        """Store a submission durably; False if it was already stored (a resend)."""
-        cursor = self._conn.execute(
-            "INSERT OR IGNORE INTO inbox (submission_id, lease_id, peer, envelope, received_at) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (submission_id, lease_id, peer, envelope, time.time()),
-        )
+        """Store a submission durably (one commit of its own); False if already stored."""
+        cursor = self._conn.execute(_INSERT, (submission_id, lease_id, peer, envelope, time.time()))
         return cursor.rowcount == 1
+
+    async def add_durable(
+        self, submission_id: bytes, lease_id: bytes, peer: str, envelope: bytes
+    ) -> bool:
+        """Like ``add``, sharing the commit with concurrent callers; returns once it is durable.
+
+        False if the submission was already stored (a resend), as ``add``. Raises
+        ``InboxError`` if the commit holding the row failed (then nothing of it was stored).
+        """
+        entry = _Pending((submission_id, lease_id, peer, envelope, time.time()))
+        self._queue.append(entry)
+        if self._leading:
+            try:
+                await entry.ready.wait()
+            except BaseException:
+                entry.abandoned = True  # never handed the lead; its row still goes in
+                raise
+            if not entry.lead:
+                return entry.result()
+        self._leading = True
+        # Shielded: a leader that gave up halfway would strand everyone queued behind it.
+        with trio.CancelScope(shield=True):
+            await self._lead()
+        return entry.result()
+
+    async def _lead(self) -> None:
+        """Commit what is queued (the leader's own row included), then pass the lead on."""
+        while True:
+            if self.commit_window > 0:
+                await trio.sleep(self.commit_window)
+            batch, self._queue = self._queue, []
+            try:
+                added = await trio.to_thread.run_sync(self._commit, [e.row for e in batch])
+            except Exception as exc:
+                for e in batch:
+                    e.error = exc
+            else:
+                self.commits += 1
+                self.rows_committed += len(batch)
+                for e, ok in zip(batch, added, strict=True):
+                    e.added = ok
+            for e in batch:
+                e.ready.set()
+            successor = next((e for e in self._queue if not e.abandoned), None)
+            if successor is not None:
+                successor.lead = True
+                successor.ready.set()
+                return
+            if not self._queue:
+                self._leading = False
+                return
+            # Only abandoned rows are left: commit them here rather than strand them.
+
+    def _commit(self, rows: list[_Row]) -> list[bool]:
+        """One transaction for ``rows`` on the committer's connection (in a worker thread)."""
+        conn = self._writer
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                added = [conn.execute(_INSERT, row).rowcount == 1 for row in rows]
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise InboxError(f"inbox commit of {len(rows)} rows failed: {exc}") from None
+        return added
 
     def received_at(self, submission_id: bytes) -> float | None:
         row = self._conn.execute(

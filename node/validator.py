@@ -156,7 +156,7 @@ class Validator:
             self.stats.malformed += 1
             raise  # the host resets the stream, logs the reason and charges the peer
         lease = lease_opened.expect(Lease)
-        self.inbox.add(opened.message_id, lease.lease_id, peer_id, data)  # durable before the ack
+        await self.inbox.add_durable(opened.message_id, lease.lease_id, peer_id, data)  # then ack
         self._wakeup.set()
         receipt = SubmissionReceipt(
             version=1,
