@@ -56,13 +56,14 @@ def _child_main(
     # Heavy imports happen here, in the child only.
     import torch
 
-    from node.inference.hf_backend import PROOF_CHUNK, GenerationRequest, HFBackend
+    from node.inference.hf_backend import GenerationRequest, HFBackend
     from node.inference.models import hf_spec, param_count, seeded_spec, weights_sha256
     from node.inference.tokenizer import EMBEDDED_MODELS
     from proof.completion import check_completion
     from proof.policy import decide, policy_from_params
     from proof.sampling import SamplingParams, replay_sampling
-    from proof.toploc import build_proofs, verify_proofs
+    from proof.stream import ProofStream
+    from proof.toploc import verify_proofs
     from protocol.errors import ConfigError
 
     started = time.perf_counter()
@@ -99,34 +100,23 @@ def _child_main(
         conn.send({"ok": False, "error": f"model load failed: {type(exc).__name__}: {exc}"})
         return
     conn.send({"ok": True, "result": info})
-    # Proofs of full chunks are built here while the model keeps decoding (one thread: the
-    # arithmetic is small, and ordering per row stays trivial).
-    proof_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="flopnet-proofs")
-
-    class ProofStream:
-        def __init__(self) -> None:
-            self.futures: dict[tuple[int, int], concurrent.futures.Future[list[bytes]]] = {}
-
-        def __call__(self, row: int, index: int, states: torch.Tensor) -> None:
-            self.futures[(row, index)] = proof_pool.submit(build_proofs, states)
-
-        def proofs(self, row: int, hidden: torch.Tensor) -> list[bytes]:
-            # Chunks are independent: these equal build_proofs(hidden) byte for byte.
-            full = len(hidden) // PROOF_CHUNK
-            out = [self.futures.pop((row, i)).result()[0] for i in range(full)]
-            if len(hidden) % PROOF_CHUNK:
-                out += build_proofs(hidden[full * PROOF_CHUNK :])
-            return out
+    # On a GPU, proofs of full chunks are built on a thread while the model keeps decoding; on
+    # a CPU after decoding (a thread would only compete with the decode for cores).
+    proof_pool = (
+        None
+        if backend.device.type == "cpu"
+        else concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="flopnet-proofs")
+    )
 
     def generate(req: dict[str, Any]) -> dict[str, Any]:
         params = SamplingParams(temperature=req["temperature"], top_p=req["top_p"])
-        stream = ProofStream()
+        stream = ProofStream(proof_pool)
         gen = backend.generate(
             req["prompt_ids"],
             seed=req["seed"],
             params=params,
             max_new_tokens=req["max_new_tokens"],
-            on_chunk=stream,
+            on_chunk=stream.on_chunk,
         )
         t0 = time.perf_counter()  # what proof building adds after decoding: the last chunk
         proofs = stream.proofs(0, gen.hidden)
@@ -199,25 +189,24 @@ def _child_main(
             for r in req["requests"]
         ]
         t0 = time.perf_counter()
-        stream = ProofStream()
-        gens = backend.generate_batch(rows, on_chunk=stream)
+        stream = ProofStream(proof_pool)
+        gens = backend.generate_batch(rows, on_chunk=stream.on_chunk)
         decode_s = time.perf_counter() - t0
-        out = []
-        for row, gen in enumerate(gens):
-            t1 = time.perf_counter()
-            proofs = stream.proofs(row, gen.hidden)
-            out.append(
-                {
-                    "token_ids": list(gen.token_ids),
-                    "text": gen.text,
-                    "finish_reason": gen.finish_reason,
-                    "proofs": proofs,
-                    "prefill_s": gen.prefill_s,
-                    "decode_s": decode_s,
-                    "proof_s": time.perf_counter() - t1,
-                }
-            )
-        return out
+        t1 = time.perf_counter()
+        proofs = stream.all_proofs([gen.hidden for gen in gens])
+        proof_s = time.perf_counter() - t1  # the batch's, like decode_s
+        return [
+            {
+                "token_ids": list(gen.token_ids),
+                "text": gen.text,
+                "finish_reason": gen.finish_reason,
+                "proofs": row_proofs,
+                "prefill_s": gen.prefill_s,
+                "decode_s": decode_s,
+                "proof_s": proof_s,
+            }
+            for gen, row_proofs in zip(gens, proofs, strict=True)
+        ]
 
     ops = {
         "generate": generate,

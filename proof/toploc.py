@@ -455,6 +455,45 @@ def build_proofs(hidden: torch.Tensor, chunk: int = 32, topk: int = 128) -> list
     return proofs
 
 
+def build_proofs_many(
+    hiddens: Sequence[torch.Tensor], chunk: int = 32, topk: int = 128
+) -> list[list[bytes]]:
+    """``[build_proofs(h) for h in hiddens]``, byte for byte, with one interpolation for all.
+
+    The Newton interpolation costs ~5 ms a call on a CPU whatever the number of chunks (127
+    sequential steps, each vectorised over chunks), so the rows of a batched generation are
+    interpolated together: 8 rows of a tiny model, 41 ms one by one, a few ms together.
+    """
+    chunk, topk = _check_params(chunk, topk)
+    pieces: list[tuple[int, torch.Tensor, torch.Tensor, int]] = []  # row, indices, values, k
+    with torch.no_grad():
+        for row, raw in enumerate(hiddens):
+            hidden = _check_hidden(raw, chunk, topk)
+            rows, width = hidden.shape
+            for first, count, k in _chunk_groups(rows, width, chunk, topk):
+                indices, values = _top_points(hidden, first, count, chunk, k)
+                pieces.append((row, indices, values, k))
+        words: list[list[list[int]]] = [[] for _ in pieces]
+        for k in sorted({piece[3] for piece in pieces}):
+            members = [i for i, piece in enumerate(pieces) if piece[3] == k]
+            indices = torch.cat([pieces[i][1] for i in members])
+            values = torch.cat([pieces[i][2] for i in members])
+            moduli = injective_moduli(indices)
+            coeffs = newton_coefficients(indices % moduli[:, None], values)
+            if k < topk:
+                coeffs = torch.nn.functional.pad(coeffs, (0, topk - k))
+            rows_of_words = torch.cat([moduli[:, None], coeffs], dim=1).cpu().tolist()
+            at = 0
+            for i in members:
+                count = pieces[i][1].shape[0]
+                words[i] = rows_of_words[at : at + count]
+                at += count
+    out: list[list[bytes]] = [[] for _ in hiddens]
+    for (row, *_), piece_words in zip(pieces, words, strict=True):
+        out[row].extend(struct.pack(f">{topk + 1}H", *w) for w in piece_words)
+    return out
+
+
 def _parse_proofs(proofs: object, n_chunks: int, topk: int) -> tuple[list[int], list[list[int]]]:
     if not isinstance(proofs, list | tuple):
         raise ProofError(f"proofs must be a list of bytes, got {type(proofs).__name__}")

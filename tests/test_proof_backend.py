@@ -142,3 +142,52 @@ def test_chunks_handed_over_while_decoding_are_the_final_states(tiny: HFBackend)
         for i in range(rows):
             assert torch.equal(seen[(row, i)], gen.hidden[i * 32 : (i + 1) * 32])
     assert sum(len(g.token_ids) // 32 for g in gens) >= 2
+
+
+def test_batched_prefill_checks_what_one_prefill_checks(tiny: HFBackend) -> None:
+    """A validator auditing several submissions in one padded forward pass reaches the same
+    verdicts as one prefill each: honest rows pass, a row with another row's proofs fails."""
+    prompts = calibration_prompts(tiny.tokenizer, 4, offset=70)
+    reqs = [GenerationRequest(p, lease_seed(i), PARAMS, 40) for i, p in enumerate(prompts)]
+    gens = [
+        tiny.generate(r.prompt_ids, seed=r.seed, params=PARAMS, max_new_tokens=40) for r in reqs
+    ]
+    pres = tiny.prefill_batch(
+        [(r.prompt_ids, g.token_ids) for r, g in zip(reqs, gens, strict=True)]
+    )
+    policy = recommended_policy("tiny", "bfloat16")
+    for req, gen, pre in zip(reqs, gens, pres, strict=True):
+        single = tiny.prefill(req.prompt_ids, gen.token_ids)
+        assert pre.hidden.shape == single.hidden.shape and pre.logits.shape == single.logits.shape
+        assert not pre.logits.is_inference()
+        checks = verify_proofs(pre.hidden, build_proofs(gen.hidden))
+        replay = replay_sampling(
+            pre.logits, gen.token_ids, req.seed, PARAMS, tolerance=policy.replay_tolerance
+        )
+        done = check_completion(gen.token_ids, eos_id=tiny.eos_id, max_new_tokens=40)
+        assert decide(checks, replay, policy, done).passed, (checks, replay)
+    n = len(build_proofs(gens[0].hidden))
+    other = next(g for g in gens[1:] if len(build_proofs(g.hidden)) == n)  # same proof count
+    forged = verify_proofs(pres[0].hidden, build_proofs(other.hidden))
+    replay = replay_sampling(pres[0].logits, gens[0].token_ids, reqs[0].seed, PARAMS)
+    assert not decide(forged, replay, policy).passed
+    with pytest.raises(ConfigError):
+        tiny.prefill_batch([(prompts[0], [])])
+
+
+def test_proof_stream_threaded_equals_built_after(tiny: HFBackend) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from proof.stream import ProofStream
+
+    prompts = calibration_prompts(tiny.tokenizer, 3, offset=90)
+    requests = [GenerationRequest(p, 1 + i, PARAMS, 75) for i, p in enumerate(prompts)]
+    with ThreadPoolExecutor(1) as pool:
+        stream = ProofStream(pool)
+        gens = tiny.generate_batch(requests, on_chunk=stream.on_chunk)
+        threaded = [stream.proofs(row, g.hidden) for row, g in enumerate(gens)]
+    after = ProofStream(None)
+    assert after.on_chunk is None
+    assert threaded == [after.proofs(row, g.hidden) for row, g in enumerate(gens)]
+    assert threaded == [build_proofs(g.hidden) for g in gens]
+    assert sum(len(p) for p in threaded) > len(gens)  # some rows had full chunks

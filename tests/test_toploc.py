@@ -688,3 +688,21 @@ def test_cuda_matches_cpu() -> None:
     assert verify_proofs(noisy.cuda(), cpu) == verify_proofs(noisy, cpu)
     big = tie_free_states(4096, 1024, 32, seed=42)
     assert build_proofs(big.cuda()) == build_proofs(big)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.integers(1, 100), min_size=1, max_size=5),
+    st.sampled_from([4, 8, 64]),
+    st.integers(0, 2**16),
+)
+def test_many_generations_at_once_equal_one_by_one(rows: list[int], width: int, seed: int) -> None:
+    """build_proofs_many: one interpolation for every row's chunks, the same bytes (short chunks
+    with fewer than topk points included: widths 4 and 8 give them)."""
+    from proof.toploc import build_proofs_many
+
+    gen = torch.Generator().manual_seed(seed)
+    hiddens = [torch.randn(n, width, generator=gen).to(torch.bfloat16) for n in rows]
+    assert build_proofs_many(hiddens) == [build_proofs(h) for h in hiddens]
+    with pytest.raises(ProofError, match="empty"):
+        build_proofs_many([*hiddens, torch.empty((0, width), dtype=torch.bfloat16)])

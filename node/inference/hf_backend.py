@@ -334,3 +334,49 @@ class HFBackend:
             logits=logits,
             elapsed_s=time.perf_counter() - t0,
         )
+
+    def prefill_batch(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[Prefill]:
+        """:meth:`prefill` of several (prompt, output) pairs in one forward pass.
+
+        Rows are right-padded under an attention mask, so each keeps its own positions and, being
+        causal, never sees the padding after it. As with batched generation the arithmetic may
+        differ slightly from one row alone, within what the proof check tolerates. ``elapsed_s``
+        of each result is the whole batch's time.
+        """
+        if not pairs:
+            return []
+        inputs: list[torch.Tensor] = []
+        for prompt_ids, output_ids in pairs:
+            if not prompt_ids:
+                raise ConfigError("prompt is empty")
+            if not output_ids:
+                raise ConfigError("prefill_batch needs at least one output token per pair")
+            self._ids(output_ids[-1:])  # range check of the one id not fed in
+            inputs.append(self._ids([*prompt_ids, *output_ids[:-1]])[0])
+        b, width = len(inputs), max(len(r) for r in inputs)
+        input_ids = torch.zeros((b, width), dtype=torch.long, device=self.device)
+        mask = torch.zeros((b, width), dtype=torch.long, device=self.device)
+        for i, row in enumerate(inputs):
+            input_ids[i, : len(row)] = row
+            mask[i, : len(row)] = 1
+        # Allocated outside inference mode so callers get ordinary tensors they may modify.
+        all_logits = [
+            torch.empty((len(out), self.vocab_size), dtype=torch.float32) for _, out in pairs
+        ]
+        hidden: list[torch.Tensor] = []
+        t0 = time.perf_counter()
+        with torch.inference_mode(), self._capture() as cap:
+            self.model(input_ids=input_ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
+            states_all = cap.take()
+            for i, (prompt_ids, output_ids) in enumerate(pairs):
+                p, g = len(prompt_ids), len(output_ids)
+                states = states_all[i, p - 1 : p - 1 + g]
+                for lo in range(0, g, _LOGITS_CHUNK):
+                    hi = min(g, lo + _LOGITS_CHUNK)
+                    all_logits[i][lo:hi] = self._head(states[lo:hi]).float().cpu()
+                hidden.append(states.to(device="cpu", dtype=torch.bfloat16, copy=True))
+        elapsed = time.perf_counter() - t0
+        return [
+            Prefill(hidden=h, logits=lg, elapsed_s=elapsed)
+            for h, lg in zip(hidden, all_logits, strict=True)
+        ]
