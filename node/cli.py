@@ -53,6 +53,12 @@ def _add_node(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verifier-workers", type=int, default=1, help="validator: verifier processes")
     p.add_argument("--batch-size", type=int, default=1, help="worker: leases to generate together")
     p.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "hf", "vllm"),
+        help="inference backend (auto: vLLM on GPUs when installed, else Hugging Face)",
+    )
+    p.add_argument(
         "--max-leases-per-worker",
         type=int,
         default=8,
@@ -161,6 +167,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         torch_threads=args.torch_threads or env.torch_threads,
         verifier_workers=args.verifier_workers,
         batch_size=args.batch_size,
+        backend=args.backend,
         max_leases_per_worker=args.max_leases_per_worker,
     )
     setup_logging(config.data_dir, env.log_level)

@@ -249,10 +249,13 @@ class NodeConfig:
     relays: tuple[str, ...] = ()  # relay multiaddrs to take a reservation on (nodes behind NAT)
     mdns: bool = False
     batch_size: int = 1  # worker: leases generated together
+    backend: str = "auto"  # inference backend: hf, vllm, or auto (the hardware plan's choice)
     # Publisher: active leases one worker may hold (a batching worker needs several).
     max_leases_per_worker: int = 8
 
     def __post_init__(self) -> None:
+        if self.backend not in ("auto", "hf", "vllm"):
+            raise ConfigError(f"--backend must be auto, hf or vllm, not {self.backend!r}")
         if not 1 <= self.batch_size <= 256:
             raise ConfigError("--batch-size must be in 1..256")
         if not 1 <= self.max_leases_per_worker <= 1024:

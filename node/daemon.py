@@ -122,6 +122,12 @@ PROMPT_ALLOWANCE_TOKENS = 2048
 def check_pinned_weights(model: str, pinned: str, actual: str) -> None:
     """Refuse to run weights other than the ones the manifest pins (if it pins any): a wrong
     revision, dtype or a modified checkpoint would only ever earn rejected proofs."""
+    if pinned and not actual:
+        raise ConfigError(
+            f"the network's manifest pins the weights of {model}, and this node's backend cannot "
+            "hash a Hub checkpoint inside its engine (vLLM): refusing to start; run it with "
+            "--backend hf, or found the network without a pin"
+        )
     if pinned and actual != pinned:
         raise ConfigError(
             f"the weights of {model} on this node hash to {actual[:16]}..., but the network's "
@@ -151,6 +157,7 @@ async def run_node(config: NodeConfig) -> None:
                 net.dtype,
                 config.torch_threads,
                 max_seq_tokens=net.max_new_tokens + PROMPT_ALLOWANCE_TOKENS,
+                backend=config.backend,
             )
             stack.callback(model.close)
             info = await model.start()
@@ -165,7 +172,8 @@ async def run_node(config: NodeConfig) -> None:
             )
             if info.plan is not None:
                 log.info(
-                    "hardware plan: %s on %s, tensor parallel %d, batch %d; %s",
+                    "hardware plan (running %s): %s on %s, tensor parallel %d, batch %d; %s",
+                    info.backend,
                     info.plan["backend"],
                     info.plan["device"],
                     info.plan["tensor_parallel"],

@@ -13,7 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
-import json
+import importlib.util
 import logging
 import multiprocessing
 import threading
@@ -48,17 +48,23 @@ class ModelInfo:
     gpu_names: tuple[str, ...] = ()
     config: dict[str, Any] | None = None  # the HF config, for the validator's FLOP formula
     plan: dict[str, Any] | None = None  # node.inference.hardware.Plan, when one was made
+    backend: str = "hf"
 
 
 def _child_main(
-    conn: Connection, model: str, seed: int, dtype: str, threads: int, max_seq_tokens: int
+    conn: Connection,
+    model: str,
+    seed: int,
+    dtype: str,
+    threads: int,
+    max_seq_tokens: int,
+    backend_choice: str,
 ) -> None:
     # Heavy imports happen here, in the child only.
     import torch
 
-    from node.inference.hf_backend import GenerationRequest, HFBackend
-    from node.inference.models import hf_spec, param_count, seeded_spec, weights_sha256
-    from node.inference.tokenizer import EMBEDDED_MODELS
+    from node.inference.hf_backend import GenerationRequest
+    from node.inference.loader import load_model
     from proof.completion import check_completion
     from proof.policy import decide, policy_from_params
     from proof.sampling import SamplingParams, replay_sampling
@@ -74,27 +80,39 @@ def _child_main(
             from node.inference.hardware import detect, model_config, plan_for
 
             needed = model_config(model)
-            plan = plan_for(detect(), needed, dtype, max_seq_tokens, model_name=model).as_dict()
-        if model in EMBEDDED_MODELS:
-            spec = seeded_spec(model, seed=seed, dtype=dtype)
-        else:
-            spec = hf_spec(model, dtype=dtype)
-        backend = HFBackend(spec, num_threads=threads or None)
-        hf_config: Any = backend.model.config
+            plan = plan_for(
+                detect(),
+                needed,
+                dtype,
+                max_seq_tokens,
+                model_name=model,
+                backend=None if backend_choice == "auto" else backend_choice,
+            ).as_dict()
+        loaded = load_model(
+            model,
+            seed=seed,
+            dtype=dtype,
+            threads=threads,
+            backend=backend_choice,
+            plan=plan,
+            max_seq_tokens=max_seq_tokens,
+        )
+        backend = loaded.backend
         info = ModelInfo(
             name=model,
             seed=seed,
             dtype=dtype,
-            weights_sha256=weights_sha256(backend.model),
-            n_params=param_count(backend.model, include_embeddings=True),
-            n_params_no_embeddings=param_count(backend.model, include_embeddings=False),
+            weights_sha256=loaded.weights_sha256,
+            n_params=loaded.n_params,
+            n_params_no_embeddings=loaded.n_params_no_embeddings,
             vocab_size=backend.vocab_size,
             load_seconds=time.perf_counter() - started,
             gpu_names=tuple(
                 torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
             ),
-            config=json.loads(hf_config.to_json_string(use_diff=False)),
+            config=loaded.config,
             plan=plan,
+            backend=loaded.backend_name,
         )
     except Exception as exc:
         conn.send({"ok": False, "error": f"model load failed: {type(exc).__name__}: {exc}"})
@@ -102,10 +120,11 @@ def _child_main(
     conn.send({"ok": True, "result": info})
     # On a GPU, proofs of full chunks are built on a thread while the model keeps decoding; on
     # a CPU after decoding (a thread would only compete with the decode for cores).
+    device = getattr(backend, "device", None)  # HFBackend only; vLLM decodes out of process
     proof_pool = (
-        None
-        if backend.device.type == "cpu"
-        else concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="flopnet-proofs")
+        concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="flopnet-proofs")
+        if device is not None and device.type != "cpu"
+        else None
     )
 
     def generate(req: dict[str, Any]) -> dict[str, Any]:
@@ -116,7 +135,7 @@ def _child_main(
             seed=req["seed"],
             params=params,
             max_new_tokens=req["max_new_tokens"],
-            on_chunk=stream.on_chunk,
+            **stream.backend_kwargs(),
         )
         t0 = time.perf_counter()  # what proof building adds after decoding: the last chunk
         proofs = stream.proofs(0, gen.hidden)
@@ -190,7 +209,7 @@ def _child_main(
         ]
         t0 = time.perf_counter()
         stream = ProofStream(proof_pool)
-        gens = backend.generate_batch(rows, on_chunk=stream.on_chunk)
+        gens = backend.generate_batch(rows, **stream.backend_kwargs())
         decode_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         proofs = stream.all_proofs([gen.hidden for gen in gens])
@@ -249,10 +268,17 @@ class ModelService:
     """Owns the model child process; ``await call(op, ...)`` from trio."""
 
     def __init__(
-        self, model: str, seed: int, dtype: str, threads: int = 0, max_seq_tokens: int = 0
+        self,
+        model: str,
+        seed: int,
+        dtype: str,
+        threads: int = 0,
+        max_seq_tokens: int = 0,
+        backend: str = "hf",
     ) -> None:
         # max_seq_tokens > 0: check first that the model and one such sequence fit here.
-        self._args = (model, seed, dtype, threads, max_seq_tokens)
+        # backend: "hf", "vllm", or "auto" (the hardware plan's choice).
+        self._args = (model, seed, dtype, threads, max_seq_tokens, backend)
         self._lock = threading.Lock()
         self._conn: Connection | None = None
         self._process: multiprocessing.process.BaseProcess | None = None
@@ -263,7 +289,12 @@ class ModelService:
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
         self._process = ctx.Process(
-            target=_child_main, args=(child, *self._args), name="flopnet-model", daemon=True
+            target=_child_main,
+            args=(child, *self._args),
+            name="flopnet-model",
+            # vLLM starts processes of its own, which a daemonic process may not; the child
+            # still ends with us: it exits when its pipe closes, and close() kills it.
+            daemon=not self._may_run_vllm(),
         )
         self._process.start()
         child.close()
@@ -271,6 +302,12 @@ class ModelService:
         reply = await _run_sync(self._recv, START_TIMEOUT_S, abandon_on_cancel=True)
         self.info = reply
         return reply
+
+    def _may_run_vllm(self) -> bool:
+        backend = self._args[-1]
+        return backend == "vllm" or (
+            backend == "auto" and importlib.util.find_spec("vllm") is not None
+        )
 
     def _recv(self, timeout: float) -> Any:
         assert self._conn is not None

@@ -35,6 +35,11 @@ class ProofStream:
         """What to pass to the backend (None when nothing is built while decoding)."""
         return self if self._pool is not None else None
 
+    def backend_kwargs(self) -> dict[str, Any]:
+        """``on_chunk`` for the backend's generate calls, or nothing (the vLLM backend and CPU
+        decoding take none)."""
+        return {"on_chunk": self} if self._pool is not None else {}
+
     def all_proofs(self, hiddens: list[Any]) -> list[list[bytes]]:
         """Every row's proofs. After decoding, all rows share one interpolation
         (:func:`~proof.toploc.build_proofs_many`)."""

@@ -268,3 +268,43 @@ def test_tensor_parallel_two_workers_record_on_rank0(monkeypatch: pytest.MonkeyP
         assert tp.llm.collective_rpc(worker_pending) == [(0, 0, False), (0, 0, False)]
     finally:
         tp.close()
+
+
+@pytest.mark.timeout(600)
+def test_a_node_model_process_on_the_vllm_backend_passes_an_hf_validator() -> None:
+    """``flopnet node --backend vllm``: the model child runs vLLM; its outputs (batched, with
+    proofs) pass the check of a validator's child on the HF backend, and a pinned seeded
+    model hashes the same on both."""
+    import trio
+
+    from node.model_service import ModelService
+    from proof.policy import policy_params
+
+    async def main() -> None:
+        worker = ModelService("tiny", 1234, "bfloat16", threads=1, backend="vllm")
+        validator = ModelService("tiny", 1234, "bfloat16", threads=1, backend="hf")
+        try:
+            w_info, v_info = await worker.start(), await validator.start()
+            assert (w_info.backend, v_info.backend) == ("vllm", "hf")
+            assert w_info.weights_sha256 == v_info.weights_sha256 != ""
+            requests = [
+                {"prompt_ids": list(range(1, 30 + i)), "seed": 50 + i, "temperature": 0.6,
+                 "top_p": 0.95, "max_new_tokens": 40}
+                for i in range(3)
+            ]  # fmt: skip
+            gens = await worker.call("generate_batch", requests=requests)
+            policy = policy_params(recommended_policy("tiny", "bfloat16"))
+            for req, gen in zip(requests, gens, strict=True):
+                verdict = await validator.call(
+                    "check",
+                    token_ids=gen["token_ids"],
+                    proofs=gen["proofs"],
+                    policy=policy,
+                    **req,
+                )
+                assert verdict["passed"], verdict["reasons"]
+        finally:
+            worker.close()
+            validator.close()
+
+    trio.run(main)
