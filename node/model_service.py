@@ -256,6 +256,11 @@ def _child_main(
                 )
 
 
+# ModelServiceError.kind of a model process that died, hung or is not running: nothing about
+# the request is known, so the caller restarts the process and asks again.
+UNAVAILABLE = "unavailable"
+
+
 class ModelServiceError(FlopnetError):
     """The model child process failed or answered with an error."""
 
@@ -312,11 +317,14 @@ class ModelService:
     def _recv(self, timeout: float) -> Any:
         assert self._conn is not None
         if not self._conn.poll(timeout):
-            raise ModelServiceError(f"the model process did not answer within {timeout}s")
+            # Its answer may still come and would then be read as the next one's: restart it.
+            raise ModelServiceError(
+                f"the model process did not answer within {timeout}s", UNAVAILABLE
+            )
         try:
             reply = self._conn.recv()
         except (EOFError, OSError):
-            raise ModelServiceError("the model process died") from None
+            raise ModelServiceError("the model process died", UNAVAILABLE) from None
         if not reply["ok"]:
             raise ModelServiceError(reply["error"], reply.get("kind", "internal"))
         return reply["result"]
@@ -324,7 +332,7 @@ class ModelService:
     def _call(self, req: dict[str, Any], timeout: float) -> Any:
         with self._lock:
             if self._conn is None or self._process is None or not self._process.is_alive():
-                raise ModelServiceError("the model process is not running")
+                raise ModelServiceError("the model process is not running", UNAVAILABLE)
             self._conn.send(req)
             return self._recv(timeout)
 
@@ -332,6 +340,17 @@ class ModelService:
         """Run one operation in the child; raise ModelServiceError on failure."""
         req = {"op": op, **kwargs}
         return await _run_sync(self._call, req, timeout, abandon_on_cancel=True)
+
+    @property
+    def pid(self) -> int | None:
+        """The model process's pid while it runs."""
+        return self._process.pid if self._process is not None else None
+
+    async def restart(self) -> ModelInfo:
+        """Stop the child (if it is still there) and start a fresh one."""
+        log.warning("restarting the model process")
+        self.close()
+        return await self.start()
 
     def close(self) -> None:
         """Stop the child (politely, then by force)."""

@@ -21,6 +21,7 @@ prefill), and its credit is pending like every credit, so a later failed audit c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -46,7 +47,7 @@ from ledger.store import LedgerStore
 from node.config import NodeConfig
 from node.inbox import Inbox
 from node.inference.prompt import response_for_verifier
-from node.model_service import ModelService, ModelServiceError
+from node.model_service import UNAVAILABLE, ModelService, ModelServiceError
 from node.tasks import Task
 from protocol.envelope import Opened, open_envelope, seal
 from protocol.errors import MalformedMessage, VerifierError
@@ -67,6 +68,10 @@ from verifiers.result import Result
 
 log = logging.getLogger(__name__)
 LEASE_GRACE_S = 30.0
+# A submission whose check our model process cut short (died, hung) is retried after a restart;
+# after this many attempts it is rejected as unverifiable, without an audit or invalidation.
+MODEL_ATTEMPTS = 3
+MODEL_RESTART_BACKOFF_S = 1.0
 PROOF_BYTES = 258
 CHUNK = 32
 
@@ -87,6 +92,7 @@ class ValidatorStats:
     audits_failed: int = 0
     unaudited: int = 0
     invalidations: int = 0
+    model_restarts: int = 0
 
 
 class _Reject(Exception):
@@ -137,6 +143,7 @@ class Validator:
         self._draw = draw or (lambda submission_id: audit_draw(secret, submission_id))
         self._wakeup = trio.Event()
         self._verdict_ready: dict[bytes, trio.Event] = {}
+        self._attempts: dict[bytes, int] = {}  # submission -> checks cut short by our model
 
     def _open(self, peer_id: str, data: bytes) -> tuple[Opened, Opened]:
         opened = open_envelope(data, self.net.network_id, expected=Submission)
@@ -206,9 +213,25 @@ class Validator:
                 self.on_verdict(rebuilt.expect(Verdict).lease_id, rebuilt.expect(Verdict).accepted)
             else:
                 opened, lease_opened = self._open(queued.peer, queued.envelope)
-                verdict = await self._validate(
-                    opened, opened.expect(Submission), lease_opened, lease_opened.expect(Lease)
-                )
+                attempt = self._attempts.get(queued.submission_id, 0) + 1
+                try:
+                    verdict = await self._validate(
+                        opened,
+                        opened.expect(Submission),
+                        lease_opened,
+                        lease_opened.expect(Lease),
+                        attempt,
+                    )
+                except ModelServiceError as exc:
+                    # Nothing was written: the submission stays queued, first in line.
+                    self._attempts[queued.submission_id] = attempt
+                    self.stats.model_restarts += 1
+                    log.warning("model unavailable (%s); restarting it, then retrying", exc)
+                    await trio.sleep(MODEL_RESTART_BACKOFF_S)
+                    with contextlib.suppress(ModelServiceError):  # counted as another attempt
+                        await self.model.restart()
+                    continue
+                self._attempts.pop(queued.submission_id, None)
             self.inbox.set_verdict(queued.submission_id, verdict)
             event = self._verdict_ready.pop(queued.submission_id, None)
             if event is not None:
@@ -267,7 +290,7 @@ class Validator:
                 raise _Reject(f"proof {index} has {len(proof)} bytes; expected {PROOF_BYTES}")
 
     async def _validate(
-        self, opened: Opened, sub: Submission, lease_opened: Opened, lease: Lease
+        self, opened: Opened, sub: Submission, lease_opened: Opened, lease: Lease, attempt: int = 1
     ) -> bytes:
         reasons: list[str] = []
         answer = Result(score=0.0, passed=False, reasons=())
@@ -299,9 +322,11 @@ class Validator:
         except _Reject as exc:
             reasons.append(str(exc))
         except ModelServiceError as exc:
+            if exc.kind == UNAVAILABLE and attempt < MODEL_ATTEMPTS:
+                raise  # our model process died or hung: no verdict; run() restarts it, retries
             # A proof the model cannot even evaluate (wrong count, bad modulus) is a failed proof.
             reasons.append(f"proof check failed: {exc}")
-            if exc.kind == "internal":
+            if exc.kind in ("internal", UNAVAILABLE):
                 # Our model process failed, not the worker: no audit result, no invalidation.
                 audit = None
         prompt_tokens, generated = len(lease.prompt_ids), len(sub.token_ids)
@@ -471,4 +496,5 @@ class Validator:
             "audits_failed": s.audits_failed,
             "unaudited": s.unaudited,
             "invalidations": s.invalidations,
+            "model_restarts": s.model_restarts,
         }

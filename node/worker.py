@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -13,7 +14,7 @@ import trio
 
 from node.announcements import SeqTracker
 from node.config import NodeConfig
-from node.model_service import ModelService, ModelServiceError
+from node.model_service import UNAVAILABLE, ModelService, ModelServiceError
 from node.profile import ProfileSharer, load_profile
 from protocol.envelope import message_id, open_envelope, seal
 from protocol.errors import FlopnetError, MalformedMessage, PeerError, ProtocolTimeout
@@ -190,6 +191,10 @@ class Worker:
                 self.stats.errors += 1
                 log.warning("batch of %d: %s: %s", len(leases), type(exc).__name__, exc)
                 await trio.sleep(ERROR_BACKOFF_S)
+                if isinstance(exc, ModelServiceError) and exc.kind == UNAVAILABLE:
+                    # Our model process died or hung; the leases lapse and are re-offered.
+                    with contextlib.suppress(ModelServiceError):
+                        await self.model.restart()
             finally:
                 self.busy = False
                 self.phase = "idle"
@@ -282,7 +287,7 @@ class Worker:
             else:
                 gens = await self.model.call("generate_batch", requests=requests)
         except ModelServiceError as exc:
-            raise ModelServiceError(f"generation failed: {exc}") from None
+            raise ModelServiceError(f"generation failed: {exc}", exc.kind) from None
         elapsed = time.perf_counter() - started
         self.stats.generation_seconds += elapsed
         self.stats.generations += len(gens)

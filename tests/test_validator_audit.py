@@ -213,3 +213,58 @@ def test_audits_fall_with_valid_results_and_a_failed_audit_voids_pending_credit(
             store.close()
 
     trio.run(main)
+
+
+@pytest.mark.timeout(300)
+def test_a_model_process_that_dies_mid_check_is_restarted_and_the_work_still_counts(
+    tmp_path: Path,
+) -> None:
+    """The validator's own model dying is not the worker's fault: no verdict is written for the
+    cut-short check, the process is restarted, and the same submission is checked again."""
+    import os
+    import signal
+
+    config = NodeConfig(roles=("validator",), data_dir=tmp_path, network=NET)
+
+    async def main() -> None:
+        model = ModelService("tiny", NET.model_seed, NET.dtype, threads=1)
+        info = await model.start()
+        store = LedgerStore(tmp_path / "ledger.sqlite")
+        inbox = Inbox(tmp_path / "inbox.sqlite")
+        try:
+            validator = Validator(
+                config,
+                VALIDATOR,
+                None,  # type: ignore[arg-type]
+                model,
+                Verifiers(VerifyOptions(max_tokens=NET.max_new_tokens)),
+                store,
+                inbox,
+                {t.task_id: t for t in TASKS},
+                info.config or {},
+                on_verdict=lambda lease_id, ok: None,
+            )
+            lease_bytes, out = await _honest(model, 0)
+            data = _submission(lease_bytes, out, list(out["proofs"]))
+            first_pid = model.pid
+            assert first_pid is not None
+            os.kill(first_pid, signal.SIGKILL)  # dies before (or while) the check runs
+            lease_id = open_envelope(lease_bytes, NET.network_id).expect(Lease).lease_id
+            inbox.add(message_id(data), lease_id, WORKER.peer_id, data)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(validator.run)
+                with trio.fail_after(180):
+                    while (raw := inbox.verdict(message_id(data))) is None:
+                        await trio.sleep(0.05)
+                nursery.cancel_scope.cancel()
+            verdict = open_envelope(raw, NET.network_id, expected=Verdict).expect(Verdict)
+            assert verdict.accepted, verdict.reasons
+            assert validator.stats.model_restarts >= 1 and model.pid != first_pid
+            # One credit and its audit: nothing was written for the check that was cut short.
+            assert [kind for kind, _ in _entries(store)] == ["credit", "audit"]
+        finally:
+            model.close()
+            inbox.close()
+            store.close()
+
+    trio.run(main)
