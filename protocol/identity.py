@@ -8,6 +8,7 @@ message. The derivation is done here without importing libp2p, which keeps the C
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from dataclasses import dataclass
@@ -59,6 +60,18 @@ def verify_signature(public_key: bytes, signature: bytes, message: bytes) -> boo
     return True
 
 
+# Parsed keys, by seed: a node signs every receipt and verdict with the same few keys. Kept out of
+# the (picklable) Identity itself.
+@functools.lru_cache(maxsize=64)
+def _private_key(seed: bytes) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(seed)
+
+
+@functools.lru_cache(maxsize=64)
+def _public_key(seed: bytes) -> bytes:
+    return _private_key(seed).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
 @dataclass(frozen=True)
 class Identity:
     """A node's signing key, its public key and its libp2p peer id."""
@@ -76,12 +89,12 @@ class Identity:
 
     @property
     def _key(self) -> Ed25519PrivateKey:
-        return Ed25519PrivateKey.from_private_bytes(self.seed)
+        return _private_key(self.seed)
 
     @property
     def public_key(self) -> bytes:
         """The raw 32-byte Ed25519 public key."""
-        return self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        return _public_key(self.seed)
 
     @property
     def peer_id(self) -> str:
