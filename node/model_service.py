@@ -63,11 +63,11 @@ def _child_main(
     # Heavy imports happen here, in the child only.
     import torch
 
-    from node.inference.hf_backend import GenerationRequest
+    from node.inference.hf_backend import GenerationRequest, HFBackend
     from node.inference.loader import load_model
     from proof.completion import check_completion
     from proof.policy import decide, policy_from_params
-    from proof.sampling import SamplingParams, replay_sampling
+    from proof.sampling import SamplingParams, replay_check, replay_sampling, replay_shortfalls
     from proof.stream import ProofStream
     from proof.toploc import verify_proofs
     from protocol.errors import ConfigError
@@ -157,14 +157,31 @@ def _child_main(
         except FlopnetError as exc:
             raise RuntimeError(f"bad proof policy in the check request: {exc}") from None
         t0 = time.perf_counter()
-        pre = backend.prefill(req["prompt_ids"], req["token_ids"])
+        params = SamplingParams(temperature=req["temperature"], top_p=req["top_p"])
+        shortfalls: list[float] | None = None
+        if isinstance(backend, HFBackend):
+            # The replay runs on each chunk of logits as the prefill makes it; none is kept.
+            shortfalls = []
+            kept = shortfalls
+            tokens = req["token_ids"]
+
+            def replay_chunk(lo: int, rows: torch.Tensor) -> None:
+                part = tokens[lo : lo + len(rows)]
+                found = replay_shortfalls(rows, part, req["seed"], params, start_position=lo)
+                kept.extend(found.tolist())
+
+            pre = backend.prefill(req["prompt_ids"], tokens, on_logits=replay_chunk)
+        else:
+            pre = backend.prefill(req["prompt_ids"], req["token_ids"])
         t1 = time.perf_counter()
         # Results cross the pipe as plain data so the daemon never unpickles torch-backed types.
         checks = verify_proofs(pre.hidden, list(req["proofs"]))
-        params = SamplingParams(temperature=req["temperature"], top_p=req["top_p"])
-        replay = replay_sampling(
-            pre.logits, req["token_ids"], req["seed"], params, tolerance=policy.replay_tolerance
-        )
+        if shortfalls is not None:
+            replay = replay_check(shortfalls, policy.replay_tolerance)
+        else:
+            replay = replay_sampling(
+                pre.logits, req["token_ids"], req["seed"], params, tolerance=policy.replay_tolerance
+            )
         # Tokens that are there are checked above; an output cut short is caught by how it ends.
         completion = check_completion(
             req["token_ids"], eos_id=backend.eos_id, max_new_tokens=req["max_new_tokens"]

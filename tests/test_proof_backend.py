@@ -191,3 +191,33 @@ def test_proof_stream_threaded_equals_built_after(tiny: HFBackend) -> None:
     assert threaded == [after.proofs(row, g.hidden) for row, g in enumerate(gens)]
     assert threaded == [build_proofs(g.hidden) for g in gens]
     assert sum(len(p) for p in threaded) > len(gens)  # some rows had full chunks
+
+
+def test_prefill_hands_logits_over_in_chunks(
+    tiny: HFBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With on_logits no [G, vocab] tensor is kept; the chunked replay equals the whole one."""
+    from node.inference import hf_backend
+    from proof.sampling import replay_check, replay_shortfalls
+
+    monkeypatch.setattr(hf_backend, "_LOGITS_CHUNK", 16)  # several chunks from a short output
+    prompt = calibration_prompts(tiny.tokenizer, 1, offset=120)[0]
+    gen = tiny.generate(prompt, seed=2, params=PARAMS, max_new_tokens=70)
+    whole = tiny.prefill(prompt, gen.token_ids)
+    seen: list[tuple[int, torch.Tensor]] = []
+    streamed = tiny.prefill(
+        prompt, gen.token_ids, on_logits=lambda lo, rows: seen.append((lo, rows))
+    )
+    assert streamed.logits.shape == (0, tiny.vocab_size)  # nothing kept
+    assert len(seen) >= 2
+    assert torch.equal(streamed.hidden, whole.hidden)
+    assert [lo for lo, _ in seen] == list(range(0, len(gen.token_ids), 16))
+    assert torch.equal(torch.cat([rows for _, rows in seen]), whole.logits)
+    shortfalls: list[float] = []
+    for lo, rows in seen:
+        part = gen.token_ids[lo : lo + len(rows)]
+        shortfalls += replay_shortfalls(rows, part, 2, PARAMS, start_position=lo).tolist()
+    tolerance = recommended_policy("tiny", "bfloat16").replay_tolerance
+    assert replay_check(shortfalls, tolerance) == replay_sampling(
+        whole.logits, gen.token_ids, 2, PARAMS, tolerance=tolerance
+    )

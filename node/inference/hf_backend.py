@@ -301,12 +301,20 @@ class HFBackend:
             )
         return results
 
-    def prefill(self, prompt_ids: Sequence[int], output_ids: Sequence[int]) -> Prefill:
+    def prefill(
+        self,
+        prompt_ids: Sequence[int],
+        output_ids: Sequence[int],
+        *,
+        on_logits: Callable[[int, torch.Tensor], None] | None = None,
+    ) -> Prefill:
         """One forward pass over prompt + output (no KV-cache decode), as a validator re-computes.
 
         Returns, for each output token, the post-norm state that predicted it and its logits. The
         last output token is never an input (nothing is predicted from it), so the pass covers
-        ``len(prompt) + len(output) - 1`` positions.
+        ``len(prompt) + len(output) - 1`` positions. With ``on_logits`` the logits are handed over
+        in chunks of rows, ``on_logits(first_row, float32 logits)``, and not kept
+        (``Prefill.logits`` is empty): a 32k-token output never holds 32k x vocabulary floats.
         """
         if not prompt_ids:
             raise ConfigError("prompt is empty")
@@ -320,7 +328,7 @@ class HFBackend:
         input_ids = self._ids([*prompt_ids, *output_ids[:-1]])
         self._ids(output_ids[-1:])  # range check of the one id not fed in
         # Allocated outside inference mode so callers get ordinary tensors they may modify.
-        logits = torch.empty((g, self.vocab_size), dtype=torch.float32)
+        logits = torch.empty((0 if on_logits else g, self.vocab_size), dtype=torch.float32)
         t0 = time.perf_counter()
         with torch.inference_mode(), self._capture() as cap:
             # logits_to_keep=1: logits are computed below only for the rows that need them.
@@ -328,7 +336,11 @@ class HFBackend:
             states = cap.take()[0, p - 1 : p - 1 + g]
             for lo in range(0, g, _LOGITS_CHUNK):
                 hi = min(g, lo + _LOGITS_CHUNK)
-                logits[lo:hi] = self._head(states[lo:hi]).float().cpu()
+                rows = self._head(states[lo:hi]).float().cpu()
+                if on_logits is not None:
+                    on_logits(lo, rows)
+                else:
+                    logits[lo:hi] = rows
         return Prefill(
             hidden=states.to(device="cpu", dtype=torch.bfloat16, copy=True),
             logits=logits,
