@@ -158,6 +158,7 @@ async def run_node(config: NodeConfig) -> None:
                 config.torch_threads,
                 max_seq_tokens=net.max_new_tokens + PROMPT_ALLOWANCE_TOKENS,
                 backend=config.backend,
+                revision=net.model_revision,
             )
             stack.callback(model.close)
             info = await model.start()

@@ -59,6 +59,7 @@ def _child_main(
     threads: int,
     max_seq_tokens: int,
     backend_choice: str,
+    revision: str,
 ) -> None:
     # Heavy imports happen here, in the child only.
     import torch
@@ -79,7 +80,7 @@ def _child_main(
             # Before loading: a model that cannot fit is refused with numbers, not an OOM.
             from node.inference.hardware import detect, model_config, plan_for
 
-            needed = model_config(model)
+            needed = model_config(model, revision)
             plan = plan_for(
                 detect(),
                 needed,
@@ -96,6 +97,7 @@ def _child_main(
             backend=backend_choice,
             plan=plan,
             max_seq_tokens=max_seq_tokens,
+            revision=revision,
         )
         backend = loaded.backend
         info = ModelInfo(
@@ -297,10 +299,11 @@ class ModelService:
         threads: int = 0,
         max_seq_tokens: int = 0,
         backend: str = "hf",
+        revision: str = "",
     ) -> None:
         # max_seq_tokens > 0: check first that the model and one such sequence fit here.
         # backend: "hf", "vllm", or "auto" (the hardware plan's choice).
-        self._args = (model, seed, dtype, threads, max_seq_tokens, backend)
+        self._args = (model, seed, dtype, threads, max_seq_tokens, backend, revision)
         self._lock = threading.Lock()
         self._conn: Connection | None = None
         self._process: multiprocessing.process.BaseProcess | None = None
@@ -326,7 +329,7 @@ class ModelService:
         return reply
 
     def _may_run_vllm(self) -> bool:
-        backend = self._args[-1]
+        backend = self._args[5]
         return backend == "vllm" or (
             backend == "auto" and importlib.util.find_spec("vllm") is not None
         )

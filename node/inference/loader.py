@@ -35,6 +35,7 @@ def load_model(
     backend: str,
     plan: dict[str, Any] | None,
     max_seq_tokens: int,
+    revision: str = "",
 ) -> LoadedModel:
     """Build the backend for ``model``; ``plan`` (from node.inference.hardware) picks ``auto``."""
     from node.inference.models import hf_spec, param_count, seeded_spec, weights_sha256
@@ -44,7 +45,11 @@ def load_model(
         raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     chosen = backend if backend != "auto" else (plan["backend"] if plan else "hf")
     seeded = model in EMBEDDED_MODELS
-    spec = seeded_spec(model, seed=seed, dtype=dtype) if seeded else hf_spec(model, dtype=dtype)
+    spec = (
+        seeded_spec(model, seed=seed, dtype=dtype)
+        if seeded
+        else hf_spec(model, revision=revision or None, dtype=dtype)  # the manifest's pin
+    )
     if chosen == "hf":
         from node.inference.hf_backend import HFBackend
 
@@ -62,7 +67,7 @@ def load_model(
     from node.inference.models import model_weights_sha256
     from node.inference.vllm_backend import VLLMBackend
 
-    config = model_config(model)
+    config = model_config(model, revision)
     vllm = VLLMBackend(
         spec,
         tensor_parallel_size=int(plan["tensor_parallel"]) if plan else 1,
