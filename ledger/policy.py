@@ -192,3 +192,75 @@ class AuditBook:
         state = after_audit(self.states.get(contributor), passed)
         self.states[contributor] = state
         return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking a validator's audit entries (anyone can, from its chain and the manifest)
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """What an ``audit`` entry says, with its place in the chain."""
+
+    seq: int
+    contributor: bytes
+    submission_id: bytes
+    passed: bool
+    rate: float
+    consecutive_valid: int
+
+
+def audit_problems(
+    records: Iterable[AuditRecord],
+    policy: AuditPolicy,
+    credits: dict[bytes, bool],
+    hard_invalidated: set[bytes],
+) -> list[tuple[int, str]]:
+    """(seq, message) for every audit entry inconsistent with the chain before it or the policy.
+
+    ``records`` are one validator's audit entries in chain order; ``credits`` maps the submission
+    ids it credited to whether the credit was accepted; ``hard_invalidated`` holds the submission
+    ids its hard invalidations name. An entry must record the consecutive valid audits its
+    earlier entries give, and the rate the manifest's policy gives for that record; it must
+    audit a submission the validator credited, with the same outcome; a failed audit must come
+    with a hard invalidation. (Which submissions were drawn for audit cannot be checked: the draw
+    is keyed by the validator's secret.)
+    """
+    problems: list[tuple[int, str]] = []
+    states: dict[bytes, AuditState] = {}
+    for r in records:
+        state = states.get(r.contributor)
+        where = f"entry seq {r.seq}: audit of {r.contributor[:6].hex()}"
+        expected_n = 0 if state is None else state.consecutive_valid
+        if r.consecutive_valid != expected_n:
+            problems.append(
+                (
+                    r.seq,
+                    f"{where} records {r.consecutive_valid} consecutive valid audits; "
+                    f"the chain's earlier audits give {expected_n}",
+                )
+            )
+        expected_rate = policy.rate(state)
+        if abs(r.rate - expected_rate) > 1e-9:
+            problems.append(
+                (
+                    r.seq,
+                    f"{where} records rate {r.rate:.4f}; the manifest's policy gives "
+                    f"{expected_rate:.4f} for that record",
+                )
+            )
+        accepted = credits.get(r.submission_id)
+        if accepted is None:
+            problems.append((r.seq, f"{where} names a submission this validator never credited"))
+        elif accepted != r.passed:
+            problems.append(
+                (
+                    r.seq,
+                    f"{where} {'passed' if r.passed else 'failed'}, but its credit was "
+                    f"{'accepted' if accepted else 'rejected'}",
+                )
+            )
+        if not r.passed and r.submission_id not in hard_invalidated:
+            problems.append((r.seq, f"{where} failed without a hard invalidation"))
+        states[r.contributor] = after_audit(state, r.passed)
+    return problems

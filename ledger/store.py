@@ -35,6 +35,7 @@ from ledger.chain import (
     verify_entry,
 )
 from ledger.kinds import AuditBody, InvalidationBody, ProfileBody, open_profile
+from ledger.policy import AuditRecord
 from protocol.codec import Record
 from protocol.envelope import open_envelope
 from protocol.errors import LedgerError, MalformedMessage
@@ -681,6 +682,36 @@ class LedgerStore:
             "SELECT contributor, passed FROM audits WHERE signer = ? ORDER BY seq", (signer,)
         )
         return [(bytes(contributor), bool(passed)) for contributor, passed in rows]
+
+    def audit_records(self, signer: bytes) -> list[AuditRecord]:
+        """Every audit entry of ``signer``'s chain, in seq order."""
+        rows = self._conn.execute(
+            "SELECT seq, contributor, submission_id, passed, rate, consecutive_valid FROM audits "
+            "WHERE signer = ? ORDER BY seq",
+            (signer,),
+        )
+        return [
+            AuditRecord(int(seq), bytes(who), bytes(sub), bool(ok), float(rate), int(n))
+            for seq, who, sub, ok, rate, n in rows
+        ]
+
+    def audit_context(self, signer: bytes) -> tuple[dict[bytes, bool], set[bytes]]:
+        """What :func:`ledger.policy.audit_problems` checks audits against: ``signer``'s credits
+        (submission id -> accepted) and the submission ids its hard invalidations name."""
+        credits = {
+            bytes(sub): bool(ok)
+            for sub, ok in self._conn.execute(
+                "SELECT submission_id, accepted FROM credits WHERE signer = ?", (signer,)
+            )
+        }
+        hard = {
+            bytes(sub)
+            for (sub,) in self._conn.execute(
+                "SELECT submission_id FROM invalidations WHERE signer = ? AND severity = 'hard'",
+                (signer,),
+            )
+        }
+        return credits, hard
 
     def signers(self) -> list[bytes]:
         """Every signer with at least one stored entry, sorted."""

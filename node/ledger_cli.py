@@ -223,6 +223,8 @@ def _verify(args: argparse.Namespace) -> int:
                 found = by_signer.pop(signer, [])
                 if validators is not None and signer not in validators:
                     found.insert(0, "this signer is not a validator of the network")
+                if net is not None:
+                    found.extend(_audit_problems(store, signer, net))
                 status = "OK" if not found else f"{len(found)} problem(s)"
                 print(
                     f"  chain of {signer_name(signer)}: {head[0] + 1} entries, head seq "
@@ -247,6 +249,15 @@ def _verify(args: argparse.Namespace) -> int:
                     )
     print("all chains verify" if total == 0 else f"{total} problem(s) found")
     return 0 if total == 0 else 1
+
+
+def _audit_problems(store: LedgerStore, signer: bytes, net: NetworkParams) -> list[str]:
+    """The signer's audit entries checked against its chain and the manifest's audit policy."""
+    from ledger.policy import AuditPolicy, audit_problems
+
+    credits, hard = store.audit_context(signer)
+    policy = AuditPolicy(floor=net.audit_rate_floor)
+    return [m for _seq, m in audit_problems(store.audit_records(signer), policy, credits, hard)]
 
 
 def build_dump(

@@ -94,6 +94,9 @@ def test_devnet_validates_every_task(tmp_path: Path) -> None:
 
     board = flopnet("leaderboard", "--data-dir", str(tmp_path), "--json", timeout=60)
     assert board.returncode == 0, board.stderr
+    # Every chain verifies, audit entries included (against the manifest's audit policy).
+    verified = flopnet("ledger", "verify", "--data-dir", str(tmp_path), timeout=60)
+    assert verified.returncode == 0 and "all chains verify" in verified.stdout, verified.stdout
     ranked = json.loads(board.stdout)
     assert {r["peer_id"] for r in ranked} == {r["peer_id"] for r in rows}
     assert ranked[0]["flops"] >= ranked[-1]["flops"]
@@ -123,12 +126,18 @@ def test_devnet_rejects_cheaters_and_releases_their_tasks(tmp_path: Path) -> Non
     assert summary["tasks_rejected"] == cheater["rejected"]
     assert sum(r["tasks"] for r in honest) == 6
 
-    # The rejection is on the ledger with the proof check's reasons.
+    # The rejection is on the ledger with the proof check's reasons; each failed audit also
+    # wrote a hard invalidation of the cheater's pending credit, and the chains still verify.
     with LedgerStore(tmp_path / "validator" / "ledger.sqlite") as store:
         reasons = store.connection.execute(
             "SELECT COUNT(*) FROM credits WHERE accepted = 0"
         ).fetchone()[0]
-    assert reasons == cheater["rejected"]
+        hard = store.connection.execute(
+            "SELECT COUNT(*) FROM invalidations WHERE severity = 'hard'"
+        ).fetchone()[0]
+    assert reasons == cheater["rejected"] == hard
+    verified = flopnet("ledger", "verify", "--data-dir", str(tmp_path), timeout=60)
+    assert verified.returncode == 0, verified.stdout
     log = (tmp_path / "validator" / "node.log").read_text()
     assert "REJECT" in log and "exp_mismatches" in log
 

@@ -177,3 +177,33 @@ def test_module_top_is_cheap_to_import() -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_verify_reports_audit_entries_that_lie(
+    tmp_path: Path, network: NetworkParams, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A validator's audit entries must agree with its chain and the manifest's policy: here it
+    records a long valid streak and a low rate for a contributor it never audited before, and a
+    failed audit without the hard invalidation that must come with it."""
+    from ledger.kinds import AuditBody
+
+    populate(tmp_path, network)
+    path = tmp_path / "validator" / "ledger.sqlite"
+    nid = network.network_id
+    with LedgerStore(path) as store:
+        first = credit(ALICE, 0)  # the credit at seq 0 of V1's chain
+        store.append_local(
+            V1, nid, "audit", AuditBody(ALICE.public_key, first.submission_id, True, 0.01, 40, ())
+        )
+        second = credit(BOB, 1)
+        store.append_local(
+            V1, nid, "audit", AuditBody(BOB.public_key, second.submission_id, False, 1.0, 0, ())
+        )
+    code, out, _ = run(capsys, "ledger", "verify", "--data-dir", str(tmp_path))
+    assert code == 1
+    alice, bob = ALICE.public_key[:6].hex(), BOB.public_key[:6].hex()
+    assert f"audit of {alice} records 40 consecutive valid audits; the chain's earlier" in out
+    assert f"audit of {alice} records rate 0.0100; the manifest's policy gives 1.0000" in out
+    assert f"audit of {bob} failed, but its credit was accepted" in out
+    assert f"audit of {bob} failed without a hard invalidation" in out
+    assert "4 problem(s) found" in out

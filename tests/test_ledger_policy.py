@@ -363,3 +363,40 @@ def test_audit_book_drives_a_validator_from_new_to_spot_checks() -> None:
     assert book.decide(A, 0.999) == book.decide(A, 0.0) and book.decide(A, 0.999).audit
     rebuilt = AuditBook(book.policy, [(A, True)] * 40 + [(B, False)])
     assert rebuilt.decide(A, 0.5).rate == 0.25 and rebuilt.decide(B, 0.99).rate == 1.0
+
+
+def test_audit_entries_are_checked_against_the_chain_and_the_policy() -> None:
+    from ledger.policy import AuditRecord, audit_problems
+
+    policy = AuditPolicy(floor=0.05, warmup=2)
+    alice, bob = b"\xaa" * 32, b"\xbb" * 32
+
+    def rec(seq: int, who: bytes, sub: int, passed: bool, rate: float, n: int) -> AuditRecord:
+        return AuditRecord(seq, who, bytes([sub]) * 32, passed, rate, n)
+
+    honest = [
+        rec(1, alice, 1, True, 1.0, 0),
+        rec(3, alice, 2, True, 1.0, 1),
+        rec(5, bob, 3, True, 1.0, 0),
+        rec(7, alice, 4, True, 1.0, 2),  # 2 / 2 = 1.0
+        rec(9, alice, 5, False, 2 / 3, 3),
+        rec(11, alice, 6, True, 1.0, 0),  # reset by the failure
+    ]
+    credits = {bytes([i]) * 32: i != 5 for i in range(1, 7)}
+    hard = {bytes([5]) * 32}
+    assert audit_problems(honest, policy, credits, hard) == []
+
+    lying = [*honest[:3], rec(7, alice, 4, True, 0.05, 7)]  # claims a long record, a low rate
+    found = [m for seq, m in audit_problems(lying, policy, credits, hard) if seq == 7]
+    assert len(found) == 2  # the count and the rate
+    assert "records 7 consecutive valid audits; the chain's earlier audits give 2" in found[0]
+    assert "records rate 0.0500; the manifest's policy gives 1.0000" in found[1]
+    assert audit_problems(honest, policy, credits, set()) == [
+        (9, f"entry seq 9: audit of {alice[:6].hex()} failed without a hard invalidation")
+    ]
+    unknown = audit_problems([rec(1, bob, 9, True, 1.0, 0)], policy, credits, hard)
+    assert unknown == [(1, f"entry seq 1: audit of {bob[:6].hex()} names a submission this "
+                           "validator never credited")]  # fmt: skip
+    mismatch = audit_problems([rec(1, bob, 5, True, 1.0, 0)], policy, credits, hard)
+    assert mismatch == [(1, f"entry seq 1: audit of {bob[:6].hex()} passed, but its credit "
+                            "was rejected")]  # fmt: skip
