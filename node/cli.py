@@ -53,6 +53,12 @@ def _add_node(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verifier-workers", type=int, default=1, help="validator: verifier processes")
     p.add_argument("--batch-size", type=int, default=1, help="worker: leases to generate together")
     p.add_argument(
+        "--audit-batch",
+        type=int,
+        default=8,
+        help="validator: audits (of different contributors) made in one padded prefill",
+    )
+    p.add_argument(
         "--backend",
         default="auto",
         choices=("auto", "hf", "vllm"),
@@ -168,6 +174,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         verifier_workers=args.verifier_workers,
         batch_size=args.batch_size,
         backend=args.backend,
+        audit_batch=args.audit_batch,
         max_leases_per_worker=args.max_leases_per_worker,
     )
     setup_logging(config.data_dir, env.log_level)

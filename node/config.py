@@ -250,12 +250,15 @@ class NodeConfig:
     mdns: bool = False
     batch_size: int = 1  # worker: leases generated together
     backend: str = "auto"  # inference backend: hf, vllm, or auto (the hardware plan's choice)
+    audit_batch: int = 8  # validator: audits of different contributors made in one prefill
     # Publisher: active leases one worker may hold (a batching worker needs several).
     max_leases_per_worker: int = 8
 
     def __post_init__(self) -> None:
         if self.backend not in ("auto", "hf", "vllm"):
             raise ConfigError(f"--backend must be auto, hf or vllm, not {self.backend!r}")
+        if not 1 <= self.audit_batch <= 256:
+            raise ConfigError("--audit-batch must be in 1..256")
         if not 1 <= self.batch_size <= 256:
             raise ConfigError("--batch-size must be in 1..256")
         if not 1 <= self.max_leases_per_worker <= 1024:

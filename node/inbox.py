@@ -202,6 +202,15 @@ class Inbox:
         ).fetchone()
         return None if row is None else Queued(bytes(row[0]), row[1], bytes(row[2]), row[3])
 
+    def next_queued_many(self, limit: int) -> list[Queued]:
+        """The ``limit`` oldest submissions without a verdict, oldest first."""
+        rows = self._conn.execute(
+            "SELECT submission_id, peer, envelope, received_at FROM inbox "
+            "WHERE verdict IS NULL ORDER BY received_at LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [Queued(bytes(r[0]), r[1], bytes(r[2]), r[3]) for r in rows]
+
     def set_verdict(self, submission_id: bytes, verdict: bytes) -> None:
         """Store the sealed verdict (durably) for later requests."""
         self._conn.execute(

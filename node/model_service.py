@@ -151,42 +151,47 @@ def _child_main(
             "proof_s": time.perf_counter() - t0,
         }
 
-    def check(req: dict[str, Any]) -> dict[str, Any]:
+    def policy_of(req: dict[str, Any]) -> Any:
         # The manifest's proof policy, as plain numbers (NetworkParams.proof_params). A bad one is
         # the validator's own fault, never the worker's: an internal error, not a failed proof.
         try:
-            policy = policy_from_params(req["policy"])
+            return policy_from_params(req["policy"])
         except FlopnetError as exc:
             raise RuntimeError(f"bad proof policy in the check request: {exc}") from None
-        t0 = time.perf_counter()
-        params = SamplingParams(temperature=req["temperature"], top_p=req["top_p"])
-        shortfalls: list[float] | None = None
-        if isinstance(backend, HFBackend):
-            # The replay runs on each chunk of logits as the prefill makes it; none is kept.
-            shortfalls = []
-            kept = shortfalls
-            tokens = req["token_ids"]
 
-            def replay_chunk(lo: int, rows: torch.Tensor) -> None:
-                part = tokens[lo : lo + len(rows)]
-                found = replay_shortfalls(rows, part, req["seed"], params, start_position=lo)
-                kept.extend(found.tolist())
+    def replay_collector(item: dict[str, Any]) -> tuple[list[float], Any]:
+        # The replay runs on each chunk of logits as the prefill makes it; none is kept.
+        params = SamplingParams(temperature=item["temperature"], top_p=item["top_p"])
+        shortfalls: list[float] = []
+        tokens = item["token_ids"]
 
-            pre = backend.prefill(req["prompt_ids"], tokens, on_logits=replay_chunk)
-        else:
-            pre = backend.prefill(req["prompt_ids"], req["token_ids"])
+        def replay_chunk(lo: int, rows: torch.Tensor) -> None:
+            part = tokens[lo : lo + len(rows)]
+            found = replay_shortfalls(rows, part, item["seed"], params, start_position=lo)
+            shortfalls.extend(found.tolist())
+
+        return shortfalls, replay_chunk
+
+    def conclude(
+        item: dict[str, Any], pre: Any, shortfalls: list[float] | None, policy: Any, t: float
+    ) -> dict[str, Any]:
         t1 = time.perf_counter()
         # Results cross the pipe as plain data so the daemon never unpickles torch-backed types.
-        checks = verify_proofs(pre.hidden, list(req["proofs"]))
+        checks = verify_proofs(pre.hidden, list(item["proofs"]))
         if shortfalls is not None:
             replay = replay_check(shortfalls, policy.replay_tolerance)
         else:
+            params = SamplingParams(temperature=item["temperature"], top_p=item["top_p"])
             replay = replay_sampling(
-                pre.logits, req["token_ids"], req["seed"], params, tolerance=policy.replay_tolerance
+                pre.logits,
+                item["token_ids"],
+                item["seed"],
+                params,
+                tolerance=policy.replay_tolerance,
             )
         # Tokens that are there are checked above; an output cut short is caught by how it ends.
         completion = check_completion(
-            req["token_ids"], eos_id=backend.eos_id, max_new_tokens=req["max_new_tokens"]
+            item["token_ids"], eos_id=backend.eos_id, max_new_tokens=item["max_new_tokens"]
         )
         decision = decide(checks, replay, policy, completion)  # the one verdict, every reason
         return {
@@ -195,10 +200,62 @@ def _child_main(
             "checks": [dataclasses.asdict(c) for c in checks],
             "replay_mismatches": replay.mismatches,
             "replay_checked": replay.checked,
-            "text": backend.tokenizer.decode(req["token_ids"]),
-            "prefill_s": t1 - t0,
+            "text": backend.tokenizer.decode(item["token_ids"]),
+            "prefill_s": t,
             "verify_s": time.perf_counter() - t1,
         }
+
+    def check(req: dict[str, Any]) -> dict[str, Any]:
+        policy = policy_of(req)
+        t0 = time.perf_counter()
+        if isinstance(backend, HFBackend):
+            shortfalls, on_logits = replay_collector(req)
+            pre = backend.prefill(req["prompt_ids"], req["token_ids"], on_logits=on_logits)
+            return conclude(req, pre, shortfalls, policy, time.perf_counter() - t0)
+        pre = backend.prefill(req["prompt_ids"], req["token_ids"])
+        return conclude(req, pre, None, policy, time.perf_counter() - t0)
+
+    def check_batch(req: dict[str, Any]) -> list[dict[str, Any]]:
+        # Several audits in one padded prefill; each item's outcome is its own: a malformed one
+        # answers {"error", "kind"} and never fails the others.
+        policy = policy_of(req)
+        items: list[dict[str, Any]] = req["items"]
+        out: list[dict[str, Any]] = [{} for _ in items]
+        good: list[int] = []
+        for i, item in enumerate(items):
+            ids = [*item["prompt_ids"], *item["token_ids"]]
+            if not item["prompt_ids"] or not item["token_ids"]:
+                out[i] = {"error": "empty prompt or output", "kind": "ConfigError"}
+            elif any(not 0 <= t < backend.vocab_size for t in ids):
+                out[i] = {
+                    "error": f"token ids must be in [0, {backend.vocab_size})",
+                    "kind": "ConfigError",
+                }
+            else:
+                good.append(i)
+        if not isinstance(backend, HFBackend):
+            for i in good:
+                out[i] = guarded(lambda i=i: check({**items[i], "policy": req["policy"]}))
+            return out
+        collectors = [replay_collector(items[i]) for i in good]
+        t0 = time.perf_counter()
+        pres = backend.prefill_batch(
+            [(items[i]["prompt_ids"], items[i]["token_ids"]) for i in good],
+            on_logits=lambda row, lo, rows: collectors[row][1](lo, rows),
+        )
+        t = (time.perf_counter() - t0) / max(1, len(good))
+        for row, (i, pre) in enumerate(zip(good, pres, strict=True)):
+            out[i] = guarded(
+                lambda i=i, pre=pre, row=row: conclude(items[i], pre, collectors[row][0], policy, t)
+            )
+        return out
+
+    def guarded(run: Any) -> dict[str, Any]:
+        try:
+            result: dict[str, Any] = run()
+        except FlopnetError as exc:
+            return {"error": str(exc), "kind": type(exc).__name__}
+        return result
 
     def inspect(req: dict[str, Any]) -> dict[str, Any]:
         # An unaudited submission: no prefill, only what costs nothing (decode, how it ends).
@@ -250,6 +307,7 @@ def _child_main(
         "generate": generate,
         "generate_batch": generate_batch,
         "check": check,
+        "check_batch": check_batch,
         "inspect": inspect,
     }
     with torch.inference_mode():

@@ -93,6 +93,7 @@ class ValidatorStats:
     unaudited: int = 0
     invalidations: int = 0
     model_restarts: int = 0
+    batched_audits: int = 0  # audits made in a batch of several (one padded prefill)
 
 
 class _Reject(Exception):
@@ -144,6 +145,8 @@ class Validator:
         self._wakeup = trio.Event()
         self._verdict_ready: dict[bytes, trio.Event] = {}
         self._attempts: dict[bytes, int] = {}  # submission -> checks cut short by our model
+        # Audit results made ahead, several in one prefill (_prefetch_audits), by submission.
+        self._prechecked: dict[bytes, dict[str, Any] | ModelServiceError] = {}
 
     def _open(self, peer_id: str, data: bytes) -> tuple[Opened, Opened]:
         opened = open_envelope(data, self.net.network_id, expected=Submission)
@@ -215,6 +218,8 @@ class Validator:
                 opened, lease_opened = self._open(queued.peer, queued.envelope)
                 attempt = self._attempts.get(queued.submission_id, 0) + 1
                 try:
+                    if self.config.audit_batch > 1 and queued.submission_id not in self._prechecked:
+                        await self._prefetch_audits()
                     verdict = await self._validate(
                         opened,
                         opened.expect(Submission),
@@ -296,12 +301,16 @@ class Validator:
         answer = Result(score=0.0, passed=False, reasons=())
         accepted = False
         audit: AuditDecision | None = None
+        prechecked = self._prechecked.pop(opened.message_id, None)
         try:
             self._static_checks(opened, sub, lease_opened)
             decision = self.audits.decide(opened.signer, self._draw(opened.message_id))
             if decision.audit:
                 audit = decision
-                checked = await self._check_proof(sub, lease)  # prefill, TOPLOC, replay
+                if isinstance(prechecked, ModelServiceError):
+                    raise prechecked
+                # prefill, TOPLOC, replay (made with others by _prefetch_audits, or now)
+                checked = prechecked or await self._check_proof(sub, lease)
             else:
                 checked = await self._inspect(sub, lease, decision)
             reasons.extend(checked["reasons"])
@@ -440,25 +449,79 @@ class Validator:
         )
         return {**result, "passed": result["complete"], "reasons": [note, *result["reasons"]]}
 
-    async def _check_proof(self, sub: Submission, lease: Lease) -> dict[str, Any]:
-        net = self.net
-        started = time.perf_counter()
-        result: dict[str, Any] = await self.model.call(
-            "check",
-            prompt_ids=list(lease.prompt_ids),
-            token_ids=list(sub.token_ids),
-            proofs=list(sub.proofs),
-            seed=lease.seed,
-            temperature=lease.temperature,
-            top_p=lease.top_p,
-            max_new_tokens=lease.max_new_tokens,
-            policy=net.proof_params(),  # the manifest's proof policy, as plain numbers
-        )
-        self.stats.prefill_seconds += time.perf_counter() - started
+    @staticmethod
+    def _check_item(sub: Submission, lease: Lease) -> dict[str, Any]:
+        return {
+            "prompt_ids": list(lease.prompt_ids),
+            "token_ids": list(sub.token_ids),
+            "proofs": list(sub.proofs),
+            "seed": lease.seed,
+            "temperature": lease.temperature,
+            "top_p": lease.top_p,
+            "max_new_tokens": lease.max_new_tokens,
+        }
+
+    def _count_check(self, sub: Submission) -> None:
         self.stats.proof_checks += 1
         self.stats.tokens_checked += len(sub.token_ids)
         self.stats.proof_bytes += sum(len(p) for p in sub.proofs)
+
+    async def _check_proof(self, sub: Submission, lease: Lease) -> dict[str, Any]:
+        started = time.perf_counter()
+        result: dict[str, Any] = await self.model.call(
+            "check",
+            **self._check_item(sub, lease),
+            policy=self.net.proof_params(),  # the manifest's proof policy, as plain numbers
+        )
+        self.stats.prefill_seconds += time.perf_counter() - started
+        self._count_check(sub)
         return result
+
+    async def _prefetch_audits(self) -> None:
+        """Audit the next queued submissions together, in one padded prefill.
+
+        Only the first queued submission of each contributor is taken: its audit decision is
+        then the one :meth:`_validate` will make (no earlier result of that contributor comes
+        between), so the results are used exactly as a check made on its own would be. Anything
+        else (a later submission of the same contributor, an unaudited one) is checked alone.
+        """
+        seen: set[bytes] = set()
+        batch: list[tuple[bytes, Submission, Lease]] = []
+        for queued in self.inbox.next_queued_many(self.config.audit_batch * 4):
+            if len(batch) == self.config.audit_batch:
+                break
+            if queued.submission_id in self._prechecked:
+                continue
+            try:
+                opened, lease_opened = self._open(queued.peer, queued.envelope)
+            except MalformedMessage:
+                continue
+            if opened.signer in seen or self._verdict_from_ledger(queued.submission_id):
+                continue
+            seen.add(opened.signer)
+            sub, lease = opened.expect(Submission), lease_opened.expect(Lease)
+            try:
+                self._static_checks(opened, sub, lease_opened)
+            except _Reject:
+                continue
+            if self.audits.decide(opened.signer, self._draw(opened.message_id)).audit:
+                batch.append((opened.message_id, sub, lease))
+        if len(batch) < 2:
+            return  # one audit is made where it is needed, as always
+        started = time.perf_counter()
+        results: list[dict[str, Any]] = await self.model.call(
+            "check_batch",
+            items=[self._check_item(sub, lease) for _, sub, lease in batch],
+            policy=self.net.proof_params(),
+        )
+        self.stats.prefill_seconds += time.perf_counter() - started
+        self.stats.batched_audits += len(batch)
+        for (submission_id, sub, _lease), result in zip(batch, results, strict=True):
+            self._count_check(sub)
+            if "error" in result:
+                self._prechecked[submission_id] = ModelServiceError(result["error"], result["kind"])
+            else:
+                self._prechecked[submission_id] = result
 
     async def _check_answer(self, text: str, task: Task, lease: Lease, tokens: int) -> Result:
         """The task type's verifier, in a killable child; answer correctness labels the data."""
@@ -497,4 +560,5 @@ class Validator:
             "unaudited": s.unaudited,
             "invalidations": s.invalidations,
             "model_restarts": s.model_restarts,
+            "batched_audits": s.batched_audits,
         }

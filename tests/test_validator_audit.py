@@ -8,6 +8,7 @@ a restarted validator rebuilds its audit records from its chain.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -262,6 +263,94 @@ def test_a_model_process_that_dies_mid_check_is_restarted_and_the_work_still_cou
             assert validator.stats.model_restarts >= 1 and model.pid != first_pid
             # One credit and its audit: nothing was written for the check that was cut short.
             assert [kind for kind, _ in _entries(store)] == ["credit", "audit"]
+        finally:
+            model.close()
+            inbox.close()
+            store.close()
+
+    trio.run(main)
+
+
+@pytest.mark.timeout(300)
+def test_queued_audits_of_different_contributors_share_one_prefill(tmp_path: Path) -> None:
+    """Five submissions wait in the inbox: the first of each of four contributors is audited in
+    one padded prefill (check_batch), the fifth (a second one of the first contributor) alone
+    after it, exactly as one by one: the forged one fails, every chain entry is consistent."""
+    from ledger.policy import audit_problems
+
+    workers = [Identity(bytes([0xC0 + i]) * 32) for i in range(4)]
+    config = NodeConfig(roles=("validator",), data_dir=tmp_path, network=NET, audit_batch=8)
+
+    def sealed_lease(index: int, worker: Identity, prompt: tuple[int, ...]) -> bytes:
+        lease = open_envelope(_lease(index, prompt), NET.network_id).expect(Lease)
+        return seal(dataclasses.replace(lease, worker=worker.public_key), VALIDATOR, NET.network_id)
+
+    async def main() -> None:
+        model = ModelService("tiny", NET.model_seed, NET.dtype, threads=1)
+        info = await model.start()
+        store = LedgerStore(tmp_path / "ledger.sqlite")
+        inbox = Inbox(tmp_path / "inbox.sqlite")
+        try:
+            validator = Validator(
+                config,
+                VALIDATOR,
+                None,  # type: ignore[arg-type]
+                model,
+                Verifiers(VerifyOptions(max_tokens=NET.max_new_tokens)),
+                store,
+                inbox,
+                {t.task_id: t for t in TASKS},
+                info.config or {},
+                on_verdict=lambda lease_id, ok: None,
+            )
+            subs: list[tuple[bytes, bool]] = []  # (envelope, honest)
+            owners = [workers[0], workers[1], workers[2], workers[3], workers[0]]
+            outs = []
+            for index, worker in enumerate(owners):
+                _lb, out = await _honest(model, index)
+                prompt = tuple(range(1 + index, 20 + index))
+                outs.append((sealed_lease(index, worker, prompt), out, worker))
+            for index, (lease_bytes, out, worker) in enumerate(outs):
+                proofs = list(out["proofs"])
+                honest = index != 2
+                if not honest:  # another generation's proofs, same count
+                    proofs = next(
+                        list(o["proofs"]) for _, o, _ in outs
+                        if o is not out and len(o["proofs"]) == len(proofs)
+                    )  # fmt: skip
+                sub = Submission(
+                    version=1,
+                    lease=lease_bytes,
+                    token_ids=tuple(out["token_ids"]),
+                    text=out["text"],
+                    finish_reason=out["finish_reason"],
+                    proofs=tuple(proofs),
+                    generation_seconds=0.1,
+                )
+                data = seal(sub, worker, NET.network_id)
+                lease_id = open_envelope(lease_bytes, NET.network_id).expect(Lease).lease_id
+                inbox.add(message_id(data), lease_id, worker.peer_id, data)
+                subs.append((data, honest))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(validator.run)
+                with trio.fail_after(180):
+                    while any(inbox.verdict(message_id(d)) is None for d, _ in subs):
+                        await trio.sleep(0.05)
+                nursery.cancel_scope.cancel()
+            for data, honest in subs:
+                raw = inbox.verdict(message_id(data))
+                assert raw is not None
+                verdict = open_envelope(raw, NET.network_id, expected=Verdict).expect(Verdict)
+                assert verdict.accepted == honest, verdict.reasons
+            assert validator.stats.batched_audits == 4  # the fifth waited for the first's result
+            assert validator.stats.audits == 5 and validator.stats.proof_checks == 5
+            assert store.verify_all(NET.network_id) == []
+            credits, hard = store.audit_context(VALIDATOR.public_key)
+            records = store.audit_records(VALIDATOR.public_key)
+            assert (
+                audit_problems(records, AuditPolicy(floor=NET.audit_rate_floor), credits, hard)
+                == []
+            )
         finally:
             model.close()
             inbox.close()

@@ -347,13 +347,19 @@ class HFBackend:
             elapsed_s=time.perf_counter() - t0,
         )
 
-    def prefill_batch(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[Prefill]:
+    def prefill_batch(
+        self,
+        pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+        *,
+        on_logits: Callable[[int, int, torch.Tensor], None] | None = None,
+    ) -> list[Prefill]:
         """:meth:`prefill` of several (prompt, output) pairs in one forward pass.
 
         Rows are right-padded under an attention mask, so each keeps its own positions and, being
         causal, never sees the padding after it. As with batched generation the arithmetic may
         differ slightly from one row alone, within what the proof check tolerates. ``elapsed_s``
-        of each result is the whole batch's time.
+        of each result is the whole batch's time. ``on_logits(pair, first_row, logits)`` works as
+        in :meth:`prefill`: logits are handed over in chunks and not kept.
         """
         if not pairs:
             return []
@@ -373,7 +379,8 @@ class HFBackend:
             mask[i, : len(row)] = 1
         # Allocated outside inference mode so callers get ordinary tensors they may modify.
         all_logits = [
-            torch.empty((len(out), self.vocab_size), dtype=torch.float32) for _, out in pairs
+            torch.empty((0 if on_logits else len(out), self.vocab_size), dtype=torch.float32)
+            for _, out in pairs
         ]
         hidden: list[torch.Tensor] = []
         t0 = time.perf_counter()
@@ -385,7 +392,11 @@ class HFBackend:
                 states = states_all[i, p - 1 : p - 1 + g]
                 for lo in range(0, g, _LOGITS_CHUNK):
                     hi = min(g, lo + _LOGITS_CHUNK)
-                    all_logits[i][lo:hi] = self._head(states[lo:hi]).float().cpu()
+                    rows = self._head(states[lo:hi]).float().cpu()
+                    if on_logits is not None:
+                        on_logits(i, lo, rows)
+                    else:
+                        all_logits[i][lo:hi] = rows
                 hidden.append(states.to(device="cpu", dtype=torch.bfloat16, copy=True))
         elapsed = time.perf_counter() - t0
         return [
