@@ -5,22 +5,16 @@ Real SQLite files throughout; the crash test runs the inbox in a real child proc
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import sqlite3
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import trio
 
 from node.inbox import Inbox, InboxError
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.test_ledger_crash import kill_after_lines
 
 
 def sid(i: int) -> bytes:
@@ -196,12 +190,6 @@ trio.run(main)
 """
 
 
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
-
-
 @pytest.mark.timeout(180)
 def test_sigkill_loses_no_acknowledged_submission(tmp_path: Path) -> None:
     path = tmp_path / "inbox.sqlite"
@@ -209,30 +197,7 @@ def test_sigkill_loses_no_acknowledged_submission(tmp_path: Path) -> None:
     acked: set[bytes] = set()
     shared_commits = False
     for run, wanted in enumerate((30, 120, 300)):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", CRASH_CHILD, str(path), str(run * 10_000_000)],
-            cwd=REPO,
-            env=child_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert proc.stdout is not None and proc.stderr is not None
-        lines: list[str] = []
-        try:
-            while len(lines) < wanted:
-                line = proc.stdout.readline()
-                if not line:
-                    pytest.fail(f"child exited early: {proc.wait()} {proc.stderr.read()}")
-                lines.append(line)
-            time.sleep(rng.uniform(0, 0.02))  # land the kill anywhere in a commit
-        finally:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-        lines += proc.stdout.read().splitlines(keepends=True)  # acks written before the kill
-        proc.stdout.close()
-        proc.stderr.close()
-        assert proc.returncode == -signal.SIGKILL
+        lines = kill_after_lines([CRASH_CHILD, str(path), str(run * 10_000_000)], wanted, rng)
         # A line cut short by the kill is an acknowledgement that was never completed.
         for line in (x for x in lines if x.endswith("\n")):
             hex_id, commits, rows = line.split()

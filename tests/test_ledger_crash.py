@@ -35,6 +35,37 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def kill_after_lines(args: list[str], wanted: int, rng: random.Random) -> list[str]:
+    """Run a Python child (``python -c *args``), SIGKILL it soon after it has printed ``wanted``
+    lines (an acknowledgement each), and return every line it printed, a last one cut short by
+    the kill included (it has no newline)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", *args],
+        cwd=REPO,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    lines: list[str] = []
+    try:
+        while len(lines) < wanted:
+            line = proc.stdout.readline()
+            if not line:
+                pytest.fail(f"child exited early: {proc.wait()} {proc.stderr.read()}")
+            lines.append(line)
+        time.sleep(rng.uniform(0, 0.02))  # land the kill anywhere in a commit
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    lines += proc.stdout.read().splitlines(keepends=True)  # acks written before the kill
+    proc.stdout.close()
+    proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    return lines
+
+
 # ---------------------------------------------------------------------------------------------
 # A validator killed during heavy batched appends (audit + credit + invalidation per commit)
 
@@ -73,30 +104,8 @@ def test_sigkill_during_batched_appends_loses_no_acknowledged_entry(tmp_path: Pa
     rng = random.Random(7)
     acked: dict[int, bytes] = {}
     for wanted in (5, 40, 80):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", BATCH_CHILD, str(path), VALIDATOR.seed.hex(), NET],
-            cwd=REPO,
-            env=child_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert proc.stdout is not None and proc.stderr is not None
-        lines: list[str] = []
-        try:
-            while len(lines) < wanted:
-                line = proc.stdout.readline()
-                if not line:
-                    pytest.fail(f"child exited early: {proc.wait()} {proc.stderr.read()}")
-                lines.append(line)
-            time.sleep(rng.uniform(0, 0.02))  # land the kill anywhere in a commit
-        finally:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-        lines += proc.stdout.read().splitlines()
-        proc.stdout.close()
-        proc.stderr.close()
-        for line in lines:
+        args = [BATCH_CHILD, str(path), VALIDATOR.seed.hex(), NET]
+        for line in kill_after_lines(args, wanted, rng):
             for item in line.split():
                 seq, h = item.split(":")
                 acked[int(seq)] = bytes.fromhex(h)

@@ -44,6 +44,31 @@ TASKS = builtin_tasks(4)
 POLICY = AuditPolicy(floor=0.0, warmup=1)
 
 
+def make_validator(
+    config: NodeConfig,
+    model: ModelService,
+    verifiers: Verifiers,
+    store: LedgerStore,
+    inbox: Inbox,
+    model_config: dict[str, Any],
+    **options: Any,
+) -> Validator:
+    """A validator whose submissions go straight into its inbox (no host needed)."""
+    return Validator(
+        config,
+        VALIDATOR,
+        None,  # type: ignore[arg-type]
+        model,
+        verifiers,
+        store,
+        inbox,
+        {t.task_id: t for t in TASKS},
+        model_config,
+        on_verdict=lambda lease_id, ok: None,
+        **options,
+    )
+
+
 def _lease(index: int, prompt: tuple[int, ...]) -> bytes:
     lease = Lease(
         version=1,
@@ -113,17 +138,13 @@ def test_audits_fall_with_valid_results_and_a_failed_audit_voids_pending_credit(
         store = LedgerStore(tmp_path / "ledger.sqlite")
         inbox = Inbox(tmp_path / "inbox.sqlite")
         try:
-            validator = Validator(
+            validator = make_validator(
                 config,
-                VALIDATOR,
-                None,  # type: ignore[arg-type]  # submissions go straight into the inbox
                 model,
                 verifiers,
                 store,
                 inbox,
-                {t.task_id: t for t in TASKS},
                 info.config or {},
-                on_verdict=lambda lease_id, ok: None,
                 audit_policy=POLICY,
                 draw=lambda submission_id: draws.get(submission_id, 0.0),
             )
@@ -192,18 +213,8 @@ def test_audits_fall_with_valid_results_and_a_failed_audit_voids_pending_credit(
             assert later.flops == sum(v.flops for v in verdicts)
 
             # A restarted validator rebuilds the records from its chain: audited again at once.
-            again = Validator(
-                config,
-                VALIDATOR,
-                None,  # type: ignore[arg-type]
-                model,
-                verifiers,
-                store,
-                inbox,
-                {t.task_id: t for t in TASKS},
-                info.config or {},
-                on_verdict=lambda lease_id, ok: None,
-                audit_policy=POLICY,
+            again = make_validator(
+                config, model, verifiers, store, inbox, info.config or {}, audit_policy=POLICY
             )
             state = again.audits.states[WORKER.public_key]
             assert (state.consecutive_valid, state.audits, state.failures) == (0, 3, 1)
@@ -233,17 +244,13 @@ def test_a_model_process_that_dies_mid_check_is_restarted_and_the_work_still_cou
         store = LedgerStore(tmp_path / "ledger.sqlite")
         inbox = Inbox(tmp_path / "inbox.sqlite")
         try:
-            validator = Validator(
+            validator = make_validator(
                 config,
-                VALIDATOR,
-                None,  # type: ignore[arg-type]
                 model,
                 Verifiers(VerifyOptions(max_tokens=NET.max_new_tokens)),
                 store,
                 inbox,
-                {t.task_id: t for t in TASKS},
                 info.config or {},
-                on_verdict=lambda lease_id, ok: None,
             )
             lease_bytes, out = await _honest(model, 0)
             data = _submission(lease_bytes, out, list(out["proofs"]))
@@ -291,17 +298,13 @@ def test_queued_audits_of_different_contributors_share_one_prefill(tmp_path: Pat
         store = LedgerStore(tmp_path / "ledger.sqlite")
         inbox = Inbox(tmp_path / "inbox.sqlite")
         try:
-            validator = Validator(
+            validator = make_validator(
                 config,
-                VALIDATOR,
-                None,  # type: ignore[arg-type]
                 model,
                 Verifiers(VerifyOptions(max_tokens=NET.max_new_tokens)),
                 store,
                 inbox,
-                {t.task_id: t for t in TASKS},
                 info.config or {},
-                on_verdict=lambda lease_id, ok: None,
             )
             subs: list[tuple[bytes, bool]] = []  # (envelope, honest)
             owners = [workers[0], workers[1], workers[2], workers[3], workers[0]]
