@@ -255,6 +255,8 @@ def _child_main(
             result: dict[str, Any] = run()
         except FlopnetError as exc:
             return {"error": str(exc), "kind": type(exc).__name__}
+        except Exception as exc:  # our failure on this item, not the worker's
+            return {"error": f"{type(exc).__name__}: {exc}", "kind": "internal"}
         return result
 
     def inspect(req: dict[str, Any]) -> dict[str, Any]:
@@ -310,6 +312,20 @@ def _child_main(
         "check_batch": check_batch,
         "inspect": inspect,
     }
+    try:
+        _serve(conn, ops)
+    finally:
+        # vLLM keeps engine processes and a temporary checkpoint: shut them down and remove it.
+        close = getattr(backend, "close", None)
+        if close is not None:
+            close()
+        if proof_pool is not None:
+            proof_pool.shutdown(wait=False)
+
+
+def _serve(conn: Connection, ops: dict[str, Any]) -> None:
+    import torch
+
     with torch.inference_mode():
         while True:
             try:
@@ -369,6 +385,23 @@ class ModelService:
 
     async def start(self) -> ModelInfo:
         """Spawn the child and wait until its model is loaded."""
+        info: ModelInfo = await _run_sync(self._start_blocking, abandon_on_cancel=True)
+        return info
+
+    async def restart(self) -> ModelInfo:
+        """Stop the child (if it is still there) and start a fresh one, off the event loop and
+        under the call lock, so a call of another role never meets a half-replaced process."""
+        log.warning("restarting the model process")
+
+        def restart_blocking() -> ModelInfo:
+            with self._lock:
+                self.close()
+                return self._start_blocking()
+
+        info: ModelInfo = await _run_sync(restart_blocking, abandon_on_cancel=True)
+        return info
+
+    def _start_blocking(self) -> ModelInfo:
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
         self._process = ctx.Process(
@@ -382,7 +415,7 @@ class ModelService:
         self._process.start()
         child.close()
         self._conn = parent
-        reply = await _run_sync(self._recv, START_TIMEOUT_S, abandon_on_cancel=True)
+        reply: ModelInfo = self._recv(START_TIMEOUT_S)
         self.info = reply
         return reply
 
@@ -393,14 +426,16 @@ class ModelService:
         )
 
     def _recv(self, timeout: float) -> Any:
-        assert self._conn is not None
-        if not self._conn.poll(timeout):
+        conn = self._conn  # read once: a restart may replace it
+        if conn is None:
+            raise ModelServiceError("the model process is not running", UNAVAILABLE)
+        if not conn.poll(timeout):
             # Its answer may still come and would then be read as the next one's: restart it.
             raise ModelServiceError(
                 f"the model process did not answer within {timeout}s", UNAVAILABLE
             )
         try:
-            reply = self._conn.recv()
+            reply = conn.recv()
         except (EOFError, OSError):
             raise ModelServiceError("the model process died", UNAVAILABLE) from None
         if not reply["ok"]:
@@ -423,12 +458,6 @@ class ModelService:
     def pid(self) -> int | None:
         """The model process's pid while it runs."""
         return self._process.pid if self._process is not None else None
-
-    async def restart(self) -> ModelInfo:
-        """Stop the child (if it is still there) and start a fresh one."""
-        log.warning("restarting the model process")
-        self.close()
-        return await self.start()
 
     def close(self) -> None:
         """Stop the child (politely, then by force)."""

@@ -31,8 +31,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 PROFILE_FILE = "profile.json"
 MAX_FIELD_CHARS = 64
-# Refusals after which asking that validator again is pointless until the profile changes.
-SETTLED_REFUSALS = ("stale_profile", "too_frequent", "not_a_validator")
+# Refusals after which that validator is asked again (after a later credit); any other answer
+# settles it until the profile changes.
+RETRY_REFUSALS = ("unknown_contributor",)
 
 
 @dataclass(frozen=True)
@@ -112,17 +113,30 @@ class ProfileSharer:
         self.network_id = network_id
         self._load = load
         self._settled: dict[bytes, float] = {}  # validator key -> updated_at it has
+        self._sending: set[bytes] = set()  # one offer per validator at a time (batched verdicts)
 
     async def share(self, validator: bytes) -> str | None:
         """Offer the profile to ``validator``; returns the outcome ('recorded', a refusal code),
         or None when there was nothing to send. Network errors are logged, not raised."""
         try:
             profile = self._load()
-        except ConfigError as exc:
+        except (ConfigError, OSError) as exc:
             log.warning("profile not shared: %s", exc)
             return None
         if profile is None or self._settled.get(validator) == profile.updated_at:
             return None
+        if validator in self._sending:
+            return None
+        self._sending.add(validator)
+        try:
+            outcome = await self._offer(validator, profile)
+        finally:
+            self._sending.discard(validator)
+        if outcome is not None and outcome not in RETRY_REFUSALS:
+            self._settled[validator] = profile.updated_at
+        return outcome
+
+    async def _offer(self, validator: bytes, profile: StoredProfile) -> str | None:
         data = signed_profile(self.identity, self.network_id, profile)
         try:
             reply = await self.host.request(
@@ -131,18 +145,13 @@ class ProfileSharer:
             opened = open_envelope(reply, self.network_id)
             if opened.signer != validator:
                 raise MalformedMessage("the profile answer is not signed by that validator")
+            if isinstance(opened.message, Refusal):
+                return opened.message.code
+            opened.expect(LedgerEntry)
         except FlopnetError as exc:
             log.info("profile not shared with %s: %s", validator.hex()[:12], exc)
             return None
-        if isinstance(opened.message, Refusal):
-            outcome = opened.message.code
-            if outcome not in SETTLED_REFUSALS:
-                return outcome  # e.g. unknown_contributor: ask again after the next credit
-        else:
-            opened.expect(LedgerEntry)
-            outcome = "recorded"
-        self._settled[validator] = profile.updated_at
-        return outcome
+        return "recorded"
 
 
 # ---------------------------------------------------------------------------------------------

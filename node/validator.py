@@ -72,6 +72,7 @@ LEASE_GRACE_S = 30.0
 # after this many attempts it is rejected as unverifiable, without an audit or invalidation.
 MODEL_ATTEMPTS = 3
 MODEL_RESTART_BACKOFF_S = 1.0
+BATCH_PAUSE_S = 60.0  # after a batched audit failed, audit one by one this long
 PROOF_BYTES = 258
 CHUNK = 32
 
@@ -147,6 +148,7 @@ class Validator:
         self._attempts: dict[bytes, int] = {}  # submission -> checks cut short by our model
         # Audit results made ahead, several in one prefill (_prefetch_audits), by submission.
         self._prechecked: dict[bytes, dict[str, Any] | ModelServiceError] = {}
+        self._batching_paused_until = 0.0
 
     def _open(self, peer_id: str, data: bytes) -> tuple[Opened, Opened]:
         opened = open_envelope(data, self.net.network_id, expected=Submission)
@@ -217,9 +219,19 @@ class Validator:
             else:
                 opened, lease_opened = self._open(queued.peer, queued.envelope)
                 attempt = self._attempts.get(queued.submission_id, 0) + 1
-                try:
-                    if self.config.audit_batch > 1 and queued.submission_id not in self._prechecked:
+                if self._batching_allowed(queued.submission_id, opened):
+                    try:
                         await self._prefetch_audits()
+                    except ModelServiceError as exc:
+                        # One padded prefill failed (too big, a poison item, our model): audit
+                        # one by one for a while; each submission then has its own attempts.
+                        log.warning("batched audit failed (%s); auditing one by one", exc)
+                        self._batching_paused_until = time.monotonic() + BATCH_PAUSE_S
+                        if exc.kind == UNAVAILABLE:
+                            self.stats.model_restarts += 1
+                            with contextlib.suppress(ModelServiceError):
+                                await self.model.restart()
+                try:
                     verdict = await self._validate(
                         opened,
                         opened.expect(Submission),
@@ -230,11 +242,12 @@ class Validator:
                 except ModelServiceError as exc:
                     # Nothing was written: the submission stays queued, first in line.
                     self._attempts[queued.submission_id] = attempt
-                    self.stats.model_restarts += 1
-                    log.warning("model unavailable (%s); restarting it, then retrying", exc)
+                    log.warning("model check failed (%s, attempt %d); retrying", exc, attempt)
                     await trio.sleep(MODEL_RESTART_BACKOFF_S)
-                    with contextlib.suppress(ModelServiceError):  # counted as another attempt
-                        await self.model.restart()
+                    if exc.kind == UNAVAILABLE:
+                        self.stats.model_restarts += 1
+                        with contextlib.suppress(ModelServiceError):  # counted as an attempt
+                            await self.model.restart()
                     continue
                 self._attempts.pop(queued.submission_id, None)
             self.inbox.set_verdict(queued.submission_id, verdict)
@@ -331,8 +344,10 @@ class Validator:
         except _Reject as exc:
             reasons.append(str(exc))
         except ModelServiceError as exc:
-            if exc.kind == UNAVAILABLE and attempt < MODEL_ATTEMPTS:
-                raise  # our model process died or hung: no verdict; run() restarts it, retries
+            if exc.kind in (UNAVAILABLE, "internal") and attempt < MODEL_ATTEMPTS:
+                # Our model process died, hung or failed (an OOM, a bug): not the worker's
+                # fault. No verdict; run() retries (after a restart if the process is gone).
+                raise
             # A proof the model cannot even evaluate (wrong count, bad modulus) is a failed proof.
             reasons.append(f"proof check failed: {exc}")
             if exc.kind in ("internal", UNAVAILABLE):
@@ -477,6 +492,22 @@ class Validator:
         self._count_check(sub)
         return result
 
+    def _batching_allowed(self, submission_id: bytes, head: Opened) -> bool:
+        """Prefetch batched audits only when the head of the queue will be audited itself (an
+        unaudited head needs no prefill) and batching is not paused after a failure."""
+        if self.config.audit_batch < 2 or submission_id in self._prechecked:
+            return False
+        if time.monotonic() < self._batching_paused_until:
+            return False
+        return self.audits.decide(head.signer, self._draw(head.message_id)).audit
+
+    def _credited(self, submission_id: bytes) -> bool:
+        row = self.store.connection.execute(
+            "SELECT 1 FROM credits WHERE signer = ? AND submission_id = ? LIMIT 1",
+            (self.identity.public_key, submission_id),
+        ).fetchone()
+        return row is not None
+
     async def _prefetch_audits(self) -> None:
         """Audit the next queued submissions together, in one padded prefill.
 
@@ -490,15 +521,16 @@ class Validator:
         for queued in self.inbox.next_queued_many(self.config.audit_batch * 4):
             if len(batch) == self.config.audit_batch:
                 break
-            if queued.submission_id in self._prechecked:
-                continue
             try:
                 opened, lease_opened = self._open(queued.peer, queued.envelope)
             except MalformedMessage:
                 continue
-            if opened.signer in seen or self._verdict_from_ledger(queued.submission_id):
+            first = opened.signer not in seen
+            seen.add(opened.signer)  # only a contributor's first queued submission is taken
+            if not first or queued.submission_id in self._prechecked:
                 continue
-            seen.add(opened.signer)
+            if self._credited(queued.submission_id):
+                continue
             sub, lease = opened.expect(Submission), lease_opened.expect(Lease)
             try:
                 self._static_checks(opened, sub, lease_opened)

@@ -186,18 +186,36 @@ class Worker:
                 continue
             self.busy = True
             try:
-                await self._work(leases)
-            except FlopnetError as exc:
-                self.stats.errors += 1
-                log.warning("batch of %d: %s: %s", len(leases), type(exc).__name__, exc)
-                await trio.sleep(ERROR_BACKOFF_S)
-                if isinstance(exc, ModelServiceError) and exc.kind == UNAVAILABLE:
-                    # Our model process died or hung; the leases lapse and are re-offered.
-                    with contextlib.suppress(ModelServiceError):
-                        await self.model.restart()
+                await self._work_or_fall_back(leases)
             finally:
                 self.busy = False
                 self.phase = "idle"
+
+    async def _work_or_fall_back(self, leases: list[bytes]) -> None:
+        """Run the leases as one batch; if our model fails on the batch (out of memory at that
+        size, say), run them one by one, so the leases are not simply lost."""
+        try:
+            await self._work(leases)
+            return
+        except FlopnetError as exc:
+            self.stats.errors += 1
+            log.warning("batch of %d: %s: %s", len(leases), type(exc).__name__, exc)
+            unavailable = isinstance(exc, ModelServiceError) and exc.kind == UNAVAILABLE
+            if unavailable:
+                # Our model process died or hung: restart it; the leases lapse and re-open.
+                await trio.sleep(ERROR_BACKOFF_S)
+                with contextlib.suppress(ModelServiceError):
+                    await self.model.restart()
+                return
+            if not isinstance(exc, ModelServiceError) or len(leases) == 1:
+                await trio.sleep(ERROR_BACKOFF_S)
+                return
+        for lease_bytes in leases:
+            try:
+                await self._work([lease_bytes])
+            except FlopnetError as exc:
+                self.stats.errors += 1
+                log.warning("lease alone: %s: %s", type(exc).__name__, exc)
 
     async def _claim_batch(self) -> list[bytes]:
         """Leases on up to ``batch_size`` distinct tasks (claims are cheap; generation is not)."""

@@ -23,7 +23,7 @@ from ledger.policy import AuditPolicy
 from ledger.store import LedgerStore
 from node.config import NetworkParams, NodeConfig
 from node.inbox import Inbox
-from node.model_service import ModelService
+from node.model_service import ModelService, ModelServiceError
 from node.tasks import builtin_tasks
 from node.validator import Validator
 from protocol.envelope import message_id, open_envelope, seal
@@ -278,11 +278,33 @@ def test_a_model_process_that_dies_mid_check_is_restarted_and_the_work_still_cou
     trio.run(main)
 
 
+class FailingBatches:
+    """The real model process, except that every batched audit fails the way an out-of-memory
+    prefill would (fault injection: the validator must fall back to one-by-one audits)."""
+
+    def __init__(self, model: ModelService) -> None:
+        self._model = model
+        self.batch_calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    async def call(self, op: str, **kwargs: Any) -> Any:
+        if op == "check_batch":
+            self.batch_calls += 1
+            raise ModelServiceError("injected: CUDA out of memory", "internal")
+        return await self._model.call(op, **kwargs)
+
+
 @pytest.mark.timeout(300)
-def test_queued_audits_of_different_contributors_share_one_prefill(tmp_path: Path) -> None:
+@pytest.mark.parametrize("batches_fail", [False, True])
+def test_queued_audits_of_different_contributors_share_one_prefill(
+    tmp_path: Path, batches_fail: bool
+) -> None:
     """Five submissions wait in the inbox: the first of each of four contributors is audited in
     one padded prefill (check_batch), the fifth (a second one of the first contributor) alone
-    after it, exactly as one by one: the forged one fails, every chain entry is consistent."""
+    after it, as one by one would: the forged one fails, every chain entry is consistent. When
+    the batched prefill fails, the validator audits one by one instead of retrying forever."""
     from ledger.policy import audit_problems
 
     workers = [Identity(bytes([0xC0 + i]) * 32) for i in range(4)]
@@ -298,9 +320,10 @@ def test_queued_audits_of_different_contributors_share_one_prefill(tmp_path: Pat
         store = LedgerStore(tmp_path / "ledger.sqlite")
         inbox = Inbox(tmp_path / "inbox.sqlite")
         try:
+            serving: Any = FailingBatches(model) if batches_fail else model
             validator = make_validator(
                 config,
-                model,
+                serving,
                 Verifiers(VerifyOptions(max_tokens=NET.max_new_tokens)),
                 store,
                 inbox,
@@ -345,7 +368,11 @@ def test_queued_audits_of_different_contributors_share_one_prefill(tmp_path: Pat
                 assert raw is not None
                 verdict = open_envelope(raw, NET.network_id, expected=Verdict).expect(Verdict)
                 assert verdict.accepted == honest, verdict.reasons
-            assert validator.stats.batched_audits == 4  # the fifth waited for the first's result
+            if batches_fail:
+                assert serving.batch_calls == 1  # then paused: no retry loop
+                assert validator.stats.batched_audits == 0
+            else:
+                assert validator.stats.batched_audits == 4  # the fifth waited for the first
             assert validator.stats.audits == 5 and validator.stats.proof_checks == 5
             assert store.verify_all(NET.network_id) == []
             credits, hard = store.audit_context(VALIDATOR.public_key)

@@ -53,7 +53,8 @@ def load_model(
     if chosen == "hf":
         from node.inference.hf_backend import HFBackend
 
-        hf = HFBackend(spec, num_threads=threads or None)
+        device = plan["device"] if plan else "cpu"  # the plan's GPU, when it found one
+        hf = HFBackend(spec, device=device, num_threads=threads or None)
         hf_config: Any = hf.model.config
         return LoadedModel(
             backend=hf,
