@@ -17,7 +17,7 @@ import trio
 
 from node.announcements import AnnouncementLog
 from node.config import NodeConfig
-from node.inference.prompt import format_r1_prompt
+from node.inference.prompt import DIRECTIVES, MATH_DIRECTIVE, format_r1_prompt
 from node.inference.tokenizer import Tokenizer
 from node.leases import Denied, Grant, LeaseBook
 from node.publisher_store import PublisherStore
@@ -102,7 +102,9 @@ class Publisher:
         """The token ids of a task's prompt: assigned here, so worker and validator agree."""
         ids = self._prompt_ids.get(task.task_id)
         if ids is None:
-            text = format_r1_prompt(task.problem)
+            text = format_r1_prompt(
+                task.problem, directive=DIRECTIVES.get(task.task_type, MATH_DIRECTIVE)
+            )
             ids = tuple(self.tokenizer.encode(text, add_bos=True))
             self._prompt_ids[task.task_id] = ids
         return ids

@@ -1,18 +1,21 @@
 """Task sets: a built-in generator of arithmetic word problems, and loaders for task files.
 
-The built-in set needs no data files, so a devnet runs on a fresh machine. Files in the
-DeepScaleR format (a JSON array of objects with ``problem`` and ``answer``) and JSONL files with
-the same fields (MATH-500) load with :func:`load_tasks_file`.
+The built-in set needs no data files, so a devnet runs on a fresh machine. :func:`load_tasks_file`
+reads math tasks (DeepScaleR JSON arrays, MATH-500 JSONL: ``problem`` and ``answer``) and code
+tasks (HumanEval JSONL, also gzipped: ``prompt``, ``test``, ``entry_point``; MBPP JSONL: ``text``,
+``test_list``, ``test_setup_code``), whose tests the validator's sandboxed code verifier runs.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from protocol.errors import ConfigError
 
@@ -21,12 +24,14 @@ MAX_PROBLEM_CHARS = 16_000
 
 @dataclass(frozen=True)
 class Task:
-    """One problem with its gold answer."""
+    """One problem with its gold answer (math) or its tests (code, in ``verifier``)."""
 
     task_id: str
     task_type: str
     problem: str
     answer: str
+    # Further fields of the verifier's task spec (code: tests, entry_point, test_setup_code).
+    verifier: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
 
 def _bakery(rng: random.Random) -> tuple[str, int]:
@@ -95,11 +100,37 @@ def _normalise_answer(answer: object) -> str:
     return str(answer).strip()
 
 
+def _code_task(stem: str, index: int, record: Mapping[str, Any]) -> Task | None:
+    """A HumanEval or MBPP record as a code task, or None if it is neither."""
+    if {"prompt", "test", "entry_point"} <= record.keys():  # HumanEval
+        problem = (
+            "Complete the following Python function.\n\n```python\n"
+            f"{str(record['prompt']).rstrip()}\n```"
+        )
+        spec: dict[str, Any] = {
+            "tests": str(record["test"]),
+            "entry_point": str(record["entry_point"]),
+        }
+    elif {"text", "test_list"} <= record.keys():  # MBPP
+        tests = [str(t) for t in record["test_list"]]
+        problem = f"{record['text']}\nYour code should pass these tests:\n" + "\n".join(tests)
+        spec = {"tests": tests, "test_setup_code": str(record.get("test_setup_code") or "")}
+    else:
+        return None
+    digest = hashlib.sha256(problem.encode()).hexdigest()[:10]
+    return Task(f"{stem}-{index}-{digest}", "code", problem, "", {**spec, "language": "python"})
+
+
 def load_tasks_file(path: Path, limit: int | None = None) -> list[Task]:
-    """Load math tasks from a DeepScaleR JSON array or a JSONL file of ``problem``/``answer``."""
+    """Load tasks: math from DeepScaleR JSON arrays or ``problem``/``answer`` JSONL, code from
+    HumanEval or MBPP JSONL (``.gz`` files are read compressed)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                text = f.read()
+        else:
+            text = path.read_text(encoding="utf-8")
+    except (OSError, EOFError) as exc:
         raise ConfigError(f"cannot read tasks file {path}: {exc}") from None
     try:
         if text.lstrip().startswith("["):
@@ -108,11 +139,20 @@ def load_tasks_file(path: Path, limit: int | None = None) -> list[Task]:
             records = [json.loads(line) for line in text.splitlines() if line.strip()]
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not JSON or JSONL: {exc}") from None
-    stem = path.stem
+    stem = path.name.split(".")[0]
     tasks: list[Task] = []
     for index, record in enumerate(records):
+        code = _code_task(stem, index, record) if isinstance(record, dict) else None
+        if code is not None:
+            if len(code.problem) <= MAX_PROBLEM_CHARS:
+                tasks.append(code)
+            if limit is not None and len(tasks) >= limit:
+                break
+            continue
         if not isinstance(record, dict) or "problem" not in record or "answer" not in record:
-            raise ConfigError(f"{path}: record {index} lacks 'problem' or 'answer'")
+            raise ConfigError(
+                f"{path}: record {index} is not a math (problem, answer), HumanEval or MBPP task"
+            )
         problem = str(record["problem"])
         answer = _normalise_answer(record["answer"])
         if not answer or len(problem) > MAX_PROBLEM_CHARS:

@@ -559,6 +559,7 @@ class Validator:
         """The task type's verifier, in a killable child; answer correctness labels the data."""
         started = time.perf_counter()
         spec = {
+            **task.verifier,  # code: tests, entry_point, ...
             "task_type": task.task_type,
             "gold": task.answer,
             "max_tokens": lease.max_new_tokens,

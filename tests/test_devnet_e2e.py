@@ -16,8 +16,10 @@ import pytest
 from ledger.store import LedgerStore
 from node.devnet import Devnet, DevnetOptions, api_get, read_node_info
 from protocol.identity import load_or_create_identity
+from tests.conftest import SHARED_DATA
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+DATA = SHARED_DATA
 
 
 def flopnet(*args: str, timeout: float = 540) -> subprocess.CompletedProcess[str]:
@@ -111,6 +113,18 @@ def test_devnet_batched_generation_with_pinned_weights(tmp_path: Path) -> None:
     # Six tasks in calls of up to three: batched rows pass the same proof check as single ones.
     assert summary["timing"]["tasks_per_generation_call"] > 1.0
     assert len(NetworkParams.load(tmp_path / "network.manifest").weights_sha256) == 64
+
+
+@pytest.mark.skipif(not (DATA / "HumanEval.jsonl.gz").exists(), reason="no ../shared/data")
+def test_devnet_runs_code_tasks_through_the_sandboxed_verifier(tmp_path: Path) -> None:
+    code, summary = devnet(
+        tmp_path, "--workers", "1", "--tasks", "2", "--tasks-file", str(DATA / "HumanEval.jsonl.gz")
+    )
+    assert code == 0, summary
+    assert summary["tasks_validated"] == 2
+    log = (tmp_path / "validator" / "node.log").read_text()
+    # The code verifier judged each response (a random model writes no solution): no errors.
+    assert log.count("ACCEPT HumanEval-") == 2 and "verifier error" not in log
 
 
 def test_devnet_rejects_cheaters_and_releases_their_tasks(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -101,7 +102,42 @@ def test_bad_task_files(tmp_path: Path) -> None:
         load_tasks_file(bad)
     missing = tmp_path / "missing.json"
     missing.write_text(json.dumps([{"question": "x"}]))
-    with pytest.raises(ConfigError, match="lacks"):
+    with pytest.raises(ConfigError, match=r"is not a math .* HumanEval or MBPP task"):
         load_tasks_file(missing)
     with pytest.raises(ConfigError, match="cannot read"):
         load_tasks_file(tmp_path / "nope.json")
+
+
+@pytest.mark.skipif(not DATA.exists(), reason="../shared/data not present")
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
+@pytest.mark.timeout(180)
+def test_code_tasks_load_and_their_tests_judge_solutions() -> None:
+    """HumanEval (gzipped) and MBPP records become code tasks whose verifier fields are what
+    the validator hands the sandboxed code verifier: the reference solution passes, a wrong one
+    fails."""
+    import gzip
+
+    from node.inference.prompt import CODE_DIRECTIVE, format_r1_prompt
+    from verifiers.registry import Verifiers, VerifyOptions
+
+    humaneval = load_tasks_file(DATA / "HumanEval.jsonl.gz", limit=2)
+    mbpp = load_tasks_file(DATA / "mbpp.jsonl", limit=2)
+    assert [t.task_type for t in humaneval + mbpp] == ["code"] * 4
+    assert humaneval[0].task_id.startswith("HumanEval-0-") and mbpp[0].task_id.startswith("mbpp-0-")
+    assert "def " in humaneval[0].problem and "entry_point" in humaneval[0].verifier
+    assert CODE_DIRECTIVE in format_r1_prompt(humaneval[0].problem, directive=CODE_DIRECTIVE)
+    with gzip.open(DATA / "HumanEval.jsonl.gz", "rt") as f:
+        first = json.loads(f.readline())
+    solution = first["prompt"] + first["canonical_solution"]
+    mbpp_solution = json.loads((DATA / "mbpp.jsonl").read_text().splitlines()[0])["code"]
+    cases = [
+        (humaneval[0], solution, True),
+        (humaneval[0], first["prompt"] + "    return True\n", False),
+        (mbpp[0], mbpp_solution, True),
+    ]
+    with Verifiers(VerifyOptions(sandbox="bwrap", code_budget_s=30), workers=1) as verifiers:
+        for task, code, should_pass in cases:
+            spec = {**task.verifier, "task_type": task.task_type, "gold": task.answer}
+            result = verifiers.verify(spec, f"<think>\nok\n</think>\n```python\n{code}\n```")
+            assert result.error is None, result.error
+            assert result.passed == should_pass, result.reasons

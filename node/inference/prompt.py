@@ -6,6 +6,9 @@ from node.inference.tokenizer import ASSISTANT, THINK_OPEN, USER
 
 # DeepSeek's recommended directive for math problems (DeepSeek-R1 model card, usage notes).
 MATH_DIRECTIVE = "Please reason step by step, and put your final answer within \\boxed{}."
+# For code tasks: the verifier runs the last fenced Python block against the task's tests.
+CODE_DIRECTIVE = "Write your complete solution in Python in a single ```python code block."
+DIRECTIVES = {"math": MATH_DIRECTIVE, "code": CODE_DIRECTIVE}
 
 
 # The prompt ends inside the reasoning block, so a response is judged as if it began with this.
