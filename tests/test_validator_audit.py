@@ -103,7 +103,9 @@ async def _honest(model: ModelService, index: int) -> tuple[bytes, dict[str, Any
     return lease_bytes, out
 
 
-def _submission(lease_bytes: bytes, out: dict[str, Any], proofs: list[bytes]) -> bytes:
+def _submission(
+    lease_bytes: bytes, out: dict[str, Any], proofs: list[bytes], worker: Identity = WORKER
+) -> bytes:
     sub = Submission(
         version=1,
         lease=lease_bytes,
@@ -113,7 +115,7 @@ def _submission(lease_bytes: bytes, out: dict[str, Any], proofs: list[bytes]) ->
         proofs=tuple(proofs),
         generation_seconds=0.1,
     )
-    return seal(sub, WORKER, NET.network_id)
+    return seal(sub, worker, NET.network_id)
 
 
 def _entries(store: LedgerStore) -> list[tuple[str, Any]]:
@@ -344,16 +346,7 @@ def test_queued_audits_of_different_contributors_share_one_prefill(
                         list(o["proofs"]) for _, o, _ in outs
                         if o is not out and len(o["proofs"]) == len(proofs)
                     )  # fmt: skip
-                sub = Submission(
-                    version=1,
-                    lease=lease_bytes,
-                    token_ids=tuple(out["token_ids"]),
-                    text=out["text"],
-                    finish_reason=out["finish_reason"],
-                    proofs=tuple(proofs),
-                    generation_seconds=0.1,
-                )
-                data = seal(sub, worker, NET.network_id)
+                data = _submission(lease_bytes, out, proofs, worker)
                 lease_id = open_envelope(lease_bytes, NET.network_id).expect(Lease).lease_id
                 inbox.add(message_id(data), lease_id, worker.peer_id, data)
                 subs.append((data, honest))
