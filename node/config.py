@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from proof.params import CHUNK, POLICY_PARAMS, TOPK
 from protocol.errors import ConfigError
 from protocol.identity import Identity
 from protocol.manifest import create_manifest, load_manifest
@@ -26,17 +27,8 @@ if TYPE_CHECKING:  # proof.policy imports torch, which the daemon never loads
 
 # A "relay" node does no work: it is a bootstrap peer, a DHT server and a circuit relay.
 ROLES = ("publisher", "validator", "worker", "relay")
-# The fields of NetworkParams that make up the proof policy (``proof.policy.POLICY_PARAMS``,
-# named here too so that the daemon need not import torch).
-PROOF_PARAMS = (
-    "max_exp_mismatches",
-    "max_mant_err_mean",
-    "max_mant_err_median",
-    "max_sign_mismatches",
-    "mant_err_mean_baseline",
-    "replay_tolerance",
-    "max_replay_mismatch_fraction",
-)
+# The fields of NetworkParams that make up the proof policy (from the torch-free proof.params).
+PROOF_PARAMS = tuple(POLICY_PARAMS)
 
 
 @dataclass(frozen=True)
@@ -114,7 +106,7 @@ class NetworkParams:
                 raise ConfigError(f"{name} must be a finite number >= 0, not {value!r}")
         if self.max_replay_mismatch_fraction > 1:
             raise ConfigError("max_replay_mismatch_fraction must be in [0, 1]")
-        if (self.proof_chunk, self.proof_topk) != (32, 128):
+        if (self.proof_chunk, self.proof_topk) != (CHUNK, TOPK):
             # Workers and validators build and check proofs with the reference's 32/128 only.
             raise ConfigError("proof_chunk and proof_topk must be 32 and 128 (the TOPLOC format)")
         if not 0.0 <= self.audit_rate_floor <= 1.0:

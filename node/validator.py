@@ -49,6 +49,7 @@ from node.inbox import Inbox
 from node.inference.prompt import response_for_verifier
 from node.model_service import UNAVAILABLE, ModelService, ModelServiceError
 from node.tasks import Task
+from proof.params import CHUNK, PROOF_BYTES
 from protocol.envelope import Opened, open_envelope, seal
 from protocol.errors import MalformedMessage, VerifierError
 from protocol.host import P2PHost
@@ -73,8 +74,6 @@ LEASE_GRACE_S = 30.0
 MODEL_ATTEMPTS = 3
 MODEL_RESTART_BACKOFF_S = 1.0
 BATCH_PAUSE_S = 60.0  # after a batched audit failed, audit one by one this long
-PROOF_BYTES = 258
-CHUNK = 32
 
 
 @dataclass

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proof.completion import CompletionCheck
+from proof.params import POLICY_PARAMS
 from proof.sampling import DEFAULT_TOLERANCE, ReplayCheck
 from proof.toploc import (
     ChunkCheck,
@@ -136,19 +137,6 @@ def recommended_policy(model: str, dtype: str) -> ProofPolicy:
     Real models must be calibrated on the network's own hardware before their manifest is signed.
     """
     return _RECOMMENDED.get((model, dtype), ProofPolicy(ToplocThresholds()))
-
-
-# The network parameters (manifest fields) that make up a ProofPolicy, with their types. The
-# manifest has no null: a ``mant_err_mean_baseline`` of 0 there means no pooled check (None here).
-POLICY_PARAMS: dict[str, type] = {
-    "max_exp_mismatches": int,
-    "max_mant_err_mean": float,
-    "max_mant_err_median": float,
-    "max_sign_mismatches": int,
-    "mant_err_mean_baseline": float,
-    "replay_tolerance": float,
-    "max_replay_mismatch_fraction": float,
-}
 
 
 def policy_from_params(params: Mapping[str, Any]) -> ProofPolicy:

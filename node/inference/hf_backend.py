@@ -19,6 +19,7 @@ from torch import nn
 
 from node.inference.models import ModelSpec, build_model
 from node.inference.tokenizer import Tokenizer
+from proof.params import CHUNK
 from proof.sampling import SamplingParams, sample_token
 from protocol.errors import ConfigError
 
@@ -27,7 +28,7 @@ FinishReason = Literal["eos", "length"]
 # Rows of logits computed per LM-head call in prefill; bounds the transient memory.
 _LOGITS_CHUNK = 512
 # Rows per TOPLOC proof: ``on_chunk`` hands over each full chunk of states as soon as it exists.
-PROOF_CHUNK = 32
+PROOF_CHUNK = CHUNK
 
 # (row of the batch, chunk index, bf16 states [PROOF_CHUNK, hidden]) -> None
 ChunkCallback = Callable[[int, int, torch.Tensor], None]
