@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from ledger.policy import AuditPolicy
 from ledger.store import LedgerStore
 from node.config import NetworkParams, NodeConfig
 from node.inbox import Inbox
-from node.model_service import ModelService, ModelServiceError
+from node.model_service import ModelInfo, ModelService, ModelServiceError
 from node.tasks import builtin_tasks
 from node.validator import Validator
 from protocol.envelope import message_id, open_envelope, seal
@@ -44,10 +46,26 @@ TASKS = builtin_tasks(4)
 POLICY = AuditPolicy(floor=0.0, warmup=1)
 
 
+@asynccontextmanager
+async def validator_parts(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[ModelService, ModelInfo, LedgerStore, Inbox]]:
+    """A real tiny-model process, ledger and inbox for a validator; all closed afterwards."""
+    model = ModelService("tiny", NET.model_seed, NET.dtype, threads=1)
+    info = await model.start()
+    store = LedgerStore(tmp_path / "ledger.sqlite")
+    inbox = Inbox(tmp_path / "inbox.sqlite")
+    try:
+        yield model, info, store, inbox
+    finally:
+        model.close()
+        inbox.close()
+        store.close()
+
+
 def make_validator(
     config: NodeConfig,
     model: ModelService,
-    verifiers: Verifiers,
     store: LedgerStore,
     inbox: Inbox,
     model_config: dict[str, Any],
@@ -59,7 +77,7 @@ def make_validator(
         VALIDATOR,
         None,  # type: ignore[arg-type]
         model,
-        verifiers,
+        Verifiers(VerifyOptions(max_tokens=NET.max_new_tokens)),
         store,
         inbox,
         {t.task_id: t for t in TASKS},
@@ -134,16 +152,10 @@ def test_audits_fall_with_valid_results_and_a_failed_audit_voids_pending_credit(
     config = NodeConfig(roles=("validator",), data_dir=tmp_path, network=NET)
 
     async def main() -> None:
-        model = ModelService("tiny", NET.model_seed, NET.dtype, threads=1)
-        info = await model.start()
-        verifiers = Verifiers(VerifyOptions(max_tokens=NET.max_new_tokens))
-        store = LedgerStore(tmp_path / "ledger.sqlite")
-        inbox = Inbox(tmp_path / "inbox.sqlite")
-        try:
+        async with validator_parts(tmp_path) as (model, info, store, inbox):
             validator = make_validator(
                 config,
                 model,
-                verifiers,
                 store,
                 inbox,
                 info.config or {},
@@ -216,15 +228,11 @@ def test_audits_fall_with_valid_results_and_a_failed_audit_voids_pending_credit(
 
             # A restarted validator rebuilds the records from its chain: audited again at once.
             again = make_validator(
-                config, model, verifiers, store, inbox, info.config or {}, audit_policy=POLICY
+                config, model, store, inbox, info.config or {}, audit_policy=POLICY
             )
             state = again.audits.states[WORKER.public_key]
             assert (state.consecutive_valid, state.audits, state.failures) == (0, 3, 1)
             assert again.audits.decide(WORKER.public_key, 0.999).audit
-        finally:
-            model.close()
-            inbox.close()
-            store.close()
 
     trio.run(main)
 
@@ -241,15 +249,10 @@ def test_a_model_process_that_dies_mid_check_is_restarted_and_the_work_still_cou
     config = NodeConfig(roles=("validator",), data_dir=tmp_path, network=NET)
 
     async def main() -> None:
-        model = ModelService("tiny", NET.model_seed, NET.dtype, threads=1)
-        info = await model.start()
-        store = LedgerStore(tmp_path / "ledger.sqlite")
-        inbox = Inbox(tmp_path / "inbox.sqlite")
-        try:
+        async with validator_parts(tmp_path) as (model, info, store, inbox):
             validator = make_validator(
                 config,
                 model,
-                Verifiers(VerifyOptions(max_tokens=NET.max_new_tokens)),
                 store,
                 inbox,
                 info.config or {},
@@ -272,10 +275,6 @@ def test_a_model_process_that_dies_mid_check_is_restarted_and_the_work_still_cou
             assert validator.stats.model_restarts >= 1 and model.pid != first_pid
             # One credit and its audit: nothing was written for the check that was cut short.
             assert [kind for kind, _ in _entries(store)] == ["credit", "audit"]
-        finally:
-            model.close()
-            inbox.close()
-            store.close()
 
     trio.run(main)
 
@@ -317,16 +316,11 @@ def test_queued_audits_of_different_contributors_share_one_prefill(
         return seal(dataclasses.replace(lease, worker=worker.public_key), VALIDATOR, NET.network_id)
 
     async def main() -> None:
-        model = ModelService("tiny", NET.model_seed, NET.dtype, threads=1)
-        info = await model.start()
-        store = LedgerStore(tmp_path / "ledger.sqlite")
-        inbox = Inbox(tmp_path / "inbox.sqlite")
-        try:
+        async with validator_parts(tmp_path) as (model, info, store, inbox):
             serving: Any = FailingBatches(model) if batches_fail else model
             validator = make_validator(
                 config,
                 serving,
-                Verifiers(VerifyOptions(max_tokens=NET.max_new_tokens)),
                 store,
                 inbox,
                 info.config or {},
@@ -374,9 +368,5 @@ def test_queued_audits_of_different_contributors_share_one_prefill(
                 audit_problems(records, AuditPolicy(floor=NET.audit_rate_floor), credits, hard)
                 == []
             )
-        finally:
-            model.close()
-            inbox.close()
-            store.close()
 
     trio.run(main)
