@@ -132,7 +132,7 @@ def measure(
     def run_with_proofs() -> list[Generation]:
         with ThreadPoolExecutor(1) as pool:
             stream = ProofStream(pool)
-            out: list[Generation] = backend.generate_batch(reqs, on_chunk=stream.on_chunk)
+            out: list[Generation] = backend.generate_batch(reqs, **stream.backend_kwargs())
             stream.all_proofs([g.hidden for g in out])
         return out
 

@@ -678,10 +678,7 @@ class LedgerStore:
     def audit_results(self, signer: bytes) -> list[tuple[bytes, bool]]:
         """(contributor, passed) of every audit result in ``signer``'s chain, in seq order: what
         :func:`ledger.policy.audit_states` rebuilds the audit policy's state from."""
-        rows = self._conn.execute(
-            "SELECT contributor, passed FROM audits WHERE signer = ? ORDER BY seq", (signer,)
-        )
-        return [(bytes(contributor), bool(passed)) for contributor, passed in rows]
+        return [(r.contributor, r.passed) for r in self.audit_records(signer)]
 
     def audit_records(self, signer: bytes) -> list[AuditRecord]:
         """Every audit entry of ``signer``'s chain, in seq order."""

@@ -29,11 +29,6 @@ class ProofStream:
         if self._pool is not None:
             self._futures[(row, index)] = self._pool.submit(build_proofs, states)
 
-    @property
-    def on_chunk(self) -> ProofStream | None:
-        """What to pass to the backend (None when nothing is built while decoding)."""
-        return self if self._pool is not None else None
-
     def backend_kwargs(self) -> dict[str, Any]:
         """``on_chunk`` for the backend's generate calls, or nothing (the vLLM backend and CPU
         decoding take none)."""

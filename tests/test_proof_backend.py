@@ -184,10 +184,10 @@ def test_proof_stream_threaded_equals_built_after(tiny: HFBackend) -> None:
     requests = [GenerationRequest(p, 1 + i, PARAMS, 75) for i, p in enumerate(prompts)]
     with ThreadPoolExecutor(1) as pool:
         stream = ProofStream(pool)
-        gens = tiny.generate_batch(requests, on_chunk=stream.on_chunk)
+        gens = tiny.generate_batch(requests, **stream.backend_kwargs())
         threaded = [stream.proofs(row, g.hidden) for row, g in enumerate(gens)]
     after = ProofStream(None)
-    assert after.on_chunk is None
+    assert after.backend_kwargs() == {}
     assert threaded == [after.proofs(row, g.hidden) for row, g in enumerate(gens)]
     assert threaded == [build_proofs(g.hidden) for g in gens]
     assert sum(len(p) for p in threaded) > len(gens)  # some rows had full chunks
