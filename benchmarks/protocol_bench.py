@@ -19,21 +19,21 @@ Full run about 5 minutes on the shared 2-core VM, ``--quick`` about 3-4.
    with the inbox on disk (ext4) using group commit (``Inbox.add_durable``, as the validator
    does), on disk with one commit per receipt (the behaviour before group commit, for
    comparison at the same load), and on /dev/shm (tmpfs) with group commit.
-3. conn: connect time and listener RSS/trio tasks over 1,000 connect/disconnect cycles, against
-   the host as shipped and against one with :func:`release_closed_inbound_connections`; RSS per
-   idle peer with 50 peers connected from another process.
+3. conn: connect time and listener RSS/trio tasks over 1,000 connect/disconnect cycles (the
+   host as shipped, with its ``protocol.libp2p_fixes``); RSS per idle peer with 50 peers
+   connected from another process.
 
-Benchmark-only deviations, all counted in the JSON: gossip hosts get
-:func:`guard_pubsub_reads` (a malformed pubsub frame otherwise ends the whole host) and the
-publisher's send path is timed by :func:`instrument_sends`. Every loop is bounded in count and
-time, and every child exits on its own.
+The one benchmark-only deviation: the publisher's send path is timed by
+:func:`instrument_sends`. ``--profile DIR`` runs every child under cProfile and leaves one
+``.prof`` file per child in DIR (for finding CPU, not for the figures: the profiler slows the
+children about twofold). Every loop is bounded in count and time, and every child exits on its
+own.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import contextvars
 import functools
 import gc
 import hashlib
@@ -93,7 +93,10 @@ NETWORK_ID = "bench-protocol"
 STATS_PROTOCOL = "/flopnet-bench/stats/1.0.0"
 STATS_LIMITS = StreamLimits(max_request=1024, max_response=65536, timeout=10.0)
 LOOPBACK = "127.0.0.1"
+PROFILE_DIR: Path | None = None  # set by --profile
+BAD_GOSSIP_STREAM = "gossip stream from"  # protocol.libp2p_fixes.guard_pubsub_reads reset one
 LOG_PATTERNS = (  # library warnings worth counting in the children's logs
+    BAD_GOSSIP_STREAM,
     "Health check failed",
     "fail to deliver message to subscription",
     "Nursery is closed",
@@ -385,11 +388,9 @@ async def gossip_child(spec: dict[str, Any]) -> dict[str, Any]:
     stack = AsyncExitStack()
     monitor = await stack.enter_async_context(trio.open_nursery())
     lag = LagMonitor()
-    pubsub_read_errors: Counter[str] = Counter()
     try:
         for i in nodes:
             await stack.enter_async_context(hosts[i].running())
-            guard_pubsub_reads(hosts[i], pubsub_read_errors)
         write_json(d / f"addrs-{proc}.json", {str(i): hosts[i].addrs()[0] for i in nodes})
         addrs: dict[int, str] = {}
         for p in range(len(procs)):
@@ -454,7 +455,6 @@ async def gossip_child(spec: dict[str, Any]) -> dict[str, Any]:
     finally:
         out["cpu_s"] = round(cpu_seconds(), 2)
         out["rss_mb"] = round(rss_bytes() / 2**20, 1)
-        out["pubsub_read_errors_caught_by_guard"] = dict(pubsub_read_errors)
         lag.stop()
         await close_quietly(stack)
     return out
@@ -830,76 +830,11 @@ async def concurrent_phase(
 # 3. connections
 
 
-def guard_pubsub_reads(host: P2PHost, caught: Counter[str]) -> None:
-    """Benchmark-only guard (and mitigation candidate for protocol/host.py).
-
-    In py-libp2p 0.8.1 an exception in ``Pubsub.continuously_read_stream`` (for example
-    ``DecodeError`` on one malformed RPC frame) escapes the connection's nursery, stops the
-    swarm and ends ``P2PHost.running()``: one bad frame from any peer takes the node down.
-    Here such a stream is reset instead and the event counted (each count is a crash of the
-    unguarded host).
-    """
-    pubsub = host._pubsub
-    read = pubsub.continuously_read_stream
-
-    async def guarded(stream: Any) -> None:
-        try:
-            await read(stream)
-        except Exception as exc:
-            caught[type(exc).__name__] += 1
-            logging.getLogger("bench").warning("pubsub read failed: %s: %s", type(exc), exc)
-            with contextlib.suppress(Exception):
-                await stream.reset()
-
-    pubsub.continuously_read_stream = guarded
-
-
-class _InboundClosed(Exception):
-    """Ends py-libp2p's inbound-connection handler once its connection has closed."""
-
-
-_IN_INBOUND_HANDLER: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "in_inbound_handler", default=False
-)
-
-
-def release_closed_inbound_connections(swarm: Any) -> None:
-    """Mitigation candidate for protocol/host.py (applied here only to the "mitigated" listener).
-
-    py-libp2p 0.8.1's ``Swarm._do_handle_inbound_connection`` parks the task of every accepted
-    connection on ``await self.manager.wait_finished()`` (swarm lifetime), while it holds a slot
-    of ``Swarm._inbound_limiter`` (max_connections - min_connections = 250). A closed connection
-    thus leaks a task and its slot, and after 250 inbound connections in a process's life every
-    new inbound connection is closed at once. Here the upgrade, when called from that handler,
-    waits for its connection to close and then raises: the handler returns through its
-    ``except Exception`` branch and its ``finally`` gives the slot back.
-    """
-    handle = swarm._handle_inbound_connection
-    upgrade = swarm.upgrade_inbound_raw_conn
-
-    async def handle_marked(read_write_closer: Any, maddr: Any) -> None:
-        _IN_INBOUND_HANDLER.set(True)  # trio gives each task its own context copy
-        await handle(read_write_closer, maddr)
-
-    async def upgrade_then_wait(raw_conn: Any, maddr: Any) -> Any:
-        muxed = await upgrade(raw_conn, maddr)
-        closed = getattr(muxed, "event_closed", None)
-        if not _IN_INBOUND_HANDLER.get() or closed is None:
-            return muxed  # e.g. dial_addr_as_responder (hole punching) needs the return value
-        await closed.wait()
-        raise _InboundClosed("inbound connection closed")
-
-    swarm._handle_inbound_connection = handle_marked
-    swarm.upgrade_inbound_raw_conn = upgrade_then_wait
-
-
 async def conn_listener_child(spec: dict[str, Any]) -> dict[str, Any]:
     d = Path(spec["dir"])
     host = P2PHost(identity(f"conn-listener-{spec['name']}"), listen_ip=LOOPBACK)
     host.handle(STATS_PROTOCOL, stats_handler, STATS_LIMITS)
     async with host.running() as h:
-        if spec.get("mitigate"):
-            release_closed_inbound_connections(h._host.get_network())
         await trio.sleep(0.5)
         tasks, _top = count_trio_tasks()
         write_json(
@@ -1087,7 +1022,14 @@ def child_main(kind: str, spec_path: Path) -> None:
     started = time.time()
     result: dict[str, Any]
     try:
-        result = trio.run(main)
+        if spec.get("profile_dir"):
+            import cProfile
+
+            profiler = cProfile.Profile()
+            result = profiler.runcall(trio.run, main)
+            profiler.dump_stats(Path(spec["profile_dir"]) / f"{spec_path.stem}.prof")
+        else:
+            result = trio.run(main)
         result["ok"] = True
     except BaseException as exc:
         result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
@@ -1106,6 +1048,8 @@ class Child:
 def spawn(kind: str, name: str, spec: dict[str, Any], work: Path) -> Child:
     spec = {**spec, "dir": str(work), "result": str(work / f"result-{name}.json")}
     spec.setdefault("hard_seconds", 240)
+    if PROFILE_DIR is not None:
+        spec["profile_dir"] = str(PROFILE_DIR)
     spec_path = work / f"spec-{name}.json"
     write_json(spec_path, spec)
     log = work / f"{name}.log"
@@ -1224,8 +1168,8 @@ def run_gossip(quick: bool, work: Path) -> dict[str, Any]:
                     if not connected
                 ),
                 "processes_failed": sum(1 for r in results if not r.get("ok")),
-                "pubsub_read_errors_caught": sum(
-                    sum(r.get("pubsub_read_errors_caught_by_guard", {}).values()) for r in results
+                "gossip_streams_reset_by_guard": sum(
+                    r.get("log_counts", {}).get(BAD_GOSSIP_STREAM, 0) for r in results
                 ),
             },
             "publish": next((r["publish"] for r in results if "publish" in r), None),
@@ -1311,30 +1255,32 @@ def run_conn(quick: bool, work: Path) -> dict[str, Any]:
     cycles = 300 if quick else 1000
     checkpoints = [1, 10, 100, 200, 300] if quick else [1, 10, 100, 250, 500, 750, 1000]
     out: dict[str, Any] = {"load_before": load()}
-    for name, mitigate in (("as_shipped", False), ("mitigated", True)):
-        listener = spawn(
-            "conn-listener", name, {"name": name, "mitigate": mitigate, "max_seconds": 200}, work
-        )
-        dialer = spawn(
-            "conn-cycles",
-            f"cycles-{name}",
-            {
-                "listener": name,
-                "cycles": cycles,
-                "sequential": 100,
-                "dialers": 16,
-                "checkpoints": checkpoints,
-                "stop_after_failures": 30,
-                "max_seconds": 150,
-            },
-            work,
-        )
-        result = collect(dialer, 220)
-        (work / f"{name}-stop").touch()
-        result["listener_process"] = collect(listener, 30)
-        last = max((x["cycle"] for x in result.get("samples", [])), default=0)
-        result["growth"] = growth(result.get("samples", []), 100, last)
-        out[f"cycles_{name}"] = result
+    name = "cycles"
+    listener = spawn("conn-listener", name, {"name": name, "max_seconds": 200}, work)
+    dialer = spawn(
+        "conn-cycles",
+        f"cycles-{name}",
+        {
+            "listener": name,
+            "cycles": cycles,
+            "sequential": 100,
+            "dialers": 16,
+            "checkpoints": checkpoints,
+            "stop_after_failures": 30,
+            "max_seconds": 150,
+        },
+        work,
+    )
+    result = collect(dialer, 220)
+    (work / f"{name}-stop").touch()
+    result["listener_process"] = collect(listener, 30)
+    last = max((x["cycle"] for x in result.get("samples", [])), default=0)
+    result["growth"] = growth(result.get("samples", []), 100, last)
+    # RSS climbs over the first few hundred cycles (allocator pools, caches) and then levels
+    # off; the second half shows whether anything still grows per cycle.
+    middle = min(checkpoints, key=lambda c: abs(c - last / 2))
+    result["growth_second_half"] = growth(result.get("samples", []), middle, last)
+    out["cycles"] = result
 
     listener = spawn("conn-listener", "peers", {"name": "peers", "max_seconds": 200}, work)
     peers = spawn("conn-peers", "conn-peers", {"peers": 50}, work)
@@ -1394,7 +1340,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="shorter runs (about 1.5 minutes)")
     parser.add_argument("--only", default="gossip,submit,conn", help="comma-separated parts")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--profile", type=Path, metavar="DIR", help="cProfile every child")
     args = parser.parse_args()
+    if args.profile is not None:
+        global PROFILE_DIR
+        args.profile.mkdir(parents=True, exist_ok=True)
+        PROFILE_DIR = args.profile.resolve()
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     runners = {"gossip": run_gossip, "submit": run_submit, "conn": run_conn}
     unknown = set(parts) - set(runners)
@@ -1446,17 +1397,11 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
     if "conn" in report:
         c = report["conn"]
         out["conn"] = {
-            "connect_sequential": c["cycles_as_shipped"].get("connect_sequential"),
-            "as_shipped": {
-                "connected": c["cycles_as_shipped"].get("cycles_connected"),
-                "first_failed_cycle": c["cycles_as_shipped"].get("first_failed_cycle"),
-                "growth": c["cycles_as_shipped"].get("growth"),
-            },
-            "mitigated": {
-                "connected": c["cycles_mitigated"].get("cycles_connected"),
-                "first_failed_cycle": c["cycles_mitigated"].get("first_failed_cycle"),
-                "growth": c["cycles_mitigated"].get("growth"),
-            },
+            "connect_sequential": c["cycles"].get("connect_sequential"),
+            "connected": c["cycles"].get("cycles_connected"),
+            "first_failed_cycle": c["cycles"].get("first_failed_cycle"),
+            "growth": c["cycles"].get("growth"),
+            "growth_second_half": c["cycles"].get("growth_second_half"),
             "rss_per_idle_peer_kb": round(c["idle_peers"].get("rss_per_peer_bytes", 0) / 1024, 1),
             "tasks_per_idle_peer": c["idle_peers"].get("tasks_per_peer"),
         }

@@ -8,6 +8,9 @@ Settings follow what was measured on py-libp2p 0.8.1 (see ``docs/architecture.md
   library's per-topic spam limit (10 msg/s, applied to our own publishes too) lifted; our own
   decoders and rate limits guard the topics instead.
 * Every stream operation runs under a deadline: a frozen peer otherwise hangs a stream forever.
+* :mod:`protocol.libp2p_fixes` mends measured library defects (a node killed by one bad gossip
+  frame, inbound slots never released, per-message peer-record and Yamux window-update work
+  that cost most of a gossip node's CPU).
 
 Library errors are mapped to :class:`PeerError` and :class:`ProtocolTimeout` here, at the boundary.
 Request/response framing: an unsigned LEB128 varint length, then that many payload bytes; one
@@ -29,7 +32,12 @@ from protocol.codec import decode_record
 from protocol.errors import MalformedMessage, PeerError, ProtocolTimeout
 from protocol.guard import PeerGuard, Violation
 from protocol.identity import Identity
-from protocol.libp2p_fixes import guard_pubsub_reads, release_closed_inbound_connections
+from protocol.libp2p_fixes import (
+    batch_yamux_window_updates,
+    cheapen_gossip_records,
+    guard_pubsub_reads,
+    release_closed_inbound_connections,
+)
 from protocol.messages import ReachabilityReply, ReachabilityRequest
 
 log = logging.getLogger(__name__)
@@ -171,6 +179,8 @@ class P2PHost:
         from libp2p.relay.circuit_v2.transport import CircuitV2Transport
         from libp2p.tools.anyio_service import background_trio_service
 
+        cheapen_gossip_records()
+        batch_yamux_window_updates()
         key_pair = create_new_key_pair(self.identity.seed)
         host = _new_libp2p_host(key_pair, self.health, mdns=self.mdns)
         self._install_ban_gate(host)
