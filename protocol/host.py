@@ -438,11 +438,20 @@ class P2PHost:
         self._forget_failed_dials(info.peer_id)
         try:
             with trio.fail_after(timeout):
+                await self._drop_dead_connections(info.peer_id)
                 await self._host.connect(info)
         except trio.TooSlowError:
             raise ProtocolTimeout(f"connecting to {what} took over {timeout}s") from None
         except Exception as exc:
             raise PeerError(f"cannot connect to {what}: {exc}") from None
+
+    async def _drop_dead_connections(self, peer_id: Any) -> None:
+        # py-libp2p's connect() returns at once while the swarm still lists a connection to the
+        # peer, even a closed one (seen after a health-check abort), and every new stream then
+        # fails with "no valid connections": drop such leftovers so the dial really happens.
+        connections = self._host.get_network().connections.get(peer_id) or []
+        if connections and all(_is_closed(conn) for conn in connections):
+            await self._host.disconnect(peer_id)
 
     def _forget_failed_dials(self, peer_id: Any) -> None:
         # The swarm refuses to dial a peer that failed recently ("negative cache") with its own
@@ -453,10 +462,15 @@ class P2PHost:
             unblock(peer_id)
 
     def connected_peers(self) -> list[str]:
-        """Peer ids with an open connection."""
+        """Peer ids with an open connection (closed leftovers in the swarm do not count)."""
         if self._host is None:
             return []
-        return [str(p) for p in self._host.get_connected_peers()]
+        connections = self._host.get_network().connections
+        return [
+            str(peer)
+            for peer, conns in list(connections.items())
+            if any(not _is_closed(conn) for conn in conns)
+        ]
 
     # -- request/response ----------------------------------------------------------------------
 
@@ -665,6 +679,14 @@ async def _reset(stream: Any) -> None:
             await stream.reset()
         except Exception:
             log.debug("stream reset failed", exc_info=True)
+
+
+def _is_closed(conn: Any) -> bool:
+    """A swarm connection that is closed, or whose muxer is."""
+    if getattr(conn, "is_closed", False):
+        return True
+    muxed = getattr(conn, "muxed_conn", None)
+    return bool(getattr(muxed, "is_closed", False))
 
 
 def _unwrap(group: BaseExceptionGroup, body_error: BaseException | None) -> BaseException:

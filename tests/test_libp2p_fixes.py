@@ -187,3 +187,34 @@ def test_yamux_credits_windows_in_batches_and_big_payloads_still_flow(
             assert len(updates) >= 2 and sum(updates) >= len(payload) - 256 * 1024
 
     trio.run(main)
+
+
+@pytest.mark.timeout(60)
+def test_connect_replaces_a_closed_connection_the_swarm_still_lists() -> None:
+    """py-libp2p's connect() is a no-op while any connection is listed, even a closed one."""
+    limits = StreamLimits(max_request=64, max_response=64, timeout=5.0)
+
+    async def pong(_peer: str, _data: bytes) -> bytes:
+        return b"pong"
+
+    async def main() -> None:
+        server_host = P2PHost(RECEIVER)
+        server_host.handle("/fixes-test/ping/1.0.0", pong, limits)
+        async with server_host.running() as server, P2PHost(SENDER).running() as client:
+            await client.connect(server.addrs()[0])
+            assert server.peer_id in client.connected_peers()
+            from libp2p.peer.id import ID
+
+            # A connection that is closed but still registered, as a health-check abort
+            # leaves it: its muxer is closed and the swarm has not removed it yet.
+            network = client._host.get_network()
+            (stale,) = network.connections[ID.from_base58(server.peer_id)]
+            await stale.muxed_conn.close()
+            await trio.sleep(0.3)  # the swarm's own clean-up runs first
+            network.connections[ID.from_base58(server.peer_id)] = [stale]
+            assert server.peer_id not in client.connected_peers()
+            await client.connect(server.addrs()[0])
+            reply = await client.request(server.peer_id, "/fixes-test/ping/1.0.0", b"ping", limits)
+            assert reply == b"pong" and server.peer_id in client.connected_peers()
+
+    trio.run(main)
