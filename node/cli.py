@@ -103,6 +103,11 @@ def _add_devnet(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="start a separate bootstrap/relay node; others find the validator on the DHT",
     )
+    p.add_argument(
+        "--separate-publisher",
+        action="store_true",
+        help="run the publisher in its own process; the validator fetches task specs from it",
+    )
 
 
 def _add_leaderboard(sub: argparse._SubParsersAction) -> None:
@@ -200,6 +205,7 @@ def _cmd_devnet(args: argparse.Namespace) -> int:
         headless=args.headless,
         lease_seconds=args.lease_seconds,
         bootstrap_node=args.bootstrap_node,
+        separate_publisher=args.separate_publisher,
     )
     summary = run_devnet(options)
     if args.json:

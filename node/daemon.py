@@ -41,6 +41,8 @@ from protocol.ids import (
     PROFILE_PROTOCOL,
     SUBMIT_LIMITS,
     SUBMIT_PROTOCOL,
+    TASK_SPEC_LIMITS,
+    TASK_SPEC_PROTOCOL,
     VERDICT_LIMITS,
     VERDICT_PROTOCOL,
     heartbeat_topic,
@@ -188,7 +190,12 @@ async def run_node(config: NodeConfig) -> None:
             identity, listen_ip=config.listen_ip, relay_hop="relay" in roles, mdns=config.mdns
         )
         network_state: dict[str, Any] = {"reachable": None, "relayed_addrs": []}
-        tasks = load_task_set(config) if roles & {"publisher", "validator"} else []
+        # A validator beside its publisher holds the task set; a validator alone holds only a
+        # tasks file it was given and fetches every other spec from the leasing publisher.
+        if "publisher" in roles or ("validator" in roles and config.tasks_file is not None):
+            tasks = load_task_set(config)
+        else:
+            tasks = []
         publisher = validator = worker = None
 
         if "publisher" in roles:
@@ -202,6 +209,7 @@ async def run_node(config: NodeConfig) -> None:
             )
             host.handle(CLAIM_PROTOCOL, publisher.handle_claim, CLAIM_LIMITS)
             host.handle(ANNOUNCEMENTS_PROTOCOL, publisher.handle_range, ANNOUNCEMENTS_LIMITS)
+            host.handle(TASK_SPEC_PROTOCOL, publisher.handle_task_spec, TASK_SPEC_LIMITS)
 
         # Every node keeps verified replicas of the validators' chains (a validator's own chain
         # lives in the same store) and serves them; the leaderboard is a query over it.
@@ -223,6 +231,7 @@ async def run_node(config: NodeConfig) -> None:
         host.handle(PROFILE_PROTOCOL, ledger_sync.handle_profile, PROFILE_LIMITS)
 
         if "validator" in roles:
+            from node.task_source import TaskSource
             from node.validator import Validator
             from verifiers.pool import MATH_WARMUP, VerifierPool
             from verifiers.registry import Verifiers, VerifyOptions
@@ -247,7 +256,13 @@ async def run_node(config: NodeConfig) -> None:
                 verifiers,
                 store,
                 inbox,
-                {t.task_id: t for t in tasks},
+                TaskSource(
+                    {t.task_id: t for t in tasks},
+                    host,
+                    identity,
+                    net.network_id,
+                    frozenset(net.publisher_keys),
+                ),
                 model_config,
                 on_verdict,
                 publish_entry=ledger_sync.publish_entry,

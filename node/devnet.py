@@ -1,10 +1,12 @@
 """``flopnet devnet``: a real local network of separate processes on 127.0.0.1.
 
-One process is publisher + validator; each worker is its own process (and each has its own model
-child process). Cheaters are workers whose model seed differs from the network's: a forged
-computation that the validator's TOPLOC check must reject. The devnet waits for every worker to
-connect before tasks are announced (so each worker, cheaters included, gets a lease), follows the
-validator through its local API, then stops every process and summarises the validator's ledger.
+One process is publisher + validator (or, with ``separate_publisher``, one each: the validator
+then holds no task set and fetches each task's spec from the publisher); each worker is its own
+process (and each has its own model child process). Cheaters are workers whose model seed
+differs from the network's: a forged computation that the validator's TOPLOC check must reject.
+The devnet waits for every worker to connect before tasks are announced (so each worker,
+cheaters included, gets a lease), follows the validator through its local API, then stops every
+process and summarises the validator's ledger.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from protocol.identity import load_or_create_identity
 from protocol.manifest import MANIFEST_FILE
 
 VALIDATOR_DIR = "validator"
+PUBLISHER_DIR = "publisher"
 RELAY_DIR = "bootstrap"
 NODE_START_TIMEOUT_S = 300.0
 POLL_S = 0.5
@@ -54,6 +57,7 @@ class DevnetOptions:
     bootstrap_node: bool = False
     batch_size: int = 1  # each worker generates this many leases together
     pin_weights: bool = False  # hash the model's weights into the manifest (~5 s for tiny)
+    separate_publisher: bool = False  # publisher and validator in two processes
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -71,7 +75,7 @@ class _Proc:
     cheater: bool
     process: subprocess.Popen[bytes]
     public_key: str
-    kind: str  # "validator", "worker" or "relay"
+    kind: str  # "validator", "publisher", "worker" or "relay"
     command: list[str]
 
 
@@ -119,16 +123,19 @@ def api_get(info: dict[str, Any], path: str, timeout: float = 5.0) -> Any:
     return response.json()
 
 
-def devnet_params(opts: DevnetOptions, validator_key: str) -> NetworkParams:
-    """A devnet's network parameters: one publisher-validator, and the proof policy
-    ``recommended_policy(model, dtype)`` (calibrated for the embedded models)."""
+def devnet_params(
+    opts: DevnetOptions, validator_key: str, publisher_key: str | None = None
+) -> NetworkParams:
+    """A devnet's network parameters: one validator, one publisher (the same node unless
+    ``publisher_key`` is another), and the proof policy ``recommended_policy(model, dtype)``
+    (calibrated for the embedded models)."""
     return NetworkParams(
         network_id="assigned-by-manifest",  # the founder key decides the real id
         model=opts.model,
         dtype=opts.dtype,
         max_new_tokens=opts.max_new_tokens,
         lease_seconds=opts.lease_seconds,
-        publishers=(validator_key,),
+        publishers=(publisher_key or validator_key,),
         validators=(validator_key,),
         **recommended_proof_params(opts.model, opts.dtype),
     )
@@ -144,6 +151,7 @@ class Devnet:
         self.procs: list[_Proc] = []
         self.started_at = time.time()
         self.validator_info: dict[str, Any] | None = None
+        self.publisher_info: dict[str, Any] | None = None  # the validator's, unless separate
         self.final_status: dict[str, dict[str, Any]] = {}
         self.ready_at: float | None = None
         self.network_id = ""  # derived from the founder key in start()
@@ -188,7 +196,13 @@ class Devnet:
         info = self._wait_info(proc, time.time() + NODE_START_TIMEOUT_S)
         if proc.kind == "validator":
             self.validator_info = info
+        if proc.kind == "publisher" or (proc.kind == "validator" and not self._separate):
+            self.publisher_info = info
         return info
+
+    @property
+    def _separate(self) -> bool:
+        return self.options.separate_publisher
 
     def _wait_info(self, proc: _Proc, deadline: float) -> dict[str, Any]:
         while time.time() < deadline:
@@ -215,17 +229,27 @@ class Devnet:
         port = _free_port()
         # A fresh founder key per devnet data dir: its manifest signs this network into being.
         founder = load_or_create_identity(self.root / "founder")
-        params = devnet_params(opts, validator_key)
+        publisher_key = None
+        if opts.separate_publisher:
+            publisher_key = load_or_create_identity(self.root / PUBLISHER_DIR).public_key.hex()
+        params = devnet_params(opts, validator_key, publisher_key)
         if opts.pin_weights:
             from node.inference.models import model_weights_sha256
 
             pinned = model_weights_sha256(opts.model, seed=params.model_seed, dtype=opts.dtype)
             params = dataclasses.replace(params, weights_sha256=pinned)
         self.network_id = create_network(founder, "devnet", params, self.network_file).network_id
-        node_args = ["--role", "publisher", "--role", "validator", "--tasks", str(opts.tasks)]
+        task_args = ["--tasks", str(opts.tasks)]
         if opts.tasks_file is not None:
-            node_args += ["--tasks-file", str(opts.tasks_file)]
+            task_args += ["--tasks-file", str(opts.tasks_file)]
         peers_needed = opts.workers + opts.cheaters
+        if opts.separate_publisher:
+            node_args = ["--role", "validator"]
+            publisher_args = ["--role", "publisher", *task_args]
+            peers_needed += 1  # the publisher waits for the validator too
+        else:
+            node_args = ["--role", "publisher", "--role", "validator", *task_args]
+            publisher_args = []
         bootstrap = f"/ip4/127.0.0.1/tcp/{port}/p2p/{validator_identity.peer_id}"
         if opts.bootstrap_node:
             relay_port = _free_port()
@@ -234,8 +258,14 @@ class Devnet:
             bootstrap = f"/ip4/127.0.0.1/tcp/{relay_port}/p2p/{relay_identity.peer_id}"
             node_args += ["--bootstrap", bootstrap]
             peers_needed += 1
-        node_args += ["--wait-for-workers", str(peers_needed)]
+        if opts.separate_publisher:
+            publisher_args += ["--bootstrap", bootstrap, "--wait-for-workers", str(peers_needed)]
+        else:
+            node_args += ["--wait-for-workers", str(peers_needed)]
         validator = self._spawn(VALIDATOR_DIR, "validator", [*node_args, "--port", str(port)])
+        publisher = validator
+        if opts.separate_publisher:
+            publisher = self._spawn(PUBLISHER_DIR, "publisher", publisher_args)
         workers: list[tuple[str, bool, int | None]] = [
             (f"worker-{i + 1}", False, None) for i in range(opts.workers)
         ]
@@ -250,6 +280,7 @@ class Devnet:
             self._spawn(name, "worker", args, cheater)
         deadline = time.time() + NODE_START_TIMEOUT_S
         self.validator_info = self._wait_info(validator, deadline)
+        self.publisher_info = self._wait_info(publisher, deadline)
         for proc in self.procs:
             self._wait_info(proc, deadline)
         self.ready_at = time.time()
@@ -260,6 +291,11 @@ class Devnet:
         """The validator's /status document."""
         assert self.validator_info is not None
         return dict(api_get(self.validator_info, "/status"))
+
+    def publisher_status(self) -> dict[str, Any] | None:
+        """The publisher's part of its node's /status."""
+        assert self.publisher_info is not None
+        return dict(api_get(self.publisher_info, "/status"))["publisher"]
 
     def dead(self) -> list[str]:
         """Names of processes that exited."""
@@ -272,7 +308,7 @@ class Devnet:
             if set(self.dead()) - allow_dead:
                 return False
             try:
-                publisher = self.status()["publisher"]
+                publisher = self.publisher_status()
             except Exception:
                 publisher = None
             if publisher and publisher["all_done"]:
@@ -407,7 +443,7 @@ def run_devnet(options: DevnetOptions) -> dict[str, Any]:
 
             targets = [NodeTarget(p.name, p.data_dir) for p in devnet.procs]
             run_tui(targets, title=f"flopnet devnet {devnet.network_id}")
-            finished = bool(devnet.status()["publisher"]["all_done"])
+            finished = bool((devnet.publisher_status() or {}).get("all_done"))
     finally:
         dead_before_stop = devnet.dead()
         devnet.capture_status()

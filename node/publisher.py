@@ -21,7 +21,7 @@ from node.inference.prompt import DIRECTIVES, MATH_DIRECTIVE, format_r1_prompt
 from node.inference.tokenizer import Tokenizer
 from node.leases import Denied, Grant, LeaseBook
 from node.publisher_store import PublisherStore
-from node.tasks import Task
+from node.tasks import Task, task_spec
 from protocol.envelope import open_envelope, seal
 from protocol.errors import MalformedMessage
 from protocol.guard import Violation
@@ -35,6 +35,7 @@ from protocol.messages import (
     Lease,
     Refusal,
     TaskAnnouncement,
+    TaskSpecRequest,
 )
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,23 @@ class Publisher:
         )
         return seal(reply, self.identity, self.net.network_id)
 
+    async def handle_task_spec(self, peer_id: str, data: bytes) -> bytes:
+        """Serve one task's full spec (with its gold answer) to a validator of the manifest."""
+        opened = open_envelope(data, self.net.network_id, expected=TaskSpecRequest)
+        if peer_id_from_public_key(opened.signer) != peer_id:
+            await self.host.penalize(peer_id, Violation.WRONG_SIGNER)
+            return self._refusal("wrong_signer", "the request is not signed by the stream's peer")
+        if opened.signer not in self.net.validator_keys:
+            return self._refusal("forbidden", "task specs hold gold answers: validators only")
+        task = self.tasks.get(opened.expect(TaskSpecRequest).task_id)
+        if task is None:
+            return self._refusal("unknown_task", "this publisher has no task with that id")
+        return seal(task_spec(task), self.identity, self.net.network_id)
+
+    def _refusal(self, code: str, reason: str) -> bytes:
+        refusal = Refusal(version=1, code=code, reason=reason)
+        return seal(refusal, self.identity, self.net.network_id)
+
     async def handle_claim(self, peer_id: str, data: bytes) -> bytes:
         """Answer a claim stream with a sealed Lease or Refusal."""
         try:
@@ -225,9 +243,7 @@ class Publisher:
     def _refuse(self, code: str, reason: str) -> bytes:
         self.stats.claims_refused += 1
         self.stats.refusals[code] = self.stats.refusals.get(code, 0) + 1
-        return seal(
-            Refusal(version=1, code=code, reason=reason), self.identity, self.net.network_id
-        )
+        return self._refusal(code, reason)
 
     def settle(self, lease_id: bytes, accepted: bool) -> None:
         """Apply a validator's verdict: close the sample, or re-open it for another worker."""

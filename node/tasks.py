@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocol.errors import ConfigError
+from protocol.codec import packb, unpackb
+from protocol.errors import ConfigError, MalformedMessage
+from protocol.messages import TaskSpec
 
 MAX_PROBLEM_CHARS = 16_000
 
@@ -32,6 +34,26 @@ class Task:
     answer: str
     # Further fields of the verifier's task spec (code: tests, entry_point, test_setup_code).
     verifier: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+
+def task_spec(task: Task) -> TaskSpec:
+    """The wire form of a task, as a publisher serves it to validators."""
+    return TaskSpec(
+        version=1,
+        task_id=task.task_id,
+        task_type=task.task_type,
+        problem=task.problem,
+        answer=task.answer,
+        verifier=packb(dict(task.verifier)),
+    )
+
+
+def task_from_spec(spec: TaskSpec) -> Task:
+    """A task from its wire form; MalformedMessage if the verifier fields are not a map."""
+    verifier = unpackb(spec.verifier, max_bytes=len(spec.verifier))
+    if not isinstance(verifier, dict):
+        raise MalformedMessage("a task's verifier fields must be a map")
+    return Task(spec.task_id, spec.task_type, spec.problem, spec.answer, verifier)
 
 
 def _bakery(rng: random.Random) -> tuple[str, int]:

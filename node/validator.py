@@ -2,7 +2,8 @@
 
 Submissions are acknowledged with a signed receipt once stored in the durable inbox; a background
 loop validates them in arrival order (including any left queued by a crash), and workers fetch
-verdicts over the verdict stream, which waits for a pending one.
+verdicts over the verdict stream, which waits for a pending one. A task the validator does not
+hold is fetched once from the publisher that signed the lease (``node.task_source``).
 
 Order of checks (cheap and certain first): envelope signature and the stream's peer; the
 publisher's signature on the lease; the lease names this validator and this worker and has not
@@ -26,7 +27,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,10 +49,11 @@ from node.config import NodeConfig
 from node.inbox import Inbox
 from node.inference.prompt import response_for_verifier
 from node.model_service import UNAVAILABLE, ModelService, ModelServiceError
+from node.task_source import TaskSource
 from node.tasks import Task
 from proof.params import CHUNK, PROOF_BYTES
 from protocol.envelope import Opened, open_envelope, seal
-from protocol.errors import MalformedMessage, VerifierError
+from protocol.errors import MalformedMessage, PeerError, ProtocolTimeout, VerifierError
 from protocol.host import P2PHost
 from protocol.identity import Identity, peer_id_from_public_key
 from protocol.messages import (
@@ -74,6 +76,10 @@ LEASE_GRACE_S = 30.0
 MODEL_ATTEMPTS = 3
 MODEL_RESTART_BACKOFF_S = 1.0
 BATCH_PAUSE_S = 60.0  # after a batched audit failed, audit one by one this long
+# A task spec its publisher cannot serve now is asked for again after 1, 2, 4, 8 s; then the
+# submission is rejected with the reason (it heads the queue, so it cannot wait for ever).
+TASK_FETCH_ATTEMPTS = 5
+TASK_FETCH_BACKOFF_S = 1.0
 
 
 @dataclass
@@ -112,7 +118,7 @@ class Validator:
         verifiers: Verifiers,
         store: LedgerStore,
         inbox: Inbox,
-        tasks: dict[str, Task],
+        tasks: Mapping[str, Task] | TaskSource,
         model_config: dict[str, Any],
         on_verdict: Callable[[bytes, bool], None],
         publish_entry: Callable[[bytes], Awaitable[None]] | None = None,
@@ -128,7 +134,7 @@ class Validator:
         self.verifiers = verifiers
         self.store = store
         self.inbox = inbox
-        self.tasks = tasks
+        self.tasks = tasks if isinstance(tasks, TaskSource) else TaskSource(tasks)
         self.model_config = model_config
         self.on_verdict = on_verdict
         self.publish_entry = publish_entry
@@ -145,6 +151,7 @@ class Validator:
         self._wakeup = trio.Event()
         self._verdict_ready: dict[bytes, trio.Event] = {}
         self._attempts: dict[bytes, int] = {}  # submission -> checks cut short by our model
+        self._task_attempts: dict[bytes, int] = {}  # submission -> failed task-spec fetches
         # Audit results made ahead, several in one prefill (_prefetch_audits), by submission.
         self._prechecked: dict[bytes, dict[str, Any] | ModelServiceError] = {}
         self._batching_paused_until = 0.0
@@ -217,6 +224,8 @@ class Validator:
                 self.on_verdict(rebuilt.expect(Verdict).lease_id, rebuilt.expect(Verdict).accepted)
             else:
                 opened, lease_opened = self._open(queued.peer, queued.envelope)
+                if not await self._fetch_task(queued.submission_id, lease_opened):
+                    continue  # its publisher could not answer: asked again after a pause
                 attempt = self._attempts.get(queued.submission_id, 0) + 1
                 if self._batching_allowed(queued.submission_id, opened):
                     try:
@@ -254,6 +263,28 @@ class Validator:
             if event is not None:
                 event.set()
 
+    async def _fetch_task(self, submission_id: bytes, lease_opened: Opened) -> bool:
+        """Make sure the leased task's spec is here; False to try again later (after a pause).
+
+        A publisher that has no such task, or too many failed attempts, leaves the task unknown:
+        the static checks then reject the submission, saying why.
+        """
+        lease = lease_opened.expect(Lease)
+        try:
+            await self.tasks.ensure(lease.task_id, lease_opened.signer)
+        except (PeerError, ProtocolTimeout) as exc:
+            failures = self._task_attempts.get(submission_id, 0) + 1
+            if failures >= TASK_FETCH_ATTEMPTS:
+                self._task_attempts.pop(submission_id, None)
+                self.tasks.mark_unknown(lease.task_id, f"its publisher did not serve it: {exc}")
+                return True
+            self._task_attempts[submission_id] = failures
+            log.warning("task %s: spec not fetched (%s); asking again", lease.task_id, exc)
+            await trio.sleep(TASK_FETCH_BACKOFF_S * 2.0 ** (failures - 1))
+            return False
+        self._task_attempts.pop(submission_id, None)
+        return True
+
     def _verdict_from_ledger(self, submission_id: bytes) -> bytes | None:
         """The verdict of a submission already on the ledger (a crash came between the two)."""
         row = self.store.connection.execute(
@@ -290,8 +321,9 @@ class Validator:
             raise _Reject("the lease expired before the submission arrived")
         if lease.lease_id in self._used_leases:
             raise _Reject("duplicate: this lease was already validated")
-        if lease.task_id not in self.tasks:
-            raise _Reject(f"unknown task {lease.task_id!r}")
+        if self.tasks.get(lease.task_id) is None:
+            why = self.tasks.why_unknown(lease.task_id)
+            raise _Reject(f"unknown task {lease.task_id!r}" + (f": {why}" if why else ""))
         generated = len(sub.token_ids)
         if generated == 0:
             raise _Reject("no generated tokens")
@@ -330,9 +362,9 @@ class Validator:
             if accepted:
                 # The validator decodes the tokens itself; the worker's text is never trusted.
                 response = response_for_verifier(checked["text"])
-                answer = await self._check_answer(
-                    response, self.tasks[lease.task_id], lease, len(sub.token_ids)
-                )
+                task = self.tasks.get(lease.task_id)
+                assert task is not None  # the static checks made sure
+                answer = await self._check_answer(response, task, lease, len(sub.token_ids))
                 reasons.extend(f"answer: {r}" for r in answer.reasons)
                 if answer.error:
                     reasons.append(f"answer: verifier error: {answer.error}")
@@ -531,6 +563,8 @@ class Validator:
             if self._credited(queued.submission_id):
                 continue
             sub, lease = opened.expect(Submission), lease_opened.expect(Lease)
+            with contextlib.suppress(PeerError, ProtocolTimeout):  # retried when its turn comes
+                await self.tasks.ensure(lease.task_id, lease_opened.signer)
             try:
                 self._static_checks(opened, sub, lease_opened)
             except _Reject:
@@ -593,4 +627,6 @@ class Validator:
             "invalidations": s.invalidations,
             "model_restarts": s.model_restarts,
             "batched_audits": s.batched_audits,
+            "tasks_held": len(self.tasks),
+            "task_specs_fetched": self.tasks.fetches,
         }

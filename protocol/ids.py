@@ -19,6 +19,8 @@ from protocol.messages import (
     LedgerRangeRequest,
     Submission,
     SubmissionReceipt,
+    TaskSpec,
+    TaskSpecRequest,
     Verdict,
     VerdictRequest,
 )
@@ -84,4 +86,12 @@ PROFILE_LIMITS = StreamLimits(
     max_request=MAX_ENVELOPE_BYTES[ContributorProfile.TYPE],
     max_response=MAX_ENVELOPE_BYTES[LedgerEntry.TYPE],
     timeout=10.0,
+)
+# A validator fetches the spec of a task it does not hold (problem, gold answer, tests) from the
+# publisher that signed the lease; publishers answer the manifest's validators only.
+TASK_SPEC_PROTOCOL = "/flopnet/task-spec/1.0.0"
+TASK_SPEC_LIMITS = StreamLimits(
+    max_request=MAX_ENVELOPE_BYTES[TaskSpecRequest.TYPE],
+    max_response=MAX_ENVELOPE_BYTES[TaskSpec.TYPE],
+    timeout=20.0,
 )

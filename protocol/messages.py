@@ -222,6 +222,33 @@ class AnnouncementRange(Record):
     head_seq: int = bounded(min=0)
 
 
+MAX_TASK_SPEC_BYTES = 4 * 1024 * 1024  # a code task's tests can run to megabytes
+
+
+@dataclass(frozen=True)
+class TaskSpecRequest(Record):
+    """A validator asks a publisher for one task's full spec (the lease names only its id)."""
+
+    TYPE: ClassVar[str] = "task_spec_request"
+    version: int = bounded(min=1, max=1)
+    task_id: str = bounded(max_len=128)
+
+
+@dataclass(frozen=True)
+class TaskSpec(Record):
+    """One task as its publisher defines it: the problem, the gold answer and the verifier's
+    further fields (code tests, entry point) as a canonical msgpack map. Served to the
+    manifest's validators only, since it holds the answer."""
+
+    TYPE: ClassVar[str] = "task_spec"
+    version: int = bounded(min=1, max=1)
+    task_id: str = bounded(max_len=128)
+    task_type: str = bounded(max_len=32)
+    problem: str = bounded(max_len=MAX_TEXT)
+    answer: str = bounded(max_len=64 * 1024)
+    verifier: bytes = bounded(max_len=MAX_TASK_SPEC_BYTES - MAX_TEXT - 128 * 1024)
+
+
 # Version 2 added the proof policy's pooled baseline, sign limit and replay tolerance; a version 1
 # manifest (without them) is refused: found the network again with ``flopnet network init``.
 MANIFEST_VERSION = 2
@@ -336,6 +363,8 @@ MESSAGE_TYPES: dict[str, type[Record]] = {
         ReachabilityReply,
         LedgerRangeRequest,
         LedgerRange,
+        TaskSpecRequest,
+        TaskSpec,
     )
 }
 
@@ -360,4 +389,6 @@ MAX_ENVELOPE_BYTES: dict[str, int] = {
     ReachabilityReply.TYPE: 4 * 1024,
     LedgerRangeRequest.TYPE: 1024,
     LedgerRange.TYPE: 4 * 1024 * 1024,  # a range is cut to fit, whatever its entry count
+    TaskSpecRequest.TYPE: 1024,
+    TaskSpec.TYPE: MAX_TASK_SPEC_BYTES,
 }

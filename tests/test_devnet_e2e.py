@@ -117,14 +117,19 @@ def test_devnet_batched_generation_with_pinned_weights(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not (DATA / "HumanEval.jsonl.gz").exists(), reason="no ../shared/data")
 def test_devnet_runs_code_tasks_through_the_sandboxed_verifier(tmp_path: Path) -> None:
+    """Publisher and validator in separate processes: the validator holds no task set and
+    fetches each code task's spec (its tests) from the publisher over the task-spec stream."""
+    data = str(DATA / "HumanEval.jsonl.gz")
     code, summary = devnet(
-        tmp_path, "--workers", "1", "--tasks", "2", "--tasks-file", str(DATA / "HumanEval.jsonl.gz")
+        tmp_path, "--workers", "1", "--tasks", "2", "--tasks-file", data, "--separate-publisher"
     )
     assert code == 0, summary
     assert summary["tasks_validated"] == 2
     log = (tmp_path / "validator" / "node.log").read_text()
     # The code verifier judged each response (a random model writes no solution): no errors.
     assert log.count("ACCEPT HumanEval-") == 2 and "verifier error" not in log
+    assert log.count("fetched the spec of task HumanEval-") == 2
+    assert (tmp_path / "publisher" / "node.log").read_text().count(" on HumanEval-") >= 2  # leases
 
 
 def test_devnet_rejects_cheaters_and_releases_their_tasks(tmp_path: Path) -> None:

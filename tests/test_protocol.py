@@ -25,6 +25,8 @@ from protocol.messages import (
     Refusal,
     Submission,
     TaskAnnouncement,
+    TaskSpec,
+    TaskSpecRequest,
     Verdict,
 )
 
@@ -108,6 +110,16 @@ messages = st.one_of(
         timestamp=times,
         kind=st.just("credit"),
         body=st.binary(max_size=200),
+    ),
+    st.builds(TaskSpecRequest, version=st.just(1), task_id=small_text),
+    st.builds(
+        TaskSpec,
+        version=st.just(1),
+        task_id=small_text,
+        task_type=st.sampled_from(["math", "code"]),
+        problem=st.text(max_size=200),
+        answer=small_text,
+        verifier=st.binary(max_size=200),
     ),
 )
 
