@@ -80,6 +80,7 @@ BATCH_PAUSE_S = 60.0  # after a batched audit failed, audit one by one this long
 # submission is rejected with the reason (it heads the queue, so it cannot wait for ever).
 TASK_FETCH_ATTEMPTS = 5
 TASK_FETCH_BACKOFF_S = 1.0
+PREFETCH_TASK_FETCH_S = 2.0  # what a batched audit may spend fetching the specs of its items
 
 
 @dataclass
@@ -549,6 +550,7 @@ class Validator:
         """
         seen: set[bytes] = set()
         batch: list[tuple[bytes, Submission, Lease]] = []
+        fetch_until = trio.current_time() + PREFETCH_TASK_FETCH_S
         for queued in self.inbox.next_queued_many(self.config.audit_batch * 4):
             if len(batch) == self.config.audit_batch:
                 break
@@ -563,8 +565,12 @@ class Validator:
             if self._credited(queued.submission_id):
                 continue
             sub, lease = opened.expect(Submission), lease_opened.expect(Lease)
-            with contextlib.suppress(PeerError, ProtocolTimeout):  # retried when its turn comes
-                await self.tasks.ensure(lease.task_id, lease_opened.signer)
+            # Specs of tasks not seen yet, within a small budget: a publisher that hangs must
+            # not hold the batch up (a failed fetch is retried when the submission's turn comes).
+            left = fetch_until - trio.current_time()
+            if self.tasks.get(lease.task_id) is None and left > 0:
+                with trio.move_on_after(left), contextlib.suppress(PeerError, ProtocolTimeout):
+                    await self.tasks.ensure(lease.task_id, lease_opened.signer)
             try:
                 self._static_checks(opened, sub, lease_opened)
             except _Reject:
