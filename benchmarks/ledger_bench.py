@@ -45,13 +45,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(1, str(ROOT / "benchmarks"))
 
-from ledger.chain import GENESIS_PREV, VerifiedEntry, make_entry, verify_entry  # noqa: E402
-from ledger.flops import FLOP_FORMULA, skeleton_flops  # noqa: E402
-from ledger.kinds import HARD, InvalidationBody, ProfileBody  # noqa: E402
-from ledger.store import LedgerStore  # noqa: E402
-from protocol.envelope import message_id, seal  # noqa: E402
-from protocol.identity import Identity  # noqa: E402
-from protocol.messages import ContributorProfile, CreditBody  # noqa: E402
+from flopnet.ledger.chain import GENESIS_PREV, VerifiedEntry, make_entry, verify_entry  # noqa: E402
+from flopnet.ledger.flops import FLOP_FORMULA, skeleton_flops  # noqa: E402
+from flopnet.ledger.kinds import HARD, InvalidationBody, ProfileBody  # noqa: E402
+from flopnet.ledger.store import LedgerStore  # noqa: E402
+from flopnet.protocol.envelope import message_id, seal  # noqa: E402
+from flopnet.protocol.identity import Identity  # noqa: E402
+from flopnet.protocol.messages import ContributorProfile, CreditBody  # noqa: E402
 
 WINDOW_NAMES = ("24h", "7d", "all")
 GOALS = {"ingest_per_s": 5000.0, "leaderboard_ms": 200.0, "sync_100k_s": 60.0}
@@ -251,7 +251,7 @@ def bench_ingest(tmp: Path, network_id: str, count: int) -> dict[str, Any]:
 
 
 def bench_leaderboard(tmp: Path, network_id: str, total: int, dense: bool) -> dict[str, Any]:
-    from ledger.leaderboard import WINDOWS, Voids, leaderboard
+    from flopnet.ledger.leaderboard import WINDOWS, Voids, leaderboard
 
     now = time.time()
     span = 1.5 * DAY if dense else 60 * DAY
@@ -291,11 +291,11 @@ def bench_leaderboard(tmp: Path, network_id: str, total: int, dense: bool) -> di
 def bench_sync(tmp: Path, count: int, batch: int) -> dict[str, Any]:
     import trio
 
-    from node.config import NetworkParams, create_network
-    from node.ledger_cli import replica_command
-    from node.ledger_sync import LedgerSync
-    from protocol.host import P2PHost
-    from protocol.ids import LEDGER_RANGE_LIMITS, LEDGER_RANGE_PROTOCOL
+    from flopnet.node.cli.ledger import replica_command
+    from flopnet.node.config import NetworkParams, create_network
+    from flopnet.node.ledger_sync import LedgerSync
+    from flopnet.protocol.host import P2PHost
+    from flopnet.protocol.ids import LEDGER_RANGE_LIMITS, LEDGER_RANGE_PROTOCOL
 
     v = validators(1)[0]
     net = create_network(

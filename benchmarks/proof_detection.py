@@ -35,9 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from proof_speed import machine_info
 
-from node.inference.hf_backend import HFBackend
-from node.inference.models import seeded_spec
-from node.proof_calibration import (
+from flopnet.node.model.calibration import (
     HONEST_VARIATIONS,
     WORKER_THREADS,
     Measured,
@@ -50,10 +48,12 @@ from node.proof_calibration import (
     measure,
     proofs_of,
 )
-from proof.calibrate import calibrate
-from proof.policy import ProofPolicy, decide, recommended_policy
-from proof.sampling import SamplingParams, replay_check
-from proof.toploc import ChunkCheck, ToplocThresholds, failing_chunks
+from flopnet.node.model.hf_backend import HFBackend
+from flopnet.node.model.models import seeded_spec
+from flopnet.proof.calibrate import calibrate
+from flopnet.proof.policy import ProofPolicy, decide, recommended_policy
+from flopnet.proof.sampling import SamplingParams, replay_check
+from flopnet.proof.toploc import ChunkCheck, ToplocThresholds, failing_chunks
 
 MODEL_SEED = 0
 PROMPT_OFFSET = 1000  # calibration used offset 0

@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from proof.toploc import build_proofs, verify_proofs
+from flopnet.proof.toploc import build_proofs, verify_proofs
 
 GOAL_BUILD_SPEEDUP = 2.0  # ours at least 2x the reference build
 GOAL_VERIFY_RATIO = 0.5  # ours within 2x of the reference C++ verify
@@ -91,10 +91,10 @@ def measure_width(width: int, chunks: int, rounds: int, ref: Any) -> dict[str, A
 
 def generation_share(model: str, tokens: int) -> dict[str, Any]:
     """Proof building time as a share of generating the same tokens (batch 1, one thread)."""
-    from node.inference.hf_backend import HFBackend
-    from node.inference.models import seeded_spec
-    from node.inference.prompt import format_r1_prompt
-    from proof.sampling import SamplingParams
+    from flopnet.node.model.hf_backend import HFBackend
+    from flopnet.node.model.models import seeded_spec
+    from flopnet.node.model.prompt import format_r1_prompt
+    from flopnet.proof.sampling import SamplingParams
 
     backend = HFBackend(seeded_spec(model, seed=0))
     prompt = backend.tokenizer.encode(format_r1_prompt("What is 12 * 34?"), add_bos=True)

@@ -61,25 +61,25 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from ledger.store import LedgerStore  # noqa: E402
-from node.announcements import SeqTracker  # noqa: E402
-from node.config import NetworkParams, NodeConfig  # noqa: E402
-from node.inbox import Inbox  # noqa: E402
-from node.publisher import Publisher  # noqa: E402
-from node.tasks import builtin_tasks  # noqa: E402
-from node.validator import Validator  # noqa: E402
-from protocol.envelope import message_id, open_envelope, seal  # noqa: E402
-from protocol.errors import MalformedMessage, PeerError, ProtocolTimeout  # noqa: E402
-from protocol.host import P2PHost, StreamLimits  # noqa: E402
-from protocol.identity import Identity  # noqa: E402
-from protocol.ids import (  # noqa: E402
+from flopnet.ledger.store import LedgerStore  # noqa: E402
+from flopnet.node.config import NetworkParams, NodeConfig  # noqa: E402
+from flopnet.node.publisher.announcements import SeqTracker  # noqa: E402
+from flopnet.node.publisher.publisher import Publisher  # noqa: E402
+from flopnet.node.tasks import builtin_tasks  # noqa: E402
+from flopnet.node.validator.inbox import Inbox  # noqa: E402
+from flopnet.node.validator.validator import Validator  # noqa: E402
+from flopnet.protocol.envelope import message_id, open_envelope, seal  # noqa: E402
+from flopnet.protocol.errors import MalformedMessage, PeerError, ProtocolTimeout  # noqa: E402
+from flopnet.protocol.host import P2PHost, StreamLimits  # noqa: E402
+from flopnet.protocol.identity import Identity  # noqa: E402
+from flopnet.protocol.ids import (  # noqa: E402
     ANNOUNCEMENTS_LIMITS,
     ANNOUNCEMENTS_PROTOCOL,
     SUBMIT_LIMITS,
     SUBMIT_PROTOCOL,
     tasks_topic,
 )
-from protocol.messages import (  # noqa: E402
+from flopnet.protocol.messages import (  # noqa: E402
     AnnouncementRange,
     AnnouncementRangeRequest,
     Lease,
@@ -1308,9 +1308,9 @@ def machine() -> dict[str, Any]:
 
 def code_version() -> dict[str, Any]:
     """Which checkout ran: its path, and its git commit with local changes under protocol/ node/."""
-    import protocol.host
+    import flopnet.protocol.host
 
-    out: dict[str, Any] = {"protocol_host": protocol.host.__file__}
+    out: dict[str, Any] = {"protocol_host": flopnet.protocol.host.__file__}
     try:
         out["commit"] = subprocess.run(
             ["git", "-C", str(REPO), "rev-parse", "HEAD"],

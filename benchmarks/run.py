@@ -29,7 +29,16 @@ def run_devnet(extra: list[str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="flopnet-bench-") as data_dir:
         started = time.perf_counter()
         result = subprocess.run(
-            [sys.executable, "-m", "node.cli", "devnet", *JUDGED, "--data-dir", data_dir, *extra],
+            [
+                sys.executable,
+                "-m",
+                "flopnet.node.cli.main",
+                "devnet",
+                *JUDGED,
+                "--data-dir",
+                data_dir,
+                *extra,
+            ],
             capture_output=True,
             text=True,
             check=False,

@@ -44,8 +44,8 @@ from test_verifiers_code import (  # noqa: E402
 )
 from test_verifiers_text import _as_boxed  # noqa: E402
 
-from verifiers.mutants import drop_return, flip_operator  # noqa: E402
-from verifiers.registry import Verifiers, VerifyOptions  # noqa: E402
+from flopnet.verifiers.mutants import drop_return, flip_operator  # noqa: E402
+from flopnet.verifiers.registry import Verifiers, VerifyOptions  # noqa: E402
 
 GOALS = {
     "math_per_s": 150.0,
@@ -227,7 +227,7 @@ def bench_languages(v: Verifiers, log: Callable[[str], None]) -> dict[str, Any]:
 
 def sandbox_latency() -> dict[str, Any]:
     """Median wall time of one bare bwrap run of ``python3 -c pass`` (in this process)."""
-    from verifiers.sandbox import Limits, SandboxConfig, open_sandbox
+    from flopnet.verifiers.sandbox import Limits, SandboxConfig, open_sandbox
 
     sandbox = open_sandbox(SandboxConfig("bwrap"))
     times = []

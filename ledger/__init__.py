@@ -1,0 +1,1 @@
+"""The signed hash-chained ledger: store, FLOP formula, credit and audit policy, leaderboard."""

@@ -20,12 +20,12 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ledger.kinds import BODY_CHECKS, ENTRY_BODIES
-from protocol.codec import Record, decode_record, unpackb
-from protocol.envelope import _signed_bytes, message_id, seal
-from protocol.errors import LedgerError, MalformedMessage
-from protocol.identity import SIGNATURE_BYTES, Identity, peer_id_from_public_key
-from protocol.messages import MAX_ENVELOPE_BYTES, PROTOCOL_VERSION, LedgerEntry
+from flopnet.ledger.kinds import BODY_CHECKS, ENTRY_BODIES
+from flopnet.protocol.codec import Record, decode_record, unpackb
+from flopnet.protocol.envelope import _signed_bytes, message_id, seal
+from flopnet.protocol.errors import LedgerError, MalformedMessage
+from flopnet.protocol.identity import SIGNATURE_BYTES, Identity, peer_id_from_public_key
+from flopnet.protocol.messages import MAX_ENVELOPE_BYTES, PROTOCOL_VERSION, LedgerEntry
 
 GENESIS_PREV = bytes(32)
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.errors import LedgerError
+from flopnet.protocol.errors import LedgerError
 
 # The skeleton's approximation: 2 FLOPs per parameter per token processed (prompt and output).
 # A per-architecture formula (attention term, MoE active parameters) replaces it in a later issue.

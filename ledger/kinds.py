@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from protocol.codec import Record, bounded
-from protocol.envelope import open_envelope
-from protocol.errors import MalformedMessage
-from protocol.messages import MAX_ENVELOPE_BYTES, ContributorProfile, CreditBody
+from flopnet.protocol.codec import Record, bounded
+from flopnet.protocol.envelope import open_envelope
+from flopnet.protocol.errors import MalformedMessage
+from flopnet.protocol.messages import MAX_ENVELOPE_BYTES, ContributorProfile, CreditBody
 
 KIND_CREDIT = "credit"
 KIND_INVALIDATION = "invalidation"

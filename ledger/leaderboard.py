@@ -23,9 +23,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ledger.policy import DEFAULT_LOCK_WINDOW_S
-from ledger.store import DAY, HOUR, QUARTER, LedgerStore
-from protocol.identity import peer_id_from_public_key
+from flopnet.ledger.policy import DEFAULT_LOCK_WINDOW_S
+from flopnet.ledger.store import DAY, HOUR, QUARTER, LedgerStore
+from flopnet.protocol.identity import peer_id_from_public_key
 
 WINDOWS: dict[str, float | None] = {"24h": 86400.0, "7d": 7 * 86400.0, "all": None}
 _DETAIL_FILTER_MAX = 500  # above this many contributors, sum the windows for everyone instead

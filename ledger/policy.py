@@ -25,8 +25,8 @@ import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ledger.kinds import HARD, SOFT
-from protocol.errors import LedgerError
+from flopnet.ledger.kinds import HARD, SOFT
+from flopnet.protocol.errors import LedgerError
 
 DEFAULT_LOCK_WINDOW_S = 86400.0
 MIN_SPOT_RATE = 0.01  # however trusted a contributor is, at least 1 in 100 is audited

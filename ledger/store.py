@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ledger.chain import (
+from flopnet.ledger.chain import (
     GENESIS_PREV,
     ChainProblem,
     EntryError,
@@ -34,13 +34,13 @@ from ledger.chain import (
     verify_chain,
     verify_entry,
 )
-from ledger.kinds import AuditBody, InvalidationBody, ProfileBody, open_profile
-from ledger.policy import AuditRecord
-from protocol.codec import Record
-from protocol.envelope import open_envelope
-from protocol.errors import LedgerError, MalformedMessage
-from protocol.identity import Identity
-from protocol.messages import CreditBody, LedgerHead
+from flopnet.ledger.kinds import AuditBody, InvalidationBody, ProfileBody, open_profile
+from flopnet.ledger.policy import AuditRecord
+from flopnet.protocol.codec import Record
+from flopnet.protocol.envelope import open_envelope
+from flopnet.protocol.errors import LedgerError, MalformedMessage
+from flopnet.protocol.identity import Identity
+from flopnet.protocol.messages import CreditBody, LedgerHead
 
 SCHEMA_VERSION = 3
 MAX_RANGE = 10_000  # most entries one ``entries`` call returns

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from protocol.messages import MAX_LEDGER_RANGE
+from flopnet.protocol.messages import MAX_LEDGER_RANGE
 
 
 @dataclass(frozen=True)

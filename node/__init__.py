@@ -1,0 +1,1 @@
+"""The node: daemon, roles (publisher, validator, worker), model process, API and command line."""

@@ -16,14 +16,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from proof.params import CHUNK, POLICY_PARAMS, TOPK
-from protocol.errors import ConfigError
-from protocol.identity import Identity
-from protocol.manifest import create_manifest, load_manifest
-from protocol.messages import NetworkManifest
+from flopnet.proof.params import CHUNK, POLICY_PARAMS, TOPK
+from flopnet.protocol.errors import ConfigError
+from flopnet.protocol.identity import Identity
+from flopnet.protocol.manifest import create_manifest, load_manifest
+from flopnet.protocol.messages import NetworkManifest
 
 if TYPE_CHECKING:  # proof.policy imports torch, which the daemon never loads
-    from proof.policy import ProofPolicy
+    from flopnet.proof.policy import ProofPolicy
 
 # A "relay" node does no work: it is a bootstrap peer, a DHT server and a circuit relay.
 ROLES = ("publisher", "validator", "worker", "relay")
@@ -128,7 +128,7 @@ class NetworkParams:
 
     def proof_policy(self) -> ProofPolicy:
         """The :class:`~proof.policy.ProofPolicy` this network's validators apply (loads torch)."""
-        from proof.policy import policy_from_params
+        from flopnet.proof.policy import policy_from_params
 
         return policy_from_params(self.proof_params())
 
@@ -180,7 +180,7 @@ def recommended_proof_params(model: str, dtype: str) -> dict[str, Any]:
     """The proof parameters a new network of ``model``/``dtype`` starts with:
     ``proof.policy.recommended_policy`` (calibrated for the embedded models, the paper-era
     defaults for any other model until it is calibrated). Imports torch."""
-    from proof.policy import policy_params, recommended_policy
+    from flopnet.proof.policy import policy_params, recommended_policy
 
     return policy_params(recommended_policy(model, dtype))
 

@@ -19,18 +19,18 @@ from typing import Any
 
 import trio
 
-from ledger.chain import VerifiedEntry
-from node.api import build_app, load_or_create_token, serve_api
-from node.config import NodeConfig
-from node.discovery import Discovery
-from node.inbox import Inbox
-from node.liveness import Liveness
-from node.publisher_store import PublisherStore
-from node.tasks import Task, builtin_tasks, load_tasks_file
-from protocol.errors import ConfigError, FlopnetError
-from protocol.host import P2PHost
-from protocol.identity import load_or_create_identity
-from protocol.ids import (
+from flopnet.ledger.chain import VerifiedEntry
+from flopnet.node.api import build_app, load_or_create_token, serve_api
+from flopnet.node.config import NodeConfig
+from flopnet.node.discovery import Discovery
+from flopnet.node.liveness import Liveness
+from flopnet.node.publisher.store import PublisherStore
+from flopnet.node.tasks import Task, builtin_tasks, load_tasks_file
+from flopnet.node.validator.inbox import Inbox
+from flopnet.protocol.errors import ConfigError, FlopnetError
+from flopnet.protocol.host import P2PHost
+from flopnet.protocol.identity import load_or_create_identity
+from flopnet.protocol.ids import (
     ANNOUNCEMENTS_LIMITS,
     ANNOUNCEMENTS_PROTOCOL,
     CLAIM_LIMITS,
@@ -49,7 +49,7 @@ from protocol.ids import (
     ledger_topic,
     tasks_topic,
 )
-from protocol.messages import CreditBody
+from flopnet.protocol.messages import CreditBody
 
 log = logging.getLogger("flopnet.node")
 NODE_INFO_FILE = "node.json"
@@ -140,7 +140,7 @@ def check_pinned_weights(model: str, pinned: str, actual: str) -> None:
 
 async def run_node(config: NodeConfig) -> None:
     """Run a node until SIGTERM/SIGINT."""
-    from node.model_service import ModelService
+    from flopnet.node.model.service import ModelService
 
     identity = load_or_create_identity(config.data_dir)
     (config.data_dir / NODE_INFO_FILE).unlink(missing_ok=True)
@@ -199,8 +199,8 @@ async def run_node(config: NodeConfig) -> None:
         publisher = validator = worker = None
 
         if "publisher" in roles:
-            from node.inference.tokenizer import tokenizer_for_model
-            from node.publisher import Publisher
+            from flopnet.node.model.tokenizer import tokenizer_for_model
+            from flopnet.node.publisher.publisher import Publisher
 
             publisher_store = PublisherStore(config.data_dir / PUBLISHER_FILE)
             stack.callback(publisher_store.close)
@@ -213,8 +213,8 @@ async def run_node(config: NodeConfig) -> None:
 
         # Every node keeps verified replicas of the validators' chains (a validator's own chain
         # lives in the same store) and serves them; the leaderboard is a query over it.
-        from ledger.store import LedgerStore
-        from node.ledger_sync import LedgerSync
+        from flopnet.ledger.store import LedgerStore
+        from flopnet.node.ledger_sync import LedgerSync
 
         store = LedgerStore(config.data_dir / LEDGER_FILE)
         stack.callback(store.close)
@@ -231,10 +231,10 @@ async def run_node(config: NodeConfig) -> None:
         host.handle(PROFILE_PROTOCOL, ledger_sync.handle_profile, PROFILE_LIMITS)
 
         if "validator" in roles:
-            from node.task_source import TaskSource
-            from node.validator import Validator
-            from verifiers.pool import MATH_WARMUP, VerifierPool
-            from verifiers.registry import Verifiers, VerifyOptions
+            from flopnet.node.validator.task_source import TaskSource
+            from flopnet.node.validator.validator import Validator
+            from flopnet.verifiers.pool import MATH_WARMUP, VerifierPool
+            from flopnet.verifiers.registry import Verifiers, VerifyOptions
 
             assert model is not None
             pool = VerifierPool(config.verifier_workers, warmup=(MATH_WARMUP,))
@@ -271,7 +271,7 @@ async def run_node(config: NodeConfig) -> None:
             host.handle(VERDICT_PROTOCOL, validator.handle_verdict_request, VERDICT_LIMITS)
 
         if "worker" in roles:
-            from node.worker import Worker
+            from flopnet.node.worker.worker import Worker
 
             assert model is not None
             worker = Worker(config, identity, host, model)
@@ -315,8 +315,8 @@ async def run_node(config: NodeConfig) -> None:
             }
 
         def leaderboard() -> list[dict[str, Any]]:
-            from ledger.leaderboard import leaderboard as rank
-            from ledger.leaderboard import to_json
+            from flopnet.ledger.leaderboard import leaderboard as rank
+            from flopnet.ledger.leaderboard import to_json
 
             return to_json(
                 rank(store, net.validator_keys or None, lock_window=net.lock_window_seconds)

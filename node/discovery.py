@@ -13,9 +13,9 @@ import logging
 
 import trio
 
-from protocol.errors import FlopnetError
-from protocol.host import P2PHost
-from protocol.identity import peer_id_from_public_key
+from flopnet.protocol.errors import FlopnetError
+from flopnet.protocol.host import P2PHost
+from flopnet.protocol.identity import peer_id_from_public_key
 
 log = logging.getLogger(__name__)
 FAST_S = 2.0

@@ -20,17 +20,23 @@ from dataclasses import dataclass, replace
 
 import trio
 
-from ledger.chain import EntryError, VerifiedEntry, entry_name, read_entry_unverified, signer_name
-from ledger.kinds import KIND_PROFILE, ProfileBody, open_profile
-from ledger.store import EquivocationError, LedgerStore, RangeResult
-from ledger.sync import Fetch, SyncPlanner
-from protocol.envelope import open_envelope, seal
-from protocol.errors import FlopnetError, MalformedMessage
-from protocol.guard import Violation
-from protocol.host import P2PHost
-from protocol.identity import Identity, peer_id_from_public_key
-from protocol.ids import LEDGER_RANGE_LIMITS, LEDGER_RANGE_PROTOCOL, ledger_topic
-from protocol.messages import (
+from flopnet.ledger.chain import (
+    EntryError,
+    VerifiedEntry,
+    entry_name,
+    read_entry_unverified,
+    signer_name,
+)
+from flopnet.ledger.kinds import KIND_PROFILE, ProfileBody, open_profile
+from flopnet.ledger.store import EquivocationError, LedgerStore, RangeResult
+from flopnet.ledger.sync import Fetch, SyncPlanner
+from flopnet.protocol.envelope import open_envelope, seal
+from flopnet.protocol.errors import FlopnetError, MalformedMessage
+from flopnet.protocol.guard import Violation
+from flopnet.protocol.host import P2PHost
+from flopnet.protocol.identity import Identity, peer_id_from_public_key
+from flopnet.protocol.ids import LEDGER_RANGE_LIMITS, LEDGER_RANGE_PROTOCOL, ledger_topic
+from flopnet.protocol.messages import (
     MAX_ENVELOPE_BYTES,
     ContributorProfile,
     LedgerEntry,

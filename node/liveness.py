@@ -15,13 +15,13 @@ from collections.abc import Callable
 
 import trio
 
-from protocol.envelope import open_envelope, seal
-from protocol.errors import FlopnetError, MalformedMessage
-from protocol.host import P2PHost
-from protocol.identity import Identity, peer_id_from_public_key
-from protocol.ids import heartbeat_topic
-from protocol.messages import Heartbeat
-from protocol.peers import Backoff, PeerState, PeerTable
+from flopnet.protocol.envelope import open_envelope, seal
+from flopnet.protocol.errors import FlopnetError, MalformedMessage
+from flopnet.protocol.host import P2PHost
+from flopnet.protocol.identity import Identity, peer_id_from_public_key
+from flopnet.protocol.ids import heartbeat_topic
+from flopnet.protocol.messages import Heartbeat
+from flopnet.protocol.peers import Backoff, PeerState, PeerTable
 
 log = logging.getLogger(__name__)
 SOFTWARE = "flopnet/0.1.0"

@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from protocol.envelope import open_envelope, seal
-from protocol.errors import ConfigError, FlopnetError, MalformedMessage
-from protocol.identity import Identity, peer_id_from_public_key
-from protocol.ids import PROFILE_LIMITS, PROFILE_PROTOCOL
-from protocol.messages import ContributorProfile, LedgerEntry, Refusal
+from flopnet.protocol.envelope import open_envelope, seal
+from flopnet.protocol.errors import ConfigError, FlopnetError, MalformedMessage
+from flopnet.protocol.identity import Identity, peer_id_from_public_key
+from flopnet.protocol.ids import PROFILE_LIMITS, PROFILE_PROTOCOL
+from flopnet.protocol.messages import ContributorProfile, LedgerEntry, Refusal
 
 if TYPE_CHECKING:
-    from protocol.host import P2PHost
+    from flopnet.protocol.host import P2PHost
 
 log = logging.getLogger(__name__)
 PROFILE_FILE = "profile.json"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from protocol.errors import FlopnetError
+from flopnet.protocol.errors import FlopnetError
 
 
 def open_durable(

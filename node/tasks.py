@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocol.codec import packb, unpackb
-from protocol.errors import ConfigError, MalformedMessage
-from protocol.messages import TaskSpec
+from flopnet.protocol.codec import packb, unpackb
+from flopnet.protocol.errors import ConfigError, MalformedMessage
+from flopnet.protocol.messages import TaskSpec
 
 MAX_PROBLEM_CHARS = 16_000
 

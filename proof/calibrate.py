@@ -20,9 +20,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from proof.policy import ProofPolicy
-from proof.sampling import ReplayCheck
-from proof.toploc import ChunkCheck, ToplocThresholds, pooled_mant_err
+from flopnet.proof.policy import ProofPolicy
+from flopnet.proof.sampling import ReplayCheck
+from flopnet.proof.toploc import ChunkCheck, ToplocThresholds, pooled_mant_err
 
 __all__ = ["RULES", "UNBOUNDED_TOLERANCE", "Calibration", "Rule", "Suggestion", "calibrate"]
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from protocol.errors import ConfigError
+from flopnet.protocol.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -10,17 +10,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from proof.completion import CompletionCheck
-from proof.params import POLICY_PARAMS
-from proof.sampling import DEFAULT_TOLERANCE, ReplayCheck
-from proof.toploc import (
+from flopnet.proof.completion import CompletionCheck
+from flopnet.proof.params import POLICY_PARAMS
+from flopnet.proof.sampling import DEFAULT_TOLERANCE, ReplayCheck
+from flopnet.proof.toploc import (
     ChunkCheck,
     ToplocThresholds,
     failing_chunks,
     pooled_failure,
     pooled_mant_err,
 )
-from protocol.errors import ConfigError
+from flopnet.protocol.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from protocol.errors import ConfigError, ProofError
+from flopnet.protocol.errors import ConfigError, ProofError
 
 _NOISE_DOMAIN = b"flopnet/gumbel-noise/v1"
 # Keeps log(-log(u)) finite; the extremes it cuts off have probability ~1e-12 per draw.

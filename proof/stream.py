@@ -12,8 +12,8 @@ from __future__ import annotations
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from proof.params import CHUNK
-from proof.toploc import build_proofs, build_proofs_many
+from flopnet.proof.params import CHUNK
+from flopnet.proof.toploc import build_proofs, build_proofs_many
 
 
 class ProofStream:

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 import torch
 
-from protocol.errors import ProofError
+from flopnet.protocol.errors import ProofError
 
 __all__ = [
     "MAX_TOPK",

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, TypeVar, get_args, get_origin, get_type_hints
 
 import msgpack
 
-from protocol.errors import MalformedMessage
+from flopnet.protocol.errors import MalformedMessage
 
 # Bounds that apply when a field does not declare its own (``field(metadata={"max": n})``).
 DEFAULT_MAX_STR = 4096

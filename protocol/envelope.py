@@ -11,10 +11,10 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from protocol.codec import Record, packb, record_from_wire, unpackb
-from protocol.errors import MalformedMessage
-from protocol.identity import SIGNATURE_BYTES, Identity, verify_signature
-from protocol.messages import MAX_ENVELOPE_BYTES, MESSAGE_TYPES, PROTOCOL_VERSION
+from flopnet.protocol.codec import Record, packb, record_from_wire, unpackb
+from flopnet.protocol.errors import MalformedMessage
+from flopnet.protocol.identity import SIGNATURE_BYTES, Identity, verify_signature
+from flopnet.protocol.messages import MAX_ENVELOPE_BYTES, MESSAGE_TYPES, PROTOCOL_VERSION
 
 ENVELOPE_OVERHEAD = 256
 R = TypeVar("R", bound=Record)

@@ -28,17 +28,17 @@ from typing import Any
 
 import trio
 
-from protocol.codec import decode_record
-from protocol.errors import MalformedMessage, PeerError, ProtocolTimeout
-from protocol.guard import PeerGuard, Violation
-from protocol.identity import Identity
-from protocol.libp2p_fixes import (
+from flopnet.protocol.codec import decode_record
+from flopnet.protocol.errors import MalformedMessage, PeerError, ProtocolTimeout
+from flopnet.protocol.guard import PeerGuard, Violation
+from flopnet.protocol.identity import Identity
+from flopnet.protocol.libp2p_fixes import (
     batch_yamux_window_updates,
     cheapen_gossip_records,
     guard_pubsub_reads,
     release_closed_inbound_connections,
 )
-from protocol.messages import ReachabilityReply, ReachabilityRequest
+from flopnet.protocol.messages import ReachabilityReply, ReachabilityRequest
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from protocol.errors import ConfigError
+from flopnet.protocol.errors import ConfigError
 
 KEY_FILE = "identity.key"
 PUBLIC_KEY_BYTES = 32

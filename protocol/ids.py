@@ -6,8 +6,8 @@ change incompatibly; a node may serve several versions side by side during a mig
 
 from __future__ import annotations
 
-from protocol.host import StreamLimits
-from protocol.messages import (
+from flopnet.protocol.host import StreamLimits
+from flopnet.protocol.messages import (
     MAX_ENVELOPE_BYTES,
     AnnouncementRange,
     AnnouncementRangeRequest,

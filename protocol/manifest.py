@@ -12,11 +12,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from protocol.codec import record_from_wire, unpackb
-from protocol.envelope import open_envelope, seal
-from protocol.errors import ConfigError, MalformedMessage
-from protocol.identity import Identity
-from protocol.messages import MANIFEST_VERSION, MAX_ENVELOPE_BYTES, NetworkManifest
+from flopnet.protocol.codec import record_from_wire, unpackb
+from flopnet.protocol.envelope import open_envelope, seal
+from flopnet.protocol.errors import ConfigError, MalformedMessage
+from flopnet.protocol.identity import Identity
+from flopnet.protocol.messages import MANIFEST_VERSION, MAX_ENVELOPE_BYTES, NetworkManifest
 
 MANIFEST_FILE = "network.manifest"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")

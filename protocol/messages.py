@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from protocol.codec import Record, bounded
+from flopnet.protocol.codec import Record, bounded
 
 PROTOCOL_VERSION = 1
 KEY = {"len": 32}

@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.messages import Heartbeat
+from flopnet.protocol.messages import Heartbeat
 
 
 class PeerState(enum.Enum):

@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Sets up everything flopnet needs on a fresh Debian/Ubuntu machine, idempotently:
 #   - system packages the Python wheels need to build (gcc, libgmp-dev for libp2p's fastecdsa),
+#     and bubblewrap for the code verifiers' sandbox,
 #   - a virtual environment in $VENV (default .venv) with torch==2.13.0 first (a CPU build;
 #     an unpinned torch would pull gigabytes of CUDA), then flopnet itself with its dev extras.
+#
+# flopnet is installed editable in setuptools' strict mode: the folders at the repository root
+# are mapped into the `flopnet` namespace, and strict mode exposes that mapping as a tree of
+# links (build/__editable__.*) that mypy and other static tools can follow. A new module needs
+# a new link, so the install is redone whenever the list of package files changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -12,7 +18,6 @@ STAMP="$VENV/.flopnet-installed"
 need_apt=()
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
 [ -e /usr/include/gmp.h ] || ls /usr/include/*/gmp.h >/dev/null 2>&1 || need_apt+=(libgmp-dev)
-# The code verifiers' sandbox (verifiers/sandbox/bwrap.py).
 command -v bwrap >/dev/null 2>&1 || need_apt+=(bubblewrap)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "bootstrap: installing system packages: ${need_apt[*]}"
@@ -22,15 +27,31 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
 fi
 
-if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ]; then
+# What the editable install depends on: the project file and the list of package files.
+fingerprint() {
+  {
+    sha256sum pyproject.toml
+    find __init__.py __main__.py py.typed protocol proof verifiers ledger node tui \
+      -not -path '*/__pycache__*' \( -name '*.py' -o -name '*.tcss' -o -name 'py.typed' \) | sort
+  } | sha256sum | cut -c1-64
+}
+want=$(fingerprint)
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && compgen -G "build/__editable__.flopnet-*" >/dev/null; then
   exit 0
 fi
 if [ ! -x "$VENV/bin/python" ]; then
   echo "bootstrap: creating $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
-echo "bootstrap: installing Python packages into $VENV"
-"$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q "torch==2.13.0"
-"$VENV/bin/python" -m pip install -q -e ".[dev]"
-touch "$STAMP"
+if [ -f "$STAMP" ] && "$VENV/bin/python" -c "import torch, libp2p" 2>/dev/null; then
+  # Only the file list moved: relink the editable install, dependencies are in place.
+  echo "bootstrap: relinking the editable install"
+  "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation \
+    --config-settings editable_mode=strict -e .
+else
+  echo "bootstrap: installing Python packages into $VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+  "$VENV/bin/python" -m pip install -q --config-settings editable_mode=strict -e ".[dev]"
+fi
+echo "$want" > "$STAMP"

@@ -12,8 +12,8 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from protocol.codec import DEFAULT_MAX_BYTES, DEFAULT_MAX_ITEMS, DEFAULT_MAX_STR
-from protocol.messages import MAX_ENVELOPE_BYTES, MESSAGE_TYPES, CreditBody
+from flopnet.protocol.codec import DEFAULT_MAX_BYTES, DEFAULT_MAX_ITEMS, DEFAULT_MAX_STR
+from flopnet.protocol.messages import MAX_ENVELOPE_BYTES, MESSAGE_TYPES, CreditBody
 
 _NAMES = {int: "int", float: "float64", str: "str", bytes: "bin", bool: "bool"}
 

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import SHARED_DATA
 
-from ledger.store import LedgerStore
-from node.devnet import Devnet, DevnetOptions, api_get, read_node_info
-from protocol.identity import load_or_create_identity
-from tests.conftest import SHARED_DATA
+from flopnet.ledger.store import LedgerStore
+from flopnet.node.cli.devnet import Devnet, DevnetOptions, api_get, read_node_info
+from flopnet.protocol.identity import load_or_create_identity
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 DATA = SHARED_DATA
@@ -24,7 +24,7 @@ DATA = SHARED_DATA
 
 def flopnet(*args: str, timeout: float = 540) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "node.cli", *args],
+        [sys.executable, "-m", "flopnet.node.cli.main", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -105,7 +105,7 @@ def test_devnet_validates_every_task(tmp_path: Path) -> None:
 
 
 def test_devnet_batched_generation_with_pinned_weights(tmp_path: Path) -> None:
-    from node.config import NetworkParams
+    from flopnet.node.config import NetworkParams
 
     code, summary = devnet(tmp_path, "--workers", "1", "--batch-size", "3", "--pin-weights")
     assert code == 0, summary

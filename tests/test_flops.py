@@ -14,8 +14,8 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from ledger.flops import inference_flops, model_shape
-from protocol.errors import LedgerError
+from flopnet.ledger.flops import inference_flops, model_shape
+from flopnet.protocol.errors import LedgerError
 
 R1 = DeepseekV3Config()
 

@@ -8,8 +8,8 @@ import pytest
 import trio
 from transformers import DeepseekV3Config, LlamaConfig, Qwen2Config
 
-from node.cli import main as flopnet_main
-from node.inference.hardware import (
+from flopnet.node.cli.main import main as flopnet_main
+from flopnet.node.model.hardware import (
     GIB,
     Gpu,
     Hardware,
@@ -18,9 +18,9 @@ from node.inference.hardware import (
     plan_for,
     stored_params,
 )
-from node.inference.models import build_model, seeded_config, seeded_spec
-from node.model_service import ModelService, ModelServiceError
-from protocol.errors import ConfigError
+from flopnet.node.model.models import build_model, seeded_config, seeded_spec
+from flopnet.node.model.service import ModelService, ModelServiceError
+from flopnet.protocol.errors import ConfigError
 
 H200 = Gpu("NVIDIA H200", 141 * GIB)
 EIGHT_H200 = Hardware(cpu_cores=192, ram_bytes=2048 * GIB, gpus=(H200,) * 8, vllm=True)

@@ -9,18 +9,18 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.inference.hf_backend import HFBackend
-from node.inference.models import (
+from flopnet.node.model.hf_backend import HFBackend
+from flopnet.node.model.models import (
     ModelSpec,
     build_model,
     param_count,
     seeded_spec,
     weights_sha256,
 )
-from node.inference.prompt import format_r1_prompt
-from node.inference.tokenizer import SPECIAL_TOKENS, ByteTokenizer, HFTokenizer
-from proof.sampling import SamplingParams, replay_sampling
-from protocol.errors import ConfigError
+from flopnet.node.model.prompt import format_r1_prompt
+from flopnet.node.model.tokenizer import SPECIAL_TOKENS, ByteTokenizer, HFTokenizer
+from flopnet.proof.sampling import SamplingParams, replay_sampling
+from flopnet.protocol.errors import ConfigError
 
 PARAMS = SamplingParams()  # temperature 0.6, top_p 0.95
 LEASE_SEED = 123_456_789

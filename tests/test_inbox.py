@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import trio
+from test_ledger_crash import kill_after_lines
 
-from node.inbox import Inbox, InboxError
-from tests.test_ledger_crash import kill_after_lines
+from flopnet.node.validator.inbox import Inbox, InboxError
 
 
 def sid(i: int) -> bytes:
@@ -167,7 +167,7 @@ CRASH_CHILD = """
 import sys
 from pathlib import Path
 import trio
-from node.inbox import Inbox
+from flopnet.node.validator.inbox import Inbox
 
 inbox = Inbox(Path(sys.argv[1]))
 start = int(sys.argv[2])

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import SHARED_DATA
 
-from node.leases import Denied, Grant, LeaseBook
-from node.tasks import builtin_tasks, load_tasks_file
-from protocol.errors import ConfigError
+from flopnet.node.publisher.leases import Denied, Grant, LeaseBook
+from flopnet.node.tasks import builtin_tasks, load_tasks_file
+from flopnet.protocol.errors import ConfigError
 
 W1, W2 = b"\x01" * 32, b"\x02" * 32
 DATA = SHARED_DATA
@@ -117,8 +117,8 @@ def test_code_tasks_load_and_their_tests_judge_solutions() -> None:
     fails."""
     import gzip
 
-    from node.inference.prompt import CODE_DIRECTIVE, format_r1_prompt
-    from verifiers.registry import Verifiers, VerifyOptions
+    from flopnet.node.model.prompt import CODE_DIRECTIVE, format_r1_prompt
+    from flopnet.verifiers.registry import Verifiers, VerifyOptions
 
     humaneval = load_tasks_file(DATA / "HumanEval.jsonl.gz", limit=2)
     mbpp = load_tasks_file(DATA / "mbpp.jsonl", limit=2)

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.chain import (
+from flopnet.ledger.chain import (
     GENESIS_PREV,
     ChainProblem,
     make_entry,
@@ -24,14 +24,14 @@ from ledger.chain import (
     verify_chain,
     verify_entry,
 )
-from ledger.flops import FLOP_FORMULA, flops_for, skeleton_flops
-from ledger.leaderboard import format_table, leaderboard, to_json
-from ledger.store import EquivocationError, LedgerStore
-from protocol.codec import packb
-from protocol.envelope import message_id
-from protocol.errors import LedgerError
-from protocol.identity import Identity, peer_id_from_public_key
-from protocol.messages import CreditBody, LedgerEntry
+from flopnet.ledger.flops import FLOP_FORMULA, flops_for, skeleton_flops
+from flopnet.ledger.leaderboard import format_table, leaderboard, to_json
+from flopnet.ledger.store import EquivocationError, LedgerStore
+from flopnet.protocol.codec import packb
+from flopnet.protocol.envelope import message_id
+from flopnet.protocol.errors import LedgerError
+from flopnet.protocol.identity import Identity, peer_id_from_public_key
+from flopnet.protocol.messages import CreditBody, LedgerEntry
 
 REPO = Path(__file__).resolve().parent.parent
 NET = "testnet"
@@ -202,7 +202,7 @@ def test_verify_entry_malformed_body() -> None:
     entry = LedgerEntry(
         version=1, seq=0, prev_hash=GENESIS_PREV, timestamp=T0, kind="credit", body=packb({"x": 1})
     )
-    from protocol.envelope import seal
+    from flopnet.protocol.envelope import seal
 
     data = seal(entry, VALIDATOR, NET)
     with pytest.raises(LedgerError, match=r"entry seq 0 \(.*malformed 'credit' body"):
@@ -563,9 +563,9 @@ def test_skeleton_flops_validation() -> None:
 CHILD = """
 import sys
 from pathlib import Path
-from ledger.store import LedgerStore
-from protocol.identity import Identity
-from protocol.messages import CreditBody
+from flopnet.ledger.store import LedgerStore
+from flopnet.protocol.identity import Identity
+from flopnet.protocol.messages import CreditBody
 
 store = LedgerStore(Path(sys.argv[1]))
 validator = Identity(bytes.fromhex(sys.argv[2]))

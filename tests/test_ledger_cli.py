@@ -12,16 +12,16 @@ import time
 from pathlib import Path
 
 import pytest
+from test_ledger import ALICE, BOB, CAROL, credit, tamper_body
 
-from ledger.chain import make_entry, read_entry_unverified
-from ledger.kinds import HARD, InvalidationBody, ProfileBody
-from ledger.store import LedgerStore
-from node.config import NetworkParams, create_network
-from node.ledger_cli import main
-from protocol.envelope import seal
-from protocol.identity import Identity
-from protocol.messages import ContributorProfile
-from tests.test_ledger import ALICE, BOB, CAROL, credit, tamper_body
+from flopnet.ledger.chain import make_entry, read_entry_unverified
+from flopnet.ledger.kinds import HARD, InvalidationBody, ProfileBody
+from flopnet.ledger.store import LedgerStore
+from flopnet.node.cli.ledger import main
+from flopnet.node.config import NetworkParams, create_network
+from flopnet.protocol.envelope import seal
+from flopnet.protocol.identity import Identity
+from flopnet.protocol.messages import ContributorProfile
 
 REPO = Path(__file__).resolve().parent.parent
 V1 = Identity(b"\x61" * 32)
@@ -169,9 +169,9 @@ def test_leaderboard_formats_and_windows(
 
 def test_module_top_is_cheap_to_import() -> None:
     code = (
-        "import sys, node.ledger_cli; "
-        "heavy = {'sqlite3', 'trio', 'libp2p', 'ledger.store', 'torch'} & set(sys.modules); "
-        "print(sorted(heavy))"
+        "import sys, flopnet.node.cli.ledger; "
+        "heavy = {'sqlite3', 'trio', 'libp2p', 'flopnet.ledger.store', 'torch'} "
+        "& set(sys.modules); print(sorted(heavy))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
@@ -185,7 +185,7 @@ def test_verify_reports_audit_entries_that_lie(
     """A validator's audit entries must agree with its chain and the manifest's policy: here it
     records a long valid streak and a low rate for a contributor it never audited before, and a
     failed audit without the hard invalidation that must come with it."""
-    from ledger.kinds import AuditBody
+    from flopnet.ledger.kinds import AuditBody
 
     populate(tmp_path, network)
     path = tmp_path / "validator" / "ledger.sqlite"

@@ -14,17 +14,17 @@ from pathlib import Path
 
 import pytest
 import trio
+from test_ledger import ALICE, NET, VALIDATOR, credit
+from test_ledger_sync import Outcome, run_checked
 
-from ledger.store import LedgerStore
-from node.config import NetworkParams, create_network
-from node.ledger_cli import replica_command
-from node.ledger_sync import LedgerSync
-from protocol.envelope import message_id
-from protocol.host import P2PHost
-from protocol.identity import Identity
-from protocol.ids import LEDGER_RANGE_LIMITS, LEDGER_RANGE_PROTOCOL, ledger_topic
-from tests.test_ledger import ALICE, NET, VALIDATOR, credit
-from tests.test_ledger_sync import Outcome, run_checked
+from flopnet.ledger.store import LedgerStore
+from flopnet.node.cli.ledger import replica_command
+from flopnet.node.config import NetworkParams, create_network
+from flopnet.node.ledger_sync import LedgerSync
+from flopnet.protocol.envelope import message_id
+from flopnet.protocol.host import P2PHost
+from flopnet.protocol.identity import Identity
+from flopnet.protocol.ids import LEDGER_RANGE_LIMITS, LEDGER_RANGE_PROTOCOL, ledger_topic
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -72,10 +72,10 @@ def kill_after_lines(args: list[str], wanted: int, rng: random.Random) -> list[s
 BATCH_CHILD = """
 import sys
 from pathlib import Path
-from ledger.kinds import AuditBody, InvalidationBody
-from ledger.store import LedgerStore
-from protocol.identity import Identity
-from protocol.messages import CreditBody
+from flopnet.ledger.kinds import AuditBody, InvalidationBody
+from flopnet.ledger.store import LedgerStore
+from flopnet.protocol.identity import Identity
+from flopnet.protocol.messages import CreditBody
 
 store = LedgerStore(Path(sys.argv[1]))
 validator = Identity(bytes.fromhex(sys.argv[2]))
@@ -169,8 +169,8 @@ def test_replica_killed_during_sync_resumes_to_an_identical_chain(tmp_path: Path
             )
 
             async def slow_range(peer: str, data: bytes) -> bytes:
-                from protocol.envelope import open_envelope
-                from protocol.messages import LedgerRangeRequest
+                from flopnet.protocol.envelope import open_envelope
+                from flopnet.protocol.messages import LedgerRangeRequest
 
                 request = open_envelope(data, net.network_id).expect(LedgerRangeRequest)
                 requests.append(request.from_seq)

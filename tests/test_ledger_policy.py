@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_ledger import ALICE, BOB, CAROL, NET, OTHER_VALIDATOR, VALIDATOR, credit
 
-from ledger.kinds import HARD, SOFT, AuditBody, InvalidationBody
-from ledger.leaderboard import leaderboard, window_sums
-from ledger.policy import (
+from flopnet.ledger.kinds import HARD, SOFT, AuditBody, InvalidationBody
+from flopnet.ledger.leaderboard import leaderboard, window_sums
+from flopnet.ledger.policy import (
     MIN_SPOT_RATE,
     AuditPolicy,
     AuditState,
@@ -25,10 +26,9 @@ from ledger.policy import (
     is_final,
     voids,
 )
-from ledger.store import LedgerStore
-from protocol.errors import LedgerError
-from protocol.identity import Identity
-from tests.test_ledger import ALICE, BOB, CAROL, NET, OTHER_VALIDATOR, VALIDATOR, credit
+from flopnet.ledger.store import LedgerStore
+from flopnet.protocol.errors import LedgerError
+from flopnet.protocol.identity import Identity
 
 L = 3600.0  # lock window of these tests
 T = 1_700_000_000.0
@@ -273,9 +273,9 @@ def test_window_edges_are_exact_across_bucket_boundaries(tmp_path: Path) -> None
 
 
 def test_profiles_name_contributors_and_teams(tmp_path: Path) -> None:
-    from ledger.kinds import ProfileBody
-    from protocol.envelope import seal
-    from protocol.messages import ContributorProfile
+    from flopnet.ledger.kinds import ProfileBody
+    from flopnet.protocol.envelope import seal
+    from flopnet.protocol.messages import ContributorProfile
 
     def profile(who: Identity, name: str, team: str, at: float) -> ProfileBody:
         return ProfileBody(seal(ContributorProfile(1, name, team, at), who, NET))
@@ -333,7 +333,7 @@ def test_leaderboard_rows_split_pending_final_and_void(tmp_path: Path) -> None:
         week = leaderboard(store, since=now - 7 * day, now=now, lock_window=day)
         assert [(s.contributor, s.flops) for s in week] == [(A, 230), (B, 0)]
 
-        from ledger.leaderboard import format_table, to_csv, to_json
+        from flopnet.ledger.leaderboard import format_table, to_csv, to_json
 
         rows = to_json(board)
         assert rows[1]["pending_flops"] == 30 and rows[0]["tasks_voided"] == 2
@@ -345,7 +345,7 @@ def test_leaderboard_rows_split_pending_final_and_void(tmp_path: Path) -> None:
 
 
 def test_audit_book_drives_a_validator_from_new_to_spot_checks() -> None:
-    from ledger.policy import AuditBook
+    from flopnet.ledger.policy import AuditBook
 
     book = AuditBook(AuditPolicy(floor=0.05, warmup=10))
     audited = 0
@@ -366,7 +366,7 @@ def test_audit_book_drives_a_validator_from_new_to_spot_checks() -> None:
 
 
 def test_audit_entries_are_checked_against_the_chain_and_the_policy() -> None:
-    from ledger.policy import AuditRecord, audit_problems
+    from flopnet.ledger.policy import AuditRecord, audit_problems
 
     policy = AuditPolicy(floor=0.05, warmup=2)
     alice, bob = b"\xaa" * 32, b"\xbb" * 32

@@ -8,16 +8,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
-
-from ledger.chain import make_entry, read_entry_unverified, verify_entry
-from ledger.kinds import HARD, AuditBody, InvalidationBody, ProfileBody
-from ledger.leaderboard import leaderboard
-from ledger.store import EquivocationError, LedgerStore
-from protocol.codec import packb
-from protocol.envelope import message_id, seal
-from protocol.errors import LedgerError
-from protocol.messages import ContributorProfile, LedgerHead
-from tests.test_ledger import (
+from test_ledger import (
     ALICE,
     BOB,
     MALLORY,
@@ -30,6 +21,15 @@ from tests.test_ledger import (
     credit,
     tamper_body,
 )
+
+from flopnet.ledger.chain import make_entry, read_entry_unverified, verify_entry
+from flopnet.ledger.kinds import HARD, AuditBody, InvalidationBody, ProfileBody
+from flopnet.ledger.leaderboard import leaderboard
+from flopnet.ledger.store import EquivocationError, LedgerStore
+from flopnet.protocol.codec import packb
+from flopnet.protocol.envelope import message_id, seal
+from flopnet.protocol.errors import LedgerError
+from flopnet.protocol.messages import ContributorProfile, LedgerHead
 
 V1 = VALIDATOR.public_key
 
@@ -187,7 +187,7 @@ def test_schema_1_files_are_migrated(tmp_path: Path) -> None:
         entries = donor.connection.execute("SELECT * FROM entries").fetchall()
         credits = donor.connection.execute("SELECT * FROM credits").fetchall()
         expected = leaderboard(donor, now=T0)
-    from ledger.store import _SCHEMA_V1
+    from flopnet.ledger.store import _SCHEMA_V1
 
     conn = sqlite3.connect(path)
     conn.executescript(_SCHEMA_V1)
@@ -217,7 +217,7 @@ def test_entries_from_a_key_outside_the_manifest_are_refused(tmp_path: Path) -> 
 
 
 def test_unknown_kind_in_a_signed_entry_is_named(tmp_path: Path) -> None:
-    from protocol.messages import LedgerEntry
+    from flopnet.protocol.messages import LedgerEntry
 
     entry = LedgerEntry(1, 0, bytes(32), T0, "bonus", packb({"x": 1}))
     data = seal(entry, VALIDATOR, NET)

@@ -9,23 +9,24 @@ from pathlib import Path
 
 import pytest
 import trio
+from test_ledger import ALICE, BOB, NET, T0, credit
 
-from ledger.chain import GENESIS_PREV, make_entry
-from ledger.store import LedgerStore
-from ledger.sync import Fetch, SyncPlanner
-from node.ledger_sync import LedgerSync
-from protocol.envelope import message_id, open_envelope, seal
-from protocol.errors import MalformedMessage
-from protocol.host import P2PHost
-from protocol.identity import Identity
-from protocol.ids import (
+from flopnet.ledger.chain import GENESIS_PREV, make_entry
+from flopnet.ledger.store import LedgerStore
+from flopnet.ledger.sync import Fetch, SyncPlanner
+from flopnet.node.ledger_sync import LedgerSync
+from flopnet.protocol.envelope import message_id, open_envelope, seal
+from flopnet.protocol.errors import MalformedMessage
+from flopnet.protocol.host import P2PHost
+from flopnet.protocol.identity import Identity
+from flopnet.protocol.ids import (
     LEDGER_RANGE_LIMITS,
     LEDGER_RANGE_PROTOCOL,
     PROFILE_LIMITS,
     PROFILE_PROTOCOL,
     ledger_topic,
 )
-from protocol.messages import (
+from flopnet.protocol.messages import (
     ContributorProfile,
     LedgerEntry,
     LedgerHead,
@@ -33,7 +34,6 @@ from protocol.messages import (
     LedgerRangeRequest,
     Refusal,
 )
-from tests.test_ledger import ALICE, BOB, NET, T0, credit
 
 V1 = Identity(b"\x41" * 32)
 V2 = Identity(b"\x42" * 32)

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import trio
 
-from protocol.host import P2PHost, StreamLimits
-from protocol.identity import Identity
-from protocol.libp2p_fixes import consume_changed_records, reuse_own_record
+from flopnet.protocol.host import P2PHost, StreamLimits
+from flopnet.protocol.identity import Identity
+from flopnet.protocol.libp2p_fixes import consume_changed_records, reuse_own_record
 
 SENDER = Identity(b"\x41" * 32)
 RECEIVER = Identity(b"\x42" * 32)

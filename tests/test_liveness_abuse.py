@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.announcements import MAX_RANGE, AnnouncementLog, SeqTracker
-from protocol.guard import PeerGuard, Violation
-from protocol.peers import Backoff, PeerState, PeerTable
+from flopnet.node.publisher.announcements import MAX_RANGE, AnnouncementLog, SeqTracker
+from flopnet.protocol.guard import PeerGuard, Violation
+from flopnet.protocol.peers import Backoff, PeerState, PeerTable
 
 
 def test_log_serves_ranges_and_evicts() -> None:

@@ -10,12 +10,12 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from node.config import NetworkParams, create_network
-from protocol.codec import packb
-from protocol.envelope import seal
-from protocol.errors import ConfigError, MalformedMessage
-from protocol.identity import Identity
-from protocol.manifest import load_manifest, network_id_for, open_manifest
+from flopnet.node.config import NetworkParams, create_network
+from flopnet.protocol.codec import packb
+from flopnet.protocol.envelope import seal
+from flopnet.protocol.errors import ConfigError, MalformedMessage
+from flopnet.protocol.identity import Identity
+from flopnet.protocol.manifest import load_manifest, network_id_for, open_manifest
 
 FOUNDER = Identity(b"\x07" * 32)
 MALLORY = Identity(b"\x08" * 32)
@@ -88,7 +88,10 @@ def test_bad_names_and_files(tmp_path: Path) -> None:
 def test_network_init_cli(tmp_path: Path) -> None:
     def flopnet(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "node.cli", *args], capture_output=True, text=True, check=False
+            [sys.executable, "-m", "flopnet.node.cli.main", *args],
+            capture_output=True,
+            text=True,
+            check=False,
         )
 
     out = tmp_path / "net"

@@ -18,16 +18,21 @@ from collections.abc import Iterator
 import pytest
 from conftest import SHARED_DATA
 
-from protocol.errors import VerifierError
-from verifiers.math_verifier import check_math, final_answer_region, find_boxes, normalize_gold
-from verifiers.pool import (
+from flopnet.protocol.errors import VerifierError
+from flopnet.verifiers.math_verifier import (
+    check_math,
+    final_answer_region,
+    find_boxes,
+    normalize_gold,
+)
+from flopnet.verifiers.pool import (
     MATH_WARMUP,
     JobTimeout,
     VerifierPool,
     WorkerCrashed,
     verify_math,
 )
-from verifiers.result import Result
+from flopnet.verifiers.result import Result
 
 MATH500 = SHARED_DATA / "math500_test.jsonl"
 
@@ -348,7 +353,9 @@ def test_pool_close() -> None:
 
 def test_pool_submit_and_warmup() -> None:
     with VerifierPool(1, warmup=(MATH_WARMUP,)) as p:
-        fut = p.submit("verifiers.math_verifier:check_math", r"\boxed{1/2}", "0.5", timeout=30)
+        fut = p.submit(
+            "flopnet.verifiers.math_verifier:check_math", r"\boxed{1/2}", "0.5", timeout=30
+        )
         assert fut.result(60).passed
         assert p.warm_errors() == []
 

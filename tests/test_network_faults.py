@@ -9,17 +9,17 @@ from pathlib import Path
 import pytest
 import trio
 
-from node.config import NetworkParams, NodeConfig
-from node.inference.tokenizer import ByteTokenizer
-from node.publisher import Publisher
-from node.tasks import builtin_tasks
-from protocol.envelope import open_envelope, seal
-from protocol.errors import MalformedMessage, PeerError, ProtocolTimeout
-from protocol.guard import PeerGuard
-from protocol.host import P2PHost, StreamLimits, encode_frame
-from protocol.identity import Identity
-from protocol.ids import CLAIM_LIMITS, CLAIM_PROTOCOL
-from protocol.messages import Claim, Lease, Refusal
+from flopnet.node.config import NetworkParams, NodeConfig
+from flopnet.node.model.tokenizer import ByteTokenizer
+from flopnet.node.publisher.publisher import Publisher
+from flopnet.node.tasks import builtin_tasks
+from flopnet.protocol.envelope import open_envelope, seal
+from flopnet.protocol.errors import MalformedMessage, PeerError, ProtocolTimeout
+from flopnet.protocol.guard import PeerGuard
+from flopnet.protocol.host import P2PHost, StreamLimits, encode_frame
+from flopnet.protocol.identity import Identity
+from flopnet.protocol.ids import CLAIM_LIMITS, CLAIM_PROTOCOL
+from flopnet.protocol.messages import Claim, Lease, Refusal
 
 PUBLISHER = Identity(b"\x11" * 32)
 WORKER = Identity(b"\x22" * 32)
@@ -142,7 +142,7 @@ def test_abusive_peer_is_banned_and_others_still_served(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(60)
 def test_publisher_state_survives_a_restart(tmp_path: Path) -> None:
-    from node.publisher_store import PublisherStore
+    from flopnet.node.publisher.store import PublisherStore
 
     async def main() -> None:
         host = P2PHost(PUBLISHER)

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from node.config import NetworkParams, create_network
-from node.daemon import check_pinned_weights
-from protocol.errors import ConfigError
-from protocol.identity import Identity
+from flopnet.node.config import NetworkParams, create_network
+from flopnet.node.daemon import check_pinned_weights
+from flopnet.protocol.errors import ConfigError
+from flopnet.protocol.identity import Identity
 
 FOUNDER = Identity(b"\xb1" * 32)
-FLOPNET = (sys.executable, "-m", "node.cli")
+FLOPNET = (sys.executable, "-m", "flopnet.node.cli.main")
 
 
 def test_pinned_weights_decision() -> None:
@@ -35,7 +35,7 @@ def test_a_node_with_other_weights_than_the_manifest_pins_refuses_to_start(
         [
             sys.executable,
             "-m",
-            "node.cli",
+            "flopnet.node.cli.main",
             "node",
             "--role",
             "worker",
@@ -56,7 +56,7 @@ def test_a_node_with_other_weights_than_the_manifest_pins_refuses_to_start(
 
 @pytest.mark.timeout(240)
 def test_network_init_pins_the_weights_and_a_node_with_them_starts(tmp_path: Path) -> None:
-    from node.devnet import read_node_info
+    from flopnet.node.cli.devnet import read_node_info
 
     made = subprocess.run(
         [*FLOPNET, "network", "init", "--out", str(tmp_path / "net"), "--pin-weights"],

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from node.config import NetworkParams, NodeConfig, env_settings
-from proof.policy import ProofPolicy, decide
-from proof.sampling import ReplayCheck
-from proof.toploc import ChunkCheck, ToplocThresholds
-from protocol.errors import ConfigError
+from flopnet.node.config import NetworkParams, NodeConfig, env_settings
+from flopnet.proof.policy import ProofPolicy, decide
+from flopnet.proof.sampling import ReplayCheck
+from flopnet.proof.toploc import ChunkCheck, ToplocThresholds
+from flopnet.protocol.errors import ConfigError
 
 POLICY = ProofPolicy(ToplocThresholds(), max_replay_mismatch_fraction=0.05)
 GOOD = ChunkCheck(exp_mismatches=2, mant_err_mean=1.0, mant_err_median=1.0, sign_mismatches=0)

@@ -8,16 +8,16 @@ from pathlib import Path
 import pytest
 import trio
 
-from ledger.leaderboard import leaderboard
-from ledger.store import LedgerStore
-from node.cli import main as flopnet_main
-from node.ledger_sync import LedgerSync
-from node.profile import ProfileSharer, load_profile, save_profile
-from protocol.errors import ConfigError
-from protocol.host import P2PHost
-from protocol.identity import Identity
-from protocol.ids import PROFILE_LIMITS, PROFILE_PROTOCOL
-from protocol.messages import CreditBody
+from flopnet.ledger.leaderboard import leaderboard
+from flopnet.ledger.store import LedgerStore
+from flopnet.node.cli.main import main as flopnet_main
+from flopnet.node.ledger_sync import LedgerSync
+from flopnet.node.profile import ProfileSharer, load_profile, save_profile
+from flopnet.protocol.errors import ConfigError
+from flopnet.protocol.host import P2PHost
+from flopnet.protocol.identity import Identity
+from flopnet.protocol.ids import PROFILE_LIMITS, PROFILE_PROTOCOL
+from flopnet.protocol.messages import CreditBody
 
 VALIDATOR = Identity(b"\xa1" * 32)
 WORKER = Identity(b"\xa2" * 32)

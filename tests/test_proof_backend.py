@@ -8,14 +8,14 @@ from typing import Any
 import pytest
 import torch
 
-from node.inference.hf_backend import GenerationRequest, HFBackend
-from node.inference.models import build_model, seeded_spec
-from node.proof_calibration import calibration_prompts, lease_seed
-from proof.completion import check_completion
-from proof.policy import decide, recommended_policy
-from proof.sampling import SamplingParams, replay_sampling
-from proof.toploc import build_proofs, verify_proofs
-from protocol.errors import ConfigError
+from flopnet.node.model.calibration import calibration_prompts, lease_seed
+from flopnet.node.model.hf_backend import GenerationRequest, HFBackend
+from flopnet.node.model.models import build_model, seeded_spec
+from flopnet.proof.completion import check_completion
+from flopnet.proof.policy import decide, recommended_policy
+from flopnet.proof.sampling import SamplingParams, replay_sampling
+from flopnet.proof.toploc import build_proofs, verify_proofs
+from flopnet.protocol.errors import ConfigError
 
 PARAMS = SamplingParams()
 
@@ -178,7 +178,7 @@ def test_batched_prefill_checks_what_one_prefill_checks(tiny: HFBackend) -> None
 def test_proof_stream_threaded_equals_built_after(tiny: HFBackend) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from proof.stream import ProofStream
+    from flopnet.proof.stream import ProofStream
 
     prompts = calibration_prompts(tiny.tokenizer, 3, offset=90)
     requests = [GenerationRequest(p, 1 + i, PARAMS, 75) for i, p in enumerate(prompts)]
@@ -197,8 +197,8 @@ def test_prefill_hands_logits_over_in_chunks(
     tiny: HFBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With on_logits no [G, vocab] tensor is kept; the chunked replay equals the whole one."""
-    from node.inference import hf_backend
-    from proof.sampling import replay_check, replay_shortfalls
+    from flopnet.node.model import hf_backend
+    from flopnet.proof.sampling import replay_check, replay_shortfalls
 
     monkeypatch.setattr(hf_backend, "_LOGITS_CHUNK", 16)  # several chunks from a short output
     prompt = calibration_prompts(tiny.tokenizer, 1, offset=120)[0]

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from node import proof_cli
-from protocol.errors import ConfigError
+from flopnet.node.cli import proof as proof_cli
+from flopnet.protocol.errors import ConfigError
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
@@ -37,7 +37,10 @@ def test_register_adds_proof_calibrate() -> None:
 
 
 def test_module_import_stays_cheap() -> None:
-    code = "import sys, node.proof_cli, node.proof_calibration; print('torch' in sys.modules)"
+    code = (
+        "import sys, flopnet.node.cli.proof, flopnet.node.model.calibration; "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -21,23 +21,28 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.config import PROOF_PARAMS, NetworkParams, create_network, recommended_proof_params
-from node.devnet import DevnetOptions, devnet_params
-from node.model_service import ModelService
-from proof.policy import (
+from flopnet.node.cli.devnet import DevnetOptions, devnet_params
+from flopnet.node.config import (
+    PROOF_PARAMS,
+    NetworkParams,
+    create_network,
+    recommended_proof_params,
+)
+from flopnet.node.model.service import ModelService
+from flopnet.proof.policy import (
     POLICY_PARAMS,
     ProofPolicy,
     policy_from_params,
     policy_params,
     recommended_policy,
 )
-from proof.toploc import ToplocThresholds
-from protocol.codec import packb
-from protocol.envelope import seal
-from protocol.errors import ConfigError, MalformedMessage
-from protocol.identity import Identity
-from protocol.manifest import create_manifest, open_manifest
-from protocol.messages import MANIFEST_VERSION, NetworkManifest
+from flopnet.proof.toploc import ToplocThresholds
+from flopnet.protocol.codec import packb
+from flopnet.protocol.envelope import seal
+from flopnet.protocol.errors import ConfigError, MalformedMessage
+from flopnet.protocol.identity import Identity
+from flopnet.protocol.manifest import create_manifest, open_manifest
+from flopnet.protocol.messages import MANIFEST_VERSION, NetworkManifest
 
 FOUNDER = Identity(b"\x17" * 32)
 KEY = "cd" * 32
@@ -239,7 +244,10 @@ def test_a_devnet_runs_with_the_recommended_policy(model: str, dtype: str) -> No
 
 def _flopnet(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "node.cli", *args], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "flopnet.node.cli.main", *args],
+        capture_output=True,
+        text=True,
+        check=False,
     )
 
 

@@ -9,12 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proof.calibrate import RULES, UNBOUNDED_TOLERANCE, calibrate
-from proof.completion import check_completion
-from proof.policy import ProofPolicy, decide, recommended_policy
-from proof.sampling import ReplayCheck, replay_check
-from proof.toploc import ChunkCheck, ToplocThresholds, pooled_failure
-from protocol.errors import ConfigError
+from flopnet.proof.calibrate import RULES, UNBOUNDED_TOLERANCE, calibrate
+from flopnet.proof.completion import check_completion
+from flopnet.proof.policy import ProofPolicy, decide, recommended_policy
+from flopnet.proof.sampling import ReplayCheck, replay_check
+from flopnet.proof.toploc import ChunkCheck, ToplocThresholds, pooled_failure
+from flopnet.protocol.errors import ConfigError
 
 EOS = 257
 POLICY = ProofPolicy(ToplocThresholds(), max_replay_mismatch_fraction=0.05)

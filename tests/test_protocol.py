@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.codec import packb, unpackb
-from protocol.envelope import message_id, open_envelope, seal
-from protocol.errors import ConfigError, MalformedMessage
-from protocol.identity import Identity, load_or_create_identity, peer_id_from_public_key
-from protocol.messages import (
+from flopnet.protocol.codec import packb, unpackb
+from flopnet.protocol.envelope import message_id, open_envelope, seal
+from flopnet.protocol.errors import ConfigError, MalformedMessage
+from flopnet.protocol.identity import Identity, load_or_create_identity, peer_id_from_public_key
+from flopnet.protocol.messages import (
     MAX_ENVELOPE_BYTES,
     MESSAGE_TYPES,
     Claim,
@@ -274,9 +274,9 @@ def test_every_message_type_has_a_cap() -> None:
 @given(st.binary(max_size=2048))
 @settings(max_examples=200, deadline=None)
 def test_other_untrusted_decoders_raise_only_malformed(blob: bytes) -> None:
-    from protocol.codec import decode_record
-    from protocol.manifest import open_manifest
-    from protocol.messages import ReachabilityReply, ReachabilityRequest
+    from flopnet.protocol.codec import decode_record
+    from flopnet.protocol.manifest import open_manifest
+    from flopnet.protocol.messages import ReachabilityReply, ReachabilityRequest
 
     for decode in (
         lambda: open_manifest(blob),

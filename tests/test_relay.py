@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import trio
 
-from protocol.host import P2PHost, StreamLimits
-from protocol.identity import Identity
+from flopnet.protocol.host import P2PHost, StreamLimits
+from flopnet.protocol.identity import Identity
 
 LIMITS = StreamLimits(max_request=1 << 16, max_response=1 << 16, timeout=10)
 

@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from node.config import NetworkParams, NodeConfig
-from node.inference.tokenizer import ByteTokenizer
-from node.publisher import Publisher
-from node.tasks import builtin_tasks
-from node.worker import Worker
-from protocol.host import P2PHost
-from protocol.identity import Identity
-from protocol.ids import ANNOUNCEMENTS_LIMITS, ANNOUNCEMENTS_PROTOCOL, tasks_topic
+from flopnet.node.config import NetworkParams, NodeConfig
+from flopnet.node.model.tokenizer import ByteTokenizer
+from flopnet.node.publisher.publisher import Publisher
+from flopnet.node.tasks import builtin_tasks
+from flopnet.node.worker.worker import Worker
+from flopnet.protocol.host import P2PHost
+from flopnet.protocol.identity import Identity
+from flopnet.protocol.ids import ANNOUNCEMENTS_LIMITS, ANNOUNCEMENTS_PROTOCOL, tasks_topic
 
 PUBLISHER = Identity(b"\x31" * 32)
 WORKER = Identity(b"\x32" * 32)
@@ -81,8 +81,8 @@ async def _ignore(sender: str, data: bytes) -> None:
 
 async def _sealed_only(publisher: Publisher, task: object) -> bytes:
     """A sealed announcement that is logged but never gossiped (a lost message)."""
-    from protocol.envelope import seal
-    from protocol.messages import TaskAnnouncement
+    from flopnet.protocol.envelope import seal
+    from flopnet.protocol.messages import TaskAnnouncement
 
     message = TaskAnnouncement(
         version=1,

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proof.sampling import (
+from flopnet.proof.sampling import (
     ReplayCheck,
     SamplingParams,
     gumbel_noise,
@@ -18,7 +18,7 @@ from proof.sampling import (
     replay_shortfalls,
     sample_token,
 )
-from protocol.errors import ConfigError, FlopnetError, ProofError
+from flopnet.protocol.errors import ConfigError, FlopnetError, ProofError
 
 torch.set_num_threads(1)
 

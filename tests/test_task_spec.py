@@ -13,20 +13,20 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import node.validator as validator_module
-from ledger.store import LedgerStore
-from node.config import NetworkParams, NodeConfig
-from node.inbox import Inbox
-from node.inference.tokenizer import ByteTokenizer
-from node.publisher import Publisher
-from node.task_source import TaskSource
-from node.tasks import Task, builtin_tasks, task_from_spec, task_spec
-from node.validator import Validator
-from protocol.envelope import message_id, open_envelope, seal
-from protocol.errors import MalformedMessage, PeerError, ProtocolTimeout
-from protocol.host import P2PHost
-from protocol.identity import Identity
-from protocol.ids import (
+import flopnet.node.validator.validator as validator_module
+from flopnet.ledger.store import LedgerStore
+from flopnet.node.config import NetworkParams, NodeConfig
+from flopnet.node.model.tokenizer import ByteTokenizer
+from flopnet.node.publisher.publisher import Publisher
+from flopnet.node.tasks import Task, builtin_tasks, task_from_spec, task_spec
+from flopnet.node.validator.inbox import Inbox
+from flopnet.node.validator.task_source import TaskSource
+from flopnet.node.validator.validator import Validator
+from flopnet.protocol.envelope import message_id, open_envelope, seal
+from flopnet.protocol.errors import MalformedMessage, PeerError, ProtocolTimeout
+from flopnet.protocol.host import P2PHost
+from flopnet.protocol.identity import Identity
+from flopnet.protocol.ids import (
     SUBMIT_LIMITS,
     SUBMIT_PROTOCOL,
     TASK_SPEC_LIMITS,
@@ -34,7 +34,7 @@ from protocol.ids import (
     VERDICT_LIMITS,
     VERDICT_PROTOCOL,
 )
-from protocol.messages import (
+from flopnet.protocol.messages import (
     Lease,
     Refusal,
     Submission,

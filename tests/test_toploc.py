@@ -9,8 +9,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proof import toploc as toploc_module
-from proof.toploc import (
+from flopnet.proof import toploc as toploc_module
+from flopnet.proof.toploc import (
     MAX_TOPK,
     PRIME,
     PROOF_BYTES_PER_CHUNK,
@@ -24,7 +24,7 @@ from proof.toploc import (
     newton_coefficients,
     verify_proofs,
 )
-from protocol.errors import ProofError
+from flopnet.protocol.errors import ProofError
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -699,7 +699,7 @@ def test_cuda_matches_cpu() -> None:
 def test_many_generations_at_once_equal_one_by_one(rows: list[int], width: int, seed: int) -> None:
     """build_proofs_many: one interpolation for every row's chunks, the same bytes (short chunks
     with fewer than topk points included: widths 4 and 8 give them)."""
-    from proof.toploc import build_proofs_many
+    from flopnet.proof.toploc import build_proofs_many
 
     gen = torch.Generator().manual_seed(seed)
     hiddens = [torch.randn(n, width, generator=gen).to(torch.bfloat16) for n in rows]

@@ -14,8 +14,8 @@ import pytest
 import trio
 from textual.widgets import DataTable, Static
 
-from node.api import build_app, load_or_create_token, serve_api
-from tui.app import FlopnetView, NodeTarget, attach_targets
+from flopnet.node.api import build_app, load_or_create_token, serve_api
+from flopnet.tui.app import FlopnetView, NodeTarget, attach_targets
 
 STATUS: dict[str, Any] = {
     "peer_id": "12D3KooWValidatorPeerIdForTheTuiTest000000000000",

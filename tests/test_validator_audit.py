@@ -18,20 +18,20 @@ from typing import Any
 import pytest
 import trio
 
-from ledger.chain import decode_body
-from ledger.kinds import HARD, AuditBody, InvalidationBody
-from ledger.leaderboard import leaderboard
-from ledger.policy import AuditPolicy
-from ledger.store import LedgerStore
-from node.config import NetworkParams, NodeConfig
-from node.inbox import Inbox
-from node.model_service import ModelInfo, ModelService, ModelServiceError
-from node.tasks import builtin_tasks
-from node.validator import Validator
-from protocol.envelope import message_id, open_envelope, seal
-from protocol.identity import Identity
-from protocol.messages import Lease, LedgerEntry, Submission, Verdict
-from verifiers.registry import Verifiers, VerifyOptions
+from flopnet.ledger.chain import decode_body
+from flopnet.ledger.kinds import HARD, AuditBody, InvalidationBody
+from flopnet.ledger.leaderboard import leaderboard
+from flopnet.ledger.policy import AuditPolicy
+from flopnet.ledger.store import LedgerStore
+from flopnet.node.config import NetworkParams, NodeConfig
+from flopnet.node.model.service import ModelInfo, ModelService, ModelServiceError
+from flopnet.node.tasks import builtin_tasks
+from flopnet.node.validator.inbox import Inbox
+from flopnet.node.validator.validator import Validator
+from flopnet.protocol.envelope import message_id, open_envelope, seal
+from flopnet.protocol.identity import Identity
+from flopnet.protocol.messages import Lease, LedgerEntry, Submission, Verdict
+from flopnet.verifiers.registry import Verifiers, VerifyOptions
 
 VALIDATOR = Identity(b"\x91" * 32)
 WORKER = Identity(b"\x92" * 32)
@@ -306,7 +306,7 @@ def test_queued_audits_of_different_contributors_share_one_prefill(
     one padded prefill (check_batch), the fifth (a second one of the first contributor) alone
     after it, as one by one would: the forged one fails, every chain entry is consistent. When
     the batched prefill fails, the validator audits one by one instead of retrying forever."""
-    from ledger.policy import audit_problems
+    from flopnet.ledger.policy import audit_problems
 
     workers = [Identity(bytes([0xC0 + i]) * 32) for i in range(4)]
     config = NodeConfig(roles=("validator",), data_dir=tmp_path, network=NET, audit_batch=8)

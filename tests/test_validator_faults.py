@@ -12,17 +12,17 @@ from pathlib import Path
 import pytest
 import trio
 
-from ledger.store import LedgerStore
-from node.config import NetworkParams, NodeConfig
-from node.inbox import Inbox
-from node.tasks import builtin_tasks
-from node.validator import Validator
-from protocol.envelope import message_id, open_envelope, seal
-from protocol.errors import PeerError
-from protocol.host import P2PHost
-from protocol.identity import Identity
-from protocol.ids import SUBMIT_LIMITS, SUBMIT_PROTOCOL, VERDICT_LIMITS, VERDICT_PROTOCOL
-from protocol.messages import (
+from flopnet.ledger.store import LedgerStore
+from flopnet.node.config import NetworkParams, NodeConfig
+from flopnet.node.tasks import builtin_tasks
+from flopnet.node.validator.inbox import Inbox
+from flopnet.node.validator.validator import Validator
+from flopnet.protocol.envelope import message_id, open_envelope, seal
+from flopnet.protocol.errors import PeerError
+from flopnet.protocol.host import P2PHost
+from flopnet.protocol.identity import Identity
+from flopnet.protocol.ids import SUBMIT_LIMITS, SUBMIT_PROTOCOL, VERDICT_LIMITS, VERDICT_PROTOCOL
+from flopnet.protocol.messages import (
     Lease,
     Refusal,
     Submission,

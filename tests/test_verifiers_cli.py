@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from node.verify_cli import EXIT_MALFORMED, EXIT_OK, EXIT_UNUSABLE, register
+from flopnet.node.cli.verify import EXIT_MALFORMED, EXIT_OK, EXIT_UNUSABLE, register
 
 REPO = Path(__file__).resolve().parents[1]
 ADD_TESTS = ["assert add(1, 2) == 3", "assert add(2, 2) == 4"]
@@ -38,8 +38,8 @@ def _rows(path: Path) -> list[dict[str, Any]]:
 
 
 def test_module_top_is_cheap() -> None:
-    code = "import sys, node.verify_cli; print(sorted(m for m in ('math_verify', 'torch', "
-    code += "'docker', 'httpx', 'verifiers.registry') if m in sys.modules))"
+    code = "import sys, flopnet.node.cli.verify; print(sorted(m for m in ('math_verify', 'torch', "
+    code += "'docker', 'httpx', 'flopnet.verifiers.registry') if m in sys.modules))"
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
@@ -102,7 +102,7 @@ def test_command_line_with_progress_bar(tmp_path: Path) -> None:
     ]
     src = _write(tmp_path / "in.jsonl", rows)
     script = (
-        "import argparse, sys\nfrom node.verify_cli import register\n"
+        "import argparse, sys\nfrom flopnet.node.cli.verify import register\n"
         "p = argparse.ArgumentParser(); h = register(p.add_subparsers(dest='command'))\n"
         "a = p.parse_args(sys.argv[1:]); sys.exit(h[a.command](a))\n"
     )

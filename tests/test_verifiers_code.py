@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from conftest import SHARED_DATA
 
-from verifiers.mutants import drop_return, flip_operator
-from verifiers.registry import Verifiers, VerifyOptions
-from verifiers.result import Result
+from flopnet.verifiers.mutants import drop_return, flip_operator
+from flopnet.verifiers.registry import Verifiers, VerifyOptions
+from flopnet.verifiers.result import Result
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
 
@@ -212,7 +212,7 @@ def test_one_hanging_test_fails_alone(verifiers: Verifiers) -> None:
 
 
 def test_humaneval_check_counts_each_assert() -> None:
-    from verifiers.pyharness import instrument
+    from flopnet.verifiers.pyharness import instrument
 
     source = (
         "def check(candidate):\n    import math\n    assert candidate(1) == 1\n"
@@ -273,7 +273,7 @@ def _job_hang(task: dict[str, Any], response: str) -> Result:
 
 
 def test_stuck_verifier_is_killed_and_reported(verifiers: Verifiers) -> None:
-    from verifiers.registry import Job, Registry, TaskType
+    from flopnet.verifiers.registry import Job, Registry, TaskType
 
     def prepare(task: Any, response: str, options: Any, v: Any) -> Job:
         return Job("test_verifiers_code:_job_hang", (dict(task), response), {}, 1.0)

@@ -29,10 +29,10 @@ from typing import Any
 
 import pytest
 
-from verifiers.registry import Verifiers, VerifyOptions
-from verifiers.sandbox import Limits, SandboxConfig, SandboxUnavailable, select_sandbox
-from verifiers.sandbox.base import MiB
-from verifiers.sandbox.docker_runner import DockerSandbox
+from flopnet.verifiers.registry import Verifiers, VerifyOptions
+from flopnet.verifiers.sandbox import Limits, SandboxConfig, SandboxUnavailable, select_sandbox
+from flopnet.verifiers.sandbox.base import MiB
+from flopnet.verifiers.sandbox.docker_runner import DockerSandbox
 
 pytest.importorskip("docker")
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")

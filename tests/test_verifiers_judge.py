@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from verifiers.judge import check_judge, parse_score
-from verifiers.registry import Verifiers, VerifyOptions
+from flopnet.verifiers.judge import check_judge, parse_score
+from flopnet.verifiers.registry import Verifiers, VerifyOptions
 
 
 class JudgeServer:

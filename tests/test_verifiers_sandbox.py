@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from protocol.errors import VerifierError
-from verifiers.pool import VerifierPool
-from verifiers.sandbox import Limits, SandboxConfig, SandboxUnavailable, select_sandbox
-from verifiers.sandbox.base import MiB
+from flopnet.protocol.errors import VerifierError
+from flopnet.verifiers.pool import VerifierPool
+from flopnet.verifiers.sandbox import Limits, SandboxConfig, SandboxUnavailable, select_sandbox
+from flopnet.verifiers.sandbox.base import MiB
 
 HAS_BWRAP = shutil.which("bwrap") is not None
 needs_bwrap = pytest.mark.skipif(not HAS_BWRAP, reason="bubblewrap is not installed")
@@ -35,8 +35,8 @@ needs_bwrap = pytest.mark.skipif(not HAS_BWRAP, reason="bubblewrap is not instal
 def _job_run(
     kind: str, source: str, limits: dict[str, Any], stdin: bytes = b"", build: bool = False
 ) -> dict[str, Any]:
-    from verifiers.sandbox import open_sandbox
-    from verifiers.sandbox.process import become_subreaper
+    from flopnet.verifiers.sandbox import open_sandbox
+    from flopnet.verifiers.sandbox.process import become_subreaper
 
     become_subreaper()
     sandbox = open_sandbox(SandboxConfig(kind=kind))
@@ -57,8 +57,8 @@ def _job_run(
 
 def _job_zombies_after(kind: str, runs: int) -> int:
     """Zombie children of this (subreaper) process left after ``runs`` sandbox runs."""
-    from verifiers.sandbox import open_sandbox
-    from verifiers.sandbox.process import become_subreaper
+    from flopnet.verifiers.sandbox import open_sandbox
+    from flopnet.verifiers.sandbox.process import become_subreaper
 
     become_subreaper()
     sandbox = open_sandbox(SandboxConfig(kind=kind))
@@ -67,7 +67,7 @@ def _job_zombies_after(kind: str, runs: int) -> int:
         for _ in range(runs):
             box.run(["python3", "-I", "-S", "/box/main.py"], limits=Limits(wall_s=10))
     time.sleep(0.3)
-    from verifiers.sandbox.process import reap_orphans
+    from flopnet.verifiers.sandbox.process import reap_orphans
 
     reap_orphans()
     me = str(os.getpid())
@@ -347,7 +347,7 @@ def test_auto_picks_bwrap() -> None:
 
 
 def test_no_sandbox_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    from verifiers import sandbox as sandbox_mod
+    from flopnet.verifiers import sandbox as sandbox_mod
 
     def missing(config: SandboxConfig) -> None:
         raise SandboxUnavailable(f"{config.kind} missing")

@@ -12,14 +12,14 @@ from conftest import SHARED_DATA
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.errors import VerifierError
-from verifiers.code_tests import outputs_match, parse_report, parse_tests, score
-from verifiers.extract import code_blocks, extract_code, predicted_field
-from verifiers.math_verifier import check_math
-from verifiers.output_prediction import check_output_prediction
-from verifiers.registry import REGISTRY
-from verifiers.result import Result
-from verifiers.rules import attach_rules, check_repetition, check_truncation, run_rules
+from flopnet.protocol.errors import VerifierError
+from flopnet.verifiers.code_tests import outputs_match, parse_report, parse_tests, score
+from flopnet.verifiers.extract import code_blocks, extract_code, predicted_field
+from flopnet.verifiers.math_verifier import check_math
+from flopnet.verifiers.output_prediction import check_output_prediction
+from flopnet.verifiers.registry import REGISTRY
+from flopnet.verifiers.result import Result
+from flopnet.verifiers.rules import attach_rules, check_repetition, check_truncation, run_rules
 
 # -- extraction --------------------------------------------------------------------------------
 

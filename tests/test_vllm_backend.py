@@ -16,15 +16,15 @@ import torch
 
 pytest.importorskip("vllm")
 
-from node.inference.backend import InferenceBackend
-from node.inference.hf_backend import GenerationRequest, HFBackend
-from node.inference.models import seeded_spec
-from node.inference.prompt import format_r1_prompt
-from node.inference.vllm_backend import VLLMBackend, worker_pending
-from proof.policy import ProofPolicy, decide, recommended_policy
-from proof.sampling import SamplingParams, replay_sampling, replay_shortfalls
-from proof.toploc import build_proofs, verify_proofs
-from protocol.errors import ConfigError
+from flopnet.node.model.backend import InferenceBackend
+from flopnet.node.model.hf_backend import GenerationRequest, HFBackend
+from flopnet.node.model.models import seeded_spec
+from flopnet.node.model.prompt import format_r1_prompt
+from flopnet.node.model.vllm_backend import VLLMBackend, worker_pending
+from flopnet.proof.policy import ProofPolicy, decide, recommended_policy
+from flopnet.proof.sampling import SamplingParams, replay_sampling, replay_shortfalls
+from flopnet.proof.toploc import build_proofs, verify_proofs
+from flopnet.protocol.errors import ConfigError
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -277,8 +277,8 @@ def test_a_node_model_process_on_the_vllm_backend_passes_an_hf_validator() -> No
     model hashes the same on both."""
     import trio
 
-    from node.model_service import ModelService
-    from proof.policy import policy_params
+    from flopnet.node.model.service import ModelService
+    from flopnet.proof.policy import policy_params
 
     async def main() -> None:
         worker = ModelService("tiny", 1234, "bfloat16", threads=1, backend="vllm")

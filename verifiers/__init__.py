@@ -1,0 +1,1 @@
+"""Answer verifiers per task type, rule checks and sandboxed runners, in killable children."""

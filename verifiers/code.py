@@ -15,14 +15,21 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from protocol.errors import VerifierError
-from verifiers.code_tests import CodeTests, outputs_match, parse_report, parse_tests, score
-from verifiers.extract import LANGUAGE_TAGS, extract_code
-from verifiers.languages import BUILD_LIMITS, LANGUAGES, Language, language, prepare, require_tool
-from verifiers.result import Result
-from verifiers.sandbox import BOX, Box, Limits, SandboxConfig, open_sandbox
-from verifiers.sandbox.base import MiB
-from verifiers.sandbox.process import become_subreaper
+from flopnet.protocol.errors import VerifierError
+from flopnet.verifiers.code_tests import CodeTests, outputs_match, parse_report, parse_tests, score
+from flopnet.verifiers.extract import LANGUAGE_TAGS, extract_code
+from flopnet.verifiers.languages import (
+    BUILD_LIMITS,
+    LANGUAGES,
+    Language,
+    language,
+    prepare,
+    require_tool,
+)
+from flopnet.verifiers.result import Result
+from flopnet.verifiers.sandbox import BOX, Box, Limits, SandboxConfig, open_sandbox
+from flopnet.verifiers.sandbox.base import MiB
+from flopnet.verifiers.sandbox.process import become_subreaper
 
 HARNESS = Path(__file__).with_name("pyharness.py")
 #: Default wall-clock budget for all tests of one answer (builds excluded).

@@ -21,8 +21,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from protocol.errors import VerifierError
-from verifiers.result import Result
+from flopnet.protocol.errors import VerifierError
+from flopnet.verifiers.result import Result
 
 MAX_TESTS = 200
 MAX_SHOWN_FAILURES = 3

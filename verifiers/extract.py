@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from protocol.errors import VerifierError
+from flopnet.protocol.errors import VerifierError
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"

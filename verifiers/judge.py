@@ -15,9 +15,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from protocol.errors import VerifierError
-from verifiers.extract import final_answer_region
-from verifiers.result import Result
+from flopnet.protocol.errors import VerifierError
+from flopnet.verifiers.extract import final_answer_region
+from flopnet.verifiers.result import Result
 
 SYSTEM_PROMPT = (
     "You are a strict grader. Compare the RESPONSE with the REFERENCE ANSWER to the QUESTION. "

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from protocol.errors import VerifierError
-from verifiers.sandbox import BOX, Box, Limits, RunResult, Sandbox
-from verifiers.sandbox.base import MiB
+from flopnet.protocol.errors import VerifierError
+from flopnet.verifiers.sandbox import BOX, Box, Limits, RunResult, Sandbox
+from flopnet.verifiers.sandbox.base import MiB
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,10 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from protocol.errors import VerifierError
-from verifiers.extract import THINK_CLOSE, THINK_OPEN, final_answer_region
-from verifiers.math_fixes import numeric_override, rewrite_answer
-from verifiers.result import Result
+from flopnet.protocol.errors import VerifierError
+from flopnet.verifiers.extract import THINK_CLOSE, THINK_OPEN, final_answer_region
+from flopnet.verifiers.math_fixes import numeric_override, rewrite_answer
+from flopnet.verifiers.result import Result
 
 __all__ = ["THINK_CLOSE", "THINK_OPEN", "check_math", "final_answer_region", "normalize_gold"]
 

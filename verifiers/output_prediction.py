@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from protocol.errors import VerifierError
-from verifiers.extract import predicted_field
-from verifiers.result import Result
+from flopnet.protocol.errors import VerifierError
+from flopnet.verifiers.extract import predicted_field
+from flopnet.verifiers.result import Result
 
 _SHOWN = 120
 

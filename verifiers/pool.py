@@ -46,16 +46,16 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from protocol.errors import VerifierError
-from verifiers.result import Result
+from flopnet.protocol.errors import VerifierError
+from flopnet.verifiers.result import Result
 
 JobFn = str | Callable[..., Any]
 
 log = logging.getLogger(__name__)
 
 #: ``warmup`` entry that imports math-verify/sympy and runs one check in each child at start.
-MATH_WARMUP = "verifiers.math_verifier:warm_up"
-CHECK_MATH = "verifiers.math_verifier:check_math"
+MATH_WARMUP = "flopnet.verifiers.math_verifier:warm_up"
+CHECK_MATH = "flopnet.verifiers.math_verifier:check_math"
 
 
 class JobTimeout(VerifierError):

@@ -28,11 +28,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.errors import VerifierError
-from verifiers.pool import MATH_WARMUP, VerifierPool, resolve_job
-from verifiers.result import Result
-from verifiers.rules import attach_rules, run_rules
-from verifiers.sandbox import SandboxConfig, select_sandbox
+from flopnet.protocol.errors import VerifierError
+from flopnet.verifiers.pool import MATH_WARMUP, VerifierPool, resolve_job
+from flopnet.verifiers.result import Result
+from flopnet.verifiers.rules import attach_rules, run_rules
+from flopnet.verifiers.sandbox import SandboxConfig, select_sandbox
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class Registry:
 
 # -- the job every verification runs in a pool child -------------------------------------------
 
-RUN_JOB = "verifiers.registry:run_job"
+RUN_JOB = "flopnet.verifiers.registry:run_job"
 
 
 def run_job(
@@ -140,7 +140,7 @@ def _prepare_math(task: Mapping[str, Any], response: str, o: VerifyOptions, v: V
     require_boxed = task.get("require_boxed", o.require_boxed)
     secs = max(1, int(o.math_timeout_s))
     return Job(
-        "verifiers.math_verifier:check_math",
+        "flopnet.verifiers.math_verifier:check_math",
         (response, gold),
         {"require_boxed": bool(require_boxed), "timeout_s": secs},
         3.0 * secs + 2.0,  # the gold parse, the answer parse and the comparison each get an alarm
@@ -148,12 +148,12 @@ def _prepare_math(task: Mapping[str, Any], response: str, o: VerifyOptions, v: V
 
 
 def _prepare_code(task: Mapping[str, Any], response: str, o: VerifyOptions, v: Verifiers) -> Job:
-    from verifiers.code import hard_timeout
-    from verifiers.code_tests import parse_tests
+    from flopnet.verifiers.code import hard_timeout
+    from flopnet.verifiers.code_tests import parse_tests
 
     tests = parse_tests(task)  # a malformed task fails here, before it costs a child
     return Job(
-        "verifiers.code:check_code",
+        "flopnet.verifiers.code:check_code",
         (dict(task), response),
         {"sandbox": v.sandbox(), "require_fence": o.require_fence, "budget_s": o.code_budget_s},
         hard_timeout(tests, o.code_budget_s),
@@ -161,12 +161,12 @@ def _prepare_code(task: Mapping[str, Any], response: str, o: VerifyOptions, v: V
 
 
 def _prepare_output(task: Mapping[str, Any], response: str, o: VerifyOptions, v: Verifiers) -> Job:
-    from verifiers.output_prediction import gold_output
+    from flopnet.verifiers.output_prediction import gold_output
 
     gold_output(task)
     name = task.get("field", "output")
     return Job(
-        "verifiers.output_prediction:check_output_prediction",
+        "flopnet.verifiers.output_prediction:check_output_prediction",
         (dict(task), response),
         {"field": name},
         10.0,
@@ -177,7 +177,7 @@ def _prepare_judge(task: Mapping[str, Any], response: str, o: VerifyOptions, v: 
     if not o.judge_url:
         raise VerifierError("no LLM judge configured (set judge_url / --judge-url)")
     return Job(
-        "verifiers.judge:check_judge",
+        "flopnet.verifiers.judge:check_judge",
         (dict(task), response),
         {
             "url": o.judge_url,

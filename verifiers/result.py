@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.errors import VerifierError
+from flopnet.protocol.errors import VerifierError
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from verifiers.extract import THINK_CLOSE, THINK_OPEN, code_blocks, final_answer_region
-from verifiers.math_verifier import find_boxes
-from verifiers.result import Result
+from flopnet.verifiers.extract import THINK_CLOSE, THINK_OPEN, code_blocks, final_answer_region
+from flopnet.verifiers.math_verifier import find_boxes
+from flopnet.verifiers.result import Result
 
 #: Word n-gram length for the repetition check.
 NGRAM = 10

@@ -13,7 +13,7 @@ import functools
 import logging
 from dataclasses import dataclass
 
-from verifiers.sandbox.base import (
+from flopnet.verifiers.sandbox.base import (
     BOX,
     Box,
     Limits,
@@ -55,15 +55,15 @@ class SandboxConfig:
 def open_sandbox(config: SandboxConfig) -> Sandbox:
     """The runner for ``config`` (cached: one per process and config)."""
     if config.kind == "bwrap":
-        from verifiers.sandbox.bwrap import BwrapSandbox
+        from flopnet.verifiers.sandbox.bwrap import BwrapSandbox
 
         return BwrapSandbox(sandbox_uid=config.sandbox_uid)
     if config.kind == "docker":
-        from verifiers.sandbox.docker_runner import DockerSandbox
+        from flopnet.verifiers.sandbox.docker_runner import DockerSandbox
 
         return DockerSandbox(base_url=config.docker_url, image=config.docker_image)
     if config.kind == "unsafe":
-        from verifiers.sandbox.unsafe import WARNING, UnsafeSandbox
+        from flopnet.verifiers.sandbox.unsafe import WARNING, UnsafeSandbox
 
         log.warning(WARNING)
         return UnsafeSandbox()

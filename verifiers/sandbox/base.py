@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol, Self
 
-from protocol.errors import VerifierError
+from flopnet.protocol.errors import VerifierError
 
 #: Where the box appears inside every sandbox.
 BOX = "/box"

@@ -24,8 +24,15 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import replace
 
-from verifiers.sandbox.base import BOX, SANDBOX_ENV, DirBox, Limits, RunResult, SandboxUnavailable
-from verifiers.sandbox.process import run_process
+from flopnet.verifiers.sandbox.base import (
+    BOX,
+    SANDBOX_ENV,
+    DirBox,
+    Limits,
+    RunResult,
+    SandboxUnavailable,
+)
+from flopnet.verifiers.sandbox.process import run_process
 
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap)"
 _SEARCH_PATH = "/usr/local/bin:/usr/bin:/bin"

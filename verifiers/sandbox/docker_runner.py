@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from verifiers.sandbox.base import (
+from flopnet.verifiers.sandbox.base import (
     BOX,
     SANDBOX_ENV,
     Limits,

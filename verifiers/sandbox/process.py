@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from verifiers.sandbox.base import Limits, RunResult, SandboxError
+from flopnet.verifiers.sandbox.base import Limits, RunResult, SandboxError
 
 _PR_SET_CHILD_SUBREAPER = 36
 _subreaper = False

@@ -13,8 +13,8 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 
-from verifiers.sandbox.base import BOX, SANDBOX_ENV, DirBox, Limits, RunResult
-from verifiers.sandbox.process import run_process
+from flopnet.verifiers.sandbox.base import BOX, SANDBOX_ENV, DirBox, Limits, RunResult
+from flopnet.verifiers.sandbox.process import run_process
 
 WARNING = (
     "running untrusted code WITHOUT a sandbox: it can read the node's keys, use the network "

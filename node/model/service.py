@@ -25,7 +25,7 @@ from typing import Any
 
 import trio
 
-from protocol.errors import FlopnetError
+from flopnet.protocol.errors import FlopnetError
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 300.0
@@ -64,21 +64,26 @@ def _child_main(
     # Heavy imports happen here, in the child only.
     import torch
 
-    from node.inference.hf_backend import GenerationRequest, HFBackend
-    from node.inference.loader import load_model
-    from proof.completion import check_completion
-    from proof.policy import decide, policy_from_params
-    from proof.sampling import SamplingParams, replay_check, replay_sampling, replay_shortfalls
-    from proof.stream import ProofStream
-    from proof.toploc import verify_proofs
-    from protocol.errors import ConfigError
+    from flopnet.node.model.hf_backend import GenerationRequest, HFBackend
+    from flopnet.node.model.loader import load_model
+    from flopnet.proof.completion import check_completion
+    from flopnet.proof.policy import decide, policy_from_params
+    from flopnet.proof.sampling import (
+        SamplingParams,
+        replay_check,
+        replay_sampling,
+        replay_shortfalls,
+    )
+    from flopnet.proof.stream import ProofStream
+    from flopnet.proof.toploc import verify_proofs
+    from flopnet.protocol.errors import ConfigError
 
     started = time.perf_counter()
     try:
         plan = None
         if max_seq_tokens:
             # Before loading: a model that cannot fit is refused with numbers, not an OOM.
-            from node.inference.hardware import detect, model_config, plan_for
+            from flopnet.node.model.hardware import detect, model_config, plan_for
 
             needed = model_config(model, revision)
             plan = plan_for(

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.sqlite_files import open_durable
-from protocol.errors import FlopnetError
+from flopnet.node.sqlite_files import open_durable
+from flopnet.protocol.errors import FlopnetError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (

@@ -44,10 +44,10 @@ def _run(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from node.proof_calibration import run_honest
-    from proof.calibrate import calibrate
-    from proof.policy import policy_params, recommended_policy
-    from protocol.errors import ConfigError
+    from flopnet.node.model.calibration import run_honest
+    from flopnet.proof.calibrate import calibrate
+    from flopnet.proof.policy import policy_params, recommended_policy
+    from flopnet.protocol.errors import ConfigError
 
     if args.samples < 1 or args.max_new_tokens < 1:
         raise ConfigError("--samples and --max-new-tokens must be >= 1")

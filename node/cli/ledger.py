@@ -15,12 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from protocol.errors import ConfigError
+from flopnet.protocol.errors import ConfigError
 
 if TYPE_CHECKING:
-    from ledger.leaderboard import Standing
-    from ledger.store import LedgerStore
-    from node.config import NetworkParams
+    from flopnet.ledger.leaderboard import Standing
+    from flopnet.ledger.store import LedgerStore
+    from flopnet.node.config import NetworkParams
 
 DEFAULT_LOCK_WINDOW_S = 86400.0  # ledger.policy's default, repeated to keep this import cheap
 DUMP_FORMAT = "flopnet-stats/1"
@@ -83,7 +83,7 @@ def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _find_manifest(args: argparse.Namespace, data_dir: Path | None) -> Path | None:
-    from protocol.manifest import MANIFEST_FILE
+    from flopnet.protocol.manifest import MANIFEST_FILE
 
     if getattr(args, "manifest", None) is not None:
         return Path(args.manifest)
@@ -96,14 +96,14 @@ def _find_manifest(args: argparse.Namespace, data_dir: Path | None) -> Path | No
 
 
 def _network(args: argparse.Namespace, data_dir: Path | None) -> NetworkParams | None:
-    from node.config import NetworkParams
+    from flopnet.node.config import NetworkParams
 
     path = _find_manifest(args, data_dir)
     return None if path is None else NetworkParams.load(path)
 
 
 def _ledgers(data_dir: Path | None) -> list[Path]:
-    from node.devnet import find_ledgers
+    from flopnet.node.cli.devnet import find_ledgers
 
     if data_dir is None:
         raise ConfigError("give --data-dir (or set FLOPNET_HOME)")
@@ -116,7 +116,7 @@ def _ledgers(data_dir: Path | None) -> list[Path]:
 def _best_ledger(ledgers: list[Path], validators: set[bytes] | None) -> Path:
     """The ledger holding the most of the validators' chains: with replication every node's
     copy converges, and summing several copies would count each credit more than once."""
-    from ledger.store import LedgerStore
+    from flopnet.ledger.store import LedgerStore
 
     def coverage(path: Path) -> int:
         with LedgerStore(path) as store:
@@ -147,8 +147,8 @@ def run_leaderboard(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from ledger.leaderboard import WINDOWS, format_table, leaderboard, to_csv, to_json
-    from ledger.store import LedgerStore
+    from flopnet.ledger.leaderboard import WINDOWS, format_table, leaderboard, to_csv, to_json
+    from flopnet.ledger.store import LedgerStore
 
     net = _network(args, args.data_dir)
     validators = net.validator_keys if net is not None and net.validators else None
@@ -202,8 +202,8 @@ def _network_id(args: argparse.Namespace, net: NetworkParams | None) -> str:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from ledger.chain import signer_name
-    from ledger.store import LedgerStore
+    from flopnet.ledger.chain import signer_name
+    from flopnet.ledger.store import LedgerStore
 
     ledgers = _ledgers(args.data_dir)
     net = _network(args, args.data_dir)
@@ -253,7 +253,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _audit_problems(store: LedgerStore, signer: bytes, net: NetworkParams) -> list[str]:
     """The signer's audit entries checked against its chain and the manifest's audit policy."""
-    from ledger.policy import AuditPolicy, audit_problems
+    from flopnet.ledger.policy import AuditPolicy, audit_problems
 
     credits, hard = store.audit_context(signer)
     policy = AuditPolicy(floor=net.audit_rate_floor)
@@ -271,8 +271,8 @@ def build_dump(
     """The statistics export: every contributor and team, and the heads it was computed from."""
     import datetime
 
-    from ledger.chain import signer_name
-    from ledger.leaderboard import flop_formulas, leaderboard, to_json
+    from flopnet.ledger.chain import signer_name
+    from flopnet.ledger.leaderboard import flop_formulas, leaderboard, to_json
 
     rows = leaderboard(store, validators, limit=10**9, now=now, lock_window=lock_window)
     contributors = to_json(rows)
@@ -336,7 +336,7 @@ def _dump(args: argparse.Namespace) -> int:
     import os
     import time
 
-    from ledger.store import LedgerStore
+    from flopnet.ledger.store import LedgerStore
 
     net = _network(args, args.data_dir)
     network_id = _network_id(args, net)
@@ -363,7 +363,7 @@ def _dump(args: argparse.Namespace) -> int:
 def _replicate(args: argparse.Namespace) -> int:
     import trio
 
-    from node.config import NetworkParams, env_settings
+    from flopnet.node.config import NetworkParams, env_settings
 
     data_dir = args.data_dir or env_settings().data_root
     net = NetworkParams.load(args.manifest)
@@ -377,7 +377,7 @@ def replica_command(
     data_dir: Path, manifest: Path, bootstrap: tuple[str, ...] = (), batch: int | None = None
 ) -> list[str]:
     """The command line of a replica process, runnable before ``flopnet`` registers ``ledger``."""
-    command = [sys.executable, "-m", "node.ledger_cli", "ledger", "replicate"]
+    command = [sys.executable, "-m", "flopnet.node.cli.ledger", "ledger", "replicate"]
     command += ["--data-dir", str(data_dir), "--manifest", str(manifest)]
     for addr in bootstrap:
         command += ["--bootstrap", addr]
@@ -404,13 +404,13 @@ async def run_replica(
 
     import trio
 
-    from ledger.store import LedgerStore
-    from node.ledger_sync import LedgerSync
-    from protocol.errors import FlopnetError
-    from protocol.host import P2PHost
-    from protocol.identity import load_or_create_identity
-    from protocol.ids import LEDGER_RANGE_LIMITS, LEDGER_RANGE_PROTOCOL, ledger_topic
-    from protocol.peers import Backoff
+    from flopnet.ledger.store import LedgerStore
+    from flopnet.node.ledger_sync import LedgerSync
+    from flopnet.protocol.errors import FlopnetError
+    from flopnet.protocol.host import P2PHost
+    from flopnet.protocol.identity import load_or_create_identity
+    from flopnet.protocol.ids import LEDGER_RANGE_LIMITS, LEDGER_RANGE_PROTOCOL, ledger_topic
+    from flopnet.protocol.peers import Backoff
 
     identity = load_or_create_identity(data_dir)
     host = P2PHost(identity, listen_ip=listen_ip)
@@ -445,7 +445,7 @@ async def run_replica(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m node.ledger_cli ledger ...`` (before ``flopnet`` itself registers it)."""
-    from protocol.errors import FlopnetError
+    from flopnet.protocol.errors import FlopnetError
 
     parser = argparse.ArgumentParser(prog="flopnet")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if getattr(args, "data_dir", "unset") is None:
-            from node.config import env_settings
+            from flopnet.node.config import env_settings
 
             args.data_dir = env_settings().data_root
         return handlers[args.command](args)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from node.inference.tokenizer import ASSISTANT, THINK_OPEN, USER
+from flopnet.node.model.tokenizer import ASSISTANT, THINK_OPEN, USER
 
 # DeepSeek's recommended directive for math problems (DeepSeek-R1 model card, usage notes).
 MATH_DIRECTIVE = "Please reason step by step, and put your final answer within \\boxed{}."

@@ -12,15 +12,15 @@ from typing import Any
 
 import trio
 
-from node.announcements import SeqTracker
-from node.config import NodeConfig
-from node.model_service import UNAVAILABLE, ModelService, ModelServiceError
-from node.profile import ProfileSharer, load_profile
-from protocol.envelope import message_id, open_envelope, seal
-from protocol.errors import FlopnetError, MalformedMessage, PeerError, ProtocolTimeout
-from protocol.host import P2PHost
-from protocol.identity import Identity, peer_id_from_public_key
-from protocol.ids import (
+from flopnet.node.config import NodeConfig
+from flopnet.node.model.service import UNAVAILABLE, ModelService, ModelServiceError
+from flopnet.node.profile import ProfileSharer, load_profile
+from flopnet.node.publisher.announcements import SeqTracker
+from flopnet.protocol.envelope import message_id, open_envelope, seal
+from flopnet.protocol.errors import FlopnetError, MalformedMessage, PeerError, ProtocolTimeout
+from flopnet.protocol.host import P2PHost
+from flopnet.protocol.identity import Identity, peer_id_from_public_key
+from flopnet.protocol.ids import (
     ANNOUNCEMENTS_LIMITS,
     ANNOUNCEMENTS_PROTOCOL,
     CLAIM_LIMITS,
@@ -31,7 +31,7 @@ from protocol.ids import (
     VERDICT_PROTOCOL,
     VERDICT_WAIT_S,
 )
-from protocol.messages import (
+from flopnet.protocol.messages import (
     AnnouncementRange,
     AnnouncementRangeRequest,
     Claim,

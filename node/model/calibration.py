@@ -15,16 +15,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from node.inference.tokenizer import Tokenizer
+from flopnet.node.model.tokenizer import Tokenizer
 
 if TYPE_CHECKING:  # torch stays out of the CLI's import path
     import torch
 
-    from node.inference.hf_backend import Generation, HFBackend
-    from proof.completion import CompletionCheck
-    from proof.policy import ProofDecision, ProofPolicy
-    from proof.sampling import ReplayCheck, SamplingParams
-    from proof.toploc import ChunkCheck
+    from flopnet.node.model.hf_backend import Generation, HFBackend
+    from flopnet.proof.completion import CompletionCheck
+    from flopnet.proof.policy import ProofDecision, ProofPolicy
+    from flopnet.proof.sampling import ReplayCheck, SamplingParams
+    from flopnet.proof.toploc import ChunkCheck
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def calibration_prompts(tokenizer: Tokenizer, count: int, *, offset: int = 0) ->
     ``offset`` selects a disjoint set, so thresholds calibrated on one set can be evaluated on
     another.
     """
-    from node.inference.prompt import format_r1_prompt
+    from flopnet.node.model.prompt import format_r1_prompt
 
     prompts = []
     for i in range(offset, offset + count):
@@ -119,7 +119,7 @@ def generate(
     batch_size: int = 1,
 ) -> list[Generation]:
     """Honest generation of every prompt, ``batch_size`` rows at a time."""
-    from node.inference.hf_backend import GenerationRequest
+    from flopnet.node.model.hf_backend import GenerationRequest
 
     if batch_size == 1:
         return [
@@ -146,11 +146,11 @@ def measure(
     """Validate one sample as a validator does: one prefill, TOPLOC, replay, completion."""
     import torch
 
-    from proof.calibrate import UNBOUNDED_TOLERANCE
-    from proof.completion import check_completion
-    from proof.policy import decide
-    from proof.sampling import replay_check, replay_shortfalls
-    from proof.toploc import verify_proofs
+    from flopnet.proof.calibrate import UNBOUNDED_TOLERANCE
+    from flopnet.proof.completion import check_completion
+    from flopnet.proof.policy import decide
+    from flopnet.proof.sampling import replay_check, replay_shortfalls
+    from flopnet.proof.toploc import verify_proofs
 
     before = torch.get_num_threads()
     if threads is not None:
@@ -178,7 +178,7 @@ def measure(
 
 def proofs_of(hidden: torch.Tensor) -> list[bytes]:
     """A worker's proofs for its captured states (none for an empty output)."""
-    from proof.toploc import build_proofs
+    from flopnet.proof.toploc import build_proofs
 
     return build_proofs(hidden) if hidden.shape[0] else []
 
@@ -225,9 +225,9 @@ def run_honest(
     """
     import torch
 
-    from node.inference.hf_backend import HFBackend
-    from node.inference.models import seeded_spec
-    from proof.sampling import SamplingParams
+    from flopnet.node.model.hf_backend import HFBackend
+    from flopnet.node.model.models import seeded_spec
+    from flopnet.proof.sampling import SamplingParams
 
     before = torch.get_num_threads()
     torch.set_num_threads(WORKER_THREADS)

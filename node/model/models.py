@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from node.inference.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
-from protocol.errors import ConfigError
+from flopnet.node.model.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
+from flopnet.protocol.errors import ConfigError
 
 _DTYPES: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 _FAMILIES = ("llama", "qwen2")
@@ -299,7 +299,7 @@ def weights_sha256(model: nn.Module) -> str:
 
 def model_weights_sha256(name: str, *, seed: int, dtype: str, revision: str = "") -> str:
     """Build (or load) a network's model and hash its weights, for pinning in a manifest."""
-    from node.inference.tokenizer import EMBEDDED_MODELS
+    from flopnet.node.model.tokenizer import EMBEDDED_MODELS
 
     if name in EMBEDDED_MODELS:
         spec = seeded_spec(name, seed=seed, dtype=dtype)

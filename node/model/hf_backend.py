@@ -17,11 +17,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from node.inference.models import ModelSpec, build_model
-from node.inference.tokenizer import Tokenizer
-from proof.params import CHUNK
-from proof.sampling import SamplingParams, sample_token
-from protocol.errors import ConfigError
+from flopnet.node.model.models import ModelSpec, build_model
+from flopnet.node.model.tokenizer import Tokenizer
+from flopnet.proof.params import CHUNK
+from flopnet.proof.sampling import SamplingParams, sample_token
+from flopnet.protocol.errors import ConfigError
 
 FinishReason = Literal["eos", "length"]
 

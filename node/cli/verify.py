@@ -105,9 +105,9 @@ def _progress(total: int | None, disabled: bool) -> Any:
 
 def run_verify(args: argparse.Namespace) -> int:
     """The ``verify`` handler."""
-    from protocol.errors import VerifierError
-    from verifiers.registry import Verifiers, VerifyOptions
-    from verifiers.result import Result
+    from flopnet.protocol.errors import VerifierError
+    from flopnet.verifiers.registry import Verifiers, VerifyOptions
+    from flopnet.verifiers.result import Result
 
     if str(args.file) != "-" and not args.file.is_file():
         print(f"flopnet verify: no such file: {args.file}", file=sys.stderr)

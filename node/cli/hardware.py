@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from protocol.errors import ConfigError
+from flopnet.protocol.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
@@ -33,11 +33,11 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Na
 
 
 def _run(args: argparse.Namespace) -> int:
-    from node.inference.hardware import GIB, detect, model_config, plan_for
+    from flopnet.node.model.hardware import GIB, detect, model_config, plan_for
 
     model, dtype, revision = args.model, args.dtype, ""
     if args.manifest is not None:
-        from node.config import NetworkParams
+        from flopnet.node.config import NetworkParams
 
         net = NetworkParams.load(args.manifest)
         model, dtype, revision = net.model, net.dtype, net.model_revision

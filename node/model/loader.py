@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.errors import ConfigError
+from flopnet.protocol.errors import ConfigError
 
 BACKENDS = ("auto", "hf", "vllm")
 
@@ -38,8 +38,8 @@ def load_model(
     revision: str = "",
 ) -> LoadedModel:
     """Build the backend for ``model``; ``plan`` (from node.inference.hardware) picks ``auto``."""
-    from node.inference.models import hf_spec, param_count, seeded_spec, weights_sha256
-    from node.inference.tokenizer import EMBEDDED_MODELS
+    from flopnet.node.model.models import hf_spec, param_count, seeded_spec, weights_sha256
+    from flopnet.node.model.tokenizer import EMBEDDED_MODELS
 
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
@@ -51,7 +51,7 @@ def load_model(
         else hf_spec(model, revision=revision or None, dtype=dtype)  # the manifest's pin
     )
     if chosen == "hf":
-        from node.inference.hf_backend import HFBackend
+        from flopnet.node.model.hf_backend import HFBackend
 
         device = plan["device"] if plan else "cpu"  # the plan's GPU, when it found one
         hf = HFBackend(spec, device=device, num_threads=threads or None)
@@ -64,9 +64,9 @@ def load_model(
             n_params_no_embeddings=param_count(hf.model, include_embeddings=False),
             config=json.loads(hf_config.to_json_string(use_diff=False)),
         )
-    from node.inference.hardware import model_config, stored_params
-    from node.inference.models import model_weights_sha256
-    from node.inference.vllm_backend import VLLMBackend
+    from flopnet.node.model.hardware import model_config, stored_params
+    from flopnet.node.model.models import model_weights_sha256
+    from flopnet.node.model.vllm_backend import VLLMBackend
 
     config = model_config(model, revision)
     vllm = VLLMBackend(

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from node.inference.hf_backend import Generation, GenerationRequest, Prefill
-from node.inference.tokenizer import Tokenizer
-from proof.sampling import SamplingParams
+from flopnet.node.model.hf_backend import Generation, GenerationRequest, Prefill
+from flopnet.node.model.tokenizer import Tokenizer
+from flopnet.proof.sampling import SamplingParams
 
 
 @runtime_checkable

@@ -33,9 +33,9 @@ from typing import Any
 
 import trio
 
-from ledger.chain import decode_body
-from ledger.flops import MATMUL_FORMULA, inference_flops
-from ledger.kinds import (
+from flopnet.ledger.chain import decode_body
+from flopnet.ledger.flops import MATMUL_FORMULA, inference_flops
+from flopnet.ledger.kinds import (
     HARD,
     KIND_AUDIT,
     KIND_CREDIT,
@@ -43,20 +43,20 @@ from ledger.kinds import (
     AuditBody,
     InvalidationBody,
 )
-from ledger.policy import AuditBook, AuditDecision, AuditPolicy, audit_draw
-from ledger.store import LedgerStore
-from node.config import NodeConfig
-from node.inbox import Inbox
-from node.inference.prompt import response_for_verifier
-from node.model_service import UNAVAILABLE, ModelService, ModelServiceError
-from node.task_source import TaskSource
-from node.tasks import Task
-from proof.params import CHUNK, PROOF_BYTES
-from protocol.envelope import Opened, open_envelope, seal
-from protocol.errors import MalformedMessage, PeerError, ProtocolTimeout, VerifierError
-from protocol.host import P2PHost
-from protocol.identity import Identity, peer_id_from_public_key
-from protocol.messages import (
+from flopnet.ledger.policy import AuditBook, AuditDecision, AuditPolicy, audit_draw
+from flopnet.ledger.store import LedgerStore
+from flopnet.node.config import NodeConfig
+from flopnet.node.model.prompt import response_for_verifier
+from flopnet.node.model.service import UNAVAILABLE, ModelService, ModelServiceError
+from flopnet.node.tasks import Task
+from flopnet.node.validator.inbox import Inbox
+from flopnet.node.validator.task_source import TaskSource
+from flopnet.proof.params import CHUNK, PROOF_BYTES
+from flopnet.protocol.envelope import Opened, open_envelope, seal
+from flopnet.protocol.errors import MalformedMessage, PeerError, ProtocolTimeout, VerifierError
+from flopnet.protocol.host import P2PHost
+from flopnet.protocol.identity import Identity, peer_id_from_public_key
+from flopnet.protocol.messages import (
     CreditBody,
     Lease,
     LedgerEntry,
@@ -66,8 +66,8 @@ from protocol.messages import (
     Verdict,
     VerdictRequest,
 )
-from verifiers.registry import Verifiers
-from verifiers.result import Result
+from flopnet.verifiers.registry import Verifiers
+from flopnet.verifiers.result import Result
 
 log = logging.getLogger(__name__)
 LEASE_GRACE_S = 30.0

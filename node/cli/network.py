@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from protocol.errors import ConfigError
+from flopnet.protocol.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
@@ -73,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Na
 
 
 def _identity(args: argparse.Namespace) -> int:
-    from protocol.identity import load_or_create_identity
+    from flopnet.protocol.identity import load_or_create_identity
 
     identity = load_or_create_identity(args.data_dir)
     print(json.dumps({"peer_id": identity.peer_id, "public_key": identity.public_key.hex()}))
@@ -87,16 +87,21 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from node.config import PROOF_PARAMS, NetworkParams, create_network, recommended_proof_params
-    from protocol.identity import load_or_create_identity
-    from protocol.manifest import MANIFEST_FILE
+    from flopnet.node.config import (
+        PROOF_PARAMS,
+        NetworkParams,
+        create_network,
+        recommended_proof_params,
+    )
+    from flopnet.protocol.identity import load_or_create_identity
+    from flopnet.protocol.manifest import MANIFEST_FILE
 
     out: Path = args.out
     if (out / MANIFEST_FILE).exists():
         raise ConfigError(f"{out / MANIFEST_FILE} exists; refusing to overwrite a network")
     weights = args.weights_sha256
     if args.pin_weights and not weights:
-        from node.inference.models import model_weights_sha256
+        from flopnet.node.model.models import model_weights_sha256
 
         weights = model_weights_sha256(
             args.model, seed=args.model_seed, dtype=args.dtype, revision=args.model_revision
@@ -138,7 +143,7 @@ def _init(args: argparse.Namespace) -> int:
 
 def describe(manifest_path: Path) -> dict[str, Any]:
     """A verified manifest as plain JSON-able data."""
-    from node.config import NetworkParams
+    from flopnet.node.config import NetworkParams
 
     params = NetworkParams.load(manifest_path)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(params).items()}

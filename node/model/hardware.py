@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from protocol.errors import ConfigError
+from flopnet.protocol.errors import ConfigError
 
 GIB = 1024**3
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "fp8": 1}
@@ -262,8 +262,8 @@ def detect() -> Hardware:
 def model_config(model: str, revision: str = "") -> dict[str, Any]:
     """A model's HF config as a dict: named seeded models locally, others from the Hub's
     ``config.json`` (no weights are downloaded)."""
-    from node.inference.models import seeded_config
-    from node.inference.tokenizer import EMBEDDED_MODELS
+    from flopnet.node.model.models import seeded_config
+    from flopnet.node.model.tokenizer import EMBEDDED_MODELS
 
     if model in EMBEDDED_MODELS:
         return seeded_config(model)

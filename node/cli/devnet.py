@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node.config import NetworkParams, create_network, recommended_proof_params
-from node.profile import save_profile
-from protocol.errors import ConfigError, FlopnetError
-from protocol.identity import load_or_create_identity
-from protocol.manifest import MANIFEST_FILE
+from flopnet.node.config import NetworkParams, create_network, recommended_proof_params
+from flopnet.node.profile import save_profile
+from flopnet.protocol.errors import ConfigError, FlopnetError
+from flopnet.protocol.identity import load_or_create_identity
+from flopnet.protocol.manifest import MANIFEST_FILE
 
 VALIDATOR_DIR = "validator"
 PUBLISHER_DIR = "publisher"
@@ -171,7 +171,7 @@ class Devnet:
         cmd = [
             sys.executable,
             "-m",
-            "node.cli",
+            "flopnet.node.cli.main",
             "node",
             "--data-dir",
             str(data_dir),
@@ -234,7 +234,7 @@ class Devnet:
             publisher_key = load_or_create_identity(self.root / PUBLISHER_DIR).public_key.hex()
         params = devnet_params(opts, validator_key, publisher_key)
         if opts.pin_weights:
-            from node.inference.models import model_weights_sha256
+            from flopnet.node.model.models import model_weights_sha256
 
             pinned = model_weights_sha256(opts.model, seed=params.model_seed, dtype=opts.dtype)
             params = dataclasses.replace(params, weights_sha256=pinned)
@@ -362,8 +362,8 @@ class Devnet:
 
     def summary(self, finished: bool) -> dict[str, Any]:
         """The run's results from the validator's ledger, one row per worker."""
-        from ledger.leaderboard import leaderboard
-        from ledger.store import LedgerStore
+        from flopnet.ledger.leaderboard import leaderboard
+        from flopnet.ledger.store import LedgerStore
 
         with LedgerStore(self.root / VALIDATOR_DIR / "ledger.sqlite") as store:
             standings = {
@@ -439,7 +439,7 @@ def run_devnet(options: DevnetOptions) -> dict[str, Any]:
             if finished:
                 devnet.wait_profiles()
         else:
-            from tui.app import NodeTarget, run_tui
+            from flopnet.tui.app import NodeTarget, run_tui
 
             targets = [NodeTarget(p.name, p.data_dir) for p in devnet.procs]
             run_tui(targets, title=f"flopnet devnet {devnet.network_id}")

@@ -13,13 +13,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 
-from node.tasks import Task, task_from_spec
-from protocol.envelope import open_envelope, seal
-from protocol.errors import MalformedMessage, PeerError
-from protocol.host import P2PHost
-from protocol.identity import Identity, peer_id_from_public_key
-from protocol.ids import TASK_SPEC_LIMITS, TASK_SPEC_PROTOCOL
-from protocol.messages import Refusal, TaskSpec, TaskSpecRequest
+from flopnet.node.tasks import Task, task_from_spec
+from flopnet.protocol.envelope import open_envelope, seal
+from flopnet.protocol.errors import MalformedMessage, PeerError
+from flopnet.protocol.host import P2PHost
+from flopnet.protocol.identity import Identity, peer_id_from_public_key
+from flopnet.protocol.ids import TASK_SPEC_LIMITS, TASK_SPEC_PROTOCOL
+from flopnet.protocol.messages import Refusal, TaskSpec, TaskSpecRequest
 
 log = logging.getLogger(__name__)
 MAX_FETCHED_TASKS = 20_000  # fetched specs kept, least recently used dropped first

@@ -41,11 +41,11 @@ from typing import Any
 
 import torch
 
-from node.inference.hf_backend import FinishReason, Generation, GenerationRequest, Prefill
-from node.inference.models import ModelSpec, build_model
-from node.inference.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
-from proof.sampling import SamplingParams, sample_token
-from protocol.errors import ConfigError, FlopnetError
+from flopnet.node.model.hf_backend import FinishReason, Generation, GenerationRequest, Prefill
+from flopnet.node.model.models import ModelSpec, build_model
+from flopnet.node.model.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
+from flopnet.proof.sampling import SamplingParams, sample_token
+from flopnet.protocol.errors import ConfigError, FlopnetError
 
 # The key of our entry in vLLM's ``SamplingParams.extra_args``.
 EXTRA_KEY = "flopnet"

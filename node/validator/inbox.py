@@ -25,8 +25,8 @@ from pathlib import Path
 
 import trio
 
-from node.sqlite_files import open_durable
-from protocol.errors import FlopnetError
+from flopnet.node.sqlite_files import open_durable
+from flopnet.protocol.errors import FlopnetError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inbox (

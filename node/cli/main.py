@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from protocol.errors import FlopnetError
+from flopnet.protocol.errors import FlopnetError
 
 
 def _add_node(sub: argparse._SubParsersAction) -> None:
@@ -111,7 +111,7 @@ def _add_devnet(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_leaderboard(sub: argparse._SubParsersAction) -> None:
-    from node.ledger_cli import add_leaderboard_arguments
+    from flopnet.node.cli.ledger import add_leaderboard_arguments
 
     p = sub.add_parser("leaderboard", help="contributors ranked by credited FLOPs")
     add_leaderboard_arguments(p)
@@ -125,12 +125,12 @@ def _add_tui(sub: argparse._SubParsersAction) -> None:
 # Modules that add their own subcommands: each has ``register(sub) -> dict[name, handler]`` and
 # must stay cheap to import (heavy imports inside the handlers), so ``--help`` stays instant.
 EXTENSION_MODULES: tuple[str, ...] = (
-    "node.network_cli",
-    "node.verify_cli",
-    "node.ledger_cli",
-    "node.proof_cli",
-    "node.profile",
-    "node.hardware_cli",
+    "flopnet.node.cli.network",
+    "flopnet.node.cli.verify",
+    "flopnet.node.cli.ledger",
+    "flopnet.node.cli.proof",
+    "flopnet.node.profile",
+    "flopnet.node.cli.hardware",
 )
 
 
@@ -156,8 +156,8 @@ def build_parser() -> tuple[
 def _cmd_node(args: argparse.Namespace) -> int:
     import trio
 
-    from node.config import NetworkParams, NodeConfig, env_settings
-    from node.daemon import run_node, setup_logging
+    from flopnet.node.config import NetworkParams, NodeConfig, env_settings
+    from flopnet.node.daemon import run_node, setup_logging
 
     env = env_settings()
     config = NodeConfig(
@@ -188,7 +188,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
 
 
 def _cmd_devnet(args: argparse.Namespace) -> int:
-    from node.devnet import DevnetOptions, run_devnet
+    from flopnet.node.cli.devnet import DevnetOptions, run_devnet
 
     options = DevnetOptions(
         workers=args.workers,
@@ -211,20 +211,20 @@ def _cmd_devnet(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        from node.devnet import format_summary
+        from flopnet.node.cli.devnet import format_summary
 
         print(format_summary(summary))
     return 0 if summary["ok"] else 1
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
-    from node.ledger_cli import run_leaderboard
+    from flopnet.node.cli.ledger import run_leaderboard
 
     return run_leaderboard(args)
 
 
 def _cmd_tui(args: argparse.Namespace) -> int:
-    from tui.app import attach_targets, run_tui
+    from flopnet.tui.app import attach_targets, run_tui
 
     run_tui(attach_targets(args.data_dir))
     return 0
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if getattr(args, "data_dir", "unset") is None and args.command != "devnet":
-            from node.config import env_settings
+            from flopnet.node.config import env_settings
 
             args.data_dir = env_settings().data_root
         return handlers[args.command](args)

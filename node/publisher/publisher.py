@@ -15,20 +15,20 @@ from dataclasses import dataclass, field
 
 import trio
 
-from node.announcements import AnnouncementLog
-from node.config import NodeConfig
-from node.inference.prompt import DIRECTIVES, MATH_DIRECTIVE, format_r1_prompt
-from node.inference.tokenizer import Tokenizer
-from node.leases import Denied, Grant, LeaseBook
-from node.publisher_store import PublisherStore
-from node.tasks import Task, task_spec
-from protocol.envelope import open_envelope, seal
-from protocol.errors import MalformedMessage
-from protocol.guard import Violation
-from protocol.host import P2PHost
-from protocol.identity import Identity, peer_id_from_public_key
-from protocol.ids import tasks_topic
-from protocol.messages import (
+from flopnet.node.config import NodeConfig
+from flopnet.node.model.prompt import DIRECTIVES, MATH_DIRECTIVE, format_r1_prompt
+from flopnet.node.model.tokenizer import Tokenizer
+from flopnet.node.publisher.announcements import AnnouncementLog
+from flopnet.node.publisher.leases import Denied, Grant, LeaseBook
+from flopnet.node.publisher.store import PublisherStore
+from flopnet.node.tasks import Task, task_spec
+from flopnet.protocol.envelope import open_envelope, seal
+from flopnet.protocol.errors import MalformedMessage
+from flopnet.protocol.guard import Violation
+from flopnet.protocol.host import P2PHost
+from flopnet.protocol.identity import Identity, peer_id_from_public_key
+from flopnet.protocol.ids import tasks_topic
+from flopnet.protocol.messages import (
     AnnouncementRange,
     AnnouncementRangeRequest,
     Claim,

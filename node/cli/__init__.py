@@ -1,0 +1,1 @@
+"""The ``flopnet`` command line: every subcommand, and the local devnet harness."""

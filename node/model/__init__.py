@@ -1,0 +1,1 @@
+"""The model process: inference backends, hardware plan, tokenizers, proof calibration."""

@@ -1,0 +1,1 @@
+"""The publisher side: task announcements, the lease book, and its durable store."""

@@ -1,0 +1,1 @@
+"""The worker side: claim leases, generate with proofs, submit, keep the verdicts."""
