@@ -291,9 +291,9 @@ def bench_leaderboard(tmp: Path, network_id: str, total: int, dense: bool) -> di
 def bench_sync(tmp: Path, count: int, batch: int) -> dict[str, Any]:
     import trio
 
-    from flopnet.node.cli.ledger import replica_command
     from flopnet.node.config import NetworkParams, create_network
     from flopnet.node.ledger_sync import LedgerSync
+    from flopnet.node.replica import replica_command
     from flopnet.protocol.host import P2PHost
     from flopnet.protocol.ids import LEDGER_RANGE_LIMITS, LEDGER_RANGE_PROTOCOL
 

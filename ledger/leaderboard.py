@@ -518,3 +518,32 @@ def to_csv(standings: list[Standing]) -> str:
                 row[key] = "'" + row[key]
         writer.writerow([row[c] for c in CSV_COLUMNS])
     return buffer.getvalue()
+
+
+_TEAM_SUMS = (
+    "flops",
+    "pending_flops",
+    "final_flops",
+    "flops_24h",
+    "flops_7d",
+    "generated_tokens",
+    "tasks_accepted",
+    "tasks_rejected",
+    "tasks_voided",
+)
+
+
+def team_totals(rows: list[Standing]) -> list[dict[str, Any]]:
+    """Per team (from the members' signed profiles): members and summed credit, ranked."""
+    teams: dict[str, dict[str, Any]] = {}
+    for s in rows:
+        if not s.team:
+            continue
+        team = teams.setdefault(
+            s.team, {"team": s.team, "members": 0, **dict.fromkeys(_TEAM_SUMS, 0)}
+        )
+        team["members"] += 1
+        for key in _TEAM_SUMS:
+            team[key] += getattr(s, key)
+    ranked = sorted(teams.values(), key=lambda t: (-t["flops"], t["team"]))
+    return [{"rank": i, **t} for i, t in enumerate(ranked, start=1)]

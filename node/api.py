@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-TOKEN_FILE = "api.token"
+from flopnet.node.local import TOKEN_FILE
 
 
 def load_or_create_token(data_dir: Path) -> str:

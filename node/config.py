@@ -175,6 +175,10 @@ class NetworkParams:
         """Read and verify a founder-signed ``network.manifest``."""
         return cls.from_manifest(load_manifest(path))
 
+    def as_json(self) -> dict[str, Any]:
+        """Every parameter as plain JSON-able data (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self).items()}
+
 
 def recommended_proof_params(model: str, dtype: str) -> dict[str, Any]:
     """The proof parameters a new network of ``model``/``dtype`` starts with:

@@ -8,7 +8,6 @@ stops the node cleanly; acknowledged ledger entries are durable before they are 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -24,6 +23,14 @@ from flopnet.node.api import build_app, load_or_create_token, serve_api
 from flopnet.node.config import NodeConfig
 from flopnet.node.discovery import Discovery
 from flopnet.node.liveness import Liveness
+from flopnet.node.local import (
+    INBOX_FILE,
+    LEDGER_FILE,
+    LOG_FILE,
+    NODE_INFO_FILE,
+    PUBLISHER_FILE,
+    write_node_info,
+)
 from flopnet.node.publisher.store import PublisherStore
 from flopnet.node.tasks import Task, builtin_tasks, load_tasks_file
 from flopnet.node.validator.inbox import Inbox
@@ -52,10 +59,6 @@ from flopnet.protocol.ids import (
 from flopnet.protocol.messages import CreditBody
 
 log = logging.getLogger("flopnet.node")
-NODE_INFO_FILE = "node.json"
-LEDGER_FILE = "ledger.sqlite"
-INBOX_FILE = "inbox.sqlite"
-PUBLISHER_FILE = "publisher.sqlite"
 
 
 def load_task_set(config: NodeConfig) -> list[Task]:
@@ -68,7 +71,7 @@ def load_task_set(config: NodeConfig) -> list[Task]:
 def setup_logging(data_dir: Path, level: str) -> None:
     """Log to ``<data dir>/node.log`` (stdout stays free for machine-readable output)."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(data_dir / "node.log")
+    handler = logging.FileHandler(data_dir / LOG_FILE)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
@@ -109,12 +112,6 @@ async def _check_reachability(host: P2PHost, config: NodeConfig, state: dict[str
                     )
                 return
         await trio.sleep(2.0)
-
-
-def _write_node_info(data_dir: Path, info: dict[str, Any]) -> None:
-    tmp = data_dir / (NODE_INFO_FILE + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, data_dir / NODE_INFO_FILE)
 
 
 # Prompt tokens planned for beside max_new_tokens when checking that a sequence fits in memory.
@@ -340,7 +337,7 @@ async def run_node(config: NodeConfig) -> None:
             token = load_or_create_token(config.data_dir)
             app = build_app(token, {"/status": status, "/leaderboard": leaderboard})
             api_url = await nursery.start(serve_api, app, config.api_port)
-            _write_node_info(
+            write_node_info(
                 config.data_dir,
                 {
                     "peer_id": identity.peer_id,

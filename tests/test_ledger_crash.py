@@ -18,9 +18,9 @@ from test_ledger import ALICE, NET, VALIDATOR, credit
 from test_ledger_sync import Outcome, run_checked
 
 from flopnet.ledger.store import LedgerStore
-from flopnet.node.cli.ledger import replica_command
 from flopnet.node.config import NetworkParams, create_network
 from flopnet.node.ledger_sync import LedgerSync
+from flopnet.node.replica import replica_command
 from flopnet.protocol.envelope import message_id
 from flopnet.protocol.host import P2PHost
 from flopnet.protocol.identity import Identity

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from flopnet.node.config import (
     create_network,
     recommended_proof_params,
 )
+from flopnet.node.local import flopnet_argv
 from flopnet.node.model.service import ModelService
 from flopnet.proof.policy import (
     POLICY_PARAMS,
@@ -244,7 +244,7 @@ def test_a_devnet_runs_with_the_recommended_policy(model: str, dtype: str) -> No
 
 def _flopnet(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "flopnet.node.cli.main", *args],
+        [*flopnet_argv(), *args],
         capture_output=True,
         text=True,
         check=False,

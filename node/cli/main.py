@@ -110,13 +110,6 @@ def _add_devnet(sub: argparse._SubParsersAction) -> None:
     )
 
 
-def _add_leaderboard(sub: argparse._SubParsersAction) -> None:
-    from flopnet.node.cli.ledger import add_leaderboard_arguments
-
-    p = sub.add_parser("leaderboard", help="contributors ranked by credited FLOPs")
-    add_leaderboard_arguments(p)
-
-
 def _add_tui(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tui", help="attach the terminal UI to a running node or devnet")
     p.add_argument("--data-dir", type=Path, help="a node's or a devnet's data dir")
@@ -129,7 +122,7 @@ EXTENSION_MODULES: tuple[str, ...] = (
     "flopnet.node.cli.verify",
     "flopnet.node.cli.ledger",
     "flopnet.node.cli.proof",
-    "flopnet.node.profile",
+    "flopnet.node.cli.profile",
     "flopnet.node.cli.hardware",
 )
 
@@ -145,7 +138,6 @@ def build_parser() -> tuple[
     sub = parser.add_subparsers(dest="command", required=True)
     _add_node(sub)
     _add_devnet(sub)
-    _add_leaderboard(sub)
     _add_tui(sub)
     handlers: dict[str, Callable[[argparse.Namespace], int]] = dict(COMMANDS)
     for module_name in EXTENSION_MODULES:
@@ -217,12 +209,6 @@ def _cmd_devnet(args: argparse.Namespace) -> int:
     return 0 if summary["ok"] else 1
 
 
-def _cmd_leaderboard(args: argparse.Namespace) -> int:
-    from flopnet.node.cli.ledger import run_leaderboard
-
-    return run_leaderboard(args)
-
-
 def _cmd_tui(args: argparse.Namespace) -> int:
     from flopnet.tui.app import attach_targets, run_tui
 
@@ -233,7 +219,6 @@ def _cmd_tui(args: argparse.Namespace) -> int:
 COMMANDS = {
     "node": _cmd_node,
     "devnet": _cmd_devnet,
-    "leaderboard": _cmd_leaderboard,
     "tui": _cmd_tui,
 }
 
