@@ -23,8 +23,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from flopnet.ledger.derived import DAY, HOUR, QUARTER
 from flopnet.ledger.policy import DEFAULT_LOCK_WINDOW_S
-from flopnet.ledger.store import DAY, HOUR, QUARTER, LedgerStore
+from flopnet.ledger.store import LedgerStore
 from flopnet.protocol.identity import peer_id_from_public_key
 
 WINDOWS: dict[str, float | None] = {"24h": 86400.0, "7d": 7 * 86400.0, "all": None}

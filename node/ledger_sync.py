@@ -205,22 +205,10 @@ class LedgerSync:
         me = self.identity.public_key
         if not self.is_validator:
             return self._refuse("not_a_validator", "this node keeps no ledger of its own")
-        conn = self.store.connection
-        if (
-            conn.execute(
-                "SELECT 1 FROM credits WHERE contributor = ? AND signer = ? LIMIT 1",
-                (profile.contributor, me),
-            ).fetchone()
-            is None
-        ):
+        if not self.store.has_credited(me, profile.contributor):
             # Anyone can make a key; only contributors we credited may write to our chain.
             return self._refuse("unknown_contributor", "no credit of yours is on this ledger")
-        last = conn.execute(
-            "SELECT p.updated_at, e.timestamp, e.envelope FROM profiles p JOIN entries e "
-            "ON e.signer = p.signer AND e.seq = p.seq WHERE p.signer = ? AND p.contributor = ? "
-            "ORDER BY p.seq DESC LIMIT 1",
-            (me, profile.contributor),
-        ).fetchone()
+        last = self.store.last_profile(me, profile.contributor)
         if last is not None:
             if profile.updated_at <= last[0]:
                 return self._refuse("stale_profile", "a newer profile is already recorded")

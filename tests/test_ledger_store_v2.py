@@ -187,7 +187,7 @@ def test_schema_1_files_are_migrated(tmp_path: Path) -> None:
         entries = donor.connection.execute("SELECT * FROM entries").fetchall()
         credits = donor.connection.execute("SELECT * FROM credits").fetchall()
         expected = leaderboard(donor, now=T0)
-    from flopnet.ledger.store import _SCHEMA_V1
+    from flopnet.ledger.schema import SCHEMA_V1 as _SCHEMA_V1
 
     conn = sqlite3.connect(path)
     conn.executescript(_SCHEMA_V1)
