@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from contextlib import ExitStack
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -34,28 +35,21 @@ from flopnet.node.local import (
 from flopnet.node.publisher.store import PublisherStore
 from flopnet.node.tasks import Task, builtin_tasks, load_tasks_file
 from flopnet.node.validator.inbox import Inbox
-from flopnet.protocol.errors import ConfigError, FlopnetError
-from flopnet.protocol.host import P2PHost
-from flopnet.protocol.identity import load_or_create_identity
-from flopnet.protocol.ids import (
-    ANNOUNCEMENTS_LIMITS,
-    ANNOUNCEMENTS_PROTOCOL,
-    CLAIM_LIMITS,
-    CLAIM_PROTOCOL,
-    LEDGER_RANGE_LIMITS,
-    LEDGER_RANGE_PROTOCOL,
-    PROFILE_LIMITS,
-    PROFILE_PROTOCOL,
-    SUBMIT_LIMITS,
-    SUBMIT_PROTOCOL,
-    TASK_SPEC_LIMITS,
-    TASK_SPEC_PROTOCOL,
-    VERDICT_LIMITS,
-    VERDICT_PROTOCOL,
+from flopnet.protocol.catalog import (
+    ANNOUNCEMENTS,
+    CLAIM,
+    LEDGER_RANGE,
+    PROFILE,
+    SUBMIT,
+    TASK_SPEC,
+    VERDICT,
     heartbeat_topic,
     ledger_topic,
     tasks_topic,
 )
+from flopnet.protocol.errors import ConfigError, FlopnetError
+from flopnet.protocol.host import P2PHost
+from flopnet.protocol.identity import load_or_create_identity
 from flopnet.protocol.messages import CreditBody
 
 log = logging.getLogger("flopnet.node")
@@ -184,7 +178,11 @@ async def run_node(config: NodeConfig) -> None:
                 check_pinned_weights(net.model, net.weights_sha256, info.weights_sha256)
 
         host = P2PHost(
-            identity, listen_ip=config.listen_ip, relay_hop="relay" in roles, mdns=config.mdns
+            identity,
+            network_id=net.network_id,
+            listen_ip=config.listen_ip,
+            relay_hop="relay" in roles,
+            mdns=config.mdns,
         )
         network_state: dict[str, Any] = {"reachable": None, "relayed_addrs": []}
         # A validator beside its publisher holds the task set; a validator alone holds only a
@@ -204,9 +202,9 @@ async def run_node(config: NodeConfig) -> None:
             publisher = Publisher(
                 config, identity, host, tokenizer_for_model(net.model), tasks, publisher_store
             )
-            host.handle(CLAIM_PROTOCOL, publisher.handle_claim, CLAIM_LIMITS)
-            host.handle(ANNOUNCEMENTS_PROTOCOL, publisher.handle_range, ANNOUNCEMENTS_LIMITS)
-            host.handle(TASK_SPEC_PROTOCOL, publisher.handle_task_spec, TASK_SPEC_LIMITS)
+            host.serve(CLAIM, publisher.handle_claim)
+            host.serve(ANNOUNCEMENTS, publisher.handle_range)
+            host.serve(TASK_SPEC, publisher.handle_task_spec)
 
         # Every node keeps verified replicas of the validators' chains (a validator's own chain
         # lives in the same store) and serves them; the leaderboard is a query over it.
@@ -224,8 +222,8 @@ async def run_node(config: NodeConfig) -> None:
         ledger_sync = LedgerSync(
             host, store, identity, net.network_id, net.validator_keys, on_entry=on_replicated
         )
-        host.handle(LEDGER_RANGE_PROTOCOL, ledger_sync.handle_range, LEDGER_RANGE_LIMITS)
-        host.handle(PROFILE_PROTOCOL, ledger_sync.handle_profile, PROFILE_LIMITS)
+        host.serve(LEDGER_RANGE, ledger_sync.handle_range)
+        host.serve(PROFILE, ledger_sync.handle_profile)
 
         if "validator" in roles:
             from flopnet.node.validator.task_source import TaskSource
@@ -264,8 +262,8 @@ async def run_node(config: NodeConfig) -> None:
                 on_verdict,
                 publish_entry=ledger_sync.publish_entry,
             )
-            host.handle(SUBMIT_PROTOCOL, validator.handle_submission, SUBMIT_LIMITS)
-            host.handle(VERDICT_PROTOCOL, validator.handle_verdict_request, VERDICT_LIMITS)
+            host.serve(SUBMIT, validator.handle_submission)
+            host.serve(VERDICT, validator.handle_verdict_request)
 
         if "worker" in roles:
             from flopnet.node.worker.worker import Worker
@@ -304,7 +302,7 @@ async def run_node(config: NodeConfig) -> None:
                 "reachable": network_state["reachable"],
                 "relayed_addrs": network_state["relayed_addrs"],
                 "penalties": host.guard.snapshot(now),
-                "model": None if model is None or model.info is None else vars(model.info),
+                "model": None if model is None or model.info is None else asdict(model.info),
                 "publisher": publisher.snapshot() if publisher else None,
                 "validator": validator.snapshot() if validator else None,
                 "worker": worker.snapshot() if worker else None,

@@ -15,11 +15,11 @@ from collections.abc import Callable
 
 import trio
 
+from flopnet.protocol.catalog import heartbeat_topic
 from flopnet.protocol.envelope import open_envelope, seal
 from flopnet.protocol.errors import FlopnetError, MalformedMessage
 from flopnet.protocol.host import P2PHost
 from flopnet.protocol.identity import Identity, peer_id_from_public_key
-from flopnet.protocol.ids import heartbeat_topic
 from flopnet.protocol.messages import Heartbeat
 from flopnet.protocol.peers import Backoff, PeerState, PeerTable
 

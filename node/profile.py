@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flopnet.protocol.envelope import open_envelope, seal
-from flopnet.protocol.errors import ConfigError, FlopnetError, MalformedMessage
+from flopnet.protocol.catalog import PROFILE
+from flopnet.protocol.envelope import seal
+from flopnet.protocol.errors import ConfigError, FlopnetError
 from flopnet.protocol.identity import Identity, peer_id_from_public_key
-from flopnet.protocol.ids import PROFILE_LIMITS, PROFILE_PROTOCOL
 from flopnet.protocol.messages import ContributorProfile, LedgerEntry, Refusal
 
 if TYPE_CHECKING:
@@ -138,12 +138,8 @@ class ProfileSharer:
     async def _offer(self, validator: bytes, profile: StoredProfile) -> str | None:
         data = signed_profile(self.identity, self.network_id, profile)
         try:
-            reply = await self.host.request(
-                peer_id_from_public_key(validator), PROFILE_PROTOCOL, data, PROFILE_LIMITS
-            )
-            opened = open_envelope(reply, self.network_id)
-            if opened.signer != validator:
-                raise MalformedMessage("the profile answer is not signed by that validator")
+            # A LedgerEntry or a Refusal, signed by the validator asked (the host checks both).
+            opened = await self.host.call(peer_id_from_public_key(validator), PROFILE, data)
             if isinstance(opened.message, Refusal):
                 return opened.message.code
             opened.expect(LedgerEntry)

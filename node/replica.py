@@ -14,9 +14,9 @@ from flopnet.node.config import NetworkParams
 from flopnet.node.ledger_sync import LedgerSync
 from flopnet.node.liveness import keep_connected
 from flopnet.node.local import LEDGER_FILE, flopnet_argv
+from flopnet.protocol.catalog import LEDGER_RANGE, ledger_topic
 from flopnet.protocol.host import P2PHost
 from flopnet.protocol.identity import load_or_create_identity
-from flopnet.protocol.ids import LEDGER_RANGE_LIMITS, LEDGER_RANGE_PROTOCOL, ledger_topic
 
 
 def replica_command(
@@ -45,10 +45,10 @@ async def run_replica(
     Prints one JSON line ``{"peer_id", "addrs"}`` on stdout once it listens.
     """
     identity = load_or_create_identity(data_dir)
-    host = P2PHost(identity, listen_ip=listen_ip)
+    host = P2PHost(identity, network_id=net.network_id, listen_ip=listen_ip)
     with LedgerStore(data_dir / LEDGER_FILE) as store:
         sync = LedgerSync(host, store, identity, net.network_id, net.validator_keys, batch=batch)
-        host.handle(LEDGER_RANGE_PROTOCOL, sync.handle_range, LEDGER_RANGE_LIMITS)
+        host.serve(LEDGER_RANGE, sync.handle_range)
         async with host.running(port), trio.open_nursery() as nursery:
             await host.subscribe(ledger_topic(net.network_id), sync.on_ledger_gossip)
             for addr in bootstrap:

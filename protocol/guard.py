@@ -14,15 +14,36 @@ from typing import Any
 
 
 class Violation(enum.Enum):
-    """Misbehaviours and their cost in score points."""
+    """Misbehaviours, each with its cost in score points (``cost``).
 
-    MALFORMED = 20
-    OVERSIZED = 20
-    BAD_SIGNATURE = 25
-    WRONG_SIGNER = 25
-    REPLAY = 10
-    RATE_LIMIT = 2
-    TIMEOUT = 5
+    The values are the names: two misbehaviours of equal cost must stay two members (an enum
+    with equal values makes the second an alias of the first, and a ban would then be logged
+    and counted under the wrong name).
+    """
+
+    MALFORMED = "malformed"
+    OVERSIZED = "oversized"
+    BAD_SIGNATURE = "bad_signature"
+    WRONG_SIGNER = "wrong_signer"
+    REPLAY = "replay"
+    RATE_LIMIT = "rate_limit"
+    TIMEOUT = "timeout"
+
+    @property
+    def cost(self) -> float:
+        """Score points the misbehaviour costs."""
+        return _COSTS[self]
+
+
+_COSTS = {
+    Violation.MALFORMED: 20.0,
+    Violation.OVERSIZED: 20.0,
+    Violation.BAD_SIGNATURE: 25.0,
+    Violation.WRONG_SIGNER: 25.0,
+    Violation.REPLAY: 10.0,
+    Violation.RATE_LIMIT: 2.0,
+    Violation.TIMEOUT: 5.0,
+}
 
 
 @dataclass
@@ -73,8 +94,8 @@ class PeerGuard:
     def penalize(self, peer: str, violation: Violation, now: float) -> bool:
         """Record a violation; return True if it (newly) bans the peer."""
         s = self._score(peer, now)
-        s.score -= violation.value
-        s.violations[violation.name] = s.violations.get(violation.name, 0) + 1
+        s.score -= violation.cost
+        s.violations[violation.value] = s.violations.get(violation.value, 0) + 1
         if s.score <= self.ban_threshold and s.banned_until <= now:
             s.banned_until = now + self.ban_seconds
             return True

@@ -28,10 +28,11 @@ from typing import Any
 
 import trio
 
-from flopnet.protocol.codec import decode_record
-from flopnet.protocol.errors import MalformedMessage, PeerError, ProtocolTimeout
+from flopnet.protocol.codec import Record, decode_record
+from flopnet.protocol.envelope import Opened, open_envelope, seal
+from flopnet.protocol.errors import ConfigError, MalformedMessage, PeerError, ProtocolTimeout
 from flopnet.protocol.guard import PeerGuard, Violation
-from flopnet.protocol.identity import Identity
+from flopnet.protocol.identity import Identity, peer_id_from_public_key
 from flopnet.protocol.libp2p_fixes import (
     batch_yamux_window_updates,
     cheapen_gossip_records,
@@ -39,11 +40,16 @@ from flopnet.protocol.libp2p_fixes import (
     release_closed_inbound_connections,
 )
 from flopnet.protocol.messages import ReachabilityReply, ReachabilityRequest
+from flopnet.protocol.rpc import Rpc, StreamLimits, refusal
+
+__all__ = ["HealthSettings", "P2PHost", "RpcHandler", "StreamLimits", "encode_frame"]
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes], Awaitable[bytes]]
-"""A request handler: (remote peer id, request payload) -> response payload."""
+"""A raw request handler: (remote peer id, request payload) -> response payload."""
+RpcHandler = Callable[[str, Opened], Awaitable[Record]]
+"""An RPC handler: (remote peer id, the opened request, signed by that peer) -> answer record."""
 
 GOSSIP_PROTOCOLS = ("/meshsub/1.1.0", "/meshsub/1.0.0")
 # A transport-level service: bare records (the Noise session already authenticates the peer).
@@ -66,15 +72,6 @@ class HealthSettings:
     # cores); these still drop a frozen peer within ~10 s.
     check_interval: float = 3.0
     ping_timeout: float = 5.0
-
-
-@dataclass(frozen=True)
-class StreamLimits:
-    """Size caps and the deadline of one request/response protocol."""
-
-    max_request: int
-    max_response: int
-    timeout: float = 10.0
 
 
 DIALBACK_LIMITS = StreamLimits(max_request=4096, max_response=4096, timeout=30.0)
@@ -129,6 +126,10 @@ class _Reader:
         return await self.read_exact(length)
 
 
+class _AlreadyCharged(MalformedMessage):
+    """A bad request whose violation was already charged: reset the stream, charge no more."""
+
+
 def _remote_peer_id(stream: Any) -> str:
     return str(stream.muxed_conn.peer_id)
 
@@ -143,6 +144,7 @@ class P2PHost:
         self,
         identity: Identity,
         *,
+        network_id: str = "",
         listen_ip: str = "127.0.0.1",
         guard: PeerGuard | None = None,
         health: HealthSettings | None = None,
@@ -150,6 +152,7 @@ class P2PHost:
         mdns: bool = False,
     ) -> None:
         self.identity = identity
+        self.network_id = network_id  # what RPC envelopes are sealed and opened for
         self.listen_ip = listen_ip
         self.guard = guard or PeerGuard()
         self.health = health or HealthSettings()
@@ -472,7 +475,66 @@ class P2PHost:
             if any(not _is_closed(conn) for conn in conns)
         ]
 
-    # -- request/response ----------------------------------------------------------------------
+    # -- RPCs: sealed records over request/response streams -----------------------------------
+
+    def _network(self) -> str:
+        if not self.network_id:
+            raise ConfigError("this host was made without a network id: it cannot seal RPCs")
+        return self.network_id
+
+    def serve(self, rpc: Rpc, handler: RpcHandler) -> None:
+        """Serve ``rpc``: the request is opened as ``rpc.request`` and must be signed by the
+        stream's own peer before ``handler`` sees it; its answer is sealed by this node.
+
+        A request that does not decode as ``rpc.request`` is charged to the peer (MALFORMED), one
+        signed by another key than the peer's too (WRONG_SIGNER); each is answered with a
+        refusal that says why, or the stream is reset where the protocol has no refusal. A
+        handler raising MalformedMessage resets the stream and charges the peer.
+        """
+        network_id = self._network()
+
+        async def on_request(peer: str, data: bytes) -> bytes:
+            try:
+                opened = open_envelope(data, network_id, expected=rpc.request)
+            except MalformedMessage as exc:
+                if not rpc.may_refuse:
+                    raise
+                await self.penalize(peer, Violation.MALFORMED)
+                return seal(refusal("malformed", str(exc)), self.identity, network_id)
+            if peer_id_from_public_key(opened.signer) != peer:
+                await self.penalize(peer, Violation.WRONG_SIGNER)
+                if not rpc.may_refuse:
+                    raise _AlreadyCharged("the request is not signed by the stream's peer")
+                answer: Record = refusal("wrong_signer", "not signed by the stream's peer")
+            else:
+                answer = await handler(peer, opened)
+            if not isinstance(answer, rpc.responses):
+                raise TypeError(f"{rpc.protocol_id} may not answer {type(answer).__name__}")
+            return seal(answer, self.identity, network_id)
+
+        self.handle(rpc.protocol_id, on_request, rpc.limits)
+
+    async def call(self, peer_id: str, rpc: Rpc, message: Record | bytes) -> Opened:
+        """Send one request of ``rpc`` to ``peer_id`` and return its opened answer.
+
+        ``message`` is a record to seal, or an envelope this node already sealed (a caller that
+        needs the request's id). The answer must be one of ``rpc.responses`` and signed by the
+        peer that was asked; anything else raises MalformedMessage (the caller decides whether
+        to charge the peer). Network failures raise PeerError or ProtocolTimeout.
+        """
+        network_id = self._network()
+        sealed = message if isinstance(message, bytes) else seal(message, self.identity, network_id)
+        reply = await self.request(peer_id, rpc.protocol_id, sealed, rpc.limits)
+        opened = open_envelope(reply, network_id)
+        if not isinstance(opened.message, rpc.responses):
+            raise MalformedMessage(
+                f"{rpc.protocol_id} answered with {type(opened.message).__name__}"
+            )
+        if peer_id_from_public_key(opened.signer) != peer_id:
+            raise MalformedMessage(f"the {rpc.protocol_id} answer is not signed by {peer_id}")
+        return opened
+
+    # -- raw request/response -------------------------------------------------------------------
 
     def handle(self, protocol_id: str, handler: Handler, limits: StreamLimits) -> None:
         """Serve ``protocol_id``: each stream carries one framed request and one framed response."""
@@ -501,6 +563,9 @@ class P2PHost:
                 log.warning("%s from %s: deadline of %ss passed", protocol_id, peer, limits.timeout)
                 await _reset(stream)
                 await self.penalize(peer, Violation.TIMEOUT)
+            except _AlreadyCharged as exc:
+                log.warning("%s from %s: %s", protocol_id, peer, exc)
+                await _reset(stream)
             except MalformedMessage as exc:
                 log.warning("%s from %s: malformed request: %s", protocol_id, peer, exc)
                 await _reset(stream)
@@ -580,7 +645,9 @@ class P2PHost:
     async def penalize(self, peer_id: str, violation: Violation) -> None:
         """Charge a violation to a peer; a newly banned peer is disconnected at once."""
         if self.guard.penalize(peer_id, violation, time.time()):
-            log.warning("banning %s for %ss after %s", peer_id, self.guard.ban_seconds, violation)
+            log.warning(
+                "banning %s for %ss after %s", peer_id, self.guard.ban_seconds, violation.value
+            )
             await self.disconnect(peer_id)
 
     async def disconnect(self, peer_id: str) -> None:

@@ -15,17 +15,15 @@ from flopnet.ledger.chain import GENESIS_PREV, make_entry
 from flopnet.ledger.store import LedgerStore
 from flopnet.ledger.sync import Fetch, SyncPlanner
 from flopnet.node.ledger_sync import LedgerSync
+from flopnet.protocol.catalog import (
+    LEDGER_RANGE,
+    PROFILE,
+    ledger_topic,
+)
 from flopnet.protocol.envelope import message_id, open_envelope, seal
 from flopnet.protocol.errors import MalformedMessage
 from flopnet.protocol.host import P2PHost
 from flopnet.protocol.identity import Identity
-from flopnet.protocol.ids import (
-    LEDGER_RANGE_LIMITS,
-    LEDGER_RANGE_PROTOCOL,
-    PROFILE_LIMITS,
-    PROFILE_PROTOCOL,
-    ledger_topic,
-)
 from flopnet.protocol.messages import (
     ContributorProfile,
     LedgerEntry,
@@ -160,7 +158,7 @@ class Node:
 
     def __init__(self, identity: Identity, path: Path, **kwargs: object) -> None:
         self.identity = identity
-        self.host = P2PHost(identity)
+        self.host = P2PHost(identity, network_id=NET)
         self.store = LedgerStore(path)
         self.stored: list[bytes] = []
         self.sync = LedgerSync(
@@ -172,8 +170,8 @@ class Node:
             on_entry=lambda v: self.stored.append(v.hash),
             **kwargs,  # type: ignore[arg-type]
         )
-        self.host.handle(LEDGER_RANGE_PROTOCOL, self.sync.handle_range, LEDGER_RANGE_LIMITS)
-        self.host.handle(PROFILE_PROTOCOL, self.sync.handle_profile, PROFILE_LIMITS)
+        self.host.serve(LEDGER_RANGE, self.sync.handle_range)
+        self.host.serve(PROFILE, self.sync.handle_profile)
 
     async def start(self, nursery: trio.Nursery) -> None:
         await self.host.subscribe(ledger_topic(NET), self.sync.on_ledger_gossip)
@@ -297,7 +295,7 @@ def test_range_serving_and_profiles(tmp_path: Path) -> None:
             async def ask(signer: bytes, from_seq: int, limit: int) -> LedgerRange:
                 request = seal(LedgerRangeRequest(1, signer, from_seq, limit), ALICE, NET)
                 reply = await client.host.request(
-                    v1.host.peer_id, LEDGER_RANGE_PROTOCOL, request, LEDGER_RANGE_LIMITS
+                    v1.host.peer_id, LEDGER_RANGE.protocol_id, request, LEDGER_RANGE.limits
                 )
                 return open_envelope(reply, NET, expected=LedgerRange).expect(LedgerRange)
 
@@ -318,7 +316,7 @@ def test_range_serving_and_profiles(tmp_path: Path) -> None:
             async def send_profile(who: Identity, name: str, at: float) -> object:
                 data = seal(ContributorProfile(1, name, "team-a", at), who, NET)
                 reply = await client.host.request(
-                    v1.host.peer_id, PROFILE_PROTOCOL, data, PROFILE_LIMITS
+                    v1.host.peer_id, PROFILE.protocol_id, data, PROFILE.limits
                 )
                 return open_envelope(reply, NET).message
 
@@ -382,7 +380,7 @@ def test_sync_survives_peers_that_do_not_serve_ranges(tmp_path: Path) -> None:
                 await bare.connect(node.host.addrs()[0])
             request = seal(LedgerRangeRequest(1, K2, 0, 10), LATE, NET)
             reply = await bare.request(
-                node.host.peer_id, LEDGER_RANGE_PROTOCOL, request, LEDGER_RANGE_LIMITS
+                node.host.peer_id, LEDGER_RANGE.protocol_id, request, LEDGER_RANGE.limits
             )
             assert len(open_envelope(reply, NET).expect(LedgerRange).entries) == 3
             failures = node.sync.stats.fetch_failures

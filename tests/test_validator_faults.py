@@ -17,11 +17,10 @@ from flopnet.node.config import NetworkParams, NodeConfig
 from flopnet.node.tasks import builtin_tasks
 from flopnet.node.validator.inbox import Inbox
 from flopnet.node.validator.validator import Validator
+from flopnet.protocol.catalog import SUBMIT, VERDICT
 from flopnet.protocol.envelope import message_id, open_envelope, seal
-from flopnet.protocol.errors import PeerError
 from flopnet.protocol.host import P2PHost
 from flopnet.protocol.identity import Identity
-from flopnet.protocol.ids import SUBMIT_LIMITS, SUBMIT_PROTOCOL, VERDICT_LIMITS, VERDICT_PROTOCOL
 from flopnet.protocol.messages import (
     Lease,
     Refusal,
@@ -83,7 +82,7 @@ def test_validator_rejects_bad_submissions_and_keeps_serving(tmp_path: Path) -> 
     verdicts: list[tuple[bytes, bool]] = []
 
     async def main() -> None:
-        host = P2PHost(VALIDATOR)
+        host = P2PHost(VALIDATOR, network_id=NET.network_id)
         config = NodeConfig(roles=("validator",), data_dir=tmp_path, network=NET)
         store = LedgerStore(tmp_path / "ledger.sqlite")
         inbox = Inbox(tmp_path / "inbox.sqlite")
@@ -99,35 +98,45 @@ def test_validator_rejects_bad_submissions_and_keeps_serving(tmp_path: Path) -> 
             model_config={"model_type": "llama"},  # never used: nothing here is accepted
             on_verdict=lambda lease_id, ok: verdicts.append((lease_id, ok)),
         )
-        host.handle(SUBMIT_PROTOCOL, validator.handle_submission, SUBMIT_LIMITS)
-        host.handle(VERDICT_PROTOCOL, validator.handle_verdict_request, VERDICT_LIMITS)
+        host.serve(SUBMIT, validator.handle_submission)
+        host.serve(VERDICT, validator.handle_verdict_request)
         client = P2PHost(WORKER)
         async with host.running() as srv, client.running() as cli, trio.open_nursery() as bg:
             bg.start_soon(validator.run)
             await cli.connect(srv.addrs()[0])
 
             async def submit(data: bytes) -> Verdict:
-                reply = await cli.request(srv.peer_id, SUBMIT_PROTOCOL, data, SUBMIT_LIMITS)
+                reply = await cli.request(srv.peer_id, SUBMIT.protocol_id, data, SUBMIT.limits)
                 receipt = open_envelope(reply, NET.network_id, expected=SubmissionReceipt)
                 assert receipt.signer == VALIDATOR.public_key
                 submission_id = receipt.expect(SubmissionReceipt).submission_id
                 assert submission_id == message_id(data)
                 ask = VerdictRequest(version=1, submission_id=submission_id, wait_seconds=10.0)
                 reply = await cli.request(
-                    srv.peer_id, VERDICT_PROTOCOL, seal(ask, WORKER, NET.network_id), VERDICT_LIMITS
+                    srv.peer_id,
+                    VERDICT.protocol_id,
+                    seal(ask, WORKER, NET.network_id),
+                    VERDICT.limits,
                 )
                 opened = open_envelope(reply, NET.network_id, expected=Verdict)
                 assert opened.signer == VALIDATOR.public_key
                 return opened.expect(Verdict)
 
-            # Malformed bytes and a mis-signed submission reset the stream: no verdict is owed.
-            with pytest.raises(PeerError):
-                await cli.request(srv.peer_id, SUBMIT_PROTOCOL, b"\x93junk", SUBMIT_LIMITS)
+            # Malformed bytes and a submission signed by another key than the stream's peer are
+            # refused with the reason: neither is stored, no verdict is owed, both are charged.
+            reply = await cli.request(srv.peer_id, SUBMIT.protocol_id, b"\x93junk", SUBMIT.limits)
+            refused = open_envelope(reply, NET.network_id, expected=Refusal).expect(Refusal)
+            assert refused.code == "malformed"
             forged = seal(
                 open_envelope(submission(lease()), NET.network_id).message, OTHER, "vfaults"
             )
-            with pytest.raises(PeerError):
-                await cli.request(srv.peer_id, SUBMIT_PROTOCOL, forged, SUBMIT_LIMITS)
+            reply = await cli.request(srv.peer_id, SUBMIT.protocol_id, forged, SUBMIT.limits)
+            refused = open_envelope(reply, NET.network_id, expected=Refusal).expect(Refusal)
+            assert refused.code == "wrong_signer"
+            assert inbox.queue_length() == 0
+            (charged,) = srv.guard.snapshot(time.time())
+            assert charged["peer_id"] == WORKER.peer_id
+            assert set(charged["violations"]) == {"malformed", "wrong_signer"}
 
             cases = [
                 (submission(lease(), proof_len=100), "proof 0 has 100 bytes; expected 258"),
@@ -151,13 +160,17 @@ def test_validator_rejects_bad_submissions_and_keeps_serving(tmp_path: Path) -> 
             # Every checked submission is on the ledger, rejected, and the chain verifies.
             assert store.head(VALIDATOR.public_key)[0] == len(cases) - 1  # type: ignore[index]
             assert store.verify_all(NET.network_id) == []
-            assert validator.stats.malformed == 2
+            # The two bad envelopes never reached the validator: the host refused them first.
+            assert validator.stats.received == len(cases) and validator.stats.malformed == 0
             assert validator.stats.rejected == len(cases)
 
             # Asking again returns the same signed verdict; an unknown id gets a refusal.
             unknown = VerdictRequest(version=1, submission_id=bytes(32), wait_seconds=0.0)
             reply = await cli.request(
-                srv.peer_id, VERDICT_PROTOCOL, seal(unknown, WORKER, NET.network_id), VERDICT_LIMITS
+                srv.peer_id,
+                VERDICT.protocol_id,
+                seal(unknown, WORKER, NET.network_id),
+                VERDICT.limits,
             )
             refusal = open_envelope(reply, NET.network_id, expected=Refusal).expect(Refusal)
             assert refusal.code == "unknown_submission"

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from flopnet.proof.completion import CompletionCheck
 from flopnet.proof.measures import ChunkCheck
 from flopnet.protocol.errors import FlopnetError
+from flopnet.protocol.messages import Lease
 
 
 class ModelError(FlopnetError):
@@ -83,6 +84,17 @@ class GenerateRequest:
     top_p: float
     max_new_tokens: int
 
+    @classmethod
+    def of_lease(cls, lease: Lease) -> GenerateRequest:
+        """What a lease asks to be generated: its prompt, seed and sampling parameters."""
+        return cls(
+            tuple(lease.prompt_ids),
+            lease.seed,
+            lease.temperature,
+            lease.top_p,
+            lease.max_new_tokens,
+        )
+
 
 @dataclass(frozen=True)
 class Generated:
@@ -99,15 +111,13 @@ class Generated:
 
 @dataclass(frozen=True)
 class AuditRequest:
-    """A submission to audit: one prefill over prompt + output, then proofs and replay measured."""
+    """A submission to audit: ``sample`` is what the lease asked for, ``token_ids`` and
+    ``proofs`` what the worker says it generated. One prefill over prompt + output, then the
+    proofs and the sampling replay are measured."""
 
-    prompt_ids: tuple[int, ...]
+    sample: GenerateRequest
     token_ids: tuple[int, ...]
     proofs: tuple[bytes, ...]
-    seed: int
-    temperature: float
-    top_p: float
-    max_new_tokens: int
 
 
 @dataclass(frozen=True)

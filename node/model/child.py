@@ -12,6 +12,7 @@ decodes and checks how the output ends.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -41,7 +42,7 @@ from flopnet.proof.toploc import verify_proofs
 from flopnet.protocol.errors import FlopnetError
 
 
-def _params(request: GenerateRequest | AuditRequest) -> SamplingParams:
+def _params(request: GenerateRequest) -> SamplingParams:
     return SamplingParams(temperature=request.temperature, top_p=request.top_p)
 
 
@@ -177,11 +178,12 @@ class ModelChild:
     def _collector(self, request: AuditRequest) -> tuple[list[float], Callable[[int, Any], None]]:
         # The replay runs on each chunk of logits as the prefill makes it; none is kept.
         shortfalls: list[float] = []
-        params, tokens = _params(request), request.token_ids
+        sample, tokens = request.sample, request.token_ids
+        params = _params(sample)
 
         def replay_chunk(lo: int, rows: torch.Tensor) -> None:
             part = tokens[lo : lo + len(rows)]
-            found = replay_shortfalls(rows, part, request.seed, params, start_position=lo)
+            found = replay_shortfalls(rows, part, sample.seed, params, start_position=lo)
             shortfalls.extend(found.tolist())
 
         return shortfalls, replay_chunk
@@ -192,12 +194,15 @@ class ModelChild:
         t1 = time.perf_counter()
         checks = verify_proofs(pre.hidden, list(request.proofs))
         if shortfalls is None:  # a backend that hands over all logits at once (vLLM)
+            sample = request.sample
             shortfalls = replay_shortfalls(
-                pre.logits, request.token_ids, request.seed, _params(request)
+                pre.logits, request.token_ids, sample.seed, _params(sample)
             ).tolist()
         # Tokens that are there are measured above; an output cut short shows in how it ends.
         completion = check_completion(
-            request.token_ids, eos_id=self.backend.eos_id, max_new_tokens=request.max_new_tokens
+            request.token_ids,
+            eos_id=self.backend.eos_id,
+            max_new_tokens=request.sample.max_new_tokens,
         )
         return AuditMeasures(
             checks=tuple(checks),
@@ -209,9 +214,9 @@ class ModelChild:
         )
 
     def _check_audit(self, request: AuditRequest) -> None:
-        if not request.prompt_ids or not request.token_ids:
+        if not request.sample.prompt_ids or not request.token_ids:
             raise ModelInputError("empty prompt or output")
-        self._check_ids((*request.prompt_ids, *request.token_ids))
+        self._check_ids((*request.sample.prompt_ids, *request.token_ids))
 
     def audit(self, request: AuditRequest) -> AuditMeasures:
         """One prefill over prompt + output; proofs compared, sampling replayed."""
@@ -219,9 +224,10 @@ class ModelChild:
         t0 = time.perf_counter()
         if isinstance(self.backend, HFBackend):
             shortfalls, on_logits = self._collector(request)
-            pre = self.backend.prefill(request.prompt_ids, request.token_ids, on_logits=on_logits)
+            prompt = request.sample.prompt_ids
+            pre = self.backend.prefill(prompt, request.token_ids, on_logits=on_logits)
             return self._measures(request, pre, shortfalls, time.perf_counter() - t0)
-        pre = self.backend.prefill(request.prompt_ids, request.token_ids)
+        pre = self.backend.prefill(request.sample.prompt_ids, request.token_ids)
         return self._measures(request, pre, None, time.perf_counter() - t0)
 
     def audit_batch(self, requests: Sequence[AuditRequest]) -> list[AuditMeasures | ModelError]:
@@ -239,21 +245,18 @@ class ModelChild:
                 out[i] = exc
         if not isinstance(self.backend, HFBackend):
             for i in good:
-                out[i] = _guarded(lambda i=i: self.audit(requests[i]))
+                out[i] = _guarded(functools.partial(self.audit, requests[i]))
             return out
         collectors = [self._collector(requests[i]) for i in good]
         t0 = time.perf_counter()
         pres = self.backend.prefill_batch(
-            [(requests[i].prompt_ids, requests[i].token_ids) for i in good],
+            [(requests[i].sample.prompt_ids, requests[i].token_ids) for i in good],
             on_logits=lambda row, lo, rows: collectors[row][1](lo, rows),
         )
         t = (time.perf_counter() - t0) / max(1, len(good))
         for row, (i, pre) in enumerate(zip(good, pres, strict=True)):
-            out[i] = _guarded(
-                lambda i=i, pre=pre, row=row: self._measures(
-                    requests[i], pre, collectors[row][0], t
-                )
-            )
+            measure = functools.partial(self._measures, requests[i], pre, collectors[row][0], t)
+            out[i] = _guarded(measure)
         return out
 
     def inspect(self, request: InspectRequest) -> Inspection:

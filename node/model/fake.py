@@ -112,20 +112,24 @@ class FakeModel:
 
     # -- what the weights compute --------------------------------------------------------------
 
-    def token(self, request: GenerateRequest | AuditRequest, position: int) -> int:
+    def token(self, request: GenerateRequest, position: int) -> int:
         """The token these weights sample at ``position`` (never eos)."""
         digest = _digest(
             "fake-token", self.weights_seed, request.seed, request.prompt_ids, position
         )
         return 1 + int.from_bytes(digest[:8], "big") % (self.vocab_size - 1)
 
-    def proof(self, request: GenerateRequest | AuditRequest, chunk: Sequence[int]) -> bytes:
+    def proof(self, request: GenerateRequest, chunk: Sequence[int]) -> bytes:
         """The 258-byte proof these weights make for one chunk of output tokens."""
         seed = _digest("fake-proof", self.weights_seed, request.seed, request.prompt_ids)
         return hashlib.shake_256(seed + bytes(_digest(tuple(chunk)))).digest(PROOF_BYTES)
 
     def _sample(self, request: GenerateRequest) -> Generated:
-        n = request.max_new_tokens if self.length is None else min(self.length, request.max_new_tokens)
+        n = (
+            request.max_new_tokens
+            if self.length is None
+            else min(self.length, request.max_new_tokens)
+        )
         tokens = [self.token(request, i) for i in range(n)]
         if n < request.max_new_tokens:
             tokens[-1] = EOS_ID
@@ -155,25 +159,23 @@ class FakeModel:
         return [self._sample(r) for r in requests]
 
     def _measure(self, request: AuditRequest) -> AuditMeasures:
-        tokens = request.token_ids
-        if not request.prompt_ids or not tokens:
+        sample, tokens = request.sample, request.token_ids
+        if not sample.prompt_ids or not tokens:
             raise ModelInputError("empty prompt or output")
-        if any(not 0 <= t < self.vocab_size for t in (*request.prompt_ids, *tokens)):
+        if any(not 0 <= t < self.vocab_size for t in (*sample.prompt_ids, *tokens)):
             raise ModelInputError(f"token ids must be in [0, {self.vocab_size})")
         chunks = [tokens[i : i + CHUNK] for i in range(0, len(tokens), CHUNK)]
         if len(request.proofs) != len(chunks):
             raise ModelInputError(f"{len(request.proofs)} proofs for {len(chunks)} chunks")
         checks = tuple(
-            _HONEST if proof == self.proof(request, chunk) else _FORGED
+            _HONEST if proof == self.proof(sample, chunk) else _FORGED
             for proof, chunk in zip(request.proofs, chunks, strict=True)
         )
         shortfalls = tuple(
-            0.0 if t == self.token(request, i) or t == EOS_ID else float("inf")
+            0.0 if t == self.token(sample, i) or t == EOS_ID else float("inf")
             for i, t in enumerate(tokens)
         )
-        completion = check_completion(
-            tokens, eos_id=EOS_ID, max_new_tokens=request.max_new_tokens
-        )
+        completion = check_completion(tokens, eos_id=EOS_ID, max_new_tokens=sample.max_new_tokens)
         return AuditMeasures(checks, shortfalls, completion, self.decode(tokens), 0.0, 0.0)
 
     async def audit(self, request: AuditRequest) -> AuditMeasures:

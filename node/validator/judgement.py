@@ -60,9 +60,11 @@ def lease_problem(
     publishers: frozenset[bytes] | set[bytes],
     now: float,
     already_used: bool,
+    unknown_task: str | None = None,
 ) -> str | None:
     """Why a submission cannot be credited on its face, or None: the checks that cost nothing
-    (signatures were checked when the envelopes were opened)."""
+    (signatures were checked when the envelopes were opened). ``unknown_task`` says why the
+    leased task's spec is not held, when it is not."""
     if lease_signer not in publishers:
         return "the lease is not signed by a publisher of this network"
     if lease.validator != validator:
@@ -73,6 +75,8 @@ def lease_problem(
         return "the lease expired before the submission arrived"
     if already_used:
         return "duplicate: this lease was already validated"
+    if unknown_task is not None:
+        return unknown_task
     generated = len(submission.token_ids)
     if generated == 0:
         return "no generated tokens"
