@@ -62,6 +62,7 @@ def derive(signer: bytes, seq: int, timestamp: float, body: Record, network_id: 
             body.answer_score,
             timestamp,
             body.lease_id,
+            body.sample_index,
         )
         return Derived({"credits": row})
     if isinstance(body, InvalidationBody):

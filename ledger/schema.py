@@ -9,10 +9,12 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from flopnet.ledger.chain import EntryError, decode_body, read_entry_unverified
 from flopnet.ledger.derived import Sums
 from flopnet.protocol.errors import LedgerError
+from flopnet.protocol.messages import CreditBody
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA_V1 = """
 CREATE TABLE entries (
@@ -143,12 +145,19 @@ CREATE INDEX credits_contributor ON credits
     (contributor, timestamp, accepted, flops, generated_tokens, signer);
 """
 
+# Schema 4: the sample a credit is for, so a validator credits each sample once (and every
+# replica can see that it did). Backfilled from the envelopes.
+SCHEMA_V4 = """
+ALTER TABLE credits ADD COLUMN sample_index INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX credits_sample ON credits (signer, task_id, sample_index);
+"""
+
 INSERT = {
     "entries": "INSERT INTO entries (signer, seq, hash, prev_hash, timestamp, kind, envelope) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)",
     "credits": "INSERT INTO credits (signer, seq, contributor, flops, flop_formula, "
     "generated_tokens, prompt_tokens, task_id, submission_id, accepted, answer_score, "
-    "timestamp, lease_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "timestamp, lease_id, sample_index) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "invalidations": "INSERT INTO invalidations (signer, seq, contributor, severity, "
     "credit_signer, credit_seq, submission_id, timestamp) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     "audits": "INSERT INTO audits (signer, seq, contributor, submission_id, passed, rate, "
@@ -193,6 +202,10 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
     if version == 2:
         _script(conn, SCHEMA_V3)
         version = 3
+    if version == 3:
+        _script(conn, SCHEMA_V4)
+        _backfill_samples(conn)
+        version = 4
     if version != SCHEMA_VERSION:
         raise LedgerError(
             f"{path} has ledger schema {version}; this version reads {SCHEMA_VERSION}"
@@ -212,6 +225,23 @@ def _backfill_sums(conn: sqlite3.Connection) -> None:
         by_signer.setdefault(row[0], Sums()).add(tuple(row))
     for signer, sums in by_signer.items():
         write_sums(conn, signer, sums)
+
+
+def _backfill_samples(conn: sqlite3.Connection) -> None:
+    rows = conn.execute(
+        "SELECT c.signer, c.seq, e.envelope FROM credits c JOIN entries e "
+        "ON e.signer = c.signer AND e.seq = c.seq"
+    ).fetchall()
+    for signer, seq, envelope in rows:
+        try:
+            body = decode_body("credit", read_entry_unverified(envelope).entry.body)
+        except EntryError:
+            continue  # ``ledger verify`` reports the entry itself
+        if isinstance(body, CreditBody):
+            conn.execute(
+                "UPDATE credits SET sample_index = ? WHERE signer = ? AND seq = ?",
+                (body.sample_index, signer, seq),
+            )
 
 
 def write_sums(conn: sqlite3.Connection, signer: bytes, sums: Sums) -> None:

@@ -456,6 +456,14 @@ class LedgerStore:
         ).fetchone()
         return row is not None
 
+    def credited_samples(self, signer: bytes) -> set[tuple[str, int]]:
+        """(task id, sample index) of every sample ``signer``'s chain credited as accepted."""
+        rows = self._conn.execute(
+            "SELECT task_id, sample_index FROM credits WHERE signer = ? AND accepted = 1",
+            (signer,),
+        )
+        return {(str(task), int(index)) for task, index in rows}
+
     def has_credited(self, signer: bytes, contributor: bytes) -> bool:
         """Whether ``signer``'s chain holds any credit entry (accepted or not) of a contributor."""
         row = self._conn.execute(

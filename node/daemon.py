@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import time
 from contextlib import ExitStack
 from dataclasses import asdict
@@ -33,16 +34,19 @@ from flopnet.node.local import (
     write_node_info,
 )
 from flopnet.node.publisher.store import PublisherStore
+from flopnet.node.sqlite_files import private_file
 from flopnet.node.tasks import Task, builtin_tasks, load_tasks_file
 from flopnet.node.validator.inbox import Inbox
 from flopnet.protocol.catalog import (
     ANNOUNCEMENTS,
     CLAIM,
+    LEDGER_GOSSIP,
     LEDGER_RANGE,
     PROFILE,
     SUBMIT,
     TASK_SPEC,
     VERDICT,
+    heartbeat_budget,
     heartbeat_topic,
     ledger_topic,
     tasks_topic,
@@ -64,11 +68,19 @@ def load_task_set(config: NodeConfig) -> list[Task]:
 
 def setup_logging(data_dir: Path, level: str) -> None:
     """Log to ``<data dir>/node.log`` (stdout stays free for machine-readable output)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(data_dir / LOG_FILE)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the data directory {data_dir}: {exc.strerror}") from None
+    handler = logging.FileHandler(private_file(data_dir / LOG_FILE))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # Errors also go to stderr: when the data directory's disk is full, the log is not written.
+    errors = logging.StreamHandler(sys.stderr)
+    errors.setLevel(logging.ERROR)
+    errors.setFormatter(logging.Formatter("flopnet: %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
+    root.addHandler(errors)
     root.setLevel(level)
     # libp2p is chatty at INFO about every stream it negotiates.
     logging.getLogger("libp2p").setLevel(max(logging.WARNING, root.level))
@@ -323,9 +335,15 @@ async def run_node(config: NodeConfig) -> None:
                     nursery.start_soon(liveness.keep_connected, addr)
             if worker is not None:
                 await host.subscribe(tasks_topic(net.network_id), worker.on_announcement)
-            await host.subscribe(ledger_topic(net.network_id), ledger_sync.on_ledger_gossip)
+            await host.subscribe(
+                ledger_topic(net.network_id), ledger_sync.on_ledger_gossip, LEDGER_GOSSIP
+            )
             nursery.start_soon(ledger_sync.run)
-            await host.subscribe(heartbeat_topic(net.network_id), liveness.on_heartbeat)
+            await host.subscribe(
+                heartbeat_topic(net.network_id),
+                liveness.on_heartbeat,
+                heartbeat_budget(config.heartbeat_interval),
+            )
             nursery.start_soon(liveness.heartbeat_loop)
             discovery = Discovery(
                 host, net.network_id, roles, net.publisher_keys, net.validator_keys

@@ -14,7 +14,7 @@ from flopnet.node.config import NetworkParams
 from flopnet.node.ledger_sync import LedgerSync
 from flopnet.node.liveness import keep_connected
 from flopnet.node.local import LEDGER_FILE, flopnet_argv
-from flopnet.protocol.catalog import LEDGER_RANGE, ledger_topic
+from flopnet.protocol.catalog import LEDGER_GOSSIP, LEDGER_RANGE, ledger_topic
 from flopnet.protocol.host import P2PHost
 from flopnet.protocol.identity import load_or_create_identity
 
@@ -50,7 +50,7 @@ async def run_replica(
         sync = LedgerSync(host, store, identity, net.network_id, net.validator_keys, batch=batch)
         host.serve(LEDGER_RANGE, sync.handle_range)
         async with host.running(port), trio.open_nursery() as nursery:
-            await host.subscribe(ledger_topic(net.network_id), sync.on_ledger_gossip)
+            await host.subscribe(ledger_topic(net.network_id), sync.on_ledger_gossip, LEDGER_GOSSIP)
             for addr in bootstrap:
                 nursery.start_soon(keep_connected, host, addr)
             nursery.start_soon(sync.run)

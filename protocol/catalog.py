@@ -26,7 +26,7 @@ from flopnet.protocol.messages import (
     Verdict,
     VerdictRequest,
 )
-from flopnet.protocol.rpc import Rpc
+from flopnet.protocol.rpc import GossipBudget, Rpc
 
 # A worker claims an announced task from its publisher: a signed lease, or a refusal.
 CLAIM = Rpc("/flopnet/claim/1.0.0", Claim, (Lease, Refusal), timeout=10.0)
@@ -54,6 +54,27 @@ TASK_SPEC = Rpc("/flopnet/task-spec/1.0.0", TaskSpecRequest, (TaskSpec, Refusal)
 RPCS: tuple[Rpc, ...] = (CLAIM, SUBMIT, VERDICT, ANNOUNCEMENTS, LEDGER_RANGE, PROFILE, TASK_SPEC)
 
 MAX_GOSSIP_BYTES = max(MAX_ENVELOPE_BYTES[LedgerEntry.TYPE], 4096)
+
+
+# Gossip an author may publish per topic. A validator writes ledger entries as fast as it credits
+# work; a heartbeat is due once per interval, so twice the rate (and a small burst) is a flood.
+LEDGER_GOSSIP = GossipBudget(rate_per_s=200.0, burst=2000.0)
+
+
+def heartbeat_budget(interval_s: float) -> GossipBudget:
+    """What one node may publish on the heartbeat topic, given the heartbeat interval."""
+    return GossipBudget(rate_per_s=2.0 / interval_s, burst=10.0)
+
+
+# A submission may arrive a grace after its lease's deadline (it was on its way); a publisher
+# re-offers an expired sample only after the grace too, so a late result and a re-issued lease
+# never overlap. Both sides derive it from the manifest's lease length, so they agree.
+MAX_LEASE_GRACE_S = 30.0
+
+
+def lease_grace(lease_seconds: float) -> float:
+    """How long after its deadline a lease's result is still accepted (and the sample held)."""
+    return min(MAX_LEASE_GRACE_S, lease_seconds / 4)
 
 
 def tasks_topic(network_id: str) -> str:

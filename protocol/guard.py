@@ -66,9 +66,6 @@ class PeerGuard:
 
     rate_per_s: float = 50.0
     burst: float = 100.0
-    # Gossip is rated per original author and topic; a publisher may announce in bursts.
-    gossip_rate_per_s: float = 500.0
-    gossip_burst: float = 2000.0
     ban_threshold: float = -100.0
     ban_seconds: float = 600.0
     recovery_per_s: float = 0.5
@@ -86,6 +83,10 @@ class PeerGuard:
         s.updated = now
         return s
 
+    def score(self, peer: str, now: float) -> float:
+        """The peer's current score (0 for a peer never charged)."""
+        return self._score(peer, now).score if peer in self._scores else 0.0
+
     def is_banned(self, peer: str, now: float) -> bool:
         """True while ``peer`` is banned."""
         s = self._scores.get(peer)
@@ -101,20 +102,30 @@ class PeerGuard:
             return True
         return False
 
-    def allow(self, peer: str, protocol: str, now: float, *, gossip: bool = False) -> bool:
-        """Take a token from the peer's bucket for ``protocol``; False (and a penalty) if empty."""
-        rate, burst = (
-            (self.gossip_rate_per_s, self.gossip_burst) if gossip else (self.rate_per_s, self.burst)
-        )
-        bucket = self._buckets.get((peer, protocol))
+    def allow(
+        self,
+        peer: str,
+        key: str,
+        now: float,
+        *,
+        rate: float | None = None,
+        burst: float | None = None,
+    ) -> bool:
+        """Take a token from the peer's bucket for ``key`` (a protocol or topic); False if empty.
+
+        The default budget is the stream budget (``rate_per_s``, ``burst``). The caller charges
+        the violation (so that a ban it causes is announced and enforced where it is seen).
+        """
+        rate = self.rate_per_s if rate is None else rate
+        burst = self.burst if burst is None else burst
+        bucket = self._buckets.get((peer, key))
         if bucket is None:
-            bucket = self._buckets[(peer, protocol)] = _Bucket(burst, now)
+            bucket = self._buckets[(peer, key)] = _Bucket(burst, now)
         bucket.tokens = min(burst, bucket.tokens + (now - bucket.updated) * rate)
         bucket.updated = now
         if bucket.tokens >= 1.0:
             bucket.tokens -= 1.0
             return True
-        self.penalize(peer, Violation.RATE_LIMIT, now)
         return False
 
     def is_replay(self, key: bytes) -> bool:

@@ -24,6 +24,18 @@ class StreamLimits:
 
 
 @dataclass(frozen=True)
+class GossipBudget:
+    """What one author may publish on a gossip topic: a sustained rate and a burst (messages)."""
+
+    rate_per_s: float
+    burst: float
+
+
+# The default for a topic without its own: generous, for publishers' bursts of announcements.
+DEFAULT_GOSSIP_BUDGET = GossipBudget(rate_per_s=500.0, burst=2000.0)
+
+
+@dataclass(frozen=True)
 class Rpc:
     """One stream protocol: a signed ``request`` record answered by one of ``responses``.
 

@@ -3,6 +3,7 @@ nodes, a node that joins late, a validator that equivocates, range serving and p
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -374,10 +375,13 @@ def test_sync_survives_peers_that_do_not_serve_ranges(tmp_path: Path) -> None:
             node.sync.planner.heard(K1, 10, bare.peer_id)  # pretend it announced a head
             await wait_for(lambda: node.sync.stats.fetch_failures >= 2, 20)
             await trio.sleep(0.5)
+            # A peer that lacks a protocol is still a peer: never disconnected, never charged
+            # (it used to be cut off at every failed request, and again at every probe).
+            assert bare.peer_id in node.host.connected_peers()
+            assert node.host.peer_id in bare.connected_peers()
+            assert node.host.guard.snapshot(time.time()) == []
             # Still up: it serves a range, and its sync loop still plans fetches.
             append(node.store, V2, 3)  # (a replica holding V2's chain, stored directly)
-            if node.host.peer_id not in bare.connected_peers():
-                await bare.connect(node.host.addrs()[0])
             request = seal(LedgerRangeRequest(1, K2, 0, 10), LATE, NET)
             reply = await bare.request(
                 node.host.peer_id, LEDGER_RANGE.protocol_id, request, LEDGER_RANGE.limits

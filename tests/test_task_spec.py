@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 import flopnet.node.validator.validator as validator_module
 from flopnet.ledger.store import LedgerStore
 from flopnet.node.config import NetworkParams, NodeConfig
+from flopnet.node.model.fake import FakeModel
 from flopnet.node.model.tokenizer import ByteTokenizer
 from flopnet.node.publisher.publisher import Publisher
 from flopnet.node.tasks import Task, builtin_tasks, task_from_spec, task_spec
@@ -184,14 +185,14 @@ def lease(task_id: str, lease_id: bytes) -> bytes:
 
 
 def bad_proof_submission(lease_bytes: bytes) -> bytes:
-    """Fails the last static check (proof size), which comes after the task check."""
+    """Well formed, so it is stored; its proofs are of nothing (the audit fails them)."""
     sub = Submission(
         version=1,
         lease=lease_bytes,
-        token_ids=tuple(range(40)),
+        token_ids=tuple(range(1, 41)),
         text="x",
         finish_reason="length",
-        proofs=(bytes(100), bytes(100)),
+        proofs=(bytes(258), bytes(258)),
         generation_seconds=0.1,
     )
     return seal(sub, WORKER, NET.network_id)
@@ -213,16 +214,18 @@ def test_a_lone_validator_fetches_the_task_then_checks_the_submission(
         source = TaskSource(
             {}, validator_host, VALIDATOR, NET.network_id, frozenset(NET.publisher_keys)
         )
+        model = FakeModel()
+        info = await model.start()
         validator = Validator(
             config,
             VALIDATOR,
             validator_host,
-            None,  # type: ignore[arg-type]  # never reached: every case fails a static check
-            None,  # type: ignore[arg-type]
+            model,
+            None,  # type: ignore[arg-type]  # never reached: every proof here fails
             LedgerStore(tmp_path / "ledger.sqlite"),
             Inbox(tmp_path / "inbox.sqlite"),
             source,
-            model_config={"model_type": "llama"},
+            model_config=info.config or {},
             on_verdict=lambda _lease_id, _ok: None,
         )
         validator_host.serve(SUBMIT, validator.handle_submission)
@@ -247,9 +250,9 @@ def test_a_lone_validator_fetches_the_task_then_checks_the_submission(
                 )
                 return open_envelope(reply, NET.network_id, expected=Verdict).expect(Verdict)
 
-            # The task is fetched, so the checks go on to the (bad) proofs.
+            # The task is fetched, so the checks go on to the audit of the (bad) proofs.
             first = await verdict_on(bad_proof_submission(lease(TASKS[1].task_id, b"a" * 16)))
-            assert not first.accepted and "proof 0 has 100 bytes" in " ".join(first.reasons)
+            assert not first.accepted and "toploc chunk 0" in " ".join(first.reasons)
             assert source.fetches == 1 and source.get(TASKS[1].task_id) == TASKS[1]
             unknown = await verdict_on(bad_proof_submission(lease("made-up", b"b" * 16)))
             assert "unknown task 'made-up': its publisher does not know it" in unknown.reasons[0]

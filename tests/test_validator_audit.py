@@ -128,7 +128,7 @@ def _lease(index: int, prompt: tuple[int, ...]) -> bytes:
         lease_id=bytes([index]) * 16,
         task_id=TASKS[index % len(TASKS)].task_id,
         task_type="math",
-        sample_index=0,
+        sample_index=index // len(TASKS),  # every submission its own sample
         worker=WORKER.public_key,
         validator=VALIDATOR.public_key,
         seed=1000 + index,

@@ -211,7 +211,8 @@ class Devnet:
             pinned = model_weights_sha256(opts.model, seed=params.model_seed, dtype=opts.dtype)
             params = dataclasses.replace(params, weights_sha256=pinned)
         self.network_id = create_network(founder, "devnet", params, self.network_file).network_id
-        task_args = ["--tasks", str(opts.tasks)]
+        # A newcomer earns its leases; a devnet's own workers may fill a batch from the start.
+        task_args = ["--tasks", str(opts.tasks), "--newcomer-leases", str(opts.batch_size)]
         if opts.tasks_file is not None:
             task_args += ["--tasks-file", str(opts.tasks_file)]
         peers_needed = opts.workers + opts.cheaters

@@ -71,6 +71,12 @@ def _add_node(sub: argparse._SubParsersAction) -> None:
         help="publisher: active leases one worker may hold",
     )
     p.add_argument(
+        "--newcomer-leases",
+        type=int,
+        default=1,
+        help="publisher: active leases a worker without accepted work may hold (trust is earned)",
+    )
+    p.add_argument(
         "--cheat-model-seed",
         type=int,
         default=None,
@@ -173,6 +179,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         backend=args.backend,
         audit_batch=args.audit_batch,
         max_leases_per_worker=args.max_leases_per_worker,
+        newcomer_leases=args.newcomer_leases,
     )
     setup_logging(config.data_dir, env.log_level)
     trio.run(run_node, config)
@@ -223,6 +230,13 @@ COMMANDS = {
 }
 
 
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``flopnet`` command."""
     parser, handlers = build_parser()
@@ -236,12 +250,25 @@ def main(argv: list[str] | None = None) -> int:
     except FlopnetError as exc:
         print(f"flopnet: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
     except BrokenPipeError:
         # The reader went away (`flopnet leaderboard | head`): not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:
+        # A read-only data directory, a full disk, a missing file: say which, plainly.
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"flopnet: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except BaseExceptionGroup as group:
+        # What trio's nurseries wrap: report our own errors plainly, re-raise anything else.
+        ours, rest = group.split((FlopnetError, OSError))
+        if rest is not None or ours is None:
+            raise
+        for leaf in _leaves(ours):
+            print(f"flopnet: error: {leaf}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -19,10 +19,10 @@ from flopnet.node.config import NodeConfig
 from flopnet.node.model.prompt import DIRECTIVES, MATH_DIRECTIVE, format_r1_prompt
 from flopnet.node.model.tokenizer import Tokenizer
 from flopnet.node.publisher.announcements import AnnouncementLog
-from flopnet.node.publisher.leases import Denied, Grant, LeaseBook
+from flopnet.node.publisher.leases import Denied, Grant, LeaseBook, validator_for
 from flopnet.node.publisher.store import PublisherStore
 from flopnet.node.tasks import Task, task_spec
-from flopnet.protocol.catalog import tasks_topic
+from flopnet.protocol.catalog import lease_grace, tasks_topic
 from flopnet.protocol.envelope import Opened, seal
 from flopnet.protocol.guard import Violation
 from flopnet.protocol.host import P2PHost
@@ -75,6 +75,10 @@ class Publisher:
         self.book = LeaseBook(
             lease_seconds=self.net.lease_seconds,
             max_active_per_worker=config.max_leases_per_worker,
+            grace_seconds=lease_grace(self.net.lease_seconds),
+            newcomer_active=min(config.newcomer_leases, config.max_leases_per_worker),
+            # A hoarder waits as long as the lease it let lapse before it may lease again.
+            lapse_cooldown_s=self.net.lease_seconds,
         )
         for task in tasks:
             self.book.add_task(task.task_id, self.net.samples_per_task)
@@ -86,7 +90,6 @@ class Publisher:
         if store is not None:
             self._restore(store)
         self._validators = sorted(self.net.validator_keys)
-        self._next_validator = 0
         self._prompt_ids: dict[str, tuple[int, ...]] = {}
 
     def _restore(self, store: PublisherStore) -> None:
@@ -189,8 +192,8 @@ class Publisher:
         if not self._validators:
             return self._refuse("no_validator", "the network lists no validator")
         task = self.tasks[claim.task_id]
-        validator = self._validators[self._next_validator % len(self._validators)]
-        self._next_validator += 1
+        # Every lease of a sample goes to the same validator, which credits a sample once.
+        validator = validator_for(task.task_id, decision.sample_index, self._validators)
         lease = Lease(
             version=1,
             lease_id=os.urandom(16),

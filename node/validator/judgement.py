@@ -40,14 +40,23 @@ from flopnet.node.model.calls import (
 from flopnet.proof.measures import replay_check
 from flopnet.proof.params import CHUNK, PROOF_BYTES
 from flopnet.proof.policy import ProofPolicy, decide
+from flopnet.protocol.catalog import lease_grace
 from flopnet.protocol.codec import Record
 from flopnet.protocol.messages import CreditBody, Lease, Submission
 from flopnet.verifiers.result import Result
 
-# A submission may arrive this long after its lease's deadline (it was on its way).
-LEASE_GRACE_S = 30.0
 MAX_REASONS = 64
 MAX_REASON_CHARS = 1024
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a submission cannot be credited on its face: a stable code, a human reason, and
+    whether an honest worker can never cause it (then the sender is charged for it)."""
+
+    code: str
+    reason: str
+    dishonest: bool = False
 
 
 def lease_problem(
@@ -58,36 +67,48 @@ def lease_problem(
     submission: Submission,
     validator: bytes,
     publishers: frozenset[bytes] | set[bytes],
-    now: float,
+    received_at: float,
     already_used: bool,
+    sample_credited: bool = False,
     unknown_task: str | None = None,
-) -> str | None:
-    """Why a submission cannot be credited on its face, or None: the checks that cost nothing
-    (signatures were checked when the envelopes were opened). ``unknown_task`` says why the
-    leased task's spec is not held, when it is not."""
+) -> Problem | None:
+    """What the checks that cost nothing find (signatures were checked when the envelopes
+    were opened), or None. Run before a submission is stored, and again before it is judged;
+    ``unknown_task`` says why the leased task's spec is not held, when it is not."""
     if lease_signer not in publishers:
-        return "the lease is not signed by a publisher of this network"
+        return Problem("bad_lease", "the lease is not signed by a publisher of this network", True)
     if lease.validator != validator:
-        return "the lease names another validator"
+        return Problem("other_validator", "the lease names another validator", True)
     if lease.worker != submitter:
-        return "the lease was granted to another worker"
-    if now > lease.expires_at + LEASE_GRACE_S:
-        return "the lease expired before the submission arrived"
+        return Problem("not_your_lease", "the lease was granted to another worker", True)
+    if received_at > lease.expires_at + lease_grace(lease.expires_at - lease.issued_at):
+        return Problem("lease_expired", "the lease expired before the submission arrived")
     if already_used:
-        return "duplicate: this lease was already validated"
+        return Problem("duplicate", "duplicate: this lease was already validated")
+    if sample_credited:
+        return Problem(
+            "sample_done",
+            f"sample {lease.sample_index} of {lease.task_id!r} was already credited "
+            "(a late result of a re-issued lease)",
+        )
     if unknown_task is not None:
-        return unknown_task
+        return Problem("unknown_task", unknown_task)
     generated = len(submission.token_ids)
     if generated == 0:
-        return "no generated tokens"
+        return Problem("no_tokens", "no generated tokens", True)
     if generated > lease.max_new_tokens:
-        return f"{generated} tokens exceed the lease's max of {lease.max_new_tokens}"
+        reason = f"{generated} tokens exceed the lease's max of {lease.max_new_tokens}"
+        return Problem("too_many_tokens", reason, True)
     expected_proofs = math.ceil(generated / CHUNK)
     if len(submission.proofs) != expected_proofs:
-        return f"{len(submission.proofs)} proofs for {generated} tokens; expected {expected_proofs}"
+        reason = (
+            f"{len(submission.proofs)} proofs for {generated} tokens; expected {expected_proofs}"
+        )
+        return Problem("proof_count", reason, True)
     for index, proof in enumerate(submission.proofs):
         if len(proof) != PROOF_BYTES:
-            return f"proof {index} has {len(proof)} bytes; expected {PROOF_BYTES}"
+            reason = f"proof {index} has {len(proof)} bytes; expected {PROOF_BYTES}"
+            return Problem("proof_size", reason, True)
     return None
 
 
@@ -158,7 +179,7 @@ def judge(
     contributor: bytes,
     lease: Lease,
     generated: int,
-    problem: str | None,
+    problem: Problem | None,
     decision: AuditDecision | None,
     proof: ProofOutcome | None,
     answer: Result | None,
@@ -173,7 +194,7 @@ def judge(
     audit's invalidation names it. FLOPs come from the validator's own model config and the
     token counts it checked itself, never from the worker.
     """
-    reasons: list[str] = [problem] if problem is not None else []
+    reasons: list[str] = [problem.reason] if problem is not None else []
     accepted = problem is None and proof is not None and proof.passed
     if problem is None and proof is not None:
         reasons.extend(proof.reasons)

@@ -49,11 +49,13 @@ from flopnet.node.model.calls import (
 )
 from flopnet.node.model.prompt import response_for_verifier
 from flopnet.node.tasks import Task
-from flopnet.node.validator.inbox import Inbox
-from flopnet.node.validator.judgement import judge, lease_problem, proof_outcome
+from flopnet.node.validator.inbox import Inbox, Queued
+from flopnet.node.validator.judgement import Problem, judge, lease_problem, proof_outcome
+from flopnet.node.validator.schedule import next_index
 from flopnet.node.validator.task_source import TaskSource
 from flopnet.protocol.envelope import Opened, open_envelope, seal
 from flopnet.protocol.errors import MalformedMessage, PeerError, ProtocolTimeout, VerifierError
+from flopnet.protocol.guard import Violation
 from flopnet.protocol.host import P2PHost
 from flopnet.protocol.identity import Identity, peer_id_from_public_key
 from flopnet.protocol.messages import (
@@ -80,6 +82,10 @@ BATCH_PAUSE_S = 60.0  # after a batched audit failed, audit one by one this long
 TASK_FETCH_ATTEMPTS = 5
 TASK_FETCH_BACKOFF_S = 1.0
 PREFETCH_TASK_FETCH_S = 2.0  # what a batched audit may spend fetching the specs of its items
+# Submissions one worker may have waiting for a verdict (a publisher lets it hold at most 8
+# leases by default; the margin covers resends and several publishers).
+MAX_QUEUED_PER_PEER = 32
+SCHEDULE_WINDOW = 256  # the oldest queued submissions the next one is chosen from
 
 
 class AnswerVerifier(Protocol):
@@ -96,6 +102,7 @@ class ValidatorStats:
     accepted: int = 0
     rejected: int = 0
     malformed: int = 0
+    refused: int = 0  # refused at receipt, before anything was stored
     flops_credited: int = 0
     prefill_seconds: float = 0.0
     verify_seconds: float = 0.0
@@ -170,6 +177,8 @@ class Validator:
         self.policy = self.net.proof_policy()
         self.stats = ValidatorStats()
         self._used_leases: set[bytes] = store.credited_leases(identity.public_key)
+        # One credit per sample: every lease of a sample comes to us (the publisher's choice).
+        self._credited_samples = store.credited_samples(identity.public_key)
         # Rebuilt from our own chain's audit entries, so a restart keeps every record.
         self.audits = AuditBook(
             audit_policy or AuditPolicy(floor=self.net.audit_rate_floor),
@@ -185,6 +194,8 @@ class Validator:
         # Audit results made ahead, several in one prefill (_prefetch_audits), by submission.
         self._prechecked: dict[bytes, AuditMeasures | ModelError] = {}
         self._batching_paused_until = 0.0
+        self._peer_keys: dict[str, bytes] = {}  # stream peer id -> contributor key
+        self._turn = 0  # submissions taken from the queue (for the newcomers' share)
 
     # -- the streams ---------------------------------------------------------------------------
 
@@ -196,9 +207,15 @@ class Validator:
     def _reopen(self, envelope: bytes) -> _Queued:
         return self._open(open_envelope(envelope, self.net.network_id, expected=Submission))
 
-    async def handle_submission(self, peer_id: str, opened: Opened) -> SubmissionReceipt:
+    async def handle_submission(self, peer_id: str, opened: Opened) -> SubmissionReceipt | Refusal:
         """Store a submission durably and answer a signed receipt (``protocol.catalog.SUBMIT``;
-        the host has checked that the stream's peer signed it)."""
+        the host has checked that the stream's peer signed it).
+
+        Nothing is stored before the cheap checks pass: a lease that is not this worker's, not
+        for us, expired, used or forged, wrong counts, a second submission for a lease, or more
+        queued submissions than a worker may hold leases is refused at once (and charged when no
+        honest worker could have sent it), so storage costs the sender a real lease.
+        """
         self.stats.received += 1
         try:
             queued = self._open(opened)
@@ -206,6 +223,11 @@ class Validator:
             self.stats.malformed += 1
             raise  # the host resets the stream, logs the reason and charges the peer
         lease = queued.lease
+        self._peer_keys[peer_id] = opened.signer
+        if self.inbox.received_at(opened.message_id) is None:  # a resend is answered again
+            refused = await self._refuse_at_receipt(peer_id, queued)
+            if refused is not None:
+                return refused
         await self.inbox.add_durable(opened.message_id, lease.lease_id, peer_id, opened.raw)
         self._wakeup.set()
         return SubmissionReceipt(
@@ -215,6 +237,20 @@ class Validator:
             received_at=self.inbox.received_at(opened.message_id) or time.time(),
             queue_position=self.inbox.position(opened.message_id),
         )
+
+    async def _refuse_at_receipt(self, peer_id: str, queued: _Queued) -> Refusal | None:
+        problem = self._problem(queued, time.time(), task_known=False)
+        if problem is None and self.inbox.has_lease(queued.lease.lease_id):
+            problem = Problem("duplicate", "another submission for this lease is queued")
+        if problem is None and self.inbox.queued_from(peer_id) >= MAX_QUEUED_PER_PEER:
+            problem = Problem("queue_full", f"{MAX_QUEUED_PER_PEER} of yours are queued; wait")
+        if problem is None:
+            return None
+        self.stats.refused += 1
+        log.info("refused a submission from %s: %s", peer_id, problem.reason)
+        if problem.dishonest:
+            await self.host.penalize(peer_id, Violation.MALFORMED)
+        return refusal(problem.code, problem.reason)
 
     async def handle_verdict_request(self, peer_id: str, opened: Opened) -> Verdict | Refusal:
         """Answer the verdict on a submission, waiting up to the requested time if pending
@@ -236,15 +272,37 @@ class Validator:
 
     # -- the queue -----------------------------------------------------------------------------
 
+    def _next_queued(self) -> Queued | None:
+        """The queued submission to check next (``schedule``: trusted contributors first, a
+        share of turns for newcomers, suspects last; each contributor's in arrival order)."""
+        rows = self.inbox.next_queued_many(SCHEDULE_WINDOW)
+        if not rows:
+            return None
+        keys = [self._contributor(row) for row in rows]
+        index = next_index(keys, self.audits.states, self._turn)
+        return rows[index]
+
+    def _contributor(self, row: Queued) -> bytes:
+        """The public key behind a queued row's peer id (read from its envelope once)."""
+        key = self._peer_keys.get(row.peer)
+        if key is None:
+            try:
+                key = self._reopen(row.envelope).opened.signer
+            except MalformedMessage:
+                key = b""
+            self._peer_keys[row.peer] = key
+        return key
+
     async def run(self) -> None:
-        """Validate queued submissions in arrival order, forever (resuming after a restart)."""
+        """Validate queued submissions, forever (resuming after a restart)."""
         while True:
-            row = self.inbox.next_queued()
+            row = self._next_queued()
             if row is None:
                 self._wakeup = trio.Event()
                 if self.inbox.next_queued() is None:
                     await self._wakeup.wait()
                 continue
+            self._turn += 1
             verdict = self._verdict_from_ledger(row.submission_id)
             if verdict is not None:
                 # Credited before a crash; the publisher may not have heard the outcome.
@@ -337,11 +395,15 @@ class Validator:
 
     # -- one submission ------------------------------------------------------------------------
 
-    def _problem(self, queued: _Queued) -> str | None:
-        """What the cheap checks find, the task's spec included (pure but for our own state)."""
+    def _problem(
+        self, queued: _Queued, received_at: float, *, task_known: bool = True
+    ) -> Problem | None:
+        """What the cheap checks find (pure but for our own state): at receipt, before a
+        submission is stored (``task_known`` False: a spec may still have to be fetched), and
+        again before it is judged, the leased task's spec included."""
         lease = queued.lease
         unknown = None
-        if self.tasks.get(lease.task_id) is None:
+        if task_known and self.tasks.get(lease.task_id) is None:
             why = self.tasks.why_unknown(lease.task_id)
             unknown = f"unknown task {lease.task_id!r}" + (f": {why}" if why else "")
         return lease_problem(
@@ -351,8 +413,9 @@ class Validator:
             submission=queued.submission,
             validator=self.identity.public_key,
             publishers=self.net.publisher_keys,
-            now=time.time(),
+            received_at=received_at,
             already_used=lease.lease_id in self._used_leases,
+            sample_credited=(lease.task_id, lease.sample_index) in self._credited_samples,
             unknown_task=unknown,
         )
 
@@ -384,7 +447,8 @@ class Validator:
 
     async def _validate(self, queued: _Queued, attempt: int = 1) -> bytes:
         sub, lease = queued.submission, queued.lease
-        problem = self._problem(queued)
+        received_at = self.inbox.received_at(queued.submission_id) or time.time()
+        problem = self._problem(queued, received_at)
         decision = proof = answer = None
         if problem is None:
             decision = self._decide_audit(queued)
@@ -422,6 +486,8 @@ class Validator:
                 self.stats.audits_failed += 1
                 self.stats.invalidations += 1
         self._used_leases.add(lease.lease_id)
+        if credit.accepted:
+            self._credited_samples.add((lease.task_id, lease.sample_index))
         if credit.accepted:
             self.stats.accepted += 1
             self.stats.flops_credited += credit.flops
@@ -498,7 +564,8 @@ class Validator:
             if self.tasks.get(lease.task_id) is None and left > 0:
                 with trio.move_on_after(left), contextlib.suppress(PeerError, ProtocolTimeout):
                     await self.tasks.ensure(lease.task_id, queued.lease_opened.signer)
-            if self._problem(queued) is None and self._decide_audit(queued).audit:
+            received_at = self.inbox.received_at(row.submission_id) or time.time()
+            if self._problem(queued, received_at) is None and self._decide_audit(queued).audit:
                 batch.append(queued)
         if len(batch) < 2:
             return  # one audit is made where it is needed, as always

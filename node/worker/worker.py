@@ -22,10 +22,11 @@ from flopnet.node.model.calls import (
 )
 from flopnet.node.profile import ProfileSharer, load_profile
 from flopnet.node.publisher.announcements import SeqTracker
+from flopnet.node.worker.pacing import FINAL_REFUSALS, ClaimPacer
 from flopnet.protocol.catalog import ANNOUNCEMENTS, CLAIM, SUBMIT, VERDICT, VERDICT_WAIT_S
 from flopnet.protocol.envelope import message_id, open_envelope, seal
 from flopnet.protocol.errors import FlopnetError, MalformedMessage, PeerError, ProtocolTimeout
-from flopnet.protocol.host import P2PHost
+from flopnet.protocol.host import Notice, P2PHost
 from flopnet.protocol.identity import Identity, peer_id_from_public_key
 from flopnet.protocol.messages import (
     AnnouncementRange,
@@ -45,6 +46,7 @@ IDLE_POLL_S = 0.2
 TAKEN_BACKOFF_S = 3.0
 ERROR_BACKOFF_S = 2.0
 VERDICT_PATIENCE_S = 900.0
+BAN_WAIT_S = 600.0  # a publisher's ban (its notice says how long; this is the protocol's)
 BATCH_GATHER_S = 0.5
 
 
@@ -68,6 +70,8 @@ class WorkerStats:
     batches: int = 0  # model calls; generations / batches is the batch size achieved
     announcements: int = 0
     resyncs: int = 0
+    bans: int = 0  # peers that told us they banned us
+    refusals: dict[str, int] = field(default_factory=dict)  # claim refusals by code
     last_verdict: str = ""
     recent: list[dict[str, object]] = field(default_factory=list)
 
@@ -88,6 +92,8 @@ class Worker:
         self._trackers: dict[str, SeqTracker] = {}
         self._wakeup = trio.Event()
         self._resync_wanted = trio.Event()
+        self.pacer = ClaimPacer()
+        host.on_notice.append(self.on_notice)
         self.busy = False
         self.phase = "idle"  # idle, generating, submitting, awaiting_verdict
         # Our display name and team go to each validator that credits us (if we have set one).
@@ -217,19 +223,25 @@ class Worker:
             self._wakeup = trio.Event()
             with trio.move_on_after(left):
                 await self._wakeup.wait()
-        while len(leases) < self.config.batch_size:
+        refusals = 0
+        while len(leases) < self.config.batch_size and refusals < self.pacer.refusals_per_round:
             task_id = self._pick(exclude=tried)
             if task_id is None:
                 break
             tried.add(task_id)
+            publisher = self._offers[task_id].publisher_peer
+            await trio.sleep(self.pacer.wait(publisher, time.time()))  # spaced, never a flood
             try:
                 lease_bytes = await self._claim(task_id)
             except FlopnetError as exc:
                 self.stats.errors += 1
                 log.warning("task %s: %s: %s", task_id, type(exc).__name__, exc)
                 self._offers.get(task_id, _Offer("", 0)).not_before = time.time() + ERROR_BACKOFF_S
+                refusals += 1
                 continue
-            if lease_bytes is not None:
+            if lease_bytes is None:
+                refusals += 1
+            else:
                 leases.append(lease_bytes)
         return leases
 
@@ -240,23 +252,47 @@ class Worker:
     def _pick(self, exclude: set[str] | frozenset[str] = frozenset()) -> str | None:
         # A random pick spreads workers over tasks instead of all racing for the first one.
         now = time.time()
-        ready = [t for t, o in self._offers.items() if o.not_before <= now and t not in exclude]
+        ready = [
+            t
+            for t, o in self._offers.items()
+            if o.not_before <= now
+            and t not in exclude
+            and not self.pacer.paused(o.publisher_peer, now)
+        ]
         return random.choice(ready) if ready else None
+
+    def on_notice(self, notice: Notice) -> None:
+        """A peer told us something: a publisher that banned us is left alone until it ends."""
+        if notice.code == "banned":
+            self.stats.bans += 1
+            self.pacer.banned(notice.peer, BAN_WAIT_S, time.time())
 
     async def _claim(self, task_id: str) -> bytes | None:
         offer = self._offers[task_id]
         claim = Claim(version=1, task_id=task_id, nonce=os.urandom(16), claimed_at=time.time())
         # The offer's peer is a publisher of the manifest (its announcement was signed so), and
         # the host checks that the answer is signed by that peer.
+        self.pacer.sent(offer.publisher_peer, time.time())
         opened = await self.host.call(offer.publisher_peer, CLAIM, claim)
         if isinstance(opened.message, Refusal):
             refusal = opened.message
-            if refusal.code in ("task_done", "unknown_task", "failed_before"):
+            now = time.time()
+            self.stats.refusals[refusal.code] = self.stats.refusals.get(refusal.code, 0) + 1
+            if refusal.code in FINAL_REFUSALS:
                 self._offers.pop(task_id, None)
             else:
-                offer.not_before = time.time() + TAKEN_BACKOFF_S
-            log.debug("claim on %s refused: %s", task_id, refusal.reason)
+                offer.not_before = now + TAKEN_BACKOFF_S
+            pause = self.pacer.refused(offer.publisher_peer, refusal.code, now)
+            log.log(
+                logging.INFO if pause else logging.DEBUG,
+                "claim on %s refused: %s: %s%s",
+                task_id,
+                refusal.code,
+                refusal.reason,
+                f" (claims paused {pause:.1f} s)" if pause else "",
+            )
             return None
+        self.pacer.granted(offer.publisher_peer)
         lease = opened.expect(Lease)
         if lease.worker != self.identity.public_key or lease.task_id != task_id:
             raise MalformedMessage("the lease does not match our claim")
