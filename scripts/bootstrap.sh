@@ -31,7 +31,7 @@ fi
 fingerprint() {
   {
     sha256sum pyproject.toml
-    find __init__.py __main__.py py.typed protocol proof verifiers ledger node tui \
+    find __init__.py __main__.py py.typed protocol proof verifiers ledger node tui testing \
       -not -path '*/__pycache__*' \( -name '*.py' -o -name '*.tcss' -o -name 'py.typed' \) | sort
   } | sha256sum | cut -c1-64
 }

@@ -275,3 +275,14 @@ def test_the_book_keeps_one_credit_per_sample_whatever_the_order(
         for w in workers:
             assert book.standing(w).active == held.get(w, 0) >= 0
     assert book.counts()["done"] == len(done_by)
+
+
+def test_a_rejected_worker_cools_down() -> None:
+    book = LeaseBook(lease_seconds=10, max_active_per_worker=4, lapse_cooldown_s=30)
+    for task in "ab":
+        book.add_task(task, 1)
+    grant(book, "a", W1, 0.0, b"1")
+    book.settle(b"1", accepted=False, now=5.0)  # its forged proof failed the audit
+    denied = book.claim("b", W1, 20.0)
+    assert isinstance(denied, Denied) and denied.code == "cooling_down"
+    grant(book, "b", W1, 36.0, b"2")

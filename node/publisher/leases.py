@@ -193,12 +193,15 @@ class LeaseBook:
         self._by_worker_lease[lease_id] = worker
         self.standing(worker).active += 1
 
-    def settle(self, lease_id: bytes, accepted: bool) -> tuple[str, int] | None:
+    def settle(
+        self, lease_id: bytes, accepted: bool, now: float | None = None
+    ) -> tuple[str, int] | None:
         """Apply a validator's verdict on a lease: close the sample or re-open it.
 
         An accepted result closes its sample even when its lease was superseded (it is the one
-        credit of the sample); a rejection of a superseded lease changes nothing. Returns the
-        affected sample, or None when nothing changed.
+        credit of the sample); a rejection of a superseded lease changes nothing. A rejected
+        worker cools down like one whose lease lapsed (given ``now``): forged work costs its
+        sender its next leases. Returns the affected sample, or None when nothing changed.
         """
         key = self._by_lease.get(lease_id)
         if key is None:
@@ -214,6 +217,8 @@ class LeaseBook:
                 s.accepted += 1
             elif current:
                 s.rejected += 1
+                if now is not None:
+                    s.cooldown_until = max(s.cooldown_until, now + self.lapse_cooldown_s)
         if accepted:
             if sample.state is SampleState.LEASED and sample.worker is not None:
                 self.standing(sample.worker).active -= 1

@@ -232,7 +232,7 @@ class Publisher:
 
     def settle(self, lease_id: bytes, accepted: bool) -> None:
         """Apply a validator's verdict: close the sample, or re-open it for another worker."""
-        key = self.book.settle(lease_id, accepted)
+        key = self.book.settle(lease_id, accepted, time.time())
         if key is None:
             return
         if self.store is not None:

@@ -1,0 +1,1 @@
+"""Tools to test flopnet networks: hostile peers that speak the protocol (see ``hostile``)."""
