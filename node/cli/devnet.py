@@ -27,6 +27,8 @@ from typing import Any
 
 from flopnet.node.config import NetworkParams, create_network, recommended_proof_params
 from flopnet.node.profile import save_profile
+from flopnet.node.tasks.base import LANGUAGES
+from flopnet.node.tasks.sources import TaskSourceSpec
 from flopnet.protocol.errors import ConfigError, FlopnetError
 from flopnet.protocol.identity import load_or_create_identity
 from flopnet.protocol.manifest import MANIFEST_FILE
@@ -43,8 +45,13 @@ CHEAT_SEED_OFFSET = 1_000_003
 class DevnetOptions:
     workers: int = 2
     cheaters: int = 0
-    tasks: int = 6
-    tasks_file: Path | None = None
+    tasks: int = 6  # per task source
+    task_sources: tuple[TaskSourceSpec, ...] = ()  # empty: the built-in arithmetic set
+    languages: tuple[str, ...] = LANGUAGES
+    # The validator's LLM judge for llm_judge tasks (the key file's path is handed on).
+    judge_url: str | None = None
+    judge_model: str | None = None
+    judge_key_file: Path | None = None
     max_new_tokens: int = 48
     model: str = "tiny"
     dtype: str = "bfloat16"
@@ -156,6 +163,7 @@ class Devnet:
         self.ready_at: float | None = None
         self.network_id = ""  # derived from the founder key in start()
         self.network_file = self.root / MANIFEST_FILE
+        self.task_count = options.tasks  # the task set's size once the sources are loaded
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -239,9 +247,15 @@ class Devnet:
             pinned = model_weights_sha256(opts.model, seed=params.model_seed, dtype=opts.dtype)
             params = dataclasses.replace(params, weights_sha256=pinned)
         self.network_id = create_network(founder, "devnet", params, self.network_file).network_id
-        task_args = ["--tasks", str(opts.tasks)]
-        if opts.tasks_file is not None:
-            task_args += ["--tasks-file", str(opts.tasks_file)]
+        if opts.task_sources:
+            # Load the set here first: a bad file is reported at once, not in a node's log.
+            from flopnet.node.tasks import load_task_sources
+
+            sources, languages = opts.task_sources, opts.languages
+            self.task_count = len(load_task_sources(sources, limit=opts.tasks, languages=languages))
+        task_args = ["--tasks", str(opts.tasks), "--languages", ",".join(opts.languages)]
+        for source in opts.task_sources:
+            task_args += source.arguments()
         peers_needed = opts.workers + opts.cheaters
         if opts.separate_publisher:
             node_args = ["--role", "validator"]
@@ -262,6 +276,7 @@ class Devnet:
             publisher_args += ["--bootstrap", bootstrap, "--wait-for-workers", str(peers_needed)]
         else:
             node_args += ["--wait-for-workers", str(peers_needed)]
+        node_args += self._judge_args()
         validator = self._spawn(VALIDATOR_DIR, "validator", [*node_args, "--port", str(port)])
         publisher = validator
         if opts.separate_publisher:
@@ -284,6 +299,15 @@ class Devnet:
         for proc in self.procs:
             self._wait_info(proc, deadline)
         self.ready_at = time.time()
+
+    def _judge_args(self) -> list[str]:
+        opts = self.options
+        args = ["--judge-url", opts.judge_url] if opts.judge_url else []
+        if opts.judge_model:
+            args += ["--judge-model", opts.judge_model]
+        if opts.judge_key_file is not None:
+            args += ["--judge-key-file", str(opts.judge_key_file)]
+        return args
 
     # -- watch ---------------------------------------------------------------------------------
 
@@ -387,7 +411,7 @@ class Devnet:
                 }
             )
         validated = sum(c["tasks"] for c in contributors)
-        total = self.options.tasks
+        total = self._task_count()
         return {
             "ok": finished and validated >= total,
             "network_id": self.network_id,
@@ -404,6 +428,12 @@ class Devnet:
             "timing": self._timing(),
             "contributors": contributors,
         }
+
+    def _task_count(self) -> int:
+        """How many tasks the publisher held (several sources give more than ``--tasks``)."""
+        name = PUBLISHER_DIR if self._separate else VALIDATOR_DIR
+        held = ((self.final_status.get(name) or {}).get("publisher") or {}).get("tasks")
+        return held if isinstance(held, int) and held > 0 else self.task_count
 
     def _timing(self) -> dict[str, float | None]:
         """Per-task generation and validation times and proof size, from the nodes' counters."""
