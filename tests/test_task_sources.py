@@ -8,6 +8,8 @@ import argparse
 import contextlib
 import gzip
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -413,3 +415,15 @@ def test_the_validator_gets_the_judge_from_the_node_config(tmp_path: Path) -> No
         JudgeSettings("ftp://x")
     with pytest.raises(ConfigError, match="--languages"):
         NodeConfig(("worker",), tmp_path, config.network, languages=("cobol",))
+
+
+def test_importing_the_tasks_package_stays_cheap() -> None:
+    """No torch, libp2p or sandbox runner behind ``import flopnet.node.tasks`` (the publisher and
+    ``flopnet --help`` import it)."""
+    code = (
+        "import sys, flopnet.node.tasks\n"
+        "heavy = {'torch', 'libp2p', 'transformers', 'flopnet.verifiers.sandbox'}\n"
+        "heavy &= set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
