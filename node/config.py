@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flopnet.node.tasks.base import LANGUAGES
+from flopnet.node.tasks.sources import TaskSourceSpec
 from flopnet.proof.params import CHUNK, POLICY_PARAMS, TOPK
 from flopnet.protocol.errors import ConfigError
 from flopnet.protocol.identity import Identity
@@ -205,10 +207,15 @@ class EnvSettings:
     log_level: str = "INFO"
     torch_threads: int = 0  # 0: torch's default
     data_root: Path = field(default_factory=lambda: Path.home() / ".flopnet")
+    # The validator's LLM judge (an OpenAI-compatible endpoint); flags override these.
+    judge_url: str | None = None
+    judge_model: str | None = None
+    judge_api_key: str | None = field(default=None, repr=False)
 
 
 def env_settings(environ: dict[str, str] | None = None) -> EnvSettings:
-    """Read FLOPNET_LOG_LEVEL, FLOPNET_TORCH_THREADS and FLOPNET_HOME."""
+    """Read FLOPNET_LOG_LEVEL, FLOPNET_TORCH_THREADS, FLOPNET_HOME and the judge's
+    FLOPNET_JUDGE_URL, FLOPNET_JUDGE_MODEL and FLOPNET_JUDGE_API_KEY."""
     env = dict(os.environ) if environ is None else environ
     threads_text = env.get("FLOPNET_TORCH_THREADS", "0")
     try:
@@ -220,7 +227,47 @@ def env_settings(environ: dict[str, str] | None = None) -> EnvSettings:
         log_level=env.get("FLOPNET_LOG_LEVEL", "INFO").upper(),
         torch_threads=max(0, threads),
         data_root=Path(home) if home else Path.home() / ".flopnet",
+        judge_url=env.get("FLOPNET_JUDGE_URL") or None,
+        judge_model=env.get("FLOPNET_JUDGE_MODEL") or None,
+        judge_api_key=env.get("FLOPNET_JUDGE_API_KEY") or None,
     )
+
+
+MAX_KEY_FILE_BYTES = 4096
+
+
+def read_key_file(path: Path) -> str:
+    """An API key from a file only its owner can read (like the identity key); ConfigError
+    when it is unreadable, empty, too long or readable by others."""
+    try:
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            raise ConfigError(f"{path} is readable by others: chmod 600 {path}")
+        data = path.read_bytes()[: MAX_KEY_FILE_BYTES + 1]
+    except OSError as exc:
+        raise ConfigError(f"cannot read key file {path}: {exc}") from None
+    try:
+        key = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: a key file must hold UTF-8 text") from None
+    if not key or len(data) > MAX_KEY_FILE_BYTES or any(c.isspace() for c in key):
+        raise ConfigError(f"{path}: expected one key of at most {MAX_KEY_FILE_BYTES} bytes")
+    return key
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    """Where a validator's LLM judge is (an OpenAI-compatible base URL) and how to call it."""
+
+    url: str | None = None
+    model: str = "judge"
+    api_key: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"--judge-url must be an http(s) URL, not {self.url!r}")
+        if not self.model or len(self.model) > 256:
+            raise ConfigError("--judge-model must be 1-256 characters")
 
 
 @dataclass(frozen=True)
@@ -234,8 +281,9 @@ class NodeConfig:
     listen_ip: str = "127.0.0.1"
     bootstrap: tuple[str, ...] = ()
     api_port: int = 0
-    tasks: int = 6
-    tasks_file: Path | None = None
+    tasks: int = 6  # per task source (the built-in set counts as one)
+    task_sources: tuple[TaskSourceSpec, ...] = ()  # --tasks-file (empty: the built-in set)
+    languages: tuple[str, ...] = LANGUAGES  # the languages code problems are posed in
     task_seed: int = 0
     wait_for_workers: int = 0
     model_seed_override: int | None = None  # a forged computation, for devnet cheaters only
@@ -250,6 +298,7 @@ class NodeConfig:
     # Publisher: active leases one worker may hold (a batching worker needs several).
     max_leases_per_worker: int = 8
     newcomer_leases: int = 1  # publisher: leases a worker without accepted work may hold
+    judge: JudgeSettings = field(default_factory=JudgeSettings)  # validator: llm_judge tasks
 
     def __post_init__(self) -> None:
         if self.backend not in ("auto", "hf", "vllm"):
@@ -271,6 +320,8 @@ class NodeConfig:
             raise ConfigError("ports must be in 0..65535")
         if self.tasks < 1:
             raise ConfigError("--tasks must be at least 1")
+        if not self.languages or any(lang not in LANGUAGES for lang in self.languages):
+            raise ConfigError(f"--languages must name some of {', '.join(LANGUAGES)}")
 
     @property
     def model_seed(self) -> int:

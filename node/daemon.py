@@ -16,7 +16,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -35,7 +35,7 @@ from flopnet.node.local import (
 )
 from flopnet.node.publisher.store import PublisherStore
 from flopnet.node.sqlite_files import private_file
-from flopnet.node.tasks import Task, builtin_tasks, load_tasks_file
+from flopnet.node.tasks import Task, builtin_tasks, load_task_sources
 from flopnet.node.validator.inbox import Inbox
 from flopnet.protocol.catalog import (
     ANNOUNCEMENTS,
@@ -56,14 +56,36 @@ from flopnet.protocol.host import P2PHost
 from flopnet.protocol.identity import load_or_create_identity
 from flopnet.protocol.messages import CreditBody
 
+if TYPE_CHECKING:
+    from flopnet.verifiers.registry import VerifyOptions
+
 log = logging.getLogger("flopnet.node")
 
 
 def load_task_set(config: NodeConfig) -> list[Task]:
-    """The node's task set: a tasks file if given, else the built-in generator."""
-    if config.tasks_file is not None:
-        return load_tasks_file(config.tasks_file, limit=config.tasks)
+    """The node's task set: its task sources (``config.tasks`` from each), else the built-in
+    generator."""
+    if config.task_sources:
+        return load_task_sources(
+            config.task_sources,
+            limit=config.tasks,
+            languages=config.languages,
+            seed=config.task_seed,
+        )
     return builtin_tasks(config.tasks, seed=config.task_seed)
+
+
+def verify_options(config: NodeConfig) -> VerifyOptions:
+    """The validator's verifier settings: the truncation rule's cap and the LLM judge."""
+    from flopnet.verifiers.registry import VerifyOptions
+
+    judge = config.judge
+    return VerifyOptions(
+        max_tokens=config.network.max_new_tokens,
+        judge_url=judge.url,
+        judge_model=judge.model,
+        judge_api_key=judge.api_key,
+    )
 
 
 def setup_logging(data_dir: Path, level: str) -> None:
@@ -199,7 +221,7 @@ async def run_node(config: NodeConfig) -> None:
         network_state: dict[str, Any] = {"reachable": None, "relayed_addrs": []}
         # A validator beside its publisher holds the task set; a validator alone holds only a
         # tasks file it was given and fetches every other spec from the leasing publisher.
-        if "publisher" in roles or ("validator" in roles and config.tasks_file is not None):
+        if "publisher" in roles or ("validator" in roles and config.task_sources):
             tasks = load_task_set(config)
         else:
             tasks = []
@@ -241,12 +263,14 @@ async def run_node(config: NodeConfig) -> None:
             from flopnet.node.validator.task_source import TaskSource
             from flopnet.node.validator.validator import Validator
             from flopnet.verifiers.pool import MATH_WARMUP, VerifierPool
-            from flopnet.verifiers.registry import Verifiers, VerifyOptions
+            from flopnet.verifiers.registry import Verifiers
 
             assert model is not None
             pool = VerifierPool(config.verifier_workers, warmup=(MATH_WARMUP,))
             stack.callback(pool.close)
-            verifiers = Verifiers(VerifyOptions(max_tokens=net.max_new_tokens), pool=pool)
+            if config.judge.url is None and any(t.task_type == "llm_judge" for t in tasks):
+                log.warning("llm_judge tasks but no --judge-url: their answers stay unjudged")
+            verifiers = Verifiers(verify_options(config), pool=pool)
             inbox = Inbox(config.data_dir / INBOX_FILE)
             stack.callback(inbox.close)
             await trio.to_thread.run_sync(pool.wait_ready)

@@ -118,7 +118,7 @@ def test_bad_task_files(tmp_path: Path) -> None:
         load_tasks_file(bad)
     missing = tmp_path / "missing.json"
     missing.write_text(json.dumps([{"question": "x"}]))
-    with pytest.raises(ConfigError, match=r"is not a math .* HumanEval or MBPP task"):
+    with pytest.raises(ConfigError, match=r"not a task format flopnet knows .* --map"):
         load_tasks_file(missing)
     with pytest.raises(ConfigError, match="cannot read"):
         load_tasks_file(tmp_path / "nope.json")
@@ -133,7 +133,8 @@ def test_code_tasks_load_and_their_tests_judge_solutions() -> None:
     fails."""
     import gzip
 
-    from flopnet.node.model.prompt import CODE_DIRECTIVE, format_r1_prompt
+    from flopnet.node.model.prompt import format_r1_prompt
+    from flopnet.node.tasks import user_message
     from flopnet.verifiers.registry import Verifiers, VerifyOptions
 
     humaneval = load_tasks_file(DATA / "HumanEval.jsonl.gz", limit=2)
@@ -141,7 +142,8 @@ def test_code_tasks_load_and_their_tests_judge_solutions() -> None:
     assert [t.task_type for t in humaneval + mbpp] == ["code"] * 4
     assert humaneval[0].task_id.startswith("HumanEval-0-") and mbpp[0].task_id.startswith("mbpp-0-")
     assert "def " in humaneval[0].problem and "entry_point" in humaneval[0].verifier
-    assert CODE_DIRECTIVE in format_r1_prompt(humaneval[0].problem, directive=CODE_DIRECTIVE)
+    prompt = format_r1_prompt(user_message(humaneval[0]), directive="")
+    assert "using the programming language python" in prompt and "```python code block" in prompt
     with gzip.open(DATA / "HumanEval.jsonl.gz", "rt") as f:
         first = json.loads(f.readline())
     solution = first["prompt"] + first["canonical_solution"]

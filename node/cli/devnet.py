@@ -32,6 +32,8 @@ from flopnet.node.local import (
     read_node_info,
 )
 from flopnet.node.profile import save_profile
+from flopnet.node.tasks.base import LANGUAGES
+from flopnet.node.tasks.sources import TaskSourceSpec
 from flopnet.protocol.errors import ConfigError, FlopnetError
 from flopnet.protocol.identity import load_or_create_identity
 from flopnet.protocol.manifest import MANIFEST_FILE
@@ -48,8 +50,13 @@ CHEAT_SEED_OFFSET = 1_000_003
 class DevnetOptions:
     workers: int = 2
     cheaters: int = 0
-    tasks: int = 6
-    tasks_file: Path | None = None
+    tasks: int = 6  # per task source
+    task_sources: tuple[TaskSourceSpec, ...] = ()  # empty: the built-in arithmetic set
+    languages: tuple[str, ...] = LANGUAGES
+    # The validator's LLM judge for llm_judge tasks (the key file's path is handed on).
+    judge_url: str | None = None
+    judge_model: str | None = None
+    judge_key_file: Path | None = None
     max_new_tokens: int = 48
     model: str = "tiny"
     dtype: str = "bfloat16"
@@ -130,6 +137,7 @@ class Devnet:
         self.ready_at: float | None = None
         self.network_id = ""  # derived from the founder key in start()
         self.network_file = self.root / MANIFEST_FILE
+        self.task_count = options.tasks  # the task set's size once the sources are loaded
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -211,10 +219,17 @@ class Devnet:
             pinned = model_weights_sha256(opts.model, seed=params.model_seed, dtype=opts.dtype)
             params = dataclasses.replace(params, weights_sha256=pinned)
         self.network_id = create_network(founder, "devnet", params, self.network_file).network_id
+        if opts.task_sources:
+            # Load the set here first: a bad file is reported at once, not in a node's log.
+            from flopnet.node.tasks import load_task_sources
+
+            sources, languages = opts.task_sources, opts.languages
+            self.task_count = len(load_task_sources(sources, limit=opts.tasks, languages=languages))
+        task_args = ["--tasks", str(opts.tasks), "--languages", ",".join(opts.languages)]
+        for source in opts.task_sources:
+            task_args += source.arguments()
         # A newcomer earns its leases; a devnet's own workers may fill a batch from the start.
-        task_args = ["--tasks", str(opts.tasks), "--newcomer-leases", str(opts.batch_size)]
-        if opts.tasks_file is not None:
-            task_args += ["--tasks-file", str(opts.tasks_file)]
+        task_args += ["--newcomer-leases", str(opts.batch_size)]
         peers_needed = opts.workers + opts.cheaters
         if opts.separate_publisher:
             node_args = ["--role", "validator"]
@@ -235,6 +250,7 @@ class Devnet:
             publisher_args += ["--bootstrap", bootstrap, "--wait-for-workers", str(peers_needed)]
         else:
             node_args += ["--wait-for-workers", str(peers_needed)]
+        node_args += self._judge_args()
         validator = self._spawn(VALIDATOR_DIR, "validator", [*node_args, "--port", str(port)])
         publisher = validator
         if opts.separate_publisher:
@@ -257,6 +273,15 @@ class Devnet:
         for proc in self.procs:
             self._wait_info(proc, deadline)
         self.ready_at = time.time()
+
+    def _judge_args(self) -> list[str]:
+        opts = self.options
+        args = ["--judge-url", opts.judge_url] if opts.judge_url else []
+        if opts.judge_model:
+            args += ["--judge-model", opts.judge_model]
+        if opts.judge_key_file is not None:
+            args += ["--judge-key-file", str(opts.judge_key_file)]
+        return args
 
     # -- watch ---------------------------------------------------------------------------------
 
@@ -360,7 +385,7 @@ class Devnet:
                 }
             )
         validated = sum(c["tasks"] for c in contributors)
-        total = self.options.tasks
+        total = self._task_count()
         return {
             "ok": finished and validated >= total,
             "network_id": self.network_id,
@@ -377,6 +402,12 @@ class Devnet:
             "timing": self._timing(),
             "contributors": contributors,
         }
+
+    def _task_count(self) -> int:
+        """How many tasks the publisher held (several sources give more than ``--tasks``)."""
+        name = PUBLISHER_DIR if self._separate else VALIDATOR_DIR
+        held = ((self.final_status.get(name) or {}).get("publisher") or {}).get("tasks")
+        return held if isinstance(held, int) and held > 0 else self.task_count
 
     def _timing(self) -> dict[str, float | None]:
         """Per-task generation and validation times and proof size, from the nodes' counters."""

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from flopnet.node.cli.task_args import add_judge_arguments, add_task_arguments
 from flopnet.protocol.errors import FlopnetError
 
 
@@ -43,9 +44,11 @@ def _add_node(sub: argparse._SubParsersAction) -> None:
         help="multiaddr of a Circuit Relay v2 node to reserve a slot on (when behind NAT)",
     )
     p.add_argument("--mdns", action="store_true", help="discover peers on the LAN (off by default)")
-    p.add_argument("--tasks", type=int, default=6, help="number of tasks to load")
-    p.add_argument("--tasks-file", type=Path, help="DeepScaleR-style JSON or JSONL task file")
-    p.add_argument("--task-seed", type=int, default=0, help="seed of the built-in task generator")
+    add_task_arguments(p)
+    p.add_argument(
+        "--task-seed", type=int, default=0, help="seed of the built-in and generated task sets"
+    )
+    add_judge_arguments(p)
     p.add_argument(
         "--wait-for-workers", type=int, default=0, help="publisher: announce once N peers connect"
     )
@@ -93,8 +96,8 @@ def _add_devnet(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--pin-weights", action="store_true", help="pin the model's weights hash in the manifest"
     )
-    p.add_argument("--tasks", type=int, default=6, help="tasks to validate")
-    p.add_argument("--tasks-file", type=Path, help="DeepScaleR-style JSON or JSONL task file")
+    add_task_arguments(p)
+    add_judge_arguments(p)
     p.add_argument("--max-new-tokens", type=int, default=48, help="generation length cap")
     p.add_argument("--model", default="tiny", help="seeded model name or Hugging Face id")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
@@ -154,6 +157,7 @@ def build_parser() -> tuple[
 def _cmd_node(args: argparse.Namespace) -> int:
     import trio
 
+    from flopnet.node.cli.task_args import judge_settings, languages, task_sources
     from flopnet.node.config import NetworkParams, NodeConfig, env_settings
     from flopnet.node.daemon import run_node, setup_logging
 
@@ -169,7 +173,8 @@ def _cmd_node(args: argparse.Namespace) -> int:
         mdns=args.mdns,
         api_port=args.api_port,
         tasks=args.tasks,
-        tasks_file=args.tasks_file,
+        task_sources=task_sources(args),
+        languages=languages(args),
         task_seed=args.task_seed,
         wait_for_workers=args.wait_for_workers,
         model_seed_override=args.cheat_model_seed,
@@ -180,6 +185,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         audit_batch=args.audit_batch,
         max_leases_per_worker=args.max_leases_per_worker,
         newcomer_leases=args.newcomer_leases,
+        judge=judge_settings(args, env),
     )
     setup_logging(config.data_dir, env.log_level)
     trio.run(run_node, config)
@@ -188,6 +194,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
 
 def _cmd_devnet(args: argparse.Namespace) -> int:
     from flopnet.node.cli.devnet import DevnetOptions, run_devnet
+    from flopnet.node.cli.task_args import languages, task_sources
 
     options = DevnetOptions(
         workers=args.workers,
@@ -195,7 +202,11 @@ def _cmd_devnet(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         pin_weights=args.pin_weights,
         tasks=args.tasks,
-        tasks_file=args.tasks_file,
+        task_sources=task_sources(args),
+        languages=languages(args),
+        judge_url=args.judge_url,
+        judge_model=args.judge_model,
+        judge_key_file=args.judge_key_file,
         max_new_tokens=args.max_new_tokens,
         model=args.model,
         dtype=args.dtype,

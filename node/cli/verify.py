@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from flopnet.node.cli.task_args import add_judge_arguments
 
 #: Exit codes: 0 all lines judged, 1 some lines were malformed, 2 nothing could be judged.
 EXIT_OK, EXIT_MALFORMED, EXIT_UNUSABLE = 0, 1, 2
@@ -40,8 +41,7 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Na
         help="allow --sandbox unsafe: run untrusted code with NO isolation",
     )
     p.add_argument("--docker-url", help="Docker daemon URL (default: DOCKER_HOST or the socket)")
-    p.add_argument("--judge-url", help="OpenAI-compatible base URL for llm_judge tasks")
-    p.add_argument("--judge-model", default="judge", help="model name sent to the judge")
+    add_judge_arguments(p)
     p.add_argument(
         "--no-require-boxed", action="store_true", help="math: accept an answer without \\boxed"
     )
@@ -105,6 +105,8 @@ def _progress(total: int | None, disabled: bool) -> Any:
 
 def run_verify(args: argparse.Namespace) -> int:
     """The ``verify`` handler."""
+    from flopnet.node.cli.task_args import judge_settings
+    from flopnet.node.config import env_settings
     from flopnet.protocol.errors import VerifierError
     from flopnet.verifiers.registry import Verifiers, VerifyOptions
     from flopnet.verifiers.result import Result
@@ -113,6 +115,7 @@ def run_verify(args: argparse.Namespace) -> int:
         print(f"flopnet verify: no such file: {args.file}", file=sys.stderr)
         return EXIT_UNUSABLE
     total, types = _scan(args.file)
+    judge = judge_settings(args, env_settings())
     options = VerifyOptions(
         require_boxed=not args.no_require_boxed,
         sandbox=args.sandbox,
@@ -120,9 +123,9 @@ def run_verify(args: argparse.Namespace) -> int:
         docker_url=args.docker_url,
         require_fence=not args.no_require_fence,
         code_budget_s=args.code_budget,
-        judge_url=args.judge_url,
-        judge_model=args.judge_model,
-        judge_api_key=os.environ.get("FLOPNET_JUDGE_API_KEY"),
+        judge_url=judge.url,
+        judge_model=judge.model,
+        judge_api_key=judge.api_key,
         max_tokens=args.max_tokens,
         rules_gate=args.rules_gate,
     )

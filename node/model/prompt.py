@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from flopnet.node.model.tokenizer import ASSISTANT, THINK_OPEN, USER
+from flopnet.node.tasks.prompts import MATH_DIRECTIVE
 
-# DeepSeek's recommended directive for math problems (DeepSeek-R1 model card, usage notes).
-MATH_DIRECTIVE = "Please reason step by step, and put your final answer within \\boxed{}."
-# For code tasks: the verifier runs the last fenced Python block against the task's tests.
-CODE_DIRECTIVE = "Write your complete solution in Python in a single ```python code block."
-DIRECTIVES = {"math": MATH_DIRECTIVE, "code": CODE_DIRECTIVE}
-
+# The instruction texts per task type and language live with the tasks
+# (``flopnet.node.tasks.prompts``): a task decides its user message, the template wraps it.
 
 # The prompt ends inside the reasoning block, so a response is judged as if it began with this.
 RESPONSE_PREFIX = f"{THINK_OPEN}\n"

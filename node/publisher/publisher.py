@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 import trio
 
 from flopnet.node.config import NodeConfig
-from flopnet.node.model.prompt import DIRECTIVES, MATH_DIRECTIVE, format_r1_prompt
+from flopnet.node.model.prompt import format_r1_prompt
 from flopnet.node.model.tokenizer import Tokenizer
 from flopnet.node.publisher.announcements import AnnouncementLog
 from flopnet.node.publisher.leases import Denied, Grant, LeaseBook, validator_for
 from flopnet.node.publisher.store import PublisherStore
-from flopnet.node.tasks import Task, task_spec
+from flopnet.node.tasks import Task, task_spec, user_message
 from flopnet.protocol.catalog import lease_grace, tasks_topic
 from flopnet.protocol.envelope import Opened, seal
 from flopnet.protocol.guard import Violation
@@ -107,9 +107,8 @@ class Publisher:
         """The token ids of a task's prompt: assigned here, so worker and validator agree."""
         ids = self._prompt_ids.get(task.task_id)
         if ids is None:
-            text = format_r1_prompt(
-                task.problem, directive=DIRECTIVES.get(task.task_type, MATH_DIRECTIVE)
-            )
+            # The task decides the user message (problem + instruction); the template wraps it.
+            text = format_r1_prompt(user_message(task), directive="")
             ids = tuple(self.tokenizer.encode(text, add_bos=True))
             self._prompt_ids[task.task_id] = ids
         return ids
