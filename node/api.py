@@ -8,9 +8,7 @@ The TUI and the devnet talk to nodes through this API only.
 from __future__ import annotations
 
 import hmac
-import os
 import secrets
-import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from starlette.routing import Route
 
 from flopnet.node.local import TOKEN_FILE
 from flopnet.protocol.errors import ConfigError
+from flopnet.protocol.identity import load_or_create_private
 
 TOKEN_CHARS = 32  # hex digits: 128 random bits
 
@@ -34,23 +33,10 @@ def load_or_create_token(data_dir: Path) -> str:
     token would open the API to ``Authorization: Bearer `` (delete the file to make a new one).
     """
     path = data_dir / TOKEN_FILE
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            raise ConfigError(
-                f"{path} has mode {mode:o}; it must be readable by its owner only (chmod 600)"
-            ) from None
-        token = path.read_text().strip()
-        if len(token) != TOKEN_CHARS or any(c not in "0123456789abcdef" for c in token):
-            raise ConfigError(
-                f"{path} holds no valid API token; delete it to make a new one"
-            ) from None
-        return token
-    token = secrets.token_hex(TOKEN_CHARS // 2)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(token)
+    raw = load_or_create_private(path, lambda: secrets.token_hex(TOKEN_CHARS // 2).encode())
+    token = raw.decode("ascii", "replace").strip()
+    if len(token) != TOKEN_CHARS or any(c not in "0123456789abcdef" for c in token):
+        raise ConfigError(f"{path} holds no valid API token; delete it to make a new one")
     return token
 
 

@@ -20,7 +20,7 @@ from flopnet.node.tasks.base import LANGUAGES
 from flopnet.node.tasks.sources import TaskSourceSpec
 from flopnet.proof.params import CHUNK, POLICY_PARAMS, TOPK
 from flopnet.protocol.errors import ConfigError
-from flopnet.protocol.identity import Identity
+from flopnet.protocol.identity import Identity, read_private
 from flopnet.protocol.manifest import create_manifest, load_manifest
 from flopnet.protocol.messages import NetworkManifest
 
@@ -239,13 +239,7 @@ MAX_KEY_FILE_BYTES = 4096
 def read_key_file(path: Path) -> str:
     """An API key from a file only its owner can read (like the identity key); ConfigError
     when it is unreadable, empty, too long or readable by others."""
-    try:
-        mode = path.stat().st_mode
-        if mode & 0o077:
-            raise ConfigError(f"{path} is readable by others: chmod 600 {path}")
-        data = path.read_bytes()[: MAX_KEY_FILE_BYTES + 1]
-    except OSError as exc:
-        raise ConfigError(f"cannot read key file {path}: {exc}") from None
+    data = read_private(path, MAX_KEY_FILE_BYTES)
     try:
         key = data.decode("utf-8").strip()
     except UnicodeDecodeError:

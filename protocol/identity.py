@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,32 +110,52 @@ class Identity:
         return f"Identity(peer_id={self.peer_id!r})"
 
 
-def load_or_create_identity(data_dir: Path) -> Identity:
-    """Load ``identity.key`` from ``data_dir``, creating it (mode 0600) on first use.
+def read_private(path: Path, max_bytes: int = 4096) -> bytes:
+    """The bytes of a secret file (a key, a token) that only its owner can read.
 
-    A key file readable by group or others is refused: it would let another local user
-    impersonate the node and steal its credit.
+    A file readable by group or others is refused: another local user could use the secret
+    (impersonate the node and steal its credit, or drive its API).
     """
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise ConfigError(
+                f"{path} has mode {mode:o}; it must be readable by its owner only (chmod 600)"
+            )
+        with path.open("rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise ConfigError(f"{path} is larger than {max_bytes} bytes: not a key")
+    return data
+
+
+def load_or_create_private(path: Path, make: Callable[[], bytes]) -> bytes:
+    """A secret file's bytes: created with ``make()`` (mode 0600, fsynced) when missing, read
+    with :func:`read_private`'s checks when present."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return read_private(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {path}: {exc.strerror or exc}") from None
+    data = make()
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return data
+
+
+def load_or_create_identity(data_dir: Path) -> Identity:
+    """Load ``identity.key`` from ``data_dir``, creating it (mode 0600) on first use."""
     try:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
         raise ConfigError(f"cannot create the data directory {data_dir}: {exc.strerror}") from None
     path = data_dir / KEY_FILE
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            raise ConfigError(
-                f"{path} has mode {mode:o}; it must be readable by its owner only (chmod 600)"
-            ) from None
-        seed = path.read_bytes()
-        if len(seed) != 32:
-            raise ConfigError(f"{path} is corrupt: expected 32 bytes, found {len(seed)}") from None
-        return Identity(seed)
-    identity = Identity.generate()
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(identity.seed)
-        handle.flush()
-        os.fsync(handle.fileno())
-    return identity
+    seed = load_or_create_private(path, lambda: Identity.generate().seed)
+    if len(seed) != 32:
+        raise ConfigError(f"{path} is corrupt: expected 32 bytes, found {len(seed)}")
+    return Identity(seed)

@@ -49,18 +49,25 @@ from flopnet.protocol.messages import (
 
 @dataclass(frozen=True)
 class Target:
-    """The network under attack: its id, where to connect, and who publishes and validates."""
+    """The network under attack: its id, where to connect, and who publishes and validates.
+
+    ``on_ready`` is called once the attack's identities are up and connected (a benchmark
+    starts its clock there).
+    """
 
     network_id: str
     bootstrap: str
     publishers: tuple[bytes, ...]
     validators: tuple[bytes, ...]
+    on_ready: Callable[[], None] | None = field(default=None, compare=False)
 
     @classmethod
-    def from_manifest(cls, manifest: Path, bootstrap: str) -> Target:
+    def from_manifest(
+        cls, manifest: Path, bootstrap: str, on_ready: Callable[[], None] | None = None
+    ) -> Target:
         """A target from a network manifest file and one peer's multiaddr."""
         m = load_manifest(manifest)
-        return cls(m.network_id, bootstrap, tuple(m.publishers), tuple(m.validators))
+        return cls(m.network_id, bootstrap, tuple(m.publishers), tuple(m.validators), on_ready)
 
     @property
     def publisher_peer(self) -> str:
@@ -87,9 +94,15 @@ class Outcome:
     banned_identities: int = 0
     notices: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    started: float = 0.0  # when the identities were up (monotonic clock)
+
+    def elapsed(self) -> float:
+        """Seconds since the attack started (0 before)."""
+        return time.monotonic() - self.started if self.started else 0.0
 
     def as_json(self) -> dict[str, Any]:
         out = asdict(self)
+        out.pop("started")
         out["refusals"], out["errors"] = dict(self.refusals), dict(self.errors)
         return out
 
@@ -121,6 +134,9 @@ async def hostile_peers(
             await stack.enter_async_context(host.running())
             with contextlib.suppress(FlopnetError):
                 await host.connect(target.bootstrap)
+        outcome.started = time.monotonic()
+        if target.on_ready is not None:
+            target.on_ready()
         yield hosts
 
 
@@ -156,14 +172,13 @@ async def hoard(target: Target, identities: int, seconds: float) -> Outcome:
     """Sybil lease hoarding: fresh identities claim every task they can, as fast as they can,
     and never submit (the attack that once took every open task and got honest workers banned)."""
     outcome = Outcome("hoard")
-    started = time.monotonic()
     held: list[tuple[float, bytes]] = []  # (expires_at, lease) of every lease we hold
 
     async def run(host: P2PHost, tasks: list[str]) -> None:
         tasks = random.sample(tasks, len(tasks))  # the identities spread over the tasks
-        while time.monotonic() - started < seconds:
+        while outcome.elapsed() < seconds:
             for task_id in tasks:
-                if time.monotonic() - started >= seconds:
+                if outcome.elapsed() >= seconds:
                     return
                 lease_bytes = await _claim(host, target, task_id, outcome)
                 if lease_bytes is not None:
@@ -179,7 +194,7 @@ async def hoard(target: Target, identities: int, seconds: float) -> Outcome:
         async with trio.open_nursery() as nursery:
             for host in hosts:
                 nursery.start_soon(run, host, tasks)
-    outcome.seconds = time.monotonic() - started
+    outcome.seconds = outcome.elapsed()
     return outcome
 
 
@@ -240,7 +255,6 @@ async def forged_submissions(target: Target, count: int, rate: float) -> Outcome
     """Submissions that carry leases the attacker signed itself (they once got receipts, ledger
     entries and inbox space for nothing)."""
     outcome = Outcome("forged_submissions")
-    started = time.monotonic()
     async with hostile_peers(target, 1, outcome) as (host,):
         for _ in range(count):
             data = garbage_submission(
@@ -248,7 +262,7 @@ async def forged_submissions(target: Target, count: int, rate: float) -> Outcome
             )
             await _submit(host, target, data, outcome)
             await trio.sleep(1.0 / rate)
-    outcome.seconds = time.monotonic() - started
+    outcome.seconds = outcome.elapsed()
     return outcome
 
 
@@ -256,11 +270,10 @@ async def garbage(target: Target, identities: int, seconds: float) -> Outcome:
     """Sybils claim real leases and submit garbage with well-formed proofs: each one costs the
     validator an audit prefill, and the attacker nothing but an identity."""
     outcome = Outcome("garbage")
-    started = time.monotonic()
 
     async def run(host: P2PHost, tasks: list[str]) -> None:
         for task_id in tasks:
-            if time.monotonic() - started >= seconds:
+            if outcome.elapsed() >= seconds:
                 return
             lease_bytes = await _claim(host, target, task_id, outcome)
             if lease_bytes is not None:
@@ -272,7 +285,7 @@ async def garbage(target: Target, identities: int, seconds: float) -> Outcome:
         async with trio.open_nursery() as nursery:
             for host in hosts:
                 nursery.start_soon(run, host, tasks)
-    outcome.seconds = time.monotonic() - started
+    outcome.seconds = outcome.elapsed()
     return outcome
 
 
@@ -281,7 +294,6 @@ async def replay_gossip(target: Target, seconds: float, rate: float) -> Outcome:
     per second (every node used to verify each copy in full)."""
     outcome = Outcome("replay_gossip")
     captured: list[tuple[str, bytes]] = []
-    started = time.monotonic()
     async with hostile_peers(target, 1, outcome) as (host,):
         topics = [ledger_topic(target.network_id), heartbeat_topic(target.network_id)]
         for topic in topics:
@@ -296,23 +308,22 @@ async def replay_gossip(target: Target, seconds: float, rate: float) -> Outcome:
         with trio.move_on_after(min(10.0, seconds)):
             while not captured:
                 await trio.sleep(0.1)
-        while captured and time.monotonic() - started < seconds:
+        while captured and outcome.elapsed() < seconds:
             topic, data = captured[outcome.published % len(captured)]
             with contextlib.suppress(Exception):
                 await host.publish(topic, data)
                 outcome.published += 1
             await trio.sleep(1.0 / rate)
-    outcome.seconds = time.monotonic() - started
+    outcome.seconds = outcome.elapsed()
     return outcome
 
 
 async def heartbeat_flood(target: Target, seconds: float, rate: float) -> Outcome:
     """Fresh, validly signed heartbeats of one's own at ``rate`` per second."""
     outcome = Outcome("heartbeat_flood")
-    started = time.monotonic()
     async with hostile_peers(target, 1, outcome) as (host,):
         topic = heartbeat_topic(target.network_id)
-        while time.monotonic() - started < seconds:
+        while outcome.elapsed() < seconds:
             beat = Heartbeat(
                 version=1,
                 roles=("worker",),
@@ -328,7 +339,7 @@ async def heartbeat_flood(target: Target, seconds: float, rate: float) -> Outcom
                 await host.publish(topic, seal(beat, host.identity, target.network_id))
                 outcome.published += 1
             await trio.sleep(1.0 / rate)
-    outcome.seconds = time.monotonic() - started
+    outcome.seconds = outcome.elapsed()
     return outcome
 
 
@@ -361,7 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="messages per second")
     parser.add_argument("--out", type=Path, help="write the outcome here (JSON)")
     args = parser.parse_args(argv)
-    target = Target.from_manifest(args.manifest, args.bootstrap)
+    # One line on stderr when the attack really starts (its identities are up): a benchmark's clock.
+    target = Target.from_manifest(
+        args.manifest, args.bootstrap, lambda: print("attacking", file=sys.stderr, flush=True)
+    )
     outcome = trio.run(run_attack, args.attack, target, args)
     text = json.dumps(outcome.as_json(), indent=1)
     if args.out is not None:

@@ -383,7 +383,7 @@ def test_command_line_sources_maps_languages_and_judge(tmp_path: Path) -> None:
     assert (judge.url, judge.model, judge.api_key) == ("http://127.0.0.1:9/v1", "grader", "sk-test")
     assert "sk-test" not in repr(judge)
     key.chmod(0o644)
-    with pytest.raises(ConfigError, match="readable by others"):
+    with pytest.raises(ConfigError, match="readable by its owner only"):
         judge_settings(args, EnvSettings())
     with pytest.raises(ConfigError, match="unknown role"):
         task_sources(_parse("--tasks-file", "a.json", "--map", "x=y"))
