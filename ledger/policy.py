@@ -94,6 +94,20 @@ def credit_state(
     return CreditState.PENDING
 
 
+def credit_states(
+    credits: Iterable[Credit], invalidations: Iterable[Invalidation], now: float, lock_window: float
+) -> dict[tuple[bytes, int], CreditState]:
+    """The state of every credit, keyed by (signer, seq): :func:`credit_state` for each, with the
+    invalidations grouped by contributor first (a ledger holds many of both)."""
+    by_contributor: dict[bytes, list[Invalidation]] = {}
+    for inv in invalidations:
+        by_contributor.setdefault(inv.contributor, []).append(inv)
+    return {
+        (c.signer, c.seq): credit_state(c, by_contributor.get(c.contributor, ()), now, lock_window)
+        for c in credits
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Adaptive auditing
 

@@ -32,7 +32,7 @@ from flopnet.ledger.chain import (
     verify_entry,
 )
 from flopnet.ledger.derived import DAY, HOUR, QUARTER, Sums, derive
-from flopnet.ledger.policy import AuditRecord
+from flopnet.ledger.policy import AuditRecord, Credit, Invalidation
 from flopnet.ledger.schema import INSERT, migrate, write_sums
 from flopnet.protocol.codec import Record
 from flopnet.protocol.envelope import open_envelope
@@ -463,6 +463,31 @@ class LedgerStore:
             (signer,),
         )
         return {(str(task), int(index)) for task, index in rows}
+
+    def policy_records(
+        self, signers: Sequence[bytes] | None = None
+    ) -> tuple[list[Credit], list[Invalidation]]:
+        """Every credit and invalidation (of ``signers``' chains, or all) as the credit policy
+        sees them (``ledger.policy.credit_states``)."""
+        where, params = "", tuple(signers or ())
+        if signers is not None:
+            where = f" WHERE signer IN ({', '.join('?' for _ in params)})"
+        credits = [
+            Credit(bytes(s), int(q), bytes(c), float(ts), int(f), bool(a))
+            for s, q, c, ts, f, a in self._conn.execute(
+                "SELECT signer, seq, contributor, timestamp, flops, accepted FROM credits" + where,
+                params,
+            )
+        ]
+        invalidations = [
+            Invalidation(bytes(c), float(ts), str(sev), bytes(cs), int(cq))
+            for c, ts, sev, cs, cq in self._conn.execute(
+                "SELECT contributor, timestamp, severity, credit_signer, credit_seq "
+                "FROM invalidations" + where,
+                params,
+            )
+        ]
+        return credits, invalidations
 
     def has_credited(self, signer: bytes, contributor: bytes) -> bool:
         """Whether ``signer``'s chain holds any credit entry (accepted or not) of a contributor."""

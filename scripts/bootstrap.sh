@@ -27,15 +27,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
 fi
 
-# What the editable install depends on: the project file and the list of package files.
-fingerprint() {
-  {
-    sha256sum pyproject.toml
-    find __init__.py __main__.py py.typed protocol proof verifiers ledger node tui testing \
-      -not -path '*/__pycache__*' \( -name '*.py' -o -name '*.tcss' -o -name 'py.typed' \) | sort
-  } | sha256sum | cut -c1-64
-}
-want=$(fingerprint)
+# What the install depends on: the project file (dependencies), and the list of package files
+# (the links of the editable install).
+deps_print=$(sha256sum pyproject.toml | cut -c1-64)
+files_print=$(find __init__.py __main__.py py.typed protocol proof verifiers ledger node tui testing \
+    -not -path '*/__pycache__*' \( -name '*.py' -o -name '*.tcss' -o -name 'py.typed' \) \
+    | sort | sha256sum | cut -c1-64)
+want="$deps_print $files_print"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && compgen -G "build/__editable__.flopnet-*" >/dev/null; then
   exit 0
 fi
@@ -43,7 +41,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "bootstrap: creating $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
-if [ -f "$STAMP" ] && "$VENV/bin/python" -c "import torch, libp2p" 2>/dev/null; then
+if [ -f "$STAMP" ] && [ "$(cut -d' ' -f1 "$STAMP")" = "$deps_print" ]; then
   # Only the file list moved: relink the editable install, dependencies are in place.
   echo "bootstrap: relinking the editable install"
   PYTHONWARNINGS=ignore "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation \
@@ -52,6 +50,7 @@ else
   echo "bootstrap: installing Python packages into $VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-  "$VENV/bin/python" -m pip install -q --config-settings editable_mode=strict -e ".[dev]"
+  PYTHONWARNINGS=ignore "$VENV/bin/python" -m pip install -q \
+    --config-settings editable_mode=strict -e ".[dev]"
 fi
 echo "$want" > "$STAMP"

@@ -1,4 +1,5 @@
-"""One real devnet over a mixed set of the new task sources: every task reaches a verdict.
+"""One real devnet over a mixed set of the task sources, two samples each: every sample reaches a
+verdict, and the checked traces export as raw, SFT and preference datasets.
 
 Real processes on 127.0.0.1 with the seeded tiny model: LeetCode (Python function tests),
 Codeforces and CodeContests (stdin/stdout, posed in Python and C++), generated output
@@ -67,7 +68,7 @@ def test_a_devnet_validates_a_mixed_set_of_every_new_source(tmp_path: Path) -> N
         result = subprocess.run(
             [
                 sys.executable, "-m", "flopnet.node.cli.main", "devnet", "--headless", "--json",
-                "--workers", "2", "--tasks", "2", "--max-new-tokens", "24",
+                "--workers", "2", "--tasks", "2", "--samples", "2", "--max-new-tokens", "24",
                 "--languages", "python,cpp", "--judge-url", judge.url,
                 "--data-dir", str(tmp_path / "net"), "--timeout", "400",
                 *[arg for source in sources for arg in source],
@@ -79,7 +80,8 @@ def test_a_devnet_validates_a_mixed_set_of_every_new_source(tmp_path: Path) -> N
     assert result.stdout.strip(), f"no JSON on stdout; stderr:\n{result.stderr}"
     summary = json.loads(result.stdout)
     assert result.returncode == 0, summary
-    assert summary["tasks"] == 12 and summary["tasks_validated"] == 12, summary
+    assert summary["tasks"] == 12 and summary["samples"] == 24, summary
+    assert summary["tasks_validated"] == 24, summary
     assert summary["tasks_rejected"] == 0
 
     # The nodes loaded exactly the set this process loads from the same sources (the generated
@@ -88,7 +90,10 @@ def test_a_devnet_validates_a_mixed_set_of_every_new_source(tmp_path: Path) -> N
     expected = load_task_sources(specs, limit=2, languages=("python", "cpp"))
     types = {t.task_id: t.task_type for t in expected}
     credits = _credits(tmp_path / "net" / "validator" / "ledger.sqlite")
-    assert sorted(c.task_id for c in credits) == sorted(types)
+    # Every sample of every task, once: leases per sample index.
+    assert sorted((c.task_id, c.sample_index) for c in credits) == sorted(
+        (task_id, index) for task_id in types for index in (0, 1)
+    )
     assert sorted(types.values()) == sorted(
         ["code"] * 6 + ["code_output_prediction"] * 2 + ["llm_judge"] * 2 + ["math"] * 2
     )
@@ -99,3 +104,43 @@ def test_a_devnet_validates_a_mixed_set_of_every_new_source(tmp_path: Path) -> N
         # Each verdict carries what its task type's verifier said about the answer.
         assert any(r.startswith("answer: ") for r in credit.reasons), credit.reasons
         assert not any("unknown task_type" in r for r in credit.reasons), credit.reasons
+
+    _check_exports(tmp_path, types)
+
+
+def _export(tmp_path: Path, kind: str, fmt: str) -> Path:
+    out = tmp_path / f"{kind}-{fmt}"
+    args = ["--data-dir", str(tmp_path / "net"), "--kind", kind, "--format", fmt]
+    done = subprocess.run(
+        [sys.executable, "-m", "flopnet", "export", *args, "--out", str(out), "--as-of", "4e9"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def _check_exports(tmp_path: Path, types: dict[str, str]) -> None:
+    """Raw holds every trace, final (read far in the future) and split at the reasoning block;
+    SFT and preference rows keep to their thresholds; the real datasets library loads each."""
+    import datasets
+    import pyarrow.parquet as pq
+
+    from flopnet.node.dataset.select import REJECTED_BELOW, SFT_THRESHOLDS
+
+    raw = datasets.load_dataset("parquet", data_dir=str(_export(tmp_path, "raw", "parquet")))
+    rows = raw["train"]
+    assert rows.num_rows == 24
+    assert sorted(set(rows["task_id"])) == sorted(types)
+    assert set(rows["state"]) == {"final"} and all(rows["accepted"])
+    assert all(r.startswith("<think>") for r in rows["response"])
+    card = (tmp_path / "raw-parquet" / "README.md").read_text()
+    assert "24 rows" in card and "| code | 12 |" in card
+    # JSON Lines read as lines, Parquet with pyarrow: an empty set (a random-weight model's
+    # answers are wrong) has no rows, and the datasets loader cannot read an empty file.
+    sft = _export(tmp_path, "sft", "jsonl") / "data" / "train.jsonl"
+    for row in map(json.loads, sft.read_text().splitlines()):
+        assert row["score"] >= SFT_THRESHOLDS[row["task_type"]]
+    preference = _export(tmp_path, "preference", "parquet") / "data"
+    for row in pq.read_table(next(preference.glob("*.parquet"))).to_pylist():
+        assert row["chosen_score"] >= SFT_THRESHOLDS[row["task_type"]]
+        assert row["rejected_score"] < REJECTED_BELOW

@@ -51,6 +51,7 @@ class DevnetOptions:
     workers: int = 2
     cheaters: int = 0
     tasks: int = 6  # per task source
+    samples: int = 1  # samples of each task (preference pairs need several)
     task_sources: tuple[TaskSourceSpec, ...] = ()  # empty: the built-in arithmetic set
     languages: tuple[str, ...] = LANGUAGES
     # The validator's LLM judge for llm_judge tasks (the key file's path is handed on).
@@ -78,6 +79,8 @@ class DevnetOptions:
             raise ConfigError("--cheaters must be >= 0 and --tasks >= 1")
         if self.lease_seconds <= 0:
             raise ConfigError("--lease-seconds must be positive")
+        if not 1 <= self.samples <= 64:
+            raise ConfigError("--samples must be in 1..64")
 
 
 @dataclass
@@ -116,6 +119,7 @@ def devnet_params(
         dtype=opts.dtype,
         max_new_tokens=opts.max_new_tokens,
         lease_seconds=opts.lease_seconds,
+        samples_per_task=opts.samples,
         publishers=(publisher_key or validator_key,),
         validators=(validator_key,),
         **recommended_proof_params(opts.model, opts.dtype),
@@ -385,12 +389,14 @@ class Devnet:
                 }
             )
         validated = sum(c["tasks"] for c in contributors)
-        total = self._task_count()
+        tasks = self._task_count()
+        total = tasks * self.options.samples
         return {
             "ok": finished and validated >= total,
             "network_id": self.network_id,
             "data_dir": str(self.root),
-            "tasks": total,
+            "tasks": tasks,
+            "samples": total,
             "tasks_validated": validated,
             "tasks_rejected": sum(c["rejected"] for c in contributors),
             "flops_credited": sum(c["flops"] for c in contributors),
@@ -461,8 +467,9 @@ def run_devnet(options: DevnetOptions) -> dict[str, Any]:
 def format_summary(summary: dict[str, Any]) -> str:
     """A short human-readable report of a devnet run."""
     lines = [
-        f"devnet {summary['network_id']}: {summary['tasks_validated']}/{summary['tasks']} tasks "
-        f"validated, {summary['tasks_rejected']} rejected, {summary['flops_credited']:,} FLOPs "
+        f"devnet {summary['network_id']}: {summary['tasks_validated']}/{summary['samples']} "
+        f"samples validated, {summary['tasks_rejected']} rejected, "
+        f"{summary['flops_credited']:,} FLOPs "
         f"credited in {summary['wall_seconds']}s",
     ]
     for c in summary["contributors"]:

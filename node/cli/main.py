@@ -99,6 +99,9 @@ def _add_devnet(sub: argparse._SubParsersAction) -> None:
     add_task_arguments(p)
     add_judge_arguments(p)
     p.add_argument("--max-new-tokens", type=int, default=48, help="generation length cap")
+    p.add_argument(
+        "--samples", type=int, default=1, help="samples of each task (preference pairs need 2+)"
+    )
     p.add_argument("--model", default="tiny", help="seeded model name or Hugging Face id")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
@@ -133,6 +136,7 @@ EXTENSION_MODULES: tuple[str, ...] = (
     "flopnet.node.cli.proof",
     "flopnet.node.cli.profile",
     "flopnet.node.cli.hardware",
+    "flopnet.node.cli.export",
 )
 
 
@@ -202,6 +206,7 @@ def _cmd_devnet(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         pin_weights=args.pin_weights,
         tasks=args.tasks,
+        samples=args.samples,
         task_sources=task_sources(args),
         languages=languages(args),
         judge_url=args.judge_url,

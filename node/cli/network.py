@@ -32,7 +32,14 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Na
     init.add_argument("--max-new-tokens", type=int, default=48)
     init.add_argument("--temperature", type=float, default=0.6)
     init.add_argument("--top-p", type=float, default=0.95)
-    init.add_argument("--samples-per-task", type=int, default=1)
+    init.add_argument(
+        "--samples",
+        "--samples-per-task",
+        dest="samples_per_task",
+        type=int,
+        default=1,
+        help="samples of each task (preference pairs need 2+)",
+    )
     init.add_argument("--lease-seconds", type=float, default=120.0)
     init.add_argument("--lock-window-seconds", type=float, default=86400.0)
     init.add_argument(

@@ -26,9 +26,13 @@ from pathlib import Path
 import trio
 
 from flopnet.node.sqlite_files import open_durable
+from flopnet.node.validator.traces import INSERT as TRACE_INSERT
+from flopnet.node.validator.traces import SCHEMA as TRACE_SCHEMA
+from flopnet.node.validator.traces import Trace, row_of
 from flopnet.protocol.errors import FlopnetError
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS inbox (
     submission_id BLOB PRIMARY KEY,
     lease_id BLOB NOT NULL,
@@ -41,6 +45,8 @@ CREATE INDEX IF NOT EXISTS inbox_queue ON inbox (verdict, received_at);
 CREATE INDEX IF NOT EXISTS inbox_lease ON inbox (lease_id);
 CREATE INDEX IF NOT EXISTS inbox_peer ON inbox (peer, verdict);
 """
+    + TRACE_SCHEMA
+)
 _INSERT = (
     "INSERT OR IGNORE INTO inbox (submission_id, lease_id, peer, envelope, received_at) "
     "VALUES (?, ?, ?, ?, ?)"
@@ -227,11 +233,32 @@ class Inbox:
         ).fetchall()
         return [Queued(bytes(r[0]), r[1], bytes(r[2]), r[3]) for r in rows]
 
-    def set_verdict(self, submission_id: bytes, verdict: bytes) -> None:
-        """Store the sealed verdict (durably) for later requests."""
-        self._conn.execute(
-            "UPDATE inbox SET verdict = ? WHERE submission_id = ?", (verdict, submission_id)
-        )
+    def set_verdict(self, submission_id: bytes, verdict: bytes, trace: Trace | None = None) -> None:
+        """Store the sealed verdict (durably) for later requests, and the checked trace with it
+        in the same transaction."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if trace is not None:
+                    conn.execute(TRACE_INSERT, row_of(trace))
+                conn.execute(
+                    "UPDATE inbox SET verdict = ? WHERE submission_id = ?", (verdict, submission_id)
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise InboxError(f"storing the verdict failed: {exc}") from None
+
+    def has_trace(self, submission_id: bytes) -> bool:
+        """Whether the trace of a submission is stored."""
+        row = self._conn.execute(
+            "SELECT 1 FROM traces WHERE submission_id = ?", (submission_id.hex(),)
+        ).fetchone()
+        return row is not None
 
     def verdict(self, submission_id: bytes) -> bytes | None:
         row = self._conn.execute(

@@ -50,9 +50,16 @@ from flopnet.node.model.calls import (
 from flopnet.node.model.prompt import response_for_verifier
 from flopnet.node.tasks import Task
 from flopnet.node.validator.inbox import Inbox, Queued
-from flopnet.node.validator.judgement import Problem, judge, lease_problem, proof_outcome
+from flopnet.node.validator.judgement import (
+    Problem,
+    ProofOutcome,
+    judge,
+    lease_problem,
+    proof_outcome,
+)
 from flopnet.node.validator.schedule import next_index
 from flopnet.node.validator.task_source import TaskSource
+from flopnet.node.validator.traces import Trace, build_trace
 from flopnet.protocol.envelope import Opened, open_envelope, seal
 from flopnet.protocol.errors import MalformedMessage, PeerError, ProtocolTimeout, VerifierError
 from flopnet.protocol.guard import Violation
@@ -308,6 +315,7 @@ class Validator:
                 # Credited before a crash; the publisher may not have heard the outcome.
                 rebuilt = open_envelope(verdict, self.net.network_id, expected=Verdict)
                 self.on_verdict(rebuilt.expect(Verdict).lease_id, rebuilt.expect(Verdict).accepted)
+                trace = await self._trace_from_ledger(row)
             else:
                 queued = self._reopen(row.envelope)
                 if not await self._fetch_task(row.submission_id, queued.lease_opened):
@@ -316,7 +324,7 @@ class Validator:
                 if self._batching_allowed(queued):
                     await self._prefetch_or_pause()
                 try:
-                    verdict = await self._validate(queued, attempt)
+                    verdict, trace = await self._validate(queued, attempt)
                 except ModelError as exc:
                     # Nothing was written: the submission stays queued, first in line.
                     self._attempts[row.submission_id] = attempt
@@ -326,7 +334,7 @@ class Validator:
                         await self._restart_model()  # counted as an attempt
                     continue
                 self._attempts.pop(row.submission_id, None)
-            self.inbox.set_verdict(row.submission_id, verdict)
+            self.inbox.set_verdict(row.submission_id, verdict, trace)
             event = self._verdict_ready.pop(row.submission_id, None)
             if event is not None:
                 event.set()
@@ -379,6 +387,46 @@ class Validator:
         body = decode_body("credit", entry.expect(LedgerEntry).body)
         assert isinstance(body, CreditBody)
         return self._seal_verdict(body, seq)
+
+    async def _trace_from_ledger(self, row: Queued) -> Trace | None:
+        """The trace of a submission credited just before a crash, rebuilt from its credit entry
+        (the verdict's reasons) and a fresh decode of its tokens; None if that cannot be had."""
+        found = self.store.credit_entry(self.identity.public_key, row.submission_id)
+        queued = self._reopen(row.envelope)
+        task = self.tasks.get(queued.lease.task_id)
+        if found is None or task is None:
+            return None
+        seq, envelope = found
+        entry = open_envelope(envelope, self.net.network_id, expected=LedgerEntry)
+        credit = decode_body("credit", entry.expect(LedgerEntry).body)
+        assert isinstance(credit, CreditBody)
+        sub = queued.submission
+        try:
+            decoded = await self.model.inspect(
+                InspectRequest(tuple(sub.token_ids), queued.lease.max_new_tokens)
+            )
+        except ModelError:
+            return None
+        audited = any(
+            r.submission_id == row.submission_id
+            for r in self.store.audit_records(self.identity.public_key)
+        )
+        return build_trace(
+            submission_id=row.submission_id,
+            task=task,
+            lease=queued.lease,
+            submission=sub,
+            proof=ProofOutcome(credit.accepted, credit.reasons, audited, decoded.text),
+            answer=Result(score=credit.answer_score, passed=credit.answer_score > 0, reasons=()),
+            credit=credit,
+            audited=audited,
+            ledger_seq=seq,
+            ledger_hash=self.store.entry_hash(self.identity.public_key, seq) or b"",
+            net=self.net,
+            validator=self.identity.public_key,
+            received_at=row.received_at,
+            checked_at=time.time(),
+        )
 
     def _seal_verdict(self, credit: CreditBody, seq: int) -> bytes:
         verdict = Verdict(
@@ -445,11 +493,15 @@ class Validator:
                 raise  # our model process died, hung or failed: no verdict; run() retries
             return exc
 
-    async def _validate(self, queued: _Queued, attempt: int = 1) -> bytes:
+    async def _validate(self, queued: _Queued, attempt: int = 1) -> tuple[bytes, Trace | None]:
+        """Judge one submission and write its ledger entries; its sealed verdict and its trace
+        (None when it failed the cheap checks: nothing was generated to keep)."""
         sub, lease = queued.submission, queued.lease
         received_at = self.inbox.received_at(queued.submission_id) or time.time()
         problem = self._problem(queued, received_at)
         decision = proof = answer = None
+        measured: AuditMeasures | Inspection | ModelError | None = None
+        verify_started = verify_s = 0.0
         if problem is None:
             decision = self._decide_audit(queued)
             measured = await self._measure(queued, decision, attempt)
@@ -459,7 +511,9 @@ class Validator:
                 assert task is not None  # the checks made sure
                 # The validator decodes the tokens itself; the worker's text is never trusted.
                 text = response_for_verifier(proof.text)
+                verify_started = time.perf_counter()
                 answer = await self._check_answer(text, task, lease, len(sub.token_ids))
+                verify_s = time.perf_counter() - verify_started
         head = self.store.head(self.identity.public_key)
         judgement = judge(
             submission_id=queued.submission_id,
@@ -508,7 +562,28 @@ class Validator:
                     await self.publish_entry(entry)
                 except Exception as exc:  # gossip is best effort; replicas also sync ranges
                     log.warning("publishing ledger entry %d failed: %s", entry_seq, exc)
-        return self._seal_verdict(credit, appended[0][0])
+        trace = None
+        task = self.tasks.get(lease.task_id)
+        if proof is not None and task is not None:
+            trace = build_trace(
+                submission_id=queued.submission_id,
+                task=task,
+                lease=lease,
+                submission=sub,
+                proof=proof,
+                answer=answer,
+                credit=credit,
+                audited=judgement.audited,
+                ledger_seq=appended[0][0],
+                ledger_hash=appended[0][1],
+                net=self.net,
+                validator=self.identity.public_key,
+                received_at=received_at,
+                checked_at=time.time(),
+                prefill_s=measured.prefill_s if isinstance(measured, AuditMeasures) else 0.0,
+                verify_s=verify_s,
+            )
+        return self._seal_verdict(credit, appended[0][0]), trace
 
     def _count_check(self, sub: Submission) -> None:
         self.stats.proof_checks += 1

@@ -1,0 +1,1 @@
+"""The dataset: checked traces selected into raw, SFT and preference sets, and exported."""
