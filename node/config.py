@@ -281,6 +281,7 @@ class NodeConfig:
     task_seed: int = 0
     wait_for_workers: int = 0
     model_seed_override: int | None = None  # a forged computation, for devnet cheaters only
+    cheat: str | None = None  # devnet cheaters only: node/worker/cheats.py
     torch_threads: int = 0
     verifier_workers: int = 1
     heartbeat_interval: float = 2.0
@@ -295,6 +296,10 @@ class NodeConfig:
     judge: JudgeSettings = field(default_factory=JudgeSettings)  # validator: llm_judge tasks
 
     def __post_init__(self) -> None:
+        from flopnet.node.worker.cheats import CHEATS
+
+        if self.cheat is not None and self.cheat not in CHEATS:
+            raise ConfigError(f"--cheat must be one of {', '.join(CHEATS)}")
         if self.backend not in ("auto", "hf", "vllm"):
             raise ConfigError(f"--backend must be auto, hf or vllm, not {self.backend!r}")
         if not 1 <= self.audit_batch <= 256:

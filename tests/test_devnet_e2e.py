@@ -132,33 +132,40 @@ def test_devnet_runs_code_tasks_through_the_sandboxed_verifier(tmp_path: Path) -
     assert (tmp_path / "publisher" / "node.log").read_text().count(" on HumanEval-") >= 2  # leases
 
 
-def test_devnet_rejects_cheaters_and_releases_their_tasks(tmp_path: Path) -> None:
-    code, summary = devnet(tmp_path, "--cheaters", "1")
+def test_devnet_rejects_every_cheat_and_releases_their_tasks(tmp_path: Path) -> None:
+    """One cheater per cheat of the detection table beside two honest workers: every cheat is
+    rejected with the check that caught it, and the honest workers do all the work."""
+    kinds = ("wrong_model", "injected", "truncated", "temperature", "top_p", "prompt_swap")
+    code, summary = devnet(
+        tmp_path, "--tasks", "10", *(arg for kind in kinds for arg in ("--cheat", kind))
+    )
     assert code == 0, summary
-    assert summary["tasks_validated"] == 6
-    cheaters = [r for r in summary["contributors"] if r["cheater"]]
+    assert summary["tasks_validated"] == 10
+    cheaters = {r["cheater"]: r for r in summary["contributors"] if r["cheater"]}
     honest = [r for r in summary["contributors"] if not r["cheater"]]
-    assert len(cheaters) == 1 and len(honest) == 2
-    cheater = cheaters[0]
-    assert cheater["rejected"] >= 1, "the cheater must have been leased at least one task"
-    assert cheater["tasks"] == 0 and cheater["flops"] == 0
-    assert summary["tasks_rejected"] == cheater["rejected"]
-    assert sum(r["tasks"] for r in honest) == 6
+    assert sorted(cheaters) == sorted(kinds) and len(honest) == 2
+    for kind, cheater in cheaters.items():
+        assert cheater["rejected"] >= 1, f"{kind}: the cheater must have been leased a task"
+        assert cheater["tasks"] == 0 and cheater["flops"] == 0, kind
+    assert summary["tasks_rejected"] == sum(c["rejected"] for c in cheaters.values())
+    assert sum(r["tasks"] for r in honest) == 10
 
-    # The rejection is on the ledger with the proof check's reasons; each failed audit also
+    # The rejections are on the ledger with the proof check's reasons; each failed audit also
     # wrote a hard invalidation of the cheater's pending credit, and the chains still verify.
     with LedgerStore(tmp_path / "validator" / "ledger.sqlite") as store:
-        reasons = store.connection.execute(
+        rejected = store.connection.execute(
             "SELECT COUNT(*) FROM credits WHERE accepted = 0"
         ).fetchone()[0]
         hard = store.connection.execute(
             "SELECT COUNT(*) FROM invalidations WHERE severity = 'hard'"
         ).fetchone()[0]
-    assert reasons == cheater["rejected"] == hard
+    assert rejected == summary["tasks_rejected"] == hard
     verified = flopnet("ledger", "verify", "--data-dir", str(tmp_path), timeout=60)
     assert verified.returncode == 0, verified.stdout
     log = (tmp_path / "validator" / "node.log").read_text()
-    assert "REJECT" in log and "exp_mismatches" in log
+    # What caught them: TOPLOC for other weights and another prompt, the sampling replay for
+    # changed tokens and sampling parameters, the completion check for a cut-short output.
+    assert "exp_mismatches" in log and "sampling replay:" in log and "completion:" in log
 
 
 def test_devnet_bad_arguments_fail_clearly(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from flopnet.node.local import (
 from flopnet.node.profile import save_profile
 from flopnet.node.tasks.base import LANGUAGES
 from flopnet.node.tasks.sources import TaskSourceSpec
+from flopnet.node.worker.cheats import CHEATS
 from flopnet.protocol.errors import ConfigError, FlopnetError
 from flopnet.protocol.identity import load_or_create_identity
 from flopnet.protocol.manifest import MANIFEST_FILE
@@ -49,7 +50,8 @@ CHEAT_SEED_OFFSET = 1_000_003
 @dataclass(frozen=True)
 class DevnetOptions:
     workers: int = 2
-    cheaters: int = 0
+    cheaters: int = 0  # workers running other weights (the cheat ``wrong_model``)
+    cheats: tuple[str, ...] = ()  # one more cheater worker per cheat kind named
     tasks: int = 6  # per task source
     samples: int = 1  # samples of each task (preference pairs need several)
     task_sources: tuple[TaskSourceSpec, ...] = ()  # empty: the built-in arithmetic set
@@ -77,6 +79,9 @@ class DevnetOptions:
             raise ConfigError("a devnet needs at least one honest worker")
         if self.cheaters < 0 or self.tasks < 1:
             raise ConfigError("--cheaters must be >= 0 and --tasks >= 1")
+        unknown = set(self.cheats) - set(CHEATS)
+        if unknown:
+            raise ConfigError(f"--cheat must be one of {', '.join(CHEATS)}, not {sorted(unknown)}")
         if self.lease_seconds <= 0:
             raise ConfigError("--lease-seconds must be positive")
         if not 1 <= self.samples <= 64:
@@ -87,7 +92,7 @@ class DevnetOptions:
 class _Proc:
     name: str
     data_dir: Path
-    cheater: bool
+    cheater: str  # the cheat kind, or "" for an honest worker
     process: subprocess.Popen[bytes]
     public_key: str
     kind: str  # "validator", "publisher", "worker" or "relay"
@@ -150,7 +155,7 @@ class Devnet:
         """The worker processes (honest and cheating), in start order."""
         return [p for p in self.procs if p.kind == "worker"]
 
-    def _spawn(self, name: str, kind: str, args: list[str], cheater: bool = False) -> _Proc:
+    def _spawn(self, name: str, kind: str, args: list[str], cheater: str = "") -> _Proc:
         data_dir = self.root / name
         identity = load_or_create_identity(data_dir)
         (data_dir / NODE_INFO_FILE).unlink(missing_ok=True)
@@ -169,6 +174,22 @@ class Devnet:
         proc = _Proc(name, data_dir, cheater, process, identity.public_key.hex(), kind, cmd)
         self.procs.append(proc)
         return proc
+
+    @staticmethod
+    def _worker_plan(opts: DevnetOptions, bootstrap: str) -> list[tuple[str, list[str], str]]:
+        """(name, arguments, cheat kind or "") of every worker: the honest ones, then one
+        cheater per ``--cheaters`` (other weights) and per ``--cheat`` kind."""
+        base = ["--role", "worker", "--bootstrap", bootstrap, "--batch-size", str(opts.batch_size)]
+        plan = [(f"worker-{i + 1}", base, "") for i in range(opts.workers)]
+        for i in range(opts.cheaters):
+            seed = ["--cheat-model-seed", str(CHEAT_SEED_OFFSET + i)]
+            plan.append((f"cheater-{i + 1}", [*base, *seed], "wrong_model"))
+        for i, kind in enumerate(opts.cheats):
+            extra = ["--cheat", kind]
+            if kind == "wrong_model":
+                extra = ["--cheat-model-seed", str(CHEAT_SEED_OFFSET + opts.cheaters + i)]
+            plan.append((f"cheat-{kind}", [*base, *extra], kind))
+        return plan
 
     def restart(self, name: str) -> dict[str, Any]:
         """Start a (killed) node again with the same command and state; wait until it is up."""
@@ -234,7 +255,7 @@ class Devnet:
             task_args += source.arguments()
         # A newcomer earns its leases; a devnet's own workers may fill a batch from the start.
         task_args += ["--newcomer-leases", str(opts.batch_size)]
-        peers_needed = opts.workers + opts.cheaters
+        peers_needed = opts.workers + opts.cheaters + len(opts.cheats)
         if opts.separate_publisher:
             node_args = ["--role", "validator"]
             publisher_args = ["--role", "publisher", *task_args]
@@ -259,18 +280,10 @@ class Devnet:
         publisher = validator
         if opts.separate_publisher:
             publisher = self._spawn(PUBLISHER_DIR, "publisher", publisher_args)
-        workers: list[tuple[str, bool, int | None]] = [
-            (f"worker-{i + 1}", False, None) for i in range(opts.workers)
-        ]
-        workers += [(f"cheater-{i + 1}", True, CHEAT_SEED_OFFSET + i) for i in range(opts.cheaters)]
-        for name, cheater, seed in workers:
-            args = ["--role", "worker", "--bootstrap", bootstrap]
-            args += ["--batch-size", str(opts.batch_size)]
-            if seed is not None:
-                args += ["--cheat-model-seed", str(seed)]
+        for name, args, cheat in self._worker_plan(opts, bootstrap):
             # Each worker signs a profile, so the leaderboard shows names and a team.
             save_profile(self.root / name, name, "devnet")
-            self._spawn(name, "worker", args, cheater)
+            self._spawn(name, "worker", args, cheat)
         deadline = time.time() + NODE_START_TIMEOUT_S
         self.validator_info = self._wait_info(validator, deadline)
         self.publisher_info = self._wait_info(publisher, deadline)
@@ -420,7 +433,7 @@ class Devnet:
         gen_s = gens = batches = 0.0
         for name, status in self.final_status.items():
             worker = status.get("worker")
-            if worker and not name.startswith("cheater"):
+            if worker and not any(p.cheater for p in self.procs if p.name == name):
                 gen_s += worker["generation_seconds"]
                 gens += worker["generations"]
                 batches += worker["batches"]
@@ -473,7 +486,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"credited in {summary['wall_seconds']}s",
     ]
     for c in summary["contributors"]:
-        tag = " (cheater)" if c["cheater"] else ""
+        tag = f" (cheater: {c['cheater']})" if c["cheater"] else ""
         lines.append(
             f"  {c['name']:<10} {c['peer_id']}  tasks {c['tasks']:>3}  rejected {c['rejected']:>3}"
             f"  FLOPs {c['flops']:>16,}{tag}"

@@ -79,6 +79,7 @@ def _add_node(sub: argparse._SubParsersAction) -> None:
         default=1,
         help="publisher: active leases a worker without accepted work may hold (trust is earned)",
     )
+    p.add_argument("--cheat", default=None, help=argparse.SUPPRESS)  # devnet cheaters only
     p.add_argument(
         "--cheat-model-seed",
         type=int,
@@ -92,6 +93,14 @@ def _add_devnet(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--headless", action="store_true", help="no TUI; run until done or timeout")
     p.add_argument("--workers", type=int, default=2, help="honest workers")
     p.add_argument("--cheaters", type=int, default=0, help="workers running forged weights")
+    p.add_argument(
+        "--cheat",
+        action="append",
+        default=[],
+        metavar="KIND",
+        help="add a cheating worker of this kind (wrong_model, injected, truncated, temperature, "
+        "top_p, prompt_swap); repeat for several",
+    )
     p.add_argument("--batch-size", type=int, default=1, help="leases each worker runs together")
     p.add_argument(
         "--pin-weights", action="store_true", help="pin the model's weights hash in the manifest"
@@ -182,6 +191,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         task_seed=args.task_seed,
         wait_for_workers=args.wait_for_workers,
         model_seed_override=args.cheat_model_seed,
+        cheat=args.cheat,
         torch_threads=args.torch_threads or env.torch_threads,
         verifier_workers=args.verifier_workers,
         batch_size=args.batch_size,
@@ -203,6 +213,7 @@ def _cmd_devnet(args: argparse.Namespace) -> int:
     options = DevnetOptions(
         workers=args.workers,
         cheaters=args.cheaters,
+        cheats=tuple(args.cheat),
         batch_size=args.batch_size,
         pin_weights=args.pin_weights,
         tasks=args.tasks,

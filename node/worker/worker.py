@@ -22,6 +22,7 @@ from flopnet.node.model.calls import (
 )
 from flopnet.node.profile import ProfileSharer, load_profile
 from flopnet.node.publisher.announcements import SeqTracker
+from flopnet.node.worker.cheats import cheat_output, cheat_request
 from flopnet.node.worker.pacing import FINAL_REFUSALS, ClaimPacer
 from flopnet.protocol.catalog import ANNOUNCEMENTS, CLAIM, SUBMIT, VERDICT, VERDICT_WAIT_S
 from flopnet.protocol.envelope import message_id, open_envelope, seal
@@ -306,7 +307,8 @@ class Worker:
         ]
         started = time.perf_counter()
         self.phase = "generating"
-        requests = [GenerateRequest.of_lease(lease) for lease in opened]
+        cheat = self.config.cheat  # None but in a devnet's cheater workers
+        requests = [cheat_request(cheat, GenerateRequest.of_lease(lease)) for lease in opened]
         try:
             if len(requests) == 1:
                 gens = [await self.model.generate(requests[0])]
@@ -314,6 +316,8 @@ class Worker:
                 gens = await self.model.generate_batch(requests)
         except ModelError as exc:
             raise type(exc)(f"generation failed: {exc}") from None
+        if cheat is not None and self.model.info is not None:
+            gens = [cheat_output(cheat, g, self.model.info.vocab_size) for g in gens]
         elapsed = time.perf_counter() - started
         self.stats.generation_seconds += elapsed
         self.stats.generations += len(gens)
