@@ -144,6 +144,7 @@ async def _check_reachability(host: P2PHost, config: NodeConfig, state: dict[str
 
 # Prompt tokens planned for beside max_new_tokens when checking that a sequence fits in memory.
 PROMPT_ALLOWANCE_TOKENS = 2048
+OUTBOX_KEEP_S = 7 * 86400.0  # judged rows kept this long (for looking back), then pruned
 
 
 def check_pinned_weights(model: str, pinned: str, actual: str) -> None:
@@ -302,10 +303,14 @@ async def run_node(config: NodeConfig) -> None:
             host.serve(VERDICT, validator.handle_verdict_request)
 
         if "worker" in roles:
+            from flopnet.node.worker.outbox import Outbox
             from flopnet.node.worker.worker import Worker
 
             assert model is not None
-            worker = Worker(config, identity, host, model)
+            outbox = Outbox(config.data_dir / "worker.sqlite")
+            stack.callback(outbox.close)
+            outbox.prune(time.time() - OUTBOX_KEEP_S)
+            worker = Worker(config, identity, host, model, outbox)
 
         def capacity() -> tuple[float, int, int]:
             busy = worker is not None and worker.busy

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -233,3 +235,60 @@ def test_validator_killed_after_receipts_loses_nothing(tmp_path: Path) -> None:
             "SELECT COUNT(DISTINCT task_id) FROM credits WHERE accepted = 1"
         ).fetchone()[0]
     assert accepted == store_accepted == 6  # one accepted credit per task, none lost, none doubled
+
+
+def finished_unjudged(worker_dir: Path) -> list[bytes]:
+    """Lease ids the worker has finished (sealed) and not had judged, from its outbox."""
+    path = worker_dir / "worker.sqlite"
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT lease_id FROM outbox WHERE state = 'finished'").fetchall()
+    except sqlite3.OperationalError:
+        return []  # the table is being created
+    finally:
+        conn.close()
+    return [bytes(r[0]) for r in rows]
+
+
+def test_worker_killed_before_its_submission_is_judged_resends_it(tmp_path: Path) -> None:
+    """A worker killed with finished work in hand sends it again on restart: the work it did
+    is credited under its original lease, not redone by someone else."""
+    options = DevnetOptions(
+        workers=1, tasks=3, max_new_tokens=48, data_dir=tmp_path, lease_seconds=90, timeout=300
+    )
+    net = Devnet(options)
+    try:
+        net.start()
+        worker = net.workers[0]
+        validator = next(p for p in net.procs if p.kind == "validator")
+        assert reaches_phase(worker.data_dir, "generating"), "the worker never held a lease"
+        # Freeze the validator: the finished submission cannot be judged (nor, most often,
+        # even sent) before the worker dies.
+        os.killpg(validator.process.pid, signal.SIGSTOP)
+        deadline = time.time() + 120
+        while not (owed := finished_unjudged(worker.data_dir)) and time.time() < deadline:
+            time.sleep(0.05)
+        assert owed, "the worker never finished its lease"
+        os.killpg(worker.process.pid, signal.SIGKILL)
+        worker.process.wait()
+        os.killpg(validator.process.pid, signal.SIGCONT)
+        net.restart(worker.name)
+        finished = net.wait_done(240)
+        net.capture_status()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(validator.process.pid, signal.SIGCONT)
+        net.stop()
+    summary = net.summary(finished)
+    assert finished, summary
+    assert summary["tasks_validated"] == 3
+    with LedgerStore(tmp_path / "validator" / "ledger.sqlite") as store:
+        credited = {
+            bytes(r[0])
+            for r in store.connection.execute("SELECT lease_id FROM credits WHERE accepted = 1")
+        }
+    assert set(owed) <= credited, "the finished work was not credited under its lease"
+    assert finished_unjudged(worker.data_dir) == []
+    assert net.final_status[worker.name]["worker"]["resent"] >= 1

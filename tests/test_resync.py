@@ -11,6 +11,7 @@ from flopnet.node.config import NetworkParams, NodeConfig
 from flopnet.node.model.tokenizer import ByteTokenizer
 from flopnet.node.publisher.publisher import Publisher
 from flopnet.node.tasks import builtin_tasks
+from flopnet.node.worker.outbox import Outbox
 from flopnet.node.worker.worker import Worker
 from flopnet.protocol.catalog import ANNOUNCEMENTS, tasks_topic
 from flopnet.protocol.host import P2PHost
@@ -41,7 +42,8 @@ def test_late_joiner_and_gap_are_resynced(tmp_path: Path) -> None:
         publisher = Publisher(config, PUBLISHER, pub_host, ByteTokenizer(), TASKS)
         pub_host.serve(ANNOUNCEMENTS, publisher.handle_range)
         worker_config = NodeConfig(roles=("worker",), data_dir=tmp_path, network=NET)
-        worker = Worker(worker_config, WORKER, work_host, None)  # type: ignore[arg-type]
+        outbox = Outbox(tmp_path / "worker.sqlite")
+        worker = Worker(worker_config, WORKER, work_host, None, outbox)  # type: ignore[arg-type]
 
         async with pub_host.running() as pub, work_host.running() as work:
             # 30 announcements the worker never hears (gossip's message cache could still

@@ -23,8 +23,16 @@ from flopnet.node.model.calls import (
 from flopnet.node.profile import ProfileSharer, load_profile
 from flopnet.node.publisher.announcements import SeqTracker
 from flopnet.node.worker.cheats import cheat_output, cheat_request
+from flopnet.node.worker.outbox import Outbox
 from flopnet.node.worker.pacing import FINAL_REFUSALS, ClaimPacer
-from flopnet.protocol.catalog import ANNOUNCEMENTS, CLAIM, SUBMIT, VERDICT, VERDICT_WAIT_S
+from flopnet.protocol.catalog import (
+    ANNOUNCEMENTS,
+    CLAIM,
+    SUBMIT,
+    VERDICT,
+    VERDICT_WAIT_S,
+    lease_grace,
+)
 from flopnet.protocol.envelope import message_id, open_envelope, seal
 from flopnet.protocol.errors import FlopnetError, MalformedMessage, PeerError, ProtocolTimeout
 from flopnet.protocol.host import Notice, P2PHost
@@ -49,6 +57,7 @@ ERROR_BACKOFF_S = 2.0
 VERDICT_PATIENCE_S = 900.0
 BAN_WAIT_S = 600.0  # a publisher's ban (its notice says how long; this is the protocol's)
 BATCH_GATHER_S = 0.5
+RESEND_EVERY_S = 20.0  # how often finished submissions that failed to send are tried again
 
 
 @dataclass
@@ -71,6 +80,7 @@ class WorkerStats:
     batches: int = 0  # model calls; generations / batches is the batch size achieved
     announcements: int = 0
     resyncs: int = 0
+    resent: int = 0  # finished submissions sent again (after a restart or a failed send)
     bans: int = 0  # peers that told us they banned us
     refusals: dict[str, int] = field(default_factory=dict)  # claim refusals by code
     last_verdict: str = ""
@@ -81,9 +91,16 @@ class Worker:
     """Claims up to ``batch_size`` tasks at a time and runs them together on the local model."""
 
     def __init__(
-        self, config: NodeConfig, identity: Identity, host: P2PHost, model: ModelClient
+        self,
+        config: NodeConfig,
+        identity: Identity,
+        host: P2PHost,
+        model: ModelClient,
+        outbox: Outbox,
     ) -> None:
         self.config = config
+        self.outbox = outbox
+        self._in_flight: set[bytes] = set()  # lease ids being submitted right now
         self.net = config.network
         self.identity = identity
         self.host = host
@@ -166,10 +183,37 @@ class Worker:
                 break
 
     async def run(self) -> None:
-        """Claim, generate, submit, forever."""
+        """Claim, generate, submit, forever; first send what a crash left unsent."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._resync_loop)
+            nursery.start_soon(self._resend_loop)
             await self._work_loop()
+
+    async def _resend_loop(self) -> None:
+        """Send again every finished submission that was never judged while its lease holds
+        (a validator answers a resend with the same receipt, so a duplicate costs nothing);
+        leases held but never finished are given up (they lapse at the publisher)."""
+        while True:
+            now = time.time()
+            for pending in self.outbox.pending():
+                if pending.lease_id in self._in_flight:
+                    continue
+                lease = open_envelope(pending.lease, self.net.network_id, expected=Lease).expect(
+                    Lease
+                )
+                deadline = lease.expires_at + lease_grace(lease.expires_at - lease.issued_at)
+                if pending.submission is None or now > deadline:
+                    self.outbox.judged(pending.lease_id)  # nothing to send, or too late
+                    continue
+                self.stats.resent += 1
+                log.info("sending again the unjudged submission for %s", lease.task_id)
+                submission = open_envelope(
+                    pending.submission, self.net.network_id, expected=Submission
+                ).expect(Submission)
+                await self._deliver_and_settle(
+                    lease, pending.submission, 0.0, len(submission.token_ids)
+                )
+            await trio.sleep(RESEND_EVERY_S)
 
     async def _work_loop(self) -> None:
         while True:
@@ -189,6 +233,16 @@ class Worker:
     async def _work_or_fall_back(self, leases: list[bytes]) -> None:
         """Run the leases as one batch; if our model fails on the batch (out of memory at that
         size, say), run them one by one, so the leases are not simply lost."""
+        try:
+            await self._work_or_retry_alone(leases)
+        finally:
+            for lease_bytes in leases:
+                lease = open_envelope(lease_bytes, self.net.network_id, expected=Lease)
+                lease_id = lease.expect(Lease).lease_id
+                self._in_flight.discard(lease_id)
+                self.outbox.abandon(lease_id)  # never finished: it lapses at the publisher
+
+    async def _work_or_retry_alone(self, leases: list[bytes]) -> None:
         try:
             await self._work(leases)
             return
@@ -298,6 +352,8 @@ class Worker:
         if lease.worker != self.identity.public_key or lease.task_id != task_id:
             raise MalformedMessage("the lease does not match our claim")
         self.stats.leases += 1
+        self._in_flight.add(lease.lease_id)  # ours to finish; the resend loop keeps off it
+        self.outbox.claimed(lease.lease_id, opened.raw, lease.expires_at)
         return opened.raw
 
     async def _work(self, leases: list[bytes]) -> None:
@@ -326,24 +382,13 @@ class Worker:
         self.phase = "submitting"
         async with trio.open_nursery() as nursery:
             for lease_bytes, lease, gen in zip(leases, opened, gens, strict=True):
-                nursery.start_soon(self._submit_and_settle, lease_bytes, lease, gen, elapsed)
+                sealed = self._seal(lease_bytes, gen, elapsed)
+                self.outbox.finished(lease.lease_id, sealed)  # durable before it is sent
+                nursery.start_soon(
+                    self._deliver_and_settle, lease, sealed, elapsed, len(gen.token_ids)
+                )
 
-    async def _submit_and_settle(
-        self, lease_bytes: bytes, lease: Lease, gen: Generated, elapsed: float
-    ) -> None:
-        """Submit one sample and keep its verdict; errors are counted, never end the batch."""
-        try:
-            await self._submit(lease_bytes, lease, gen, elapsed)
-        except FlopnetError as exc:
-            self.stats.errors += 1
-            log.warning("task %s: %s: %s", lease.task_id, type(exc).__name__, exc)
-            self._offers.get(lease.task_id, _Offer("", 0)).not_before = (
-                time.time() + ERROR_BACKOFF_S
-            )
-
-    async def _submit(
-        self, lease_bytes: bytes, lease: Lease, gen: Generated, elapsed: float
-    ) -> None:
+    def _seal(self, lease_bytes: bytes, gen: Generated, elapsed: float) -> bytes:
         submission = Submission(
             version=1,
             lease=lease_bytes,
@@ -353,16 +398,37 @@ class Worker:
             proofs=gen.proofs,
             generation_seconds=float(elapsed),
         )
+        return seal(submission, self.identity, self.net.network_id)
+
+    async def _deliver_and_settle(
+        self, lease: Lease, sealed: bytes, elapsed: float, tokens: int
+    ) -> None:
+        """Submit one sample and keep its verdict; errors are counted, never end the batch.
+        A send that fails stays in the outbox, and the resend loop tries it again."""
+        self._in_flight.add(lease.lease_id)
+        try:
+            await self._deliver(lease, sealed, elapsed, tokens)
+        except FlopnetError as exc:
+            self.stats.errors += 1
+            log.warning("task %s: %s: %s", lease.task_id, type(exc).__name__, exc)
+            self._offers.get(lease.task_id, _Offer("", 0)).not_before = (
+                time.time() + ERROR_BACKOFF_S
+            )
+        finally:
+            self._in_flight.discard(lease.lease_id)
+
+    async def _deliver(self, lease: Lease, sealed: bytes, elapsed: float, tokens: int) -> None:
         # The lease's validator key is the peer asked, and the host checks who signed the answer.
         validator_peer = peer_id_from_public_key(lease.validator)
-        sealed = seal(submission, self.identity, self.net.network_id)
         reply = await self.host.call(validator_peer, SUBMIT, sealed)
         if isinstance(reply.message, Refusal):
+            self.outbox.judged(lease.lease_id)  # a refusal is final: sending again won't help
             raise PeerError(f"the validator refused the submission: {reply.message.reason}")
         if reply.expect(SubmissionReceipt).submission_id != message_id(sealed):
             raise MalformedMessage("the receipt is for another submission")
         self.phase = "awaiting_verdict"
         verdict = await self._await_verdict(validator_peer, lease, message_id(sealed))
+        self.outbox.judged(lease.lease_id)
         if verdict.accepted:
             self.stats.accepted += 1
             self.stats.flops_credited += verdict.flops
@@ -376,7 +442,7 @@ class Worker:
                 "task_id": lease.task_id,
                 "accepted": verdict.accepted,
                 "flops": verdict.flops,
-                "tokens": len(gen.token_ids),
+                "tokens": tokens,
                 "seconds": round(elapsed, 3),
             },
             *self.stats.recent[:19],
