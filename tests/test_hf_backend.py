@@ -204,6 +204,29 @@ def test_generate_vs_prefill_fp32_is_exact(prompt_ids: list[int]) -> None:
     assert check.mismatches == 0
 
 
+def test_an_upcast_prefill_agrees_with_bf16_generation_and_restores_every_weight(
+    bf16: HFBackend, prompt_ids: list[int]
+) -> None:
+    """The second opinion's float32 prefill of a bf16 model runs in float32, agrees with an
+    honest bf16 generation as a bf16 prefill does, and afterwards every weight and buffer is
+    back, bit for bit and dtype."""
+    before = {k: v.clone() for k, v in bf16.model.state_dict().items()}
+    gen = bf16.generate(prompt_ids, seed=LEASE_SEED, params=PARAMS, max_new_tokens=N_TOKENS)
+    with bf16.at_precision("float32"):
+        assert next(bf16.model.parameters()).dtype == torch.float32
+        upcast = bf16.prefill(prompt_ids, gen.token_ids)
+    plain = bf16.prefill(prompt_ids, gen.token_ids)
+    assert not torch.equal(upcast.hidden, plain.hidden)  # it did run in another precision
+    assert min(_chunk_topk_overlap(gen.hidden, upcast.hidden)) >= 0.9
+    assert replay_sampling(upcast.logits, gen.token_ids, LEASE_SEED, PARAMS).mismatches <= 1
+    after = bf16.model.state_dict()
+    assert before.keys() == after.keys()
+    for name, tensor in before.items():
+        assert after[name].dtype == tensor.dtype and torch.equal(after[name], tensor), name
+    with pytest.raises(ConfigError, match="unknown precision"), bf16.at_precision("float33"):
+        pass
+
+
 def test_other_weights_are_clearly_different(bf16: HFBackend, prompt_ids: list[int]) -> None:
     gen = bf16.generate(prompt_ids, seed=LEASE_SEED, params=PARAMS, max_new_tokens=64)
     other = HFBackend(seeded_spec("tiny", seed=1), num_threads=2)

@@ -146,6 +146,7 @@ EXTENSION_MODULES: tuple[str, ...] = (
     "flopnet.node.cli.profile",
     "flopnet.node.cli.hardware",
     "flopnet.node.cli.export",
+    "flopnet.node.cli.audit",
 )
 
 

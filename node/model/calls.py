@@ -118,6 +118,9 @@ class AuditRequest:
     sample: GenerateRequest
     token_ids: tuple[int, ...]
     proofs: tuple[bytes, ...]
+    # "" runs the prefill in the dtype the model was loaded in; "float32" upcasts the weights
+    # for this one prefill (the second opinion before a contributor is punished).
+    precision: str = ""
 
 
 @dataclass(frozen=True)

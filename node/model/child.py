@@ -12,6 +12,7 @@ decodes and checks how the output ends.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import functools
 import time
 import traceback
@@ -219,8 +220,16 @@ class ModelChild:
         self._check_ids((*request.sample.prompt_ids, *request.token_ids))
 
     def audit(self, request: AuditRequest) -> AuditMeasures:
-        """One prefill over prompt + output; proofs compared, sampling replayed."""
+        """One prefill over prompt + output; proofs compared, sampling replayed (with the
+        weights upcast for that prefill when the request names a precision)."""
         self._check_audit(request)
+        if request.precision:
+            if not isinstance(self.backend, HFBackend):
+                raise ModelInternalError(
+                    f"a {request.precision} prefill needs the hf backend, not {self.info.backend}"
+                )
+            with self.backend.at_precision(request.precision):
+                return self.audit(dataclasses.replace(request, precision=""))
         t0 = time.perf_counter()
         if isinstance(self.backend, HFBackend):
             shortfalls, on_logits = self._collector(request)

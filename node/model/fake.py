@@ -47,6 +47,7 @@ FAKE_CONFIG: dict[str, Any] = {
 EOS_ID = 0
 _HONEST = ChunkCheck(exp_mismatches=0, mant_err_mean=0.0, mant_err_median=0.0, sign_mismatches=0)
 _FORGED = ChunkCheck(TOPK, NO_MATCH_ERROR, NO_MATCH_ERROR, 0)
+_NOISY = ChunkCheck(TOPK // 2, 3.0, 2.5, 0)  # over the limits, but nothing like a forgery
 
 
 def _digest(*parts: object) -> bytes:
@@ -70,6 +71,9 @@ class FakeModel:
     length: int | None = None
     calls: list[str] = field(default_factory=list)
     restarts: int = 0
+    # The next this many audits in the loaded dtype measure one honest chunk out of limits, as
+    # a kernel's noise would; a float32 audit (the second opinion) measures truly.
+    noisy_audits: int = 0
     _faults: dict[str, list[ModelError]] = field(default_factory=dict)
     _info: ModelInfo | None = None
 
@@ -175,6 +179,9 @@ class FakeModel:
             0.0 if t == self.token(sample, i) or t == EOS_ID else float("inf")
             for i, t in enumerate(tokens)
         )
+        if self.noisy_audits > 0 and not request.precision:
+            self.noisy_audits -= 1
+            checks = (_NOISY, *checks[1:])
         completion = check_completion(tokens, eos_id=EOS_ID, max_new_tokens=sample.max_new_tokens)
         return AuditMeasures(checks, shortfalls, completion, self.decode(tokens), 0.0, 0.0)
 

@@ -302,6 +302,26 @@ class HFBackend:
             )
         return results
 
+    @contextmanager
+    def at_precision(self, precision: str) -> Iterator[None]:
+        """Run the block with every lower-precision weight and buffer upcast to ``precision``
+        ("float32"), then put each back in its own dtype. bf16 and fp16 values are exact in
+        fp32, so the round trip changes no weight: later checks are what they were."""
+        target = getattr(torch, precision, None)
+        if not isinstance(target, torch.dtype) or not target.is_floating_point:
+            raise ConfigError(f"unknown precision {precision!r}")
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        was = [t.dtype for t in tensors]
+        try:
+            for t in tensors:
+                if t.is_floating_point() and t.element_size() < target.itemsize:
+                    t.data = t.data.to(target)
+            yield
+        finally:
+            for t, dtype in zip(tensors, was, strict=True):
+                if t.dtype != dtype:
+                    t.data = t.data.to(dtype)
+
     def prefill(
         self,
         prompt_ids: Sequence[int],

@@ -120,6 +120,9 @@ class ProofOutcome:
     reasons: tuple[str, ...]
     audited: bool  # an audit entry is written (and a failed one invalidates)
     text: str = ""  # the output as the validator decoded it (the worker's text is never used)
+    # After a failed audit: "confirmed" (the second check failed too: punished), "overturned"
+    # (it passed: credited) or "unavailable" (rejected, nobody punished); "" when not asked.
+    second_opinion: str = ""
 
 
 def proof_outcome(
@@ -145,9 +148,57 @@ def proof_outcome(
         )
         reasons = (note, *(f"completion: {r}" for r in measured.completion.reasons))
         return ProofOutcome(measured.completion.complete, reasons, False, measured.text)
+    return audit_outcome(measured, policy)
+
+
+def audit_outcome(measured: AuditMeasures, policy: ProofPolicy) -> ProofOutcome:
+    """An audit's verdict: every TOPLOC chunk, the sampling replay and the way the output ends
+    within the network's limits."""
     replay = replay_check(measured.shortfalls, policy.replay_tolerance)
     verdict = decide(measured.checks, replay, policy, measured.completion)
     return ProofOutcome(verdict.passed, verdict.reasons, True, measured.text)
+
+
+SECOND_OPINION_PRECISION = "float32"
+_REASONS_PER_CHECK = 16
+
+
+def wants_second_opinion(
+    measured: AuditMeasures | Inspection | ModelError, proof: ProofOutcome
+) -> bool:
+    """A failed audit is checked a second way before anyone is punished: a hard invalidation
+    voids all of a contributor's pending credit, and one check's numerical noise (a kernel, a
+    padded batch, an expert routing flipped by bf16 rounding) must not cost an honest worker
+    that. Data the model could not evaluate at all is not noise and needs no second look."""
+    return isinstance(measured, AuditMeasures) and proof.audited and not proof.passed
+
+
+def with_second_opinion(
+    first: ProofOutcome,
+    second: AuditMeasures | ModelError,
+    decision: AuditDecision,
+    policy: ProofPolicy,
+) -> ProofOutcome:
+    """The outcome once the failed first check has been repeated in float32 (``second``).
+
+    Both failed: the audit fails with both checks' reasons (and the contributor is punished).
+    The second passed: the first was noise, the submission is credited and the audit passes.
+    Our model could not run the second check: the submission is rejected without an audit
+    result, as for any failure of our own model, so nobody is punished on one check.
+    """
+    precision = SECOND_OPINION_PRECISION
+    firsts = tuple(f"first check: {r}" for r in first.reasons[:_REASONS_PER_CHECK])
+    if isinstance(second, ModelError) and not isinstance(second, ModelInputError):
+        why = f"second opinion ({precision}) unavailable: {second}; rejected without punishment"
+        return ProofOutcome(False, (*firsts, why), False, first.text, "unavailable")
+    other = proof_outcome(second, decision, policy)  # an input error fails it, as it should
+    if other.passed:
+        why = f"second opinion ({precision} prefill) passed: the first check's failure was noise"
+        return ProofOutcome(True, (why, *firsts), True, other.text, "overturned")
+    seconds = tuple(f"second opinion ({precision}): {r}" for r in other.reasons)
+    return ProofOutcome(
+        False, (*firsts, *seconds[:_REASONS_PER_CHECK]), True, first.text, "confirmed"
+    )
 
 
 def answer_reasons(answer: Result) -> list[str]:

@@ -14,9 +14,11 @@ process (an audit) or only a decode (unaudited); then the answer verifier.
 Adaptive auditing (``ledger.policy``): the prefill is the expensive part, so it runs for every
 submission of a new contributor and then for a falling share of them, down to the manifest's
 floor. An audit writes an ``audit`` entry beside the credit, in the same durable commit; a failed
-audit also writes a ``hard`` invalidation, which voids all of the contributor's pending credit,
-unaudited credit included. An unaudited submission's credit is pending like every credit, so a
-later failed audit can still void it.
+audit is first checked again with the weights in float32 (a second opinion: one check's noise
+must not cost an honest worker its pending credit); only when that fails too does it write a
+``hard`` invalidation, which voids all of the contributor's pending credit, unaudited credit
+included, and the evidence of both checks is kept (``node.validator.evidence``). An unaudited
+submission's credit is pending like every credit, so a later failed audit can still void it.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import trio
@@ -49,13 +51,24 @@ from flopnet.node.model.calls import (
 )
 from flopnet.node.model.prompt import response_for_verifier
 from flopnet.node.tasks import Task
+from flopnet.node.validator.evidence import (
+    CheckRecord,
+    Evidence,
+    EvidenceError,
+    ModelRecord,
+    write_evidence,
+)
 from flopnet.node.validator.inbox import Inbox, Queued
 from flopnet.node.validator.judgement import (
+    SECOND_OPINION_PRECISION,
     Problem,
     ProofOutcome,
+    audit_outcome,
     judge,
     lease_problem,
     proof_outcome,
+    wants_second_opinion,
+    with_second_opinion,
 )
 from flopnet.node.validator.schedule import next_index
 from flopnet.node.validator.task_source import TaskSource
@@ -122,6 +135,8 @@ class ValidatorStats:
     invalidations: int = 0
     model_restarts: int = 0
     batched_audits: int = 0  # audits made in a batch of several (one padded prefill)
+    # Failed audits checked again in float32 before anyone is punished, by what came of it.
+    second_opinions: dict[str, int] = field(default_factory=dict)
 
 
 def audit_request(sub: Submission, lease: Lease) -> AuditRequest:
@@ -506,6 +521,9 @@ class Validator:
             decision = self._decide_audit(queued)
             measured = await self._measure(queued, decision, attempt)
             proof = proof_outcome(measured, decision, self.policy)
+            if wants_second_opinion(measured, proof):
+                assert isinstance(measured, AuditMeasures)
+                proof = await self._second_opinion(queued, decision, measured, proof)
             if proof.passed:
                 task = self.tasks.get(lease.task_id)
                 assert task is not None  # the checks made sure
@@ -585,14 +603,79 @@ class Validator:
             )
         return self._seal_verdict(credit, appended[0][0]), trace
 
+    async def _second_opinion(
+        self,
+        queued: _Queued,
+        decision: AuditDecision,
+        first: AuditMeasures,
+        failed: ProofOutcome,
+    ) -> ProofOutcome:
+        """Check a failed audit again with the weights in float32, and when that fails too,
+        keep the evidence (``node.validator.evidence``) before the punishment is written."""
+        request = replace(
+            audit_request(queued.submission, queued.lease), precision=SECOND_OPINION_PRECISION
+        )
+        second: AuditMeasures | ModelError
+        try:
+            second = await self._audit_request(queued.submission, request)
+        except ModelError as exc:
+            second = exc
+        proof = with_second_opinion(failed, second, decision, self.policy)
+        if proof.second_opinion == "confirmed":
+            assert isinstance(second, AuditMeasures)
+            checks = [
+                CheckRecord("", first, False, failed.reasons),
+                CheckRecord(
+                    SECOND_OPINION_PRECISION,
+                    second,
+                    False,
+                    audit_outcome(second, self.policy).reasons,
+                ),
+            ]
+            try:
+                path = write_evidence(
+                    self.config.data_dir, self._evidence(queued, checks), self.identity
+                )
+                log.info("evidence of the failed audit kept in %s", path)
+            except EvidenceError as exc:  # no punishment that cannot be shown
+                log.error("%s: the submission is rejected without punishment", exc)
+                proof = replace(
+                    proof,
+                    reasons=(*proof.reasons, f"evidence not kept ({exc}): not punished"),
+                    audited=False,
+                    second_opinion="unavailable",
+                )
+        outcome = proof.second_opinion
+        self.stats.second_opinions[outcome] = self.stats.second_opinions.get(outcome, 0) + 1
+        return proof
+
+    def _evidence(self, queued: _Queued, checks: Sequence[CheckRecord]) -> Evidence:
+        info = self.model.info
+        assert info is not None  # the model answered the checks
+        return Evidence(
+            network_id=self.net.network_id,
+            validator=self.identity.public_key,
+            submission_id=queued.submission_id,
+            submission=queued.opened.raw,
+            model=ModelRecord(
+                info.name, info.seed, info.dtype, self.net.model_revision, info.weights_sha256
+            ),
+            policy=self.policy,
+            checks=tuple(checks),
+            written_at=time.time(),
+        )
+
     def _count_check(self, sub: Submission) -> None:
         self.stats.proof_checks += 1
         self.stats.tokens_checked += len(sub.token_ids)
         self.stats.proof_bytes += sum(len(p) for p in sub.proofs)
 
     async def _audit(self, sub: Submission, lease: Lease) -> AuditMeasures:
+        return await self._audit_request(sub, audit_request(sub, lease))
+
+    async def _audit_request(self, sub: Submission, request: AuditRequest) -> AuditMeasures:
         started = time.perf_counter()
-        measured = await self.model.audit(audit_request(sub, lease))
+        measured = await self.model.audit(request)
         self.stats.prefill_seconds += time.perf_counter() - started
         self._count_check(sub)
         return measured
