@@ -8,26 +8,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_until
 
 from flopnet.node.cli.devnet import Devnet, DevnetOptions
 from flopnet.node.local import api_get, flopnet_argv
 from flopnet.protocol.manifest import MANIFEST_FILE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
-
-
-def wait_until(predicate: Any, timeout: float, interval: float = 0.2) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
 
 
 def attack(net: Devnet, name: str, *options: str) -> subprocess.Popen[str]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from conftest import wait_for
 from test_ledger import ALICE, BOB, NET, T0, credit
 
 from flopnet.ledger.chain import GENESIS_PREV, make_entry
@@ -183,12 +184,6 @@ class Node:
             self.store.entries(v, 0, 10_000) == other.store.entries(v, 0, 10_000)
             for v in VALIDATORS
         )
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.05)
 
 
 @pytest.mark.timeout(120)

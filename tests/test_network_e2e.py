@@ -6,23 +6,14 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
+from conftest import wait_until
 
 from flopnet.node.cli.devnet import Devnet, DevnetOptions
 from flopnet.node.local import api_get, read_node_info
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
-
-
-def wait_until(predicate: Any, timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
 
 
 def test_six_processes_survive_a_killed_and_a_frozen_peer(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from conftest import wait_for
 
 from flopnet.node.config import NetworkParams, NodeConfig
 from flopnet.node.model.tokenizer import ByteTokenizer
@@ -25,12 +26,6 @@ NET = NetworkParams(
     validators=(PUBLISHER.public_key.hex(),),
 )
 TASKS = builtin_tasks(40)
-
-
-async def wait_for(predicate: object, timeout: float = 20.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():  # type: ignore[operator]
-            await trio.sleep(0.05)
 
 
 @pytest.mark.timeout(120)
