@@ -3,8 +3,10 @@ synchronous=FULL)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 from flopnet.protocol.errors import ConfigError, FlopnetError
@@ -48,3 +50,22 @@ def open_durable(
     except sqlite3.Error as exc:
         raise error(f"cannot open {path}: {exc}") from None
     return conn
+
+
+@contextlib.contextmanager
+def transaction(
+    conn: sqlite3.Connection, error: type[FlopnetError], what: str
+) -> Iterator[sqlite3.Connection]:
+    """One write transaction (taken at once: BEGIN IMMEDIATE), committed when the block ends and
+    rolled back on any exception; SQLite's errors are raised as ``error`` naming ``what``."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        raise error(f"{what} failed: {exc}") from None

@@ -18,14 +18,13 @@ commit, then hands the lead to the oldest caller still waiting, or ends it if no
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
-from flopnet.node.sqlite_files import open_durable
+from flopnet.node.sqlite_files import open_durable, transaction
 from flopnet.node.validator.traces import INSERT as TRACE_INSERT
 from flopnet.node.validator.traces import SCHEMA as TRACE_SCHEMA
 from flopnet.node.validator.traces import Trace, row_of
@@ -166,19 +165,8 @@ class Inbox:
 
     def _commit(self, rows: list[_Row]) -> list[bool]:
         """One transaction for ``rows`` on the committer's connection (in a worker thread)."""
-        conn = self._writer
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                added = [conn.execute(_INSERT, row).rowcount == 1 for row in rows]
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise InboxError(f"inbox commit of {len(rows)} rows failed: {exc}") from None
-        return added
+        with transaction(self._writer, InboxError, f"inbox commit of {len(rows)} rows") as conn:
+            return [conn.execute(_INSERT, row).rowcount == 1 for row in rows]
 
     def received_at(self, submission_id: bytes) -> float | None:
         row = self._conn.execute(
@@ -237,21 +225,12 @@ class Inbox:
         """Store the sealed verdict (durably) for later requests, and the checked trace with it
         in the same transaction."""
         conn = self._conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if trace is not None:
-                    conn.execute(TRACE_INSERT, row_of(trace))
-                conn.execute(
-                    "UPDATE inbox SET verdict = ? WHERE submission_id = ?", (verdict, submission_id)
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise InboxError(f"storing the verdict failed: {exc}") from None
+        with transaction(conn, InboxError, "storing the verdict"):
+            if trace is not None:
+                conn.execute(TRACE_INSERT, row_of(trace))
+            conn.execute(
+                "UPDATE inbox SET verdict = ? WHERE submission_id = ?", (verdict, submission_id)
+            )
 
     def has_trace(self, submission_id: bytes) -> bool:
         """Whether the trace of a submission is stored."""
