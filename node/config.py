@@ -201,10 +201,12 @@ class EnvSettings:
     log_level: str = "INFO"
     torch_threads: int = 0  # 0: torch's default
     data_root: Path = field(default_factory=lambda: Path.home() / ".flopnet")
+    # Converted trained models (node/model/trained.py), shared by every node of this user.
+    model_cache: Path = field(default_factory=lambda: Path.home() / ".flopnet" / "models")
 
 
 def env_settings(environ: dict[str, str] | None = None) -> EnvSettings:
-    """Read FLOPNET_LOG_LEVEL, FLOPNET_TORCH_THREADS and FLOPNET_HOME."""
+    """Read FLOPNET_LOG_LEVEL, FLOPNET_TORCH_THREADS, FLOPNET_HOME and FLOPNET_MODEL_CACHE."""
     env = dict(os.environ) if environ is None else environ
     threads_text = env.get("FLOPNET_TORCH_THREADS", "0")
     try:
@@ -212,10 +214,13 @@ def env_settings(environ: dict[str, str] | None = None) -> EnvSettings:
     except ValueError:
         raise ConfigError(f"FLOPNET_TORCH_THREADS={threads_text!r} is not an integer") from None
     home = env.get("FLOPNET_HOME")
+    data_root = Path(home) if home else Path.home() / ".flopnet"
+    cache = env.get("FLOPNET_MODEL_CACHE")
     return EnvSettings(
         log_level=env.get("FLOPNET_LOG_LEVEL", "INFO").upper(),
         torch_threads=max(0, threads),
-        data_root=Path(home) if home else Path.home() / ".flopnet",
+        data_root=data_root,
+        model_cache=Path(cache) if cache else data_root / "models",
     )
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import trio
 
 from flopnet.node.config import NodeConfig
-from flopnet.node.model.prompt import DIRECTIVES, MATH_DIRECTIVE, format_r1_prompt
+from flopnet.node.model.prompt import DIRECTIVES, MATH_DIRECTIVE, encode_prompt
 from flopnet.node.model.tokenizer import Tokenizer
 from flopnet.node.publisher.announcements import AnnouncementLog
 from flopnet.node.publisher.leases import Denied, Grant, LeaseBook
@@ -103,10 +103,10 @@ class Publisher:
         """The token ids of a task's prompt: assigned here, so worker and validator agree."""
         ids = self._prompt_ids.get(task.task_id)
         if ids is None:
-            text = format_r1_prompt(
-                task.problem, directive=DIRECTIVES.get(task.task_type, MATH_DIRECTIVE)
+            directive = DIRECTIVES.get(task.task_type, MATH_DIRECTIVE)
+            ids = tuple(
+                encode_prompt(self.tokenizer, self.net.model, task.problem, directive=directive)
             )
-            ids = tuple(self.tokenizer.encode(text, add_bos=True))
             self._prompt_ids[task.task_id] = ids
         return ids
 

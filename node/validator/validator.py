@@ -362,7 +362,7 @@ class Validator:
             accepted = bool(checked["passed"])
             if accepted:
                 # The validator decodes the tokens itself; the worker's text is never trusted.
-                response = response_for_verifier(checked["text"])
+                response = response_for_verifier(checked["text"], self.net.model)
                 task = self.tasks.get(lease.task_id)
                 assert task is not None  # the static checks made sure
                 answer = await self._check_answer(response, task, lease, len(sub.token_ids))
