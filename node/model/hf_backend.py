@@ -120,6 +120,7 @@ class HFBackend:
         device: str = "cpu",
         num_threads: int | None = None,
         attn_implementation: str | None = None,
+        experts_implementation: str | None = None,
     ) -> None:
         if num_threads is not None:
             if num_threads < 1:
@@ -128,7 +129,11 @@ class HFBackend:
             torch.set_num_threads(num_threads)
         self.spec = spec
         self.device = torch.device(device)
-        model, tokenizer = build_model(spec, attn_implementation=attn_implementation)
+        model, tokenizer = build_model(
+            spec,
+            attn_implementation=attn_implementation,
+            experts_implementation=experts_implementation,
+        )
         self.model: nn.Module = model.to(self.device)
         self.tokenizer: Tokenizer = tokenizer
         self._norm = _final_norm(self.model)
