@@ -36,6 +36,8 @@ def devnet(tmp_path: Path, *extra: str) -> tuple[int, dict[str, Any]]:
     result = flopnet(
         "devnet",
         "--headless",
+        "--model",
+        "tiny",
         "--workers",
         "2",
         "--tasks",
@@ -162,7 +164,9 @@ def test_devnet_rejects_cheaters_and_releases_their_tasks(tmp_path: Path) -> Non
 
 
 def test_devnet_bad_arguments_fail_clearly(tmp_path: Path) -> None:
-    result = flopnet("devnet", "--headless", "--workers", "0", "--data-dir", str(tmp_path))
+    result = flopnet(
+        "devnet", "--headless", "--model", "tiny", "--workers", "0", "--data-dir", str(tmp_path)
+    )
     assert result.returncode == 2
     assert "at least one honest worker" in result.stderr
 

@@ -78,6 +78,10 @@ def _add_node(sub: argparse._SubParsersAction) -> None:
     )
 
 
+# The devnet's model: a real trained one (node/model/trained.py); tests pass --model tiny.
+DEVNET_MODEL = "smollm2-135m"
+
+
 def _add_devnet(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("devnet", help="run a local network of real processes on 127.0.0.1")
     p.add_argument("--headless", action="store_true", help="no TUI; run until done or timeout")
@@ -89,8 +93,18 @@ def _add_devnet(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--tasks", type=int, default=6, help="tasks to validate")
     p.add_argument("--tasks-file", type=Path, help="DeepScaleR-style JSON or JSONL task file")
-    p.add_argument("--max-new-tokens", type=int, default=48, help="generation length cap")
-    p.add_argument("--model", default="tiny", help="seeded model name or Hugging Face id")
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="generation length cap (default: 256 for a trained model, 48 for a seeded one)",
+    )
+    p.add_argument(
+        "--model",
+        default=DEVNET_MODEL,
+        help="smollm2-135m (trained, the default), a seeded model (tiny, small, "
+        "deepseek-v3-tiny, deepseek-v3-small, ...) or a Hugging Face id",
+    )
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
     p.add_argument("--data-dir", type=Path, help="keep the nodes' state here (default: temp)")
@@ -188,7 +202,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
 
 
 def _cmd_devnet(args: argparse.Namespace) -> int:
-    from flopnet.node.cli.devnet import DevnetOptions, run_devnet
+    from flopnet.node.cli.devnet import DevnetOptions, default_max_new_tokens, run_devnet
 
     options = DevnetOptions(
         workers=args.workers,
@@ -197,7 +211,7 @@ def _cmd_devnet(args: argparse.Namespace) -> int:
         pin_weights=args.pin_weights,
         tasks=args.tasks,
         tasks_file=args.tasks_file,
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=args.max_new_tokens or default_max_new_tokens(args.model),
         model=args.model,
         dtype=args.dtype,
         data_dir=args.data_dir,
