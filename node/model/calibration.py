@@ -62,7 +62,7 @@ HONEST_VARIATIONS: tuple[Variation, ...] = (
 # Also for the larger and the MoE models: a padded batched audit, batch 8, and the expert kernels.
 EXTRA_VARIATIONS: tuple[Variation, ...] = (
     Variation("batch 8", batch_size=8),
-    Variation("padded audit of 8 (validator)", batch_size=4, audit_batch=8),
+    Variation("padded audit of 8 (validator)", batch_size=16, audit_batch=8),
 )
 MOE_VARIATIONS: tuple[Variation, ...] = (
     Variation("eager experts (worker)", batch_size=4, worker_experts="eager"),

@@ -179,6 +179,29 @@ DEEPSEEK_V3_SMALL_CONFIG: dict[str, Any] = {
     "topk_group": 4,
 }
 
+# R1's architecture at the size of DeepSeek-V2-Lite (~16B stored, ~2.5B active a token), for GPU
+# runs: 64 routed experts in 8 groups (top-4 groups, 6 experts a token), 2 shared, MLA with q and
+# kv low-rank projections, the first layer dense.
+DEEPSEEK_V3_16B_SHAPE = _real_shape(
+    DEEPSEEK_V3_TINY_CONFIG,
+    hidden_size=2048,
+    intermediate_size=10944,
+    moe_intermediate_size=1408,
+    num_hidden_layers=27,
+    num_attention_heads=16,
+    num_key_value_heads=16,
+    q_lora_rank=768,
+    kv_lora_rank=512,
+    qk_nope_head_dim=128,
+    qk_rope_head_dim=64,
+    v_head_dim=128,
+    n_routed_experts=64,
+    n_shared_experts=2,
+    num_experts_per_tok=6,
+    n_group=8,
+    topk_group=4,
+)
+
 _NAMED: dict[str, tuple[str, dict[str, Any]]] = {
     "tiny": ("llama", TINY_CONFIG),
     "small": ("qwen2", SMALL_CONFIG),
@@ -187,6 +210,7 @@ _NAMED: dict[str, tuple[str, dict[str, Any]]] = {
     "qwen2.5-1.5b-shape": ("qwen2", QWEN25_1_5B_SHAPE),
     "qwen2.5-7b-shape": ("qwen2", QWEN25_7B_SHAPE),
     "llama3-8b-shape": ("llama", LLAMA3_8B_SHAPE),
+    "deepseek-v3-16b-shape": ("deepseek_v3", DEEPSEEK_V3_16B_SHAPE),
 }
 
 

@@ -195,6 +195,7 @@ EMBEDDED_MODELS = frozenset(
         "qwen2.5-1.5b-shape",
         "qwen2.5-7b-shape",
         "llama3-8b-shape",
+        "deepseek-v3-16b-shape",
     }
 )
 
