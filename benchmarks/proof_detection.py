@@ -53,6 +53,7 @@ from flopnet.node.model.calibration import (
 from flopnet.node.model.hf_backend import HFBackend
 from flopnet.node.model.models import resolve_spec
 from flopnet.node.model.routing import routers, routing_differences, trace_routing
+from flopnet.proof.aggregate import audits_for_confidence, audits_to_separate
 from flopnet.proof.calibrate import calibrate
 from flopnet.proof.policy import ProofPolicy, decide, recommended_policy
 from flopnet.proof.sampling import SamplingParams, replay_check
@@ -604,11 +605,15 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 @dataclass(frozen=True)
 class Plan:
-    """How much of each row one model gets: (samples, max new tokens), cheat batch size."""
+    """How much of each row one model gets: (samples, max new tokens) for the honest rows (the
+    variations at batch 8 and up get ``bulk`` samples: batched decoding is the cheap way to many
+    honest chunks), the cheats and the fp32 rows; cheating workers decode ``cheat_batch`` rows
+    together."""
 
     honest: tuple[int, int]
     cheats: tuple[int, int]
     fp32: tuple[int, int] | None
+    bulk: int = 0
     cheat_batch: int = 1
     quick: tuple[int, int] = (3, 48)
 
@@ -617,9 +622,11 @@ class Plan:
 PLANS: dict[str, Plan] = {
     "tiny": Plan(honest=(32, 128), cheats=(24, 96), fp32=(12, 96)),
     "small": Plan(honest=(12, 64), cheats=(10, 64), fp32=(6, 64), quick=(2, 40)),
-    "deepseek-v3-tiny": Plan(honest=(128, 256), cheats=(24, 128), fp32=(12, 128), cheat_batch=8),
-    "deepseek-v3-small": Plan(honest=(8, 96), cheats=(8, 64), fp32=None, cheat_batch=8),
-    "smollm2-135m": Plan(honest=(24, 160), cheats=(12, 128), fp32=None, cheat_batch=6),
+    "deepseek-v3-tiny": Plan(
+        honest=(16, 256), cheats=(16, 128), fp32=(8, 128), bulk=160, cheat_batch=8
+    ),
+    "deepseek-v3-small": Plan(honest=(8, 96), cheats=(8, 64), fp32=None, bulk=16, cheat_batch=8),
+    "smollm2-135m": Plan(honest=(8, 160), cheats=(8, 96), fp32=None, bulk=32, cheat_batch=8),
 }
 
 
@@ -698,18 +705,78 @@ def run_model(model: str, quick: bool, out: Path, log: Callable[[str], None]) ->
     h = plan.quick if quick else plan.honest
     c = plan.quick if quick else plan.cheats
     variations = variations_for(model)
+    base = [v for v in variations if v.batch_size < 8]
+    bulk = [v for v in variations if v.batch_size >= 8]
+    # The bulk of the honest chunks comes last: on a busy machine a run cut short still has
+    # every cheat and every kind of variation.
     ctx = make_ctx(model, "bfloat16", h[0], h[1])
-    run_rows(ctx, variations, cheats=False, log=log, on_row=keep)
+    run_rows(ctx, base, cheats=False, log=log, on_row=keep)
     ctx = make_ctx(model, "bfloat16", c[0], c[1], batch=plan.cheat_batch)
     run_rows(ctx, (), cheats=True, log=log, on_row=keep)
     if plan.fp32 is not None:
         f = plan.quick if quick else plan.fp32
         bf16_checked_as_fp32(model, f[0], f[1], log, on_row=keep)
+    if bulk:
+        n = h[0] if quick else max(h[0], plan.bulk)
+        run_rows(make_ctx(model, "bfloat16", n, h[1]), bulk, cheats=False, log=log, on_row=keep)
+
+
+def sample_statistic(m: Measured) -> float:
+    """A sample's average chunk ``mant_err_mean`` (chunks with no exponent match left out): the
+    measure a cheat that shifts every state a little moves, averaged per contributor."""
+    values = [c.mant_err_mean for c in m.checks if c.mant_err_mean < 2**63]
+    return sum(values) / len(values) if values else 0.0
+
+
+def aggregation(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """For every cheat that one audit does not always catch: how many audits of one
+    contributor reach 99 % (any failed audit; and the average statistic over its audits against
+    the honest samples of the same model and dtype, every honest draw passing)."""
+    out = []
+    for row in rows:
+        if row.kind != "cheat" or not row.measured:
+            continue
+        policy = recommended_policy(row.model, row.manifest_dtype)
+        rate = evaluate(row, policy)["decision_rate"]
+        if rate >= 1.0:
+            continue
+        honest = [
+            sample_statistic(m)
+            for r in rows
+            if r.kind == "honest" and (r.model, r.manifest_dtype) == (row.model, row.manifest_dtype)
+            for m in r.measured
+            if m.checks
+        ]
+        cheat = [sample_statistic(m) for m in row.measured if m.checks]
+        entry: dict[str, Any] = {
+            "model": row.model,
+            "manifest_dtype": row.manifest_dtype,
+            "cheat": row.name,
+            "caught_per_audit": rate,
+            "audits_for_99pct_any_failure": audits_for_confidence(rate),
+        }
+        if honest and cheat:
+            sep = audits_to_separate(honest, cheat, max_audits=64, trials=1000)
+            entry["audits_for_99pct_average"] = sep.audits
+            entry["average_limit"] = round(sep.limit, 4)
+            entry["average_detection"] = round(sep.detection, 4)
+        out.append(entry)
+    return out
+
+
+def rescore_rows(paths: Sequence[Path]) -> list[Row]:
+    """Rows of stored results, with their measurements (see :func:`rescore`)."""
+    return _load_rows(paths)
 
 
 def rescore(paths: Sequence[Path]) -> list[dict[str, Any]]:
-    """Rows of stored results, every rate recomputed under today's recommended policy (the
-    measurements are stored, so a new calibration needs no new generation)."""
+    """Summaries of stored rows, every rate recomputed under today's recommended policy."""
+    return [row_summary(r) for r in _load_rows(paths)]
+
+
+def _load_rows(paths: Sequence[Path]) -> list[Row]:
+    """Rows of stored results (the measurements are stored, so a new calibration needs no new
+    generation)."""
     from flopnet.proof.calibrate import UNBOUNDED_TOLERANCE
     from flopnet.proof.completion import CompletionCheck
 
@@ -732,7 +799,7 @@ def rescore(paths: Sequence[Path]) -> list[dict[str, Any]]:
                     Measured(checks, tuple(shortfalls), unbounded, unbounded, completion,
                              decide(checks, unbounded, ProofPolicy(ToplocThresholds())))
                 )  # fmt: skip
-            out.append(row_summary(row))
+            out.append(row)
     return out
 
 
@@ -758,9 +825,15 @@ def main() -> None:
     models = [m for m in args.models.split(",") if m]
     if args.report:
         paths = [result_path(args.out_dir, m) for m in models]
-        summaries = rescore([p for p in paths if p.exists()])
+        rows = rescore_rows([p for p in paths if p.exists()])
+        summaries = [row_summary(r) for r in rows]
         print(markdown(summaries))
         print(json.dumps(totals(summaries, 0.0)))
+        for entry in aggregation(rows):
+            print(json.dumps(entry))
+        routing = [(r.model, r.manifest_dtype, r.name, r.routing) for r in rows if r.routing]
+        for entry in routing:
+            print(json.dumps(entry))
         return
     for model in models:
         if model not in PLANS:
