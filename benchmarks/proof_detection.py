@@ -458,6 +458,7 @@ def routed_honest(
                 p, seed=seed, params=LEASE, max_new_tokens=ctx.max_new_tokens
             )
         sample = Sample(p, g.token_ids, proofs_of(g.hidden), seed, LEASE, ctx.max_new_tokens)
+        samples.append(sample)  # the validator-side variations reuse these generations
         with trace_routing(ctx.validator.model) as pre:
             m = measure(ctx.validator, sample, policy)
         measured.append(m)
