@@ -765,6 +765,38 @@ def aggregation(rows: Sequence[Row]) -> list[dict[str, Any]]:
     return out
 
 
+def split_half(rows: Sequence[Row], model: str, dtype: str) -> dict[str, Any] | None:
+    """Calibrate on the honest samples of even prompt index and count how many of the odd ones
+    the suggested policy fails: a held-out check when no separate calibration run exists."""
+    honest = [
+        r for r in rows if r.kind == "honest" and (r.model, r.manifest_dtype) == (model, dtype)
+    ]
+    train = [m for r in honest for i, m in enumerate(r.measured) if i % 2 == 0 and m.checks]
+    test = [m for r in honest for i, m in enumerate(r.measured) if i % 2 == 1 and m.checks]
+    if not train or not test:
+        return None
+    cal = calibrate(
+        [m.checks for m in train], [m.unbounded for m in train],
+        current=recommended_policy(model, dtype),
+    )  # fmt: skip
+    policy = cal.policy
+    failed_samples = failed_chunks = 0
+    for m in test:
+        replay = replay_check(list(m.shortfalls), policy.replay_tolerance)
+        failed_samples += not decide(m.checks, replay, policy, m.completion).passed
+        failed_chunks += len(failing_chunks(m.checks, policy.toploc))
+    return {
+        "model": model,
+        "manifest_dtype": dtype,
+        "train_chunks": cal.chunks,
+        "test_samples": len(test),
+        "test_chunks": sum(len(m.checks) for m in test),
+        "test_failed_samples": failed_samples,
+        "test_failed_chunks": failed_chunks,
+        "suggested": asdict(policy),
+    }
+
+
 def rescore_rows(paths: Sequence[Path]) -> list[Row]:
     """Rows of stored results, with their measurements (see :func:`rescore`)."""
     return _load_rows(paths)
@@ -832,6 +864,8 @@ def main() -> None:
         print(json.dumps(totals(summaries, 0.0)))
         for entry in aggregation(rows):
             print(json.dumps(entry))
+        for model, dtype in sorted({(r.model, r.manifest_dtype) for r in rows}):
+            print(json.dumps(split_half(rows, model, dtype)))
         routing = [(r.model, r.manifest_dtype, r.name, r.routing) for r in rows if r.routing]
         for entry in routing:
             print(json.dumps(entry))
