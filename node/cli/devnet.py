@@ -108,6 +108,14 @@ def default_max_new_tokens(model: str) -> int:
     return 256 if model in TRAINED_MODELS else 48
 
 
+def default_lease_seconds(model: str) -> float:
+    """A trained model's 256 tokens take 10-20 s on a quiet 2-core machine but minutes on a busy
+    one; a lease that lapses mid-generation only wastes the work, so give it room."""
+    from flopnet.node.model.trained import TRAINED_MODELS
+
+    return 600.0 if model in TRAINED_MODELS else 120.0
+
+
 def prepare_model(model: str, dtype: str) -> float | None:
     """Convert a trained model into the model cache before any node starts (printing progress
     on stderr), so the nodes only read it; the seconds it took, None for other models."""

@@ -110,7 +110,10 @@ def _add_devnet(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", type=Path, help="keep the nodes' state here (default: temp)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds before giving up")
     p.add_argument(
-        "--lease-seconds", type=float, default=120.0, help="lease deadline before re-leasing"
+        "--lease-seconds",
+        type=float,
+        default=None,
+        help="lease deadline before re-leasing (default: 600 for a trained model, 120 otherwise)",
     )
     p.add_argument(
         "--bootstrap-node",
@@ -202,7 +205,12 @@ def _cmd_node(args: argparse.Namespace) -> int:
 
 
 def _cmd_devnet(args: argparse.Namespace) -> int:
-    from flopnet.node.cli.devnet import DevnetOptions, default_max_new_tokens, run_devnet
+    from flopnet.node.cli.devnet import (
+        DevnetOptions,
+        default_lease_seconds,
+        default_max_new_tokens,
+        run_devnet,
+    )
 
     options = DevnetOptions(
         workers=args.workers,
@@ -217,7 +225,7 @@ def _cmd_devnet(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         timeout=args.timeout,
         headless=args.headless,
-        lease_seconds=args.lease_seconds,
+        lease_seconds=args.lease_seconds or default_lease_seconds(args.model),
         bootstrap_node=args.bootstrap_node,
         separate_publisher=args.separate_publisher,
     )
