@@ -729,6 +729,12 @@ def sample_statistic(m: Measured) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
+def replay_fraction(m: Measured, tolerance: float) -> float:
+    """The share of a sample's tokens that fail the replay at ``tolerance``."""
+    replay = replay_check(list(m.shortfalls), tolerance)
+    return replay.mismatches / replay.checked if replay.checked else 0.0
+
+
 def aggregation(rows: Sequence[Row]) -> list[dict[str, Any]]:
     """For every cheat that one audit does not always catch: how many audits of one
     contributor reach 99 % (any failed audit; and the average statistic over its audits against
@@ -741,14 +747,6 @@ def aggregation(rows: Sequence[Row]) -> list[dict[str, Any]]:
         rate = evaluate(row, policy)["decision_rate"]
         if rate >= 1.0:
             continue
-        honest = [
-            sample_statistic(m)
-            for r in rows
-            if r.kind == "honest" and (r.model, r.manifest_dtype) == (row.model, row.manifest_dtype)
-            for m in r.measured
-            if m.checks
-        ]
-        cheat = [sample_statistic(m) for m in row.measured if m.checks]
         entry: dict[str, Any] = {
             "model": row.model,
             "manifest_dtype": row.manifest_dtype,
@@ -756,11 +754,20 @@ def aggregation(rows: Sequence[Row]) -> list[dict[str, Any]]:
             "caught_per_audit": rate,
             "audits_for_99pct_any_failure": audits_for_confidence(rate),
         }
-        if honest and cheat:
-            sep = audits_to_separate(honest, cheat, max_audits=64, trials=1000)
-            entry["audits_for_99pct_average"] = sep.audits
-            entry["average_limit"] = round(sep.limit, 4)
-            entry["average_detection"] = round(sep.detection, 4)
+        key = (row.model, row.manifest_dtype)
+        honest_rows = [r for r in rows if r.kind == "honest" and (r.model, r.manifest_dtype) == key]
+        statistics_ = {
+            "mant_err": sample_statistic,
+            "replay": lambda m, t=policy.replay_tolerance: replay_fraction(m, t),
+        }
+        for stat, fn in statistics_.items():
+            honest = [fn(m) for r in honest_rows for m in r.measured if m.checks]
+            cheat = [fn(m) for m in row.measured if m.checks]
+            if honest and cheat:
+                sep = audits_to_separate(honest, cheat, max_audits=64, trials=1000)
+                entry[f"audits_for_99pct_average_{stat}"] = sep.audits
+                entry[f"average_{stat}_limit"] = round(sep.limit, 4)
+                entry[f"average_{stat}_detection"] = round(sep.detection, 4)
         out.append(entry)
     return out
 
