@@ -631,9 +631,10 @@ PLANS: dict[str, Plan] = {
 }
 
 
-def result_path(out_dir: Path, model: str) -> Path:
-    """Per-model results (the tiny/small run of 2026-11-22 is proof_detection.json)."""
-    return out_dir / f"proof_detection_{model}.json"
+def result_path(out_dir: Path, model: str, tag: str = "") -> Path:
+    """Per-model results (the tiny/small run of 2026-11-22 is proof_detection.json); a run of
+    the cheats alone is tagged ``cheats``."""
+    return out_dir / f"proof_detection_{model}{'_' + tag if tag else ''}.json"
 
 
 def write_doc(path: Path, rows: list[Row], started: float, quick: bool) -> dict[str, Any]:
@@ -693,9 +694,18 @@ def totals(summaries: Sequence[dict[str, Any]], seconds: float) -> dict[str, Any
     return out
 
 
-def run_model(model: str, quick: bool, out: Path, log: Callable[[str], None]) -> None:
-    """Every row of one model, its results file rewritten after each row."""
+def run_model(
+    model: str,
+    quick: bool,
+    out: Path,
+    log: Callable[[str], None],
+    cheats_only: tuple[int, int] | None = None,
+) -> None:
+    """Every row of one model, its results file rewritten after each row; ``cheats_only``
+    (samples, tokens) runs just the cheat rows at that size."""
     plan = PLANS[model]
+    if cheats_only is not None:
+        plan = Plan(honest=cheats_only, cheats=cheats_only, fp32=None, cheat_batch=cheats_only[0])
     started = time.perf_counter()
     rows: list[Row] = []
 
@@ -710,14 +720,15 @@ def run_model(model: str, quick: bool, out: Path, log: Callable[[str], None]) ->
     bulk = [v for v in variations if v.batch_size >= 8]
     # The bulk of the honest chunks comes last: on a busy machine a run cut short still has
     # every cheat and every kind of variation.
-    ctx = make_ctx(model, "bfloat16", h[0], h[1])
-    run_rows(ctx, base, cheats=False, log=log, on_row=keep)
+    if cheats_only is None:
+        ctx = make_ctx(model, "bfloat16", h[0], h[1])
+        run_rows(ctx, base, cheats=False, log=log, on_row=keep)
     ctx = make_ctx(model, "bfloat16", c[0], c[1], batch=plan.cheat_batch)
     run_rows(ctx, (), cheats=True, log=log, on_row=keep)
     if plan.fp32 is not None:
         f = plan.quick if quick else plan.fp32
         bf16_checked_as_fp32(model, f[0], f[1], log, on_row=keep)
-    if bulk:
+    if bulk and cheats_only is None:
         n = h[0] if quick else max(h[0], plan.bulk)
         run_rows(make_ctx(model, "bfloat16", n, h[1]), bulk, cheats=False, log=log, on_row=keep)
 
@@ -850,7 +861,11 @@ def main() -> None:
         "--models", default="deepseek-v3-tiny,smollm2-135m,deepseek-v3-small",
         help=f"comma-separated, of {sorted(PLANS)}",
     )  # fmt: skip
-    parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument(
+        "--cheats-only", metavar="SAMPLES,TOKENS",
+        help="run only the cheat rows at this size (results tagged _cheats)",
+    )  # fmt: skip
     parser.add_argument(
         "--report", action="store_true",
         help="no generation: rescore every stored result under the recommended policies",
@@ -864,7 +879,7 @@ def main() -> None:
 
     models = [m for m in args.models.split(",") if m]
     if args.report:
-        paths = [result_path(args.out_dir, m) for m in models]
+        paths = [result_path(args.out_dir, m, t) for m in models for t in ("", "cheats")]
         rows = rescore_rows([p for p in paths if p.exists()])
         summaries = [row_summary(r) for r in rows]
         print(markdown(summaries))
@@ -880,9 +895,13 @@ def main() -> None:
     for model in models:
         if model not in PLANS:
             raise SystemExit(f"unknown model {model!r}; known: {sorted(PLANS)}")
+    only = None
+    if args.cheats_only:
+        n, t = (int(x) for x in args.cheats_only.split(","))
+        only = (n, t)
     for model in models:
-        out = result_path(args.out_dir, model)
-        run_model(model, args.quick, out, log)
+        out = result_path(args.out_dir, model, "cheats" if only else "")
+        run_model(model, args.quick, out, log, cheats_only=only)
         log(f"wrote {out}")
 
 
