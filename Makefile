@@ -3,7 +3,8 @@
 #   make test     set everything up and run lint, type checks and the test suite
 VENV ?= .venv
 BIN := $(VENV)/bin
-DEVNET_ARGS ?= --workers 2 --tasks 6
+# The trained SmolLM2-135M-Instruct (converted once into ~/.flopnet/models), 256 new tokens.
+DEVNET_ARGS ?= --model smollm2-135m --workers 2 --tasks 6 --max-new-tokens 256
 
 .PHONY: setup devnet devnet-headless test lint typecheck unit check-wheel bench clean test-vllm
 

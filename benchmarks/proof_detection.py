@@ -46,10 +46,14 @@ from flopnet.node.model.calibration import (
     honest_samples,
     lease_seed,
     measure,
+    measure_batch,
     proofs_of,
+    variations_for,
 )
 from flopnet.node.model.hf_backend import HFBackend
-from flopnet.node.model.models import seeded_spec
+from flopnet.node.model.models import resolve_spec
+from flopnet.node.model.routing import routers, routing_differences, trace_routing
+from flopnet.proof.aggregate import audits_for_confidence, audits_to_separate
 from flopnet.proof.calibrate import calibrate
 from flopnet.proof.policy import ProofPolicy, decide, recommended_policy
 from flopnet.proof.sampling import SamplingParams, replay_check
@@ -71,13 +75,21 @@ class Ctx:
     prompts: list[list[int]]
     seeds: list[int]
     max_new_tokens: int
+    batch: int = 1  # cheating workers generate this many rows together (their speed, not ours)
 
     def backend(self, **kw: Any) -> HFBackend:
-        """A worker's model: the network's unless ``seed``/``dtype``/``attn`` say otherwise."""
-        spec = seeded_spec(
+        """A worker's model: the network's unless ``seed``/``dtype``/``attn``/``experts`` say
+        otherwise."""
+        spec = resolve_spec(
             self.model, seed=kw.get("seed", MODEL_SEED), dtype=kw.get("dtype", self.dtype)
         )
-        return HFBackend(spec, attn_implementation=kw.get("attn"))
+        return HFBackend(
+            spec, attn_implementation=kw.get("attn"), experts_implementation=kw.get("experts")
+        )
+
+    @property
+    def moe(self) -> bool:
+        return bool(routers(self.validator.model))
 
 
 @dataclass
@@ -89,6 +101,7 @@ class Row:
     how: str
     measured: list[Measured] = field(default_factory=list)
     seconds: float = 0.0
+    routing: dict[str, Any] | None = None  # MoE, batch 1: decode vs prefill expert choices
 
 
 # --------------------------------------------------------------------------------------------------
@@ -96,19 +109,36 @@ class Row:
 
 
 def _honest(ctx: Ctx, worker: HFBackend, params: SamplingParams = LEASE) -> list[Sample]:
-    gens = generate(worker, ctx.prompts, ctx.seeds, params, ctx.max_new_tokens)
+    gens = generate(worker, ctx.prompts, ctx.seeds, params, ctx.max_new_tokens, ctx.batch)
     return [
         Sample(p, g.token_ids, proofs_of(g.hidden), s, LEASE, ctx.max_new_tokens)
         for p, s, g in zip(ctx.prompts, ctx.seeds, gens, strict=True)
     ]
 
 
-def _perturb_linear(model: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
-    """Apply ``fn`` (in float32) to the weight of every linear layer inside the decoder."""
+def _decoder_matrices(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Every weight matrix inside the decoder layers: linear layers and stacked experts
+    ([experts, out, in]), but not a MoE router (a cheat gains nothing from changing it)."""
+    return [
+        (name, p)
+        for name, p in model.named_parameters()
+        if name.startswith("model.layers.") and p.dim() >= 2 and not name.endswith("gate.weight")
+    ]
+
+
+def _perturb_linear(
+    model: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor], only: str | None = None
+) -> None:
+    """Apply ``fn`` (in float32) to every decoder weight matrix (each expert's on its own);
+    ``only`` restricts it to parameters whose name contains it."""
     with torch.no_grad():
-        for name, module in model.named_modules():
-            if isinstance(module, nn.Linear) and name.startswith("model.layers."):
-                w = module.weight
+        for name, w in _decoder_matrices(model):
+            if only is not None and only not in name:
+                continue
+            if w.dim() == 3:
+                for e in range(w.shape[0]):
+                    w[e].copy_(fn(w[e].detach().float()).to(w.dtype))
+            else:
                 w.copy_(fn(w.detach().float()).to(w.dtype))
 
 
@@ -139,15 +169,31 @@ def cheat_weights(ctx: Ctx, fn: Callable[[torch.Tensor], torch.Tensor]) -> list[
     return _honest(ctx, worker)
 
 
+def _digit_ids(ctx: Ctx) -> dict[int, str]:
+    """Token ids that decode to exactly one ASCII digit (bytes 48-57 for the byte tokenizer)."""
+    tok = ctx.validator.tokenizer
+    out = {}
+    for d in "0123456789":
+        ids = tok.encode(d)
+        if len(ids) == 1:
+            out[ids[0]] = d
+    return out
+
+
 def cheat_prompt_token(ctx: Ctx) -> list[Sample]:
     """Generate for a prompt with one token changed (the first digit of the problem)."""
-    out = []
-    for p, s in zip(ctx.prompts, ctx.seeds, strict=True):
-        where = next(i for i, t in enumerate(p) if 48 <= t <= 57)
-        altered = [*p[:where], 48 + (p[where] - 48 + 1) % 10, *p[where + 1 :]]
-        g = ctx.validator.generate(altered, seed=s, params=LEASE, max_new_tokens=ctx.max_new_tokens)
-        out.append(Sample(p, g.token_ids, proofs_of(g.hidden), s, LEASE, ctx.max_new_tokens))
-    return out
+    digits = _digit_ids(ctx)
+    by_digit = {d: i for i, d in digits.items()}
+    altered = []
+    for p in ctx.prompts:
+        where = next(i for i, t in enumerate(p) if t in digits)
+        other = by_digit[str((int(digits[p[where]]) + 1) % 10)]
+        altered.append([*p[:where], other, *p[where + 1 :]])
+    gens = generate(ctx.validator, altered, ctx.seeds, LEASE, ctx.max_new_tokens, ctx.batch)
+    return [
+        Sample(p, g.token_ids, proofs_of(g.hidden), s, LEASE, ctx.max_new_tokens)
+        for p, s, g in zip(ctx.prompts, ctx.seeds, gens, strict=True)
+    ]
 
 
 def cheat_injected(ctx: Ctx, count: int) -> list[Sample]:
@@ -156,17 +202,20 @@ def cheat_injected(ctx: Ctx, count: int) -> list[Sample]:
     The worker runs its own prefill over the edited tokens, so every proof matches: the model
     did run over these tokens. Only the replay can tell they were not sampled.
     """
+    tok = ctx.validator.tokenizer
+    seven, three = tok.encode("7")[0], tok.encode("3")[0]
+    injected = tok.encode(INJECTED)
     out = []
     for s in _honest(ctx, ctx.validator):
         tokens = list(s.token_ids)
         if count == 1:
             where = len(tokens) // 2
-            tokens[where] = ord("7") if tokens[where] != ord("7") else ord("3")
+            tokens[where] = seven if tokens[where] != seven else three
         else:
             start = min(16, max(0, len(tokens) - count))
-            for i, b in enumerate(INJECTED.encode()[:count]):
+            for i, t in enumerate(injected[:count]):
                 if start + i < len(tokens):
-                    tokens[start + i] = b
+                    tokens[start + i] = t
         pre = ctx.validator.prefill(s.prompt_ids, tokens)
         out.append(
             Sample(s.prompt_ids, tokens, proofs_of(pre.hidden), s.seed, LEASE, s.max_new_tokens)
@@ -174,10 +223,52 @@ def cheat_injected(ctx: Ctx, count: int) -> list[Sample]:
     return out
 
 
+def cheat_other_weights(ctx: Ctx) -> list[Sample]:
+    """Seeded models: another seed. A trained model: each decoder matrix's rows shuffled (other
+    weights with the same statistics; there is no second set of trained weights here)."""
+    from flopnet.node.model.models import SEEDED_MODELS
+
+    if ctx.model in SEEDED_MODELS:
+        return _honest(ctx, ctx.backend(seed=1))
+    gen = torch.Generator().manual_seed(11)
+    return cheat_weights(ctx, lambda w: w[torch.randperm(w.shape[0], generator=gen)])
+
+
+# MoE-only cheats: skip work the network pays for.
+
+
+def cheat_fewer_experts(ctx: Ctx) -> list[Sample]:
+    """Route each token to top_k - 1 experts (less expert compute per token)."""
+    worker = ctx.backend()
+    for _name, router in routers(worker.model):
+        router.top_k = int(router.top_k) - 1  # type: ignore[operator]
+    return _honest(ctx, worker)
+
+
+def cheat_no_shared_expert(ctx: Ctx) -> list[Sample]:
+    """Skip the shared expert of every MoE layer."""
+    worker = ctx.backend()
+    for name, module in worker.model.named_modules():
+        if name.endswith("mlp.shared_experts"):
+            module.forward = lambda x: torch.zeros_like(x)  # type: ignore[method-assign]
+    return _honest(ctx, worker)
+
+
+def cheat_one_expert_int4(ctx: Ctx) -> list[Sample]:
+    """Expert 0 of every MoE layer fake-quantised to int4 (a cheap expert kept in memory)."""
+    worker = ctx.backend()
+    q = fake_quantize(4)
+    with torch.no_grad():
+        for name, w in _decoder_matrices(worker.model):
+            if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+                w[0].copy_(q(w[0].detach().float()).to(w.dtype))
+    return _honest(ctx, worker)
+
+
 def cheat_cut(ctx: Ctx, fake_eos: bool) -> list[Sample]:
     """Stop at 3/4 of the output; optionally append eos there (its state is the honest one)."""
     out = []
-    gens = generate(ctx.validator, ctx.prompts, ctx.seeds, LEASE, ctx.max_new_tokens)
+    gens = generate(ctx.validator, ctx.prompts, ctx.seeds, LEASE, ctx.max_new_tokens, ctx.batch)
     eos = ctx.validator.eos_id
     for p, seed, g in zip(ctx.prompts, ctx.seeds, gens, strict=True):
         cut = max(1, (3 * len(g.token_ids)) // 4)
@@ -200,9 +291,9 @@ def cheat_rows(ctx: Ctx) -> list[tuple[str, str, Callable[[], list[Sample]]]]:
         return lambda: _honest(ctx, v, SamplingParams(temperature, top_p))
 
     return [
-        ("other weights", "worker model seed 1 instead of 0",
-         lambda: _honest(ctx, ctx.backend(seed=1))),
-        ("weights + 1% noise", "decoder linears + N(0, (1% of their std)^2)",
+        ("other weights", "seeded: model seed 1 instead of 0; trained: decoder rows shuffled",
+         lambda: cheat_other_weights(ctx)),
+        ("weights + 1% noise", "decoder matrices + N(0, (1% of their std)^2)",
          lambda: cheat_weights(ctx, add_noise(0.01))),
         ("int8 weights", "per-channel absmax fake-quant of decoder linears",
          lambda: cheat_weights(ctx, fake_quantize(8))),
@@ -225,7 +316,14 @@ def cheat_rows(ctx: Ctx) -> list[tuple[str, str, Callable[[], list[Sample]]]]:
          lambda: cheat_cut(ctx, fake_eos=False)),
         ("output cut short + fake eos", "3/4 of the output, last token replaced by eos",
          lambda: cheat_cut(ctx, fake_eos=True)),
-    ]  # fmt: skip
+    ] + ([
+        ("MoE: top-k - 1 experts", "every router picks one expert fewer per token",
+         lambda: cheat_fewer_experts(ctx)),
+        ("MoE: shared expert skipped", "the shared expert of every MoE layer returns 0",
+         lambda: cheat_no_shared_expert(ctx)),
+        ("MoE: one expert int4", "expert 0 of every MoE layer fake-quantised to int4",
+         lambda: cheat_one_expert_int4(ctx)),
+    ] if ctx.moe else [])  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
@@ -318,6 +416,7 @@ def row_summary(row: Row) -> dict[str, Any]:
             name: evaluate(row, policy)
             for name, policy in policies_for(row.model, row.manifest_dtype).items()
         },
+        "routing": row.routing,
         "measurements": [_measurement(m) for m in row.measured],
     }
 
@@ -343,72 +442,126 @@ def _measurement(m: Measured) -> dict[str, Any]:
 # Running
 
 
+def routed_honest(
+    ctx: Ctx, policy: ProofPolicy
+) -> tuple[list[Sample], list[Measured], dict[str, Any]]:
+    """Batch-1 honest samples of a MoE model with every router traced in the worker's decode
+    and the validator's prefill: how often routing differs, and what that does to the chunks."""
+    samples: list[Sample] = []
+    measured: list[Measured] = []
+    pairs = differing = 0
+    flipped_exp: list[int] = []
+    clean_exp: list[int] = []
+    for p, seed in zip(ctx.prompts, ctx.seeds, strict=True):
+        with trace_routing(ctx.validator.model) as dec:
+            g = ctx.validator.generate(
+                p, seed=seed, params=LEASE, max_new_tokens=ctx.max_new_tokens
+            )
+        sample = Sample(p, g.token_ids, proofs_of(g.hidden), seed, LEASE, ctx.max_new_tokens)
+        samples.append(sample)  # the validator-side variations reuse these generations
+        with trace_routing(ctx.validator.model) as pre:
+            m = measure(ctx.validator, sample, policy)
+        measured.append(m)
+        diff = routing_differences(dec, pre, len(p), len(g.token_ids))
+        pairs += diff.pairs
+        differing += diff.differing
+        flips = set(diff.positions_differing)
+        for i, check in enumerate(m.checks):
+            chunk = range(i * 32, (i + 1) * 32)
+            (flipped_exp if flips.intersection(chunk) else clean_exp).append(check.exp_mismatches)
+    routing = {
+        "token_layer_pairs": pairs,
+        "pairs_routed_differently": differing,
+        "rate": round(differing / pairs, 5) if pairs else 0.0,
+        "chunks_with_a_flip": len(flipped_exp),
+        "chunks_without": len(clean_exp),
+        "exp_mismatches_with_flip": _spread(flipped_exp),
+        "exp_mismatches_without": _spread(clean_exp),
+    }
+    return samples, measured, routing
+
+
 def run_rows(
     ctx: Ctx,
     honest: Sequence[Variation],
     cheats: bool,
     log: Callable[[str], None],
+    on_row: Callable[[Row], None] | None = None,
 ) -> list[Row]:
     policy = recommended_policy(ctx.model, ctx.dtype)
     rows: list[Row] = []
-    workers: dict[str, HFBackend] = {"sdpa": ctx.validator}
+    workers: dict[tuple[str, str | None], HFBackend] = {("sdpa", None): ctx.validator}
+    made: dict[tuple[tuple[str, str | None], int], list[Sample]] = {}
 
-    def record(
-        name: str,
-        kind: str,
-        how: str,
-        samples: Callable[[], list[Sample]],
-        threads: int | None,
-        t0: float,
-    ) -> None:
-        made = samples()
-        row = Row(ctx.model, ctx.dtype, name, kind, how)
-        row.measured = [measure(ctx.validator, s, policy, threads=threads) for s in made]
+    def done(row: Row, t0: float) -> None:
         row.seconds = time.perf_counter() - t0
         rows.append(row)
         r = evaluate(row, policy)
         log(
-            f"{ctx.model} {ctx.dtype} {kind:6} {name:32} {len(row.measured):3} samples "
-            f"{sum(len(m.checks) for m in row.measured):4} chunks, "
+            f"{ctx.model} {ctx.dtype} {row.kind:6} {row.name:32} {len(row.measured):3} samples "
+            f"{sum(len(m.checks) for m in row.measured):5} chunks, "
             f"decision {r['decision_rate']:.2f} ({row.seconds:.0f} s)"
+            + (f", routing differs {row.routing['rate']:.4f}" if row.routing else "")
         )
+        if on_row is not None:
+            on_row(row)
 
     for v in honest:
         t0 = time.perf_counter()
-        if v.worker_attn not in workers:
-            workers[v.worker_attn] = ctx.backend(attn=v.worker_attn)
-        worker = workers[v.worker_attn]
-        record(
-            v.name,
-            "honest",
-            f"batch {v.batch_size}, worker {v.worker_attn}, "
-            f"validator threads {v.validator_threads or 'same'}",
-            lambda w=worker, v=v: honest_samples(
-                w, v, ctx.prompts, ctx.seeds, LEASE, ctx.max_new_tokens
-            ),  # type: ignore[misc]
-            v.validator_threads,
-            t0,
+        how = (
+            f"batch {v.batch_size}, worker {v.worker_attn}"
+            + (f"/{v.worker_experts} experts" if v.worker_experts else "")
+            + f", validator threads {v.validator_threads or 'same'}"
+            + (f", padded audit of {v.audit_batch}" if v.audit_batch > 1 else "")
         )
+        row = Row(ctx.model, ctx.dtype, v.name, "honest", how)
+        plain = v == Variation("batch 1")
+        if plain and ctx.moe:
+            made[v.worker_key, 1], row.measured, row.routing = routed_honest(ctx, policy)
+            done(row, t0)
+            continue
+        key = v.worker_key
+        if key not in workers:
+            workers[key] = ctx.backend(attn=key[0], experts=key[1])
+        if (key, v.batch_size) not in made:
+            made[key, v.batch_size] = honest_samples(
+                workers[key], v, ctx.prompts, ctx.seeds, LEASE, ctx.max_new_tokens
+            )
+        batch = made[key, v.batch_size]
+        if v.audit_batch > 1:
+            row.measured = measure_batch(ctx.validator, batch, policy, audit_batch=v.audit_batch)
+        else:
+            row.measured = [
+                measure(ctx.validator, s, policy, threads=v.validator_threads) for s in batch
+            ]
+        done(row, t0)
     if cheats:
         for name, how, make in cheat_rows(ctx):
-            record(name, "cheat", how, make, None, time.perf_counter())
+            t0 = time.perf_counter()
+            row = Row(ctx.model, ctx.dtype, name, "cheat", how)
+            row.measured = [measure(ctx.validator, s, policy) for s in make()]
+            done(row, t0)
     return rows
 
 
-def make_ctx(model: str, dtype: str, samples: int, max_new_tokens: int) -> Ctx:
-    validator = HFBackend(seeded_spec(model, seed=MODEL_SEED, dtype=dtype))
-    prompts = calibration_prompts(validator.tokenizer, samples, offset=PROMPT_OFFSET)
+def make_ctx(model: str, dtype: str, samples: int, max_new_tokens: int, batch: int = 1) -> Ctx:
+    validator = HFBackend(resolve_spec(model, seed=MODEL_SEED, dtype=dtype))
+    prompts = calibration_prompts(validator.tokenizer, samples, offset=PROMPT_OFFSET, model=model)
     seeds = [lease_seed(i, offset=PROMPT_OFFSET) for i in range(samples)]
-    return Ctx(model, dtype, validator, prompts, seeds, max_new_tokens)
+    return Ctx(model, dtype, validator, prompts, seeds, max_new_tokens, batch)
 
 
 def bf16_checked_as_fp32(
-    model: str, samples: int, max_new_tokens: int, log: Callable[[str], None]
+    model: str,
+    samples: int,
+    max_new_tokens: int,
+    log: Callable[[str], None],
+    on_row: Callable[[Row], None] | None = None,
 ) -> list[Row]:
     """The manifest says fp32; one worker runs bf16. Also the fp32 honest rows it is judged by."""
     ctx = make_ctx(model, "float32", samples, max_new_tokens)
     honest = [HONEST_VARIATIONS[0], HONEST_VARIATIONS[1], HONEST_VARIATIONS[4]]
-    rows = run_rows(ctx, honest, cheats=False, log=log)
+    rows = run_rows(ctx, honest, cheats=False, log=log, on_row=on_row)
     t0 = time.perf_counter()
     cheat = Row(
         model,
@@ -424,6 +577,8 @@ def bf16_checked_as_fp32(
         f"{model} float32 cheat  bf16 generation, fp32 check: {len(made)} samples "
         f"({cheat.seconds:.0f} s)"
     )
+    if on_row is not None:
+        on_row(cheat)
     return [*rows, cheat]
 
 
@@ -449,30 +604,41 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a few samples per row (smoke run)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/proof_detection.json"))
-    args = parser.parse_args()
-    q = args.quick
-    torch.set_num_threads(WORKER_THREADS)
-    started = time.perf_counter()
+@dataclass(frozen=True)
+class Plan:
+    """How much of each row one model gets: (samples, max new tokens) for the honest rows (the
+    variations at batch 8 and up get ``bulk`` samples: batched decoding is the cheap way to many
+    honest chunks), the cheats and the fp32 rows; cheating workers decode ``cheat_batch`` rows
+    together."""
 
-    def log(line: str) -> None:
-        print(f"[{time.perf_counter() - started:6.0f} s] {line}", file=sys.stderr, flush=True)
+    honest: tuple[int, int]
+    cheats: tuple[int, int]
+    fp32: tuple[int, int] | None
+    bulk: int = 0
+    cheat_batch: int = 1
+    quick: tuple[int, int] = (3, 48)
 
-    rows: list[Row] = []
-    tiny = make_ctx("tiny", "bfloat16", 3 if q else 32, 64 if q else 128)
-    rows += run_rows(tiny, HONEST_VARIATIONS, cheats=False, log=log)
-    tiny_cheats = make_ctx("tiny", "bfloat16", 3 if q else 24, 64 if q else 96)
-    rows += run_rows(tiny_cheats, (), cheats=True, log=log)
-    rows += bf16_checked_as_fp32("tiny", 3 if q else 12, 64 if q else 96, log)
-    small = make_ctx("small", "bfloat16", 2 if q else 12, 40 if q else 64)
-    rows += run_rows(small, HONEST_VARIATIONS, cheats=False, log=log)
-    small_cheats = make_ctx("small", "bfloat16", 2 if q else 10, 40 if q else 64)
-    rows += run_rows(small_cheats, (), cheats=True, log=log)
-    rows += bf16_checked_as_fp32("small", 2 if q else 6, 40 if q else 64, log)
 
+# Sized for 2 shared cores (docs/proof.md): the tiny MoE carries the bulk of the honest chunks.
+PLANS: dict[str, Plan] = {
+    "tiny": Plan(honest=(32, 128), cheats=(24, 96), fp32=(12, 96)),
+    "small": Plan(honest=(12, 64), cheats=(10, 64), fp32=(6, 64), quick=(2, 40)),
+    "deepseek-v3-tiny": Plan(
+        honest=(16, 256), cheats=(16, 128), fp32=(8, 128), bulk=160, cheat_batch=8
+    ),
+    "deepseek-v3-small": Plan(honest=(8, 96), cheats=(8, 64), fp32=None, bulk=16, cheat_batch=8),
+    "smollm2-135m": Plan(honest=(8, 160), cheats=(8, 96), fp32=None, bulk=32, cheat_batch=8),
+}
+
+
+def result_path(out_dir: Path, model: str, tag: str = "") -> Path:
+    """Per-model results (the tiny/small run of 2026-11-22 is proof_detection.json); a run of
+    the cheats alone is tagged ``cheats``."""
+    return out_dir / f"proof_detection_{model}{'_' + tag if tag else ''}.json"
+
+
+def write_doc(path: Path, rows: list[Row], started: float, quick: bool) -> dict[str, Any]:
+    """The results so far (rewritten after every row, so a long run can be read as it goes)."""
     summaries = [row_summary(r) for r in rows]
     honest = [r for r in rows if r.kind == "honest"]
     suggested = {}
@@ -480,50 +646,263 @@ def main() -> None:
         measured = [
             m for r in honest if (r.model, r.manifest_dtype) == (model, dtype) for m in r.measured
         ]
+        if not any(m.checks for m in measured):
+            continue
         cal = calibrate(
             [m.checks for m in measured],
             [m.unbounded for m in measured],
             current=recommended_policy(model, dtype),
         )
         suggested[f"{model}/{dtype}"] = [s.__dict__ for s in cal.suggestions]
-    totals = {
-        "honest_chunks": sum(s["chunks"] for s in summaries if s["kind"] == "honest"),
-        "honest_samples": sum(s["samples"] for s in summaries if s["kind"] == "honest"),
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    for name in ("default", "recommended"):
-        fp_chunks = sum(
-            round(s["rates"][name]["toploc_chunk_rate"] * s["chunks"])
-            for s in summaries
-            if s["kind"] == "honest"
-        )
-        fp_samples = sum(
-            round(s["rates"][name]["decision_rate"] * s["samples"])
-            for s in summaries
-            if s["kind"] == "honest"
-        )
-        totals[f"{name}_false_positive_chunks"] = fp_chunks
-        totals[f"{name}_false_positive_samples"] = fp_samples
     doc = {
         "benchmark": "proof-detection",
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "machine": machine_info(),
-        "quick": q,
+        "quick": quick,
         "lease": {"temperature": LEASE.temperature, "top_p": LEASE.top_p},
         "policies": {
             f"{m}/{d}": {k: asdict(v) for k, v in policies_for(m, d).items()}
             for m, d in sorted({(r.model, r.manifest_dtype) for r in rows})
         },
-        "totals": totals,
+        "totals": totals(summaries, time.perf_counter() - started),
         "suggested_from_these_honest_rows": suggested,
         "rows": summaries,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     # One line: the per-sample measurements make an indented file several times larger.
-    args.out.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
-    print(markdown(summaries))
-    print(json.dumps(totals))
-    log(f"wrote {args.out}")
+    path.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
+    return doc
+
+
+def totals(summaries: Sequence[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "honest_chunks": sum(s["chunks"] for s in summaries if s["kind"] == "honest"),
+        "honest_samples": sum(s["samples"] for s in summaries if s["kind"] == "honest"),
+        "seconds": round(seconds, 1),
+    }
+    for name in ("default", "recommended"):
+        out[f"{name}_false_positive_chunks"] = sum(
+            round(s["rates"][name]["toploc_chunk_rate"] * s["chunks"])
+            for s in summaries
+            if s["kind"] == "honest"
+        )
+        out[f"{name}_false_positive_samples"] = sum(
+            round(s["rates"][name]["decision_rate"] * s["samples"])
+            for s in summaries
+            if s["kind"] == "honest"
+        )
+    return out
+
+
+def run_model(
+    model: str,
+    quick: bool,
+    out: Path,
+    log: Callable[[str], None],
+    cheats_only: tuple[int, int] | None = None,
+) -> None:
+    """Every row of one model, its results file rewritten after each row; ``cheats_only``
+    (samples, tokens) runs just the cheat rows at that size."""
+    plan = PLANS[model]
+    if cheats_only is not None:
+        plan = Plan(honest=cheats_only, cheats=cheats_only, fp32=None, cheat_batch=cheats_only[0])
+    started = time.perf_counter()
+    rows: list[Row] = []
+
+    def keep(row: Row) -> None:
+        rows.append(row)
+        write_doc(out, rows, started, quick)
+
+    h = plan.quick if quick else plan.honest
+    c = plan.quick if quick else plan.cheats
+    variations = variations_for(model)
+    base = [v for v in variations if v.batch_size < 8]
+    bulk = [v for v in variations if v.batch_size >= 8]
+    # The bulk of the honest chunks comes last: on a busy machine a run cut short still has
+    # every cheat and every kind of variation.
+    if cheats_only is None:
+        ctx = make_ctx(model, "bfloat16", h[0], h[1])
+        run_rows(ctx, base, cheats=False, log=log, on_row=keep)
+    ctx = make_ctx(model, "bfloat16", c[0], c[1], batch=plan.cheat_batch)
+    run_rows(ctx, (), cheats=True, log=log, on_row=keep)
+    if plan.fp32 is not None:
+        f = plan.quick if quick else plan.fp32
+        bf16_checked_as_fp32(model, f[0], f[1], log, on_row=keep)
+    if bulk and cheats_only is None:
+        n = h[0] if quick else max(h[0], plan.bulk)
+        run_rows(make_ctx(model, "bfloat16", n, h[1]), bulk, cheats=False, log=log, on_row=keep)
+
+
+def sample_statistic(m: Measured) -> float:
+    """A sample's average chunk ``mant_err_mean`` (chunks with no exponent match left out): the
+    measure a cheat that shifts every state a little moves, averaged per contributor."""
+    values = [c.mant_err_mean for c in m.checks if c.mant_err_mean < 2**63]
+    return sum(values) / len(values) if values else 0.0
+
+
+def replay_fraction(m: Measured, tolerance: float) -> float:
+    """The share of a sample's tokens that fail the replay at ``tolerance``."""
+    replay = replay_check(list(m.shortfalls), tolerance)
+    return replay.mismatches / replay.checked if replay.checked else 0.0
+
+
+def aggregation(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """For every cheat that one audit does not always catch: how many audits of one
+    contributor reach 99 % (any failed audit; and the average statistic over its audits against
+    the honest samples of the same model and dtype, every honest draw passing)."""
+    out = []
+    for row in rows:
+        if row.kind != "cheat" or not row.measured:
+            continue
+        policy = recommended_policy(row.model, row.manifest_dtype)
+        rate = evaluate(row, policy)["decision_rate"]
+        if rate >= 1.0:
+            continue
+        entry: dict[str, Any] = {
+            "model": row.model,
+            "manifest_dtype": row.manifest_dtype,
+            "cheat": row.name,
+            "caught_per_audit": rate,
+            "audits_for_99pct_any_failure": audits_for_confidence(rate),
+        }
+        key = (row.model, row.manifest_dtype)
+        honest_rows = [r for r in rows if r.kind == "honest" and (r.model, r.manifest_dtype) == key]
+        statistics_ = {
+            "mant_err": sample_statistic,
+            "replay": lambda m, t=policy.replay_tolerance: replay_fraction(m, t),
+        }
+        for stat, fn in statistics_.items():
+            honest = [fn(m) for r in honest_rows for m in r.measured if m.checks]
+            cheat = [fn(m) for m in row.measured if m.checks]
+            if honest and cheat:
+                sep = audits_to_separate(honest, cheat, max_audits=64, trials=1000)
+                entry[f"audits_for_99pct_average_{stat}"] = sep.audits
+                entry[f"average_{stat}_limit"] = round(sep.limit, 4)
+                entry[f"average_{stat}_detection"] = round(sep.detection, 4)
+        out.append(entry)
+    return out
+
+
+def split_half(rows: Sequence[Row], model: str, dtype: str) -> dict[str, Any] | None:
+    """Calibrate on the honest samples of even prompt index and count how many of the odd ones
+    the suggested policy fails: a held-out check when no separate calibration run exists."""
+    honest = [
+        r for r in rows if r.kind == "honest" and (r.model, r.manifest_dtype) == (model, dtype)
+    ]
+    train = [m for r in honest for i, m in enumerate(r.measured) if i % 2 == 0 and m.checks]
+    test = [m for r in honest for i, m in enumerate(r.measured) if i % 2 == 1 and m.checks]
+    if not train or not test:
+        return None
+    cal = calibrate(
+        [m.checks for m in train], [m.unbounded for m in train],
+        current=recommended_policy(model, dtype),
+    )  # fmt: skip
+    policy = cal.policy
+    failed_samples = failed_chunks = 0
+    for m in test:
+        replay = replay_check(list(m.shortfalls), policy.replay_tolerance)
+        failed_samples += not decide(m.checks, replay, policy, m.completion).passed
+        failed_chunks += len(failing_chunks(m.checks, policy.toploc))
+    return {
+        "model": model,
+        "manifest_dtype": dtype,
+        "train_chunks": cal.chunks,
+        "test_samples": len(test),
+        "test_chunks": sum(len(m.checks) for m in test),
+        "test_failed_samples": failed_samples,
+        "test_failed_chunks": failed_chunks,
+        "suggested": asdict(policy),
+    }
+
+
+def rescore_rows(paths: Sequence[Path]) -> list[Row]:
+    """Rows of stored results, with their measurements (see :func:`rescore`)."""
+    return _load_rows(paths)
+
+
+def rescore(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """Summaries of stored rows, every rate recomputed under today's recommended policy."""
+    return [row_summary(r) for r in _load_rows(paths)]
+
+
+def _load_rows(paths: Sequence[Path]) -> list[Row]:
+    """Rows of stored results (the measurements are stored, so a new calibration needs no new
+    generation)."""
+    from flopnet.proof.calibrate import UNBOUNDED_TOLERANCE
+    from flopnet.proof.completion import CompletionCheck
+
+    out = []
+    for path in paths:
+        doc = json.loads(path.read_text())
+        for r in doc["rows"]:
+            row = Row(r["model"], r["manifest_dtype"], r["name"], r["kind"], r["how"])
+            row.seconds, row.routing = r["seconds"], r.get("routing")
+            for m in r["measurements"]:
+                shortfalls = [0.0] * m["tokens"]
+                for i, v in m["shortfalls"].items():
+                    shortfalls[int(i)] = math.inf if v == "inf" else float(v)
+                checks = tuple(
+                    ChunkCheck(int(a), float(b), float(c), int(d)) for a, b, c, d in m["checks"]
+                )
+                completion = CompletionCheck(m["tokens"], 0, False, None, tuple(m["completion"]))
+                unbounded = replay_check(shortfalls, UNBOUNDED_TOLERANCE)
+                row.measured.append(
+                    Measured(checks, tuple(shortfalls), unbounded, unbounded, completion,
+                             decide(checks, unbounded, ProofPolicy(ToplocThresholds())))
+                )  # fmt: skip
+            out.append(row)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few samples per row (smoke run)")
+    parser.add_argument(
+        "--models", default="deepseek-v3-tiny,smollm2-135m,deepseek-v3-small",
+        help=f"comma-separated, of {sorted(PLANS)}",
+    )  # fmt: skip
+    parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument(
+        "--cheats-only", metavar="SAMPLES,TOKENS",
+        help="run only the cheat rows at this size (results tagged _cheats)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--report", action="store_true",
+        help="no generation: rescore every stored result under the recommended policies",
+    )  # fmt: skip
+    args = parser.parse_args()
+    torch.set_num_threads(WORKER_THREADS)
+    started = time.perf_counter()
+
+    def log(line: str) -> None:
+        print(f"[{time.perf_counter() - started:6.0f} s] {line}", file=sys.stderr, flush=True)
+
+    models = [m for m in args.models.split(",") if m]
+    if args.report:
+        paths = [result_path(args.out_dir, m, t) for m in models for t in ("", "cheats")]
+        rows = rescore_rows([p for p in paths if p.exists()])
+        summaries = [row_summary(r) for r in rows]
+        print(markdown(summaries))
+        print(json.dumps(totals(summaries, 0.0)))
+        for entry in aggregation(rows):
+            print(json.dumps(entry))
+        for model, dtype in sorted({(r.model, r.manifest_dtype) for r in rows}):
+            print(json.dumps(split_half(rows, model, dtype)))
+        routing = [(r.model, r.manifest_dtype, r.name, r.routing) for r in rows if r.routing]
+        for entry in routing:
+            print(json.dumps(entry))
+        return
+    for model in models:
+        if model not in PLANS:
+            raise SystemExit(f"unknown model {model!r}; known: {sorted(PLANS)}")
+    only = None
+    if args.cheats_only:
+        n, t = (int(x) for x in args.cheats_only.split(","))
+        only = (n, t)
+    for model in models:
+        out = result_path(args.out_dir, model, "cheats" if only else "")
+        run_model(model, args.quick, out, log, cheats_only=only)
+        log(f"wrote {out}")
 
 
 if __name__ == "__main__":

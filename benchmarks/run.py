@@ -24,7 +24,18 @@ from typing import Any
 
 from flopnet.node.local import flopnet_argv
 
-JUDGED = ["--headless", "--workers", "2", "--tasks", "6", "--max-new-tokens", "48", "--json"]
+JUDGED = [
+    "--headless",
+    "--model",
+    "tiny",
+    "--workers",
+    "2",
+    "--tasks",
+    "6",
+    "--max-new-tokens",
+    "48",
+    "--json",
+]
 
 
 def run_devnet(extra: list[str]) -> dict[str, Any]:

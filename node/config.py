@@ -211,11 +211,13 @@ class EnvSettings:
     judge_url: str | None = None
     judge_model: str | None = None
     judge_api_key: str | None = field(default=None, repr=False)
+    # Converted trained models (node/model/trained.py), shared by every node of this user.
+    model_cache: Path = field(default_factory=lambda: Path.home() / ".flopnet" / "models")
 
 
 def env_settings(environ: dict[str, str] | None = None) -> EnvSettings:
-    """Read FLOPNET_LOG_LEVEL, FLOPNET_TORCH_THREADS, FLOPNET_HOME and the judge's
-    FLOPNET_JUDGE_URL, FLOPNET_JUDGE_MODEL and FLOPNET_JUDGE_API_KEY."""
+    """Read FLOPNET_LOG_LEVEL, FLOPNET_TORCH_THREADS, FLOPNET_HOME, FLOPNET_MODEL_CACHE and the
+    judge's FLOPNET_JUDGE_URL, FLOPNET_JUDGE_MODEL and FLOPNET_JUDGE_API_KEY."""
     env = dict(os.environ) if environ is None else environ
     threads_text = env.get("FLOPNET_TORCH_THREADS", "0")
     try:
@@ -223,10 +225,13 @@ def env_settings(environ: dict[str, str] | None = None) -> EnvSettings:
     except ValueError:
         raise ConfigError(f"FLOPNET_TORCH_THREADS={threads_text!r} is not an integer") from None
     home = env.get("FLOPNET_HOME")
+    data_root = Path(home) if home else Path.home() / ".flopnet"
+    cache = env.get("FLOPNET_MODEL_CACHE")
     return EnvSettings(
         log_level=env.get("FLOPNET_LOG_LEVEL", "INFO").upper(),
         torch_threads=max(0, threads),
-        data_root=Path(home) if home else Path.home() / ".flopnet",
+        data_root=data_root,
+        model_cache=Path(cache) if cache else data_root / "models",
         judge_url=env.get("FLOPNET_JUDGE_URL") or None,
         judge_model=env.get("FLOPNET_JUDGE_MODEL") or None,
         judge_api_key=env.get("FLOPNET_JUDGE_API_KEY") or None,

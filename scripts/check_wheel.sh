@@ -53,7 +53,7 @@ echo "check-wheel: installing the wheel and Prime Intellect's verifiers (--no-de
 
 cd "$WORK"  # nothing of the checkout is importable from here
 echo "check-wheel: flopnet devnet --headless --json from the installed wheel"
-"$OLDPWD/$WHEEL_VENV/bin/flopnet" devnet --headless --json --tasks 3 --workers 1 \
+"$OLDPWD/$WHEEL_VENV/bin/flopnet" devnet --headless --json --model tiny --tasks 3 --workers 1 \
   --max-new-tokens 32 --data-dir "$WORK/devnet" > "$WORK/summary.json"
 "$OLDPWD/$WHEEL_VENV/bin/python" - "$WORK/summary.json" <<'PY'
 import importlib.metadata, importlib.util, json, pathlib, sys

@@ -38,6 +38,8 @@ def devnet(tmp_path: Path, *extra: str) -> tuple[int, dict[str, Any]]:
     result = flopnet(
         "devnet",
         "--headless",
+        "--model",
+        "tiny",
         "--workers",
         "2",
         "--tasks",
@@ -171,7 +173,9 @@ def test_devnet_rejects_every_cheat_and_releases_their_tasks(tmp_path: Path) -> 
 
 
 def test_devnet_bad_arguments_fail_clearly(tmp_path: Path) -> None:
-    result = flopnet("devnet", "--headless", "--workers", "0", "--data-dir", str(tmp_path))
+    result = flopnet(
+        "devnet", "--headless", "--model", "tiny", "--workers", "0", "--data-dir", str(tmp_path)
+    )
     assert result.returncode == 2
     assert "at least one honest worker" in result.stderr
 

@@ -68,6 +68,7 @@ def test_a_devnet_validates_a_mixed_set_of_every_new_source(tmp_path: Path) -> N
         result = subprocess.run(
             [
                 sys.executable, "-m", "flopnet.node.cli.main", "devnet", "--headless", "--json",
+                "--model", "tiny",
                 "--workers", "2", "--tasks", "2", "--samples", "2", "--max-new-tokens", "24",
                 "--languages", "python,cpp", "--judge-url", judge.url,
                 "--data-dir", str(tmp_path / "net"), "--timeout", "400",

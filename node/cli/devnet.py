@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -86,6 +87,14 @@ class DevnetOptions:
             raise ConfigError("--lease-seconds must be positive")
         if not 1 <= self.samples <= 64:
             raise ConfigError("--samples must be in 1..64")
+        from flopnet.node.model.trained import TRAINED_MODELS
+
+        if self.cheaters and self.model in TRAINED_MODELS:
+            # A devnet cheater runs other seeded weights; a trained model has one set.
+            raise ConfigError(
+                f"--cheaters needs a seeded model (--model tiny, deepseek-v3-tiny, ...): "
+                f"{self.model} has one set of trained weights"
+            )
 
 
 @dataclass
@@ -110,6 +119,39 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def default_max_new_tokens(model: str) -> int:
+    """Room for a trained model to finish an answer; seeded models' text means nothing, and
+    short outputs keep their devnets fast."""
+    from flopnet.node.model.trained import TRAINED_MODELS
+
+    return 256 if model in TRAINED_MODELS else 48
+
+
+def default_lease_seconds(model: str) -> float:
+    """A trained model's 256 tokens take 10-20 s on a quiet 2-core machine but minutes on a busy
+    one; a lease that lapses mid-generation only wastes the work, so give it room."""
+    from flopnet.node.model.trained import TRAINED_MODELS
+
+    return 600.0 if model in TRAINED_MODELS else 120.0
+
+
+def prepare_model(model: str, dtype: str) -> float | None:
+    """Convert a trained model into the model cache before any node starts (printing progress
+    on stderr), so the nodes only read it; the seconds it took, None for other models."""
+    from flopnet.node.model import trained
+
+    if model not in trained.TRAINED_MODELS:
+        return None
+    t0 = time.perf_counter()
+
+    def progress(line: str) -> None:
+        print(f"flopnet: {line}", file=sys.stderr, flush=True)
+
+    trained.ensure_converted(model, dtype, progress=progress)
+    trained.ensure_tokenizer(model, progress=progress)
+    return time.perf_counter() - t0
 
 
 def devnet_params(
@@ -145,6 +187,7 @@ class Devnet:
         self.final_status: dict[str, dict[str, Any]] = {}
         self.ready_at: float | None = None
         self.network_id = ""  # derived from the founder key in start()
+        self.model_prepare_seconds: float | None = None
         self.network_file = self.root / MANIFEST_FILE
         self.task_count = options.tasks  # the task set's size once the sources are loaded
 
@@ -229,6 +272,7 @@ class Devnet:
         every process starts at once (workers retry their bootstrap dial until it answers).
         """
         opts = self.options
+        self.model_prepare_seconds = prepare_model(opts.model, opts.dtype)
         validator_identity = load_or_create_identity(self.root / VALIDATOR_DIR)
         validator_key = validator_identity.public_key.hex()
         port = _free_port()
@@ -416,6 +460,12 @@ class Devnet:
             "wall_seconds": round(time.time() - self.started_at, 2),
             "startup_seconds": (
                 round(self.ready_at - self.started_at, 2) if self.ready_at is not None else None
+            ),
+            # Of the start-up: converting a trained model (first run) or checking its cache.
+            "model_prepare_seconds": (
+                round(self.model_prepare_seconds, 2)
+                if self.model_prepare_seconds is not None
+                else None
             ),
             "dead_processes": self.dead() if not finished else [],
             "timing": self._timing(),

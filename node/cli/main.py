@@ -88,6 +88,10 @@ def _add_node(sub: argparse._SubParsersAction) -> None:
     )
 
 
+# The devnet's model: a real trained one (node/model/trained.py); tests pass --model tiny.
+DEVNET_MODEL = "smollm2-135m"
+
+
 def _add_devnet(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("devnet", help="run a local network of real processes on 127.0.0.1")
     p.add_argument("--headless", action="store_true", help="no TUI; run until done or timeout")
@@ -107,17 +111,30 @@ def _add_devnet(sub: argparse._SubParsersAction) -> None:
     )
     add_task_arguments(p)
     add_judge_arguments(p)
-    p.add_argument("--max-new-tokens", type=int, default=48, help="generation length cap")
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="generation length cap (default: 256 for a trained model, 48 for a seeded one)",
+    )
     p.add_argument(
         "--samples", type=int, default=1, help="samples of each task (preference pairs need 2+)"
     )
-    p.add_argument("--model", default="tiny", help="seeded model name or Hugging Face id")
+    p.add_argument(
+        "--model",
+        default=DEVNET_MODEL,
+        help="smollm2-135m (trained, the default), a seeded model (tiny, small, "
+        "deepseek-v3-tiny, deepseek-v3-small, ...) or a Hugging Face id",
+    )
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
     p.add_argument("--data-dir", type=Path, help="keep the nodes' state here (default: temp)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds before giving up")
     p.add_argument(
-        "--lease-seconds", type=float, default=120.0, help="lease deadline before re-leasing"
+        "--lease-seconds",
+        type=float,
+        default=None,
+        help="lease deadline before re-leasing (default: 600 for a trained model, 120 otherwise)",
     )
     p.add_argument(
         "--bootstrap-node",
@@ -208,7 +225,12 @@ def _cmd_node(args: argparse.Namespace) -> int:
 
 
 def _cmd_devnet(args: argparse.Namespace) -> int:
-    from flopnet.node.cli.devnet import DevnetOptions, run_devnet
+    from flopnet.node.cli.devnet import (
+        DevnetOptions,
+        default_lease_seconds,
+        default_max_new_tokens,
+        run_devnet,
+    )
     from flopnet.node.cli.task_args import languages, task_sources
 
     options = DevnetOptions(
@@ -224,13 +246,13 @@ def _cmd_devnet(args: argparse.Namespace) -> int:
         judge_url=args.judge_url,
         judge_model=args.judge_model,
         judge_key_file=args.judge_key_file,
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=args.max_new_tokens or default_max_new_tokens(args.model),
         model=args.model,
         dtype=args.dtype,
         data_dir=args.data_dir,
         timeout=args.timeout,
         headless=args.headless,
-        lease_seconds=args.lease_seconds,
+        lease_seconds=args.lease_seconds or default_lease_seconds(args.model),
         bootstrap_node=args.bootstrap_node,
         separate_publisher=args.separate_publisher,
     )

@@ -20,13 +20,18 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Na
         "calibrate",
         help="run honest generation under batch/attention/thread variations, suggest thresholds",
         description=(
-            "Generates with the real backend at batch 1, 4 and 16, with eager and SDPA attention "
-            "and with the validator on another thread count; validates every sample with one "
-            "prefill; prints the honest worst of each measure, the suggested threshold, its "
+            "Generates with the real backend at batch 1, 4, 8 and 16, with eager and SDPA "
+            "attention (and, for MoE models, other expert kernels), with the validator on "
+            "another thread count and auditing 8 at once in a padded prefill; validates every "
+            "sample; prints the honest worst of each measure, the suggested threshold, its "
             "margin, and the recommended threshold the model ships with."
         ),
     )
-    cal.add_argument("--model", default="tiny", choices=("tiny", "small"))
+    cal.add_argument(
+        "--model",
+        default="tiny",
+        help="a seeded model (tiny, small, deepseek-v3-tiny, ...) or a trained one (smollm2-135m)",
+    )
     cal.add_argument("--model-seed", type=int, default=0)
     cal.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     cal.add_argument("--samples", type=int, default=16, help="prompts per variation")
@@ -45,12 +50,17 @@ def _calibrate(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from flopnet.node.model.calibration import run_honest
+    from flopnet.node.model.tokenizer import EMBEDDED_MODELS
+    from flopnet.node.model.trained import TRAINED_MODELS
     from flopnet.proof.calibrate import calibrate
     from flopnet.proof.policy import policy_params, recommended_policy
     from flopnet.protocol.errors import ConfigError
 
     if args.samples < 1 or args.max_new_tokens < 1:
         raise ConfigError("--samples and --max-new-tokens must be >= 1")
+    if args.model not in EMBEDDED_MODELS | set(TRAINED_MODELS):
+        known = sorted(EMBEDDED_MODELS | set(TRAINED_MODELS))
+        raise ConfigError(f"--model must be a seeded or trained model ({', '.join(known)})")
     # Compared against what this model ships with (the paper-era values for unknown models).
     current = recommended_policy(args.model, args.dtype)
 

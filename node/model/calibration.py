@@ -20,7 +20,7 @@ from flopnet.node.model.tokenizer import Tokenizer
 if TYPE_CHECKING:  # torch stays out of the CLI's import path
     import torch
 
-    from flopnet.node.model.hf_backend import Generation, HFBackend
+    from flopnet.node.model.hf_backend import Generation, HFBackend, Prefill
     from flopnet.proof.completion import CompletionCheck
     from flopnet.proof.policy import ProofDecision, ProofPolicy
     from flopnet.proof.sampling import ReplayCheck, SamplingParams
@@ -35,6 +35,15 @@ class Variation:
     batch_size: int = 1
     worker_attn: str = "sdpa"
     validator_threads: int | None = None  # None: the worker's thread count (WORKER_THREADS)
+    # MoE models: how the worker runs its experts (None: the library's default, grouped_mm).
+    worker_experts: str | None = None
+    # The validator audits this many submissions in one padded prefill (``prefill_batch``).
+    audit_batch: int = 1
+
+    @property
+    def worker_key(self) -> tuple[str, str | None]:
+        """Workers with equal keys run the same model build."""
+        return (self.worker_attn, self.worker_experts)
 
 
 # Workers decode with one thread: at batch 1 a small model gains little from a second one, and on
@@ -50,6 +59,24 @@ HONEST_VARIATIONS: tuple[Variation, ...] = (
     Variation("eager attention (worker)", worker_attn="eager"),
     Variation("validator on 2 threads", validator_threads=2),
 )
+# Also for the larger and the MoE models: a padded batched audit, batch 8, and the expert kernels.
+EXTRA_VARIATIONS: tuple[Variation, ...] = (
+    Variation("batch 8", batch_size=8),
+    Variation("padded audit of 8 (validator)", batch_size=16, audit_batch=8),
+)
+MOE_VARIATIONS: tuple[Variation, ...] = (
+    Variation("eager experts (worker)", batch_size=4, worker_experts="eager"),
+    Variation("batched_mm experts (worker)", batch_size=4, worker_experts="batched_mm"),
+)
+
+
+def variations_for(model: str) -> tuple[Variation, ...]:
+    """The honest variations a model's thresholds are calibrated and tested on."""
+    from flopnet.node.model.hardware import model_config
+
+    moe = model_config(model).get("model_type") == "deepseek_v3"
+    return HONEST_VARIATIONS + EXTRA_VARIATIONS + (MOE_VARIATIONS if moe else ())
+
 
 _PROBLEMS = (
     "What is {a} * {b}?",
@@ -63,20 +90,23 @@ _PROBLEMS = (
 )
 
 
-def calibration_prompts(tokenizer: Tokenizer, count: int, *, offset: int = 0) -> list[list[int]]:
-    """``count`` deterministic R1-style math prompts of varied lengths (token ids with BOS).
+def calibration_prompts(
+    tokenizer: Tokenizer, count: int, *, offset: int = 0, model: str = "tiny"
+) -> list[list[int]]:
+    """``count`` deterministic math prompts of varied lengths, as the publisher encodes them for
+    ``model`` (R1's format with BOS, or a chat model's template).
 
     ``offset`` selects a disjoint set, so thresholds calibrated on one set can be evaluated on
     another.
     """
-    from flopnet.node.model.prompt import format_r1_prompt
+    from flopnet.node.model.prompt import encode_prompt
 
     prompts = []
     for i in range(offset, offset + count):
         digest = hashlib.sha256(f"flopnet/calibration-prompt/{i}".encode()).digest()
         a, b, c = (int.from_bytes(digest[j : j + 2], "big") % 997 + 3 for j in (0, 2, 4))
         text = _PROBLEMS[i % len(_PROBLEMS)].format(a=a, b=b, c=c)
-        prompts.append(tokenizer.encode(format_r1_prompt(text), add_bos=True))
+        prompts.append(encode_prompt(tokenizer, model, text))
     return prompts
 
 
@@ -146,20 +176,44 @@ def measure(
     """Validate one sample as a validator does: one prefill, TOPLOC, replay, completion."""
     import torch
 
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        pre = validator.prefill(sample.prompt_ids, sample.token_ids)
+    finally:
+        torch.set_num_threads(before)
+    return _measured(validator, sample, policy, pre)
+
+
+def measure_batch(
+    validator: HFBackend, samples: Sequence[Sample], policy: ProofPolicy, *, audit_batch: int
+) -> list[Measured]:
+    """:func:`measure` with ``audit_batch`` samples at a time in one padded prefill, as a
+    validator's ``check_batch`` audits several contributors (empty outputs alone)."""
+    out: list[Measured] = []
+    for lo in range(0, len(samples), audit_batch):
+        group = list(samples[lo : lo + audit_batch])
+        filled = [s for s in group if s.token_ids]
+        pres = iter(validator.prefill_batch([(s.prompt_ids, s.token_ids) for s in filled]))
+        for s in group:
+            pre = next(pres) if s.token_ids else None
+            out.append(_measured(validator, s, policy, pre))
+    return out
+
+
+def _measured(
+    validator: HFBackend, sample: Sample, policy: ProofPolicy, pre: Prefill | None
+) -> Measured:
     from flopnet.proof.calibrate import UNBOUNDED_TOLERANCE
     from flopnet.proof.completion import check_completion
     from flopnet.proof.policy import decide
     from flopnet.proof.sampling import replay_check, replay_shortfalls
     from flopnet.proof.toploc import verify_proofs
 
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    if pre is None:
         pre = validator.prefill(sample.prompt_ids, sample.token_ids)
-        checks = tuple(verify_proofs(pre.hidden, sample.proofs))
-    finally:
-        torch.set_num_threads(before)
+    checks = tuple(verify_proofs(pre.hidden, sample.proofs))
     shortfalls = replay_shortfalls(pre.logits, sample.token_ids, sample.seed, sample.params)
     shortfall_list = [float(s) for s in shortfalls.tolist()]
     replay = replay_check(shortfall_list, policy.replay_tolerance)
@@ -214,42 +268,54 @@ def run_honest(
     samples: int,
     max_new_tokens: int,
     policy: ProofPolicy,
-    variations: Sequence[Variation] = HONEST_VARIATIONS,
+    variations: Sequence[Variation] | None = None,
     model_seed: int = 0,
     offset: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> list[HonestRun]:
     """Run each honest variation on ``samples`` prompts and measure every sample.
 
-    Workers run with torch's process-wide thread count at :data:`WORKER_THREADS` (restored after).
+    ``variations`` defaults to :func:`variations_for` the model. Variations that differ only on
+    the validator's side reuse the generations of the same worker. Workers run with torch's
+    process-wide thread count at :data:`WORKER_THREADS` (restored after).
     """
     import torch
 
     from flopnet.node.model.hf_backend import HFBackend
-    from flopnet.node.model.models import seeded_spec
+    from flopnet.node.model.models import resolve_spec
     from flopnet.proof.sampling import SamplingParams
 
     before = torch.get_num_threads()
     torch.set_num_threads(WORKER_THREADS)
     try:
-        spec = seeded_spec(model, seed=model_seed, dtype=dtype)
+        spec = resolve_spec(model, seed=model_seed, dtype=dtype, progress=progress)
         validator = HFBackend(spec)
-        workers: dict[str, HFBackend] = {"sdpa": validator}
-        prompts = calibration_prompts(validator.tokenizer, samples, offset=offset)
+        workers: dict[tuple[str, str | None], HFBackend] = {("sdpa", None): validator}
+        made: dict[tuple[tuple[str, str | None], int], list[Sample]] = {}
+        prompts = calibration_prompts(validator.tokenizer, samples, offset=offset, model=model)
         seeds = [lease_seed(i, offset=offset) for i in range(samples)]
         params = SamplingParams()
         runs = []
-        for variation in variations:
-            if variation.worker_attn not in workers:
-                workers[variation.worker_attn] = HFBackend(
-                    spec, attn_implementation=variation.worker_attn
+        for variation in variations if variations is not None else variations_for(model):
+            key = variation.worker_key
+            if key not in workers:
+                workers[key] = HFBackend(
+                    spec, attn_implementation=key[0], experts_implementation=key[1]
                 )
-            batch = honest_samples(
-                workers[variation.worker_attn], variation, prompts, seeds, params, max_new_tokens
-            )
-            measured = [
-                measure(validator, s, policy, threads=variation.validator_threads) for s in batch
-            ]
+            if (key, variation.batch_size) not in made:
+                made[key, variation.batch_size] = honest_samples(
+                    workers[key], variation, prompts, seeds, params, max_new_tokens
+                )
+            batch = made[key, variation.batch_size]
+            if variation.audit_batch > 1:
+                measured = measure_batch(
+                    validator, batch, policy, audit_batch=variation.audit_batch
+                )
+            else:
+                measured = [
+                    measure(validator, s, policy, threads=variation.validator_threads)
+                    for s in batch
+                ]
             runs.append(HonestRun(variation, measured))
             if progress is not None:
                 chunks = sum(len(m.checks) for m in measured)

@@ -260,13 +260,16 @@ def detect() -> Hardware:
 
 
 def model_config(model: str, revision: str = "") -> dict[str, Any]:
-    """A model's HF config as a dict: named seeded models locally, others from the Hub's
-    ``config.json`` (no weights are downloaded)."""
+    """A model's HF config as a dict: named seeded and trained models locally, others from the
+    Hub's ``config.json`` (no weights are downloaded)."""
     from flopnet.node.model.models import seeded_config
     from flopnet.node.model.tokenizer import EMBEDDED_MODELS
+    from flopnet.node.model.trained import TRAINED_MODELS
 
     if model in EMBEDDED_MODELS:
         return seeded_config(model)
+    if model in TRAINED_MODELS:
+        return dict(TRAINED_MODELS[model].config)
     from transformers import AutoConfig
 
     try:

@@ -120,15 +120,33 @@ class HFBackend:
         device: str = "cpu",
         num_threads: int | None = None,
         attn_implementation: str | None = None,
+        experts_implementation: str | None = None,
     ) -> None:
         if num_threads is not None:
             if num_threads < 1:
                 raise ConfigError(f"num_threads must be >= 1, got {num_threads}")
             # Process-wide: this process exists to run the model.
             torch.set_num_threads(num_threads)
+        model, tokenizer = build_model(
+            spec,
+            attn_implementation=attn_implementation,
+            experts_implementation=experts_implementation,
+        )
+        self._attach(spec, model, tokenizer, device)
+
+    @classmethod
+    def from_model(
+        cls, spec: ModelSpec, model: nn.Module, tokenizer: Tokenizer, *, device: str = "cpu"
+    ) -> HFBackend:
+        """A backend around a model built elsewhere (benchmarks/gpu_check.py builds large shapes
+        on the GPU and hands the validator an exact CPU copy)."""
+        backend = cls.__new__(cls)
+        backend._attach(spec, model.eval().requires_grad_(False), tokenizer, device)
+        return backend
+
+    def _attach(self, spec: ModelSpec, model: nn.Module, tokenizer: Tokenizer, device: str) -> None:
         self.spec = spec
         self.device = torch.device(device)
-        model, tokenizer = build_model(spec, attn_implementation=attn_implementation)
         self.model: nn.Module = model.to(self.device)
         self.tokenizer: Tokenizer = tokenizer
         self._norm = _final_norm(self.model)

@@ -8,12 +8,17 @@ are the network's.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 from flopnet.protocol.errors import ConfigError
 
 BACKENDS = ("auto", "hf", "vllm")
+
+
+def _stderr(line: str) -> None:
+    print(f"flopnet: {line}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -38,18 +43,17 @@ def load_model(
     revision: str = "",
 ) -> LoadedModel:
     """Build the backend for ``model``; ``plan`` (from node.inference.hardware) picks ``auto``."""
-    from flopnet.node.model.models import hf_spec, param_count, seeded_spec, weights_sha256
+    from flopnet.node.model.models import param_count, resolve_spec, weights_sha256
     from flopnet.node.model.tokenizer import EMBEDDED_MODELS
 
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     chosen = backend if backend != "auto" else (plan["backend"] if plan else "hf")
     seeded = model in EMBEDDED_MODELS
-    spec = (
-        seeded_spec(model, seed=seed, dtype=dtype)
-        if seeded
-        else hf_spec(model, revision=revision or None, dtype=dtype)  # the manifest's pin
-    )
+    # A trained model is converted here on a node's first run (the daemon logs that it will
+    # be); the steps are printed on the model process's stderr. The revision is the manifest's
+    # pin of a Hub model.
+    spec = resolve_spec(model, seed=seed, dtype=dtype, revision=revision, progress=_stderr)
     if chosen == "hf":
         from flopnet.node.model.hf_backend import HFBackend
 
@@ -66,6 +70,7 @@ def load_model(
         )
     from flopnet.node.model.hardware import model_config, stored_params
     from flopnet.node.model.models import model_weights_sha256
+    from flopnet.node.model.trained import TRAINED_MODELS
     from flopnet.node.model.vllm_backend import VLLMBackend
 
     config = model_config(model, revision)
@@ -75,10 +80,15 @@ def load_model(
         max_model_len=max(max_seq_tokens, 1024) if max_seq_tokens else 4096,
         num_threads=threads or None,
     )
-    # A seeded model's weights are a function of the spec: hash the same HF parameters the
-    # other backend hashes. A Hub checkpoint inside vLLM's engine has other parameter names and
-    # layouts, so it is not hashed (a pinned manifest then refuses this node, with the reason).
-    pinned = model_weights_sha256(model, seed=seed, dtype=dtype) if seeded else ""
+    # A seeded model's weights are a function of the spec, a trained one's of its package file:
+    # hash the same HF parameters the other backend hashes. A Hub checkpoint inside vLLM's
+    # engine has other parameter names and layouts, so it is not hashed (a pinned manifest
+    # then refuses this node, with the reason).
+    pinned = (
+        model_weights_sha256(model, seed=seed, dtype=dtype, revision=revision)
+        if seeded or model in TRAINED_MODELS
+        else ""
+    )
     total = stored_params(config)
     head = int(config["vocab_size"]) * int(config["hidden_size"])
     embeddings = head if config.get("tie_word_embeddings") else 2 * head

@@ -168,18 +168,48 @@ class HFTokenizer:
         """Text of ``ids``, special tokens kept."""
         return str(self._tok.decode([int(i) for i in ids], skip_special_tokens=False))
 
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self._tok, "chat_template", None))
 
-# Names of the seeded random-weight models (see node.inference.models); they use the byte tokenizer.
+    def chat_prompt_ids(self, user_message: str) -> list[int]:
+        """Token ids of a one-turn chat (the model's own template, its default system prompt
+        included) ending with the assistant's generation prompt."""
+        if not self.has_chat_template:
+            raise ConfigError("this tokenizer has no chat template")
+        out: Any = self._tok.apply_chat_template(
+            [{"role": "user", "content": user_message}], add_generation_prompt=True, tokenize=True
+        )
+        ids = out["input_ids"] if not isinstance(out, list) else out
+        return [int(i) for i in ids]
+
+
+# Names of the seeded random-weight models (node.model.models.SEEDED_MODELS, which imports torch;
+# a test keeps the two equal); they use the byte tokenizer.
 EMBEDDED_MODELS = frozenset(
-    {"tiny", "small", "qwen2.5-1.5b-shape", "qwen2.5-7b-shape", "llama3-8b-shape"}
+    {
+        "tiny",
+        "small",
+        "deepseek-v3-tiny",
+        "deepseek-v3-small",
+        "qwen2.5-1.5b-shape",
+        "qwen2.5-7b-shape",
+        "llama3-8b-shape",
+        "deepseek-v3-16b-shape",
+    }
 )
 
 
 def tokenizer_for_model(model: str) -> Tokenizer:
-    """The tokenizer of a network's model: the byte tokenizer for embedded models, else the HF one.
+    """The tokenizer of a network's model: the byte tokenizer for embedded models, the saved one
+    of a trained model (node.model.trained), else the Hub's.
 
-    Kept free of torch so a publisher-only node can tokenise prompts without loading a model.
+    No model is loaded: a publisher-only node tokenises prompts with this alone.
     """
+    from flopnet.node.model.trained import TRAINED_MODELS, ensure_tokenizer
+
     if model in EMBEDDED_MODELS:
         return ByteTokenizer()
+    if model in TRAINED_MODELS:
+        return HFTokenizer(str(ensure_tokenizer(model)), local_files_only=True)
     return HFTokenizer(model)

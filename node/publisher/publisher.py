@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import trio
 
 from flopnet.node.config import NodeConfig
-from flopnet.node.model.prompt import format_r1_prompt
+from flopnet.node.model.prompt import encode_prompt
 from flopnet.node.model.tokenizer import Tokenizer
 from flopnet.node.publisher.announcements import AnnouncementLog
 from flopnet.node.publisher.leases import Denied, Grant, LeaseBook, validator_for
@@ -107,9 +107,10 @@ class Publisher:
         """The token ids of a task's prompt: assigned here, so worker and validator agree."""
         ids = self._prompt_ids.get(task.task_id)
         if ids is None:
-            # The task decides the user message (problem + instruction); the template wraps it.
-            text = format_r1_prompt(user_message(task), directive="")
-            ids = tuple(self.tokenizer.encode(text, add_bos=True))
+            # The task decides the user message (problem + instruction); the model's own chat
+            # template (or R1's format) wraps it.
+            message = user_message(task)
+            ids = tuple(encode_prompt(self.tokenizer, self.net.model, message, directive=""))
             self._prompt_ids[task.task_id] = ids
         return ids
 

@@ -174,7 +174,7 @@ def build_trace(
         problem=task.problem,
         prompt=user_message(task),
         gold=task.answer,
-        response=response_for_verifier(proof.text),
+        response=response_for_verifier(proof.text, net.model),
         finish_reason=submission.finish_reason,
         prompt_tokens=len(lease.prompt_ids),
         output_tokens=len(submission.token_ids),

@@ -528,7 +528,7 @@ class Validator:
                 task = self.tasks.get(lease.task_id)
                 assert task is not None  # the checks made sure
                 # The validator decodes the tokens itself; the worker's text is never trusted.
-                text = response_for_verifier(proof.text)
+                text = response_for_verifier(proof.text, self.net.model)
                 verify_started = time.perf_counter()
                 answer = await self._check_answer(text, task, lease, len(sub.token_ids))
                 verify_s = time.perf_counter() - verify_started
