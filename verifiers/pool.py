@@ -158,6 +158,9 @@ class _Worker:
         )
         self.proc.start()
         child_conn.close()  # so EOF on our end means the child is gone
+        # close() of the pool and the caller whose job it cut short both kill the worker: two
+        # threads closing one pipe would close its descriptor twice (EBADF, or another file's).
+        self._kill_lock = threading.Lock()
         self.ready = False
         self.jobs = 0
         self.warm_errors: list[str] = []
@@ -188,11 +191,12 @@ class _Worker:
         return f"exit code {code}"
 
     def kill(self) -> None:
-        if self.proc.is_alive():
-            with contextlib.suppress(OSError):
-                self.proc.kill()
-        self.proc.join(timeout=5.0)
-        self.conn.close()
+        with self._kill_lock:
+            if self.proc.is_alive():
+                with contextlib.suppress(OSError):
+                    self.proc.kill()
+            self.proc.join(timeout=5.0)
+            self.conn.close()
 
     def stop(self, grace: float) -> None:
         """Ask the child to exit; kill it if it does not within ``grace`` seconds."""
