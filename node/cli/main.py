@@ -131,6 +131,7 @@ EXTENSION_MODULES: tuple[str, ...] = (
     "flopnet.node.cli.proof",
     "flopnet.node.profile",
     "flopnet.node.cli.hardware",
+    "flopnet.node.cli.status",
 )
 
 
