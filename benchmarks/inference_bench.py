@@ -121,7 +121,7 @@ def measure(
 ) -> dict[str, Any]:
     """One (backend, model, batch) cell: generation with/without capture, proofs, prefill."""
     reqs = _requests(backend.tokenizer, batch, new_tokens)
-    # The worker's path (node/model_service.py, proof/stream.py): on a GPU each full chunk's
+    # The worker's path (node/model/child.py, proof/stream.py): on a GPU each full chunk's
     # proof is built on a thread while decoding continues; on a CPU all proofs after decoding.
     streaming = isinstance(backend, HFBackend) and backend.device.type != "cpu"
 

@@ -291,11 +291,11 @@ def bench_leaderboard(tmp: Path, network_id: str, total: int, dense: bool) -> di
 def bench_sync(tmp: Path, count: int, batch: int) -> dict[str, Any]:
     import trio
 
-    from flopnet.node.cli.ledger import replica_command
     from flopnet.node.config import NetworkParams, create_network
     from flopnet.node.ledger_sync import LedgerSync
+    from flopnet.node.replica import replica_command
+    from flopnet.protocol.catalog import LEDGER_RANGE
     from flopnet.protocol.host import P2PHost
-    from flopnet.protocol.ids import LEDGER_RANGE_LIMITS, LEDGER_RANGE_PROTOCOL
 
     v = validators(1)[0]
     net = create_network(
@@ -333,10 +333,10 @@ def bench_sync(tmp: Path, count: int, batch: int) -> dict[str, Any]:
 
     async def main() -> None:
         me = _FastIdentity(b"\x7e" * 32)
-        host = P2PHost(me)
+        host = P2PHost(me, network_id=net.network_id)
         with LedgerStore(client_path) as store:
             sync = LedgerSync(host, store, me, net.network_id, net.validator_keys, batch=batch)
-            host.handle(LEDGER_RANGE_PROTOCOL, sync.handle_range, LEDGER_RANGE_LIMITS)
+            host.serve(LEDGER_RANGE, sync.handle_range)
             async with host.running(), trio.open_nursery() as nursery:
                 started, cpu = time.perf_counter(), time.process_time()
                 await host.connect(addr)

@@ -68,17 +68,21 @@ from flopnet.node.publisher.publisher import Publisher  # noqa: E402
 from flopnet.node.tasks import builtin_tasks  # noqa: E402
 from flopnet.node.validator.inbox import Inbox  # noqa: E402
 from flopnet.node.validator.validator import Validator  # noqa: E402
-from flopnet.protocol.envelope import message_id, open_envelope, seal  # noqa: E402
+from flopnet.protocol.catalog import (  # noqa: E402
+    ANNOUNCEMENTS,
+    SUBMIT,
+    tasks_topic,
+)
+from flopnet.protocol.codec import Record  # noqa: E402
+from flopnet.protocol.envelope import (  # noqa: E402
+    Opened,
+    message_id,
+    open_envelope,
+    seal,
+)
 from flopnet.protocol.errors import MalformedMessage, PeerError, ProtocolTimeout  # noqa: E402
 from flopnet.protocol.host import P2PHost, StreamLimits  # noqa: E402
 from flopnet.protocol.identity import Identity  # noqa: E402
-from flopnet.protocol.ids import (  # noqa: E402
-    ANNOUNCEMENTS_LIMITS,
-    ANNOUNCEMENTS_PROTOCOL,
-    SUBMIT_LIMITS,
-    SUBMIT_PROTOCOL,
-    tasks_topic,
-)
 from flopnet.protocol.messages import (  # noqa: E402
     AnnouncementRange,
     AnnouncementRangeRequest,
@@ -306,9 +310,9 @@ class ListenerState:
             try:
                 reply = await host.request(
                     PUBLISHER.peer_id,
-                    ANNOUNCEMENTS_PROTOCOL,
+                    ANNOUNCEMENTS.protocol_id,
                     seal(ask, identity(f"listener-{self.node}"), NETWORK_ID),
-                    ANNOUNCEMENTS_LIMITS,
+                    ANNOUNCEMENTS.limits,
                 )
             except (PeerError, ProtocolTimeout) as exc:
                 failures += 1
@@ -377,12 +381,14 @@ async def gossip_child(spec: dict[str, Any]) -> dict[str, Any]:
     nodes = procs[proc]
     n_nodes = sum(len(p) for p in procs)
     topic = tasks_topic(NETWORK_ID)
-    hosts = {i: P2PHost(gossip_identity(i), listen_ip=LOOPBACK) for i in nodes}
+    hosts = {
+        i: P2PHost(gossip_identity(i), network_id=NETWORK_ID, listen_ip=LOOPBACK) for i in nodes
+    }
     publisher: Publisher | None = None
     if 0 in nodes:
         config = NodeConfig(roles=("publisher",), data_dir=d, network=network())
         publisher = Publisher(config, PUBLISHER, hosts[0], None, builtin_tasks(16))  # type: ignore[arg-type]  # the tokenizer is only used for leases
-        hosts[0].handle(ANNOUNCEMENTS_PROTOCOL, publisher.handle_range, ANNOUNCEMENTS_LIMITS)
+        hosts[0].serve(ANNOUNCEMENTS, publisher.handle_range)
     listeners = {i: ListenerState(i) for i in nodes if i != 0}
     out: dict[str, Any] = {"proc": proc, "nodes": nodes, "pid": os.getpid()}
     stack = AsyncExitStack()
@@ -574,7 +580,7 @@ async def submit_validator_child(spec: dict[str, Any]) -> dict[str, Any]:
     inbox_dir.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {"inbox_dir": str(inbox_dir), "pid": os.getpid()}
     out["bare_commit_100kb"] = commit_probe(inbox_dir)
-    host = P2PHost(VALIDATOR, listen_ip=LOOPBACK)
+    host = P2PHost(VALIDATOR, network_id=NETWORK_ID, listen_ip=LOOPBACK)
     config = NodeConfig(roles=("validator",), data_dir=inbox_dir, network=network())
     inbox = Inbox(inbox_dir / "inbox.sqlite")
     validator = Validator(
@@ -609,14 +615,14 @@ async def submit_validator_child(spec: dict[str, Any]) -> dict[str, Any]:
 
     inbox.add_durable = timed_add  # type: ignore[method-assign]  # instrumentation only
 
-    async def handler(peer: str, data: bytes) -> bytes:
+    async def handler(peer: str, opened: Opened) -> Record:
         t0 = time.perf_counter()
         try:
-            return await validator.handle_submission(peer, data)
+            return await validator.handle_submission(peer, opened)
         finally:
             handler_times.append(time.perf_counter() - t0)
 
-    host.handle(SUBMIT_PROTOCOL, handler, SUBMIT_LIMITS)
+    host.serve(SUBMIT, handler)
     host.handle(STATS_PROTOCOL, stats_handler, STATS_LIMITS)
     async with host.running() as h:
         write_json(d / "validator-addr.json", {"addr": h.addrs()[0]})
@@ -706,7 +712,7 @@ async def submit_client_child(spec: dict[str, Any]) -> dict[str, Any]:
     async def submit(k: int) -> float:
         data = pools[k].pop()
         t0 = time.perf_counter()
-        reply = await hosts[k].request(VALIDATOR.peer_id, SUBMIT_PROTOCOL, data, SUBMIT_LIMITS)
+        reply = await hosts[k].request(VALIDATOR.peer_id, SUBMIT.protocol_id, data, SUBMIT.limits)
         rtt = time.perf_counter() - t0
         receipt = open_envelope(reply, NETWORK_ID, expected=SubmissionReceipt)
         if receipt.signer != VALIDATOR.public_key:

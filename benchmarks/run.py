@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from flopnet.node.local import flopnet_argv
+
 JUDGED = ["--headless", "--workers", "2", "--tasks", "6", "--max-new-tokens", "48", "--json"]
 
 
@@ -30,9 +32,7 @@ def run_devnet(extra: list[str]) -> dict[str, Any]:
         started = time.perf_counter()
         result = subprocess.run(
             [
-                sys.executable,
-                "-m",
-                "flopnet.node.cli.main",
+                *flopnet_argv(),
                 "devnet",
                 *JUDGED,
                 "--data-dir",

@@ -23,8 +23,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from flopnet.ledger.derived import DAY, HOUR, QUARTER
 from flopnet.ledger.policy import DEFAULT_LOCK_WINDOW_S
-from flopnet.ledger.store import DAY, HOUR, QUARTER, LedgerStore
+from flopnet.ledger.store import LedgerStore
 from flopnet.protocol.identity import peer_id_from_public_key
 
 WINDOWS: dict[str, float | None] = {"24h": 86400.0, "7d": 7 * 86400.0, "all": None}
@@ -518,3 +519,32 @@ def to_csv(standings: list[Standing]) -> str:
                 row[key] = "'" + row[key]
         writer.writerow([row[c] for c in CSV_COLUMNS])
     return buffer.getvalue()
+
+
+_TEAM_SUMS = (
+    "flops",
+    "pending_flops",
+    "final_flops",
+    "flops_24h",
+    "flops_7d",
+    "generated_tokens",
+    "tasks_accepted",
+    "tasks_rejected",
+    "tasks_voided",
+)
+
+
+def team_totals(rows: list[Standing]) -> list[dict[str, Any]]:
+    """Per team (from the members' signed profiles): members and summed credit, ranked."""
+    teams: dict[str, dict[str, Any]] = {}
+    for s in rows:
+        if not s.team:
+            continue
+        team = teams.setdefault(
+            s.team, {"team": s.team, "members": 0, **dict.fromkeys(_TEAM_SUMS, 0)}
+        )
+        team["members"] += 1
+        for key in _TEAM_SUMS:
+            team[key] += getattr(s, key)
+    ranked = sorted(teams.values(), key=lambda t: (-t["flops"], t["team"]))
+    return [{"rank": i, **t} for i, t in enumerate(ranked, start=1)]

@@ -3,9 +3,10 @@
 Durability: WAL journal with ``synchronous=FULL`` fsyncs the log on every commit, and every
 method that writes commits before returning, so an entry that was acknowledged survives a SIGKILL
 (or a power cut) at any moment; nothing acknowledged is buffered in memory. The ``entries`` table
-holds the envelopes, the only source of truth; ``credits`` is derived from them in the same
-transaction so the leaderboard is one indexed query. Each store object owns one connection, used
-from one thread.
+holds the envelopes, the only source of truth; the other tables (:mod:`flopnet.ledger.schema`)
+are derived from them (:mod:`flopnet.ledger.derived`) in the same transaction, so the
+leaderboard is a few indexed queries; :mod:`flopnet.ledger.recheck` re-derives them all. Each
+store object owns one connection, used from one thread.
 """
 
 from __future__ import annotations
@@ -18,201 +19,30 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from flopnet.ledger.chain import (
     GENESIS_PREV,
     ChainProblem,
     EntryError,
     VerifiedEntry,
-    decode_body,
     entry_name,
     make_entry,
     next_timestamp,
-    read_entry_unverified,
     signer_name,
-    verify_chain,
     verify_entry,
 )
-from flopnet.ledger.kinds import AuditBody, InvalidationBody, ProfileBody, open_profile
+from flopnet.ledger.derived import DAY, HOUR, QUARTER, Sums, derive
 from flopnet.ledger.policy import AuditRecord
+from flopnet.ledger.schema import INSERT, migrate, write_sums
 from flopnet.protocol.codec import Record
 from flopnet.protocol.envelope import open_envelope
-from flopnet.protocol.errors import LedgerError, MalformedMessage
+from flopnet.protocol.errors import LedgerError
 from flopnet.protocol.identity import Identity
-from flopnet.protocol.messages import CreditBody, LedgerHead
+from flopnet.protocol.messages import LedgerHead
 
-SCHEMA_VERSION = 3
+__all__ = ["DAY", "HOUR", "QUARTER", "Equivocation", "EquivocationError", "LedgerStore"]
+
 MAX_RANGE = 10_000  # most entries one ``entries`` call returns
-HOUR = 3600
-QUARTER = 6 * HOUR  # a quarter of a UTC day
-DAY = 86400
-_LOW32 = 0xFFFFFFFF
-
-_SCHEMA_V1 = """
-CREATE TABLE entries (
-    signer BLOB NOT NULL,
-    seq INTEGER NOT NULL,
-    hash BLOB NOT NULL,
-    prev_hash BLOB NOT NULL,
-    timestamp REAL NOT NULL,
-    kind TEXT NOT NULL,
-    envelope BLOB NOT NULL,
-    PRIMARY KEY (signer, seq)
-);
-CREATE TABLE credits (
-    signer BLOB NOT NULL,
-    seq INTEGER NOT NULL,
-    contributor BLOB NOT NULL,
-    flops INTEGER NOT NULL,
-    flop_formula TEXT NOT NULL,
-    generated_tokens INTEGER NOT NULL,
-    prompt_tokens INTEGER NOT NULL,
-    task_id TEXT NOT NULL,
-    submission_id BLOB NOT NULL,
-    accepted INTEGER NOT NULL,
-    answer_score REAL NOT NULL,
-    timestamp REAL NOT NULL,
-    lease_id BLOB NOT NULL,
-    PRIMARY KEY (signer, seq)
-);
-CREATE INDEX credits_lease ON credits (signer, lease_id);
-CREATE INDEX credits_contributor ON credits (contributor, timestamp);
-CREATE INDEX credits_timestamp ON credits (timestamp);
-CREATE INDEX credits_submission ON credits (submission_id);
-CREATE TABLE equivocations (
-    signer BLOB NOT NULL,
-    seq INTEGER NOT NULL,
-    hash BLOB NOT NULL,
-    envelope BLOB NOT NULL,
-    conflicts_with BLOB NOT NULL,
-    reason TEXT NOT NULL,
-    detected_at REAL NOT NULL,
-    PRIMARY KEY (signer, seq, hash)
-);
-"""
-
-# Schema 2: the other entry kinds' derived rows, and credit sums per contributor (all time, per
-# UTC day, per quarter day, per hour) so that a leaderboard over a million entries reads
-# thousands of rows, not a million. Like ``credits``, every row here is derived from the
-# envelopes in the transaction that stores them, and ``verify_all`` recomputes them. FLOPs are
-# summed as two 32-bit halves (``hi``, ``lo``): SQLite's 64-bit SUM overflows after a few
-# thousand large credits.
-_SCHEMA_V2 = """
-CREATE TABLE invalidations (
-    signer BLOB NOT NULL,
-    seq INTEGER NOT NULL,
-    contributor BLOB NOT NULL,
-    severity TEXT NOT NULL,
-    credit_signer BLOB NOT NULL,
-    credit_seq INTEGER NOT NULL,
-    submission_id BLOB NOT NULL,
-    timestamp REAL NOT NULL,
-    PRIMARY KEY (signer, seq)
-);
-CREATE INDEX invalidations_contributor ON invalidations (contributor, timestamp);
-CREATE TABLE audits (
-    signer BLOB NOT NULL,
-    seq INTEGER NOT NULL,
-    contributor BLOB NOT NULL,
-    submission_id BLOB NOT NULL,
-    passed INTEGER NOT NULL,
-    rate REAL NOT NULL,
-    consecutive_valid INTEGER NOT NULL,
-    timestamp REAL NOT NULL,
-    PRIMARY KEY (signer, seq)
-);
-CREATE TABLE profiles (
-    signer BLOB NOT NULL,
-    seq INTEGER NOT NULL,
-    contributor BLOB NOT NULL,
-    display_name TEXT NOT NULL,
-    team TEXT NOT NULL,
-    updated_at REAL NOT NULL,
-    profile_id BLOB NOT NULL,
-    PRIMARY KEY (signer, seq)
-);
-CREATE INDEX profiles_contributor ON profiles (contributor, updated_at);
-CREATE TABLE credit_totals (
-    contributor BLOB NOT NULL,
-    signer BLOB NOT NULL,
-    flop_formula TEXT NOT NULL,
-    hi INTEGER NOT NULL,
-    lo INTEGER NOT NULL,
-    accepted INTEGER NOT NULL,
-    rejected INTEGER NOT NULL,
-    tokens INTEGER NOT NULL,
-    PRIMARY KEY (contributor, signer, flop_formula)
-) WITHOUT ROWID;
-CREATE TABLE signed_heads (
-    signer BLOB PRIMARY KEY,
-    seq INTEGER NOT NULL,
-    hash BLOB NOT NULL,
-    envelope BLOB NOT NULL
-);
-"""
-# Credit sums per time bucket (days, quarter days, hours since the epoch, UTC).
-BUCKET_TABLES = ("credit_days", "credit_quarters", "credit_hours")
-_BUCKET_SCHEMA = """
-CREATE TABLE {table} (
-    bucket INTEGER NOT NULL,
-    contributor BLOB NOT NULL,
-    signer BLOB NOT NULL,
-    hi INTEGER NOT NULL,
-    lo INTEGER NOT NULL,
-    accepted INTEGER NOT NULL,
-    rejected INTEGER NOT NULL,
-    tokens INTEGER NOT NULL,
-    PRIMARY KEY (bucket, contributor, signer)
-) WITHOUT ROWID;
-CREATE INDEX {table}_contributor ON {table} (contributor, bucket);
-"""
-_SCHEMA_V2 += "".join(_BUCKET_SCHEMA.format(table=table) for table in BUCKET_TABLES)
-
-# Schema 3: the (contributor, timestamp) index also covers what the leaderboard sums, so that
-# summing a contributor's credits over a time span (voided credit, the edge of a window) never
-# reads the table itself: 4x faster on a million entries.
-_SCHEMA_V3 = """
-DROP INDEX credits_contributor;
-CREATE INDEX credits_contributor ON credits
-    (contributor, timestamp, accepted, flops, generated_tokens, signer);
-"""
-
-_INSERT = {
-    "entries": "INSERT INTO entries (signer, seq, hash, prev_hash, timestamp, kind, envelope) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-    "credits": "INSERT INTO credits (signer, seq, contributor, flops, flop_formula, "
-    "generated_tokens, prompt_tokens, task_id, submission_id, accepted, answer_score, "
-    "timestamp, lease_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    "invalidations": "INSERT INTO invalidations (signer, seq, contributor, severity, "
-    "credit_signer, credit_seq, submission_id, timestamp) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    "audits": "INSERT INTO audits (signer, seq, contributor, submission_id, passed, rate, "
-    "consecutive_valid, timestamp) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    "profiles": "INSERT INTO profiles (signer, seq, contributor, display_name, team, updated_at, "
-    "profile_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
-}
-_SUMS = "hi = hi + excluded.hi, lo = lo + excluded.lo, accepted = accepted + excluded.accepted, "
-_SUMS += "rejected = rejected + excluded.rejected, tokens = tokens + excluded.tokens"
-_ADD_TOTAL = (
-    "INSERT INTO credit_totals (contributor, signer, flop_formula, hi, lo, accepted, rejected, "
-    "tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-    f"ON CONFLICT (contributor, signer, flop_formula) DO UPDATE SET {_SUMS}"
-)
-_ADD_BUCKET = (
-    "INSERT INTO {table} (bucket, contributor, signer, hi, lo, accepted, rejected, tokens) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-    f"ON CONFLICT (bucket, contributor, signer) DO UPDATE SET {_SUMS}"
-)
-_ADD_DAY = _ADD_BUCKET.format(table="credit_days")
-_ADD_QUARTER = _ADD_BUCKET.format(table="credit_quarters")
-_ADD_HOUR = _ADD_BUCKET.format(table="credit_hours")
-# The derived tables of one entry each, and the entry kind their rows belong to.
-_DERIVED_TABLES = {
-    "credits": "credit",
-    "invalidations": "invalidation",
-    "audits": "audit",
-    "profiles": "profile",
-}
 
 
 class EquivocationError(LedgerError):
@@ -251,110 +81,6 @@ class RangeResult:
     head: tuple[int, bytes] | None = None
 
 
-def hour_of(timestamp: float) -> int:
-    """The hour bucket of a timestamp (hours since the epoch, UTC)."""
-    return int(timestamp // HOUR)
-
-
-def quarter_of(timestamp: float) -> int:
-    """The quarter-day bucket of a timestamp (6-hour periods since the epoch, UTC)."""
-    return int(timestamp // QUARTER)
-
-
-def day_of(timestamp: float) -> int:
-    """The day bucket of a timestamp (days since the epoch, UTC)."""
-    return int(timestamp // DAY)
-
-
-@dataclass(frozen=True)
-class Derived:
-    """The rows an entry adds to the derived tables: ``rows`` maps table name to its one row."""
-
-    rows: dict[str, tuple[object, ...]]
-
-    @property
-    def credit(self) -> tuple[object, ...] | None:
-        return self.rows.get("credits")
-
-
-def derive(signer: bytes, seq: int, timestamp: float, body: Record, network_id: str) -> Derived:
-    """The derived rows of a verified entry (pure; raises MalformedMessage on a bad profile)."""
-    if isinstance(body, CreditBody):
-        row: tuple[object, ...] = (
-            signer,
-            seq,
-            body.contributor,
-            body.flops,
-            body.flop_formula,
-            body.generated_tokens,
-            body.prompt_tokens,
-            body.task_id,
-            body.submission_id,
-            int(body.accepted),
-            body.answer_score,
-            timestamp,
-            body.lease_id,
-        )
-        return Derived({"credits": row})
-    if isinstance(body, InvalidationBody):
-        row = (
-            signer,
-            seq,
-            body.contributor,
-            body.severity,
-            body.credit_signer,
-            body.credit_seq,
-            body.submission_id,
-            timestamp,
-        )
-        return Derived({"invalidations": row})
-    if isinstance(body, AuditBody):
-        row = (
-            signer,
-            seq,
-            body.contributor,
-            body.submission_id,
-            int(body.passed),
-            body.rate,
-            body.consecutive_valid,
-            timestamp,
-        )
-        return Derived({"audits": row})
-    if isinstance(body, ProfileBody):
-        p = open_profile(body, network_id)
-        row = (signer, seq, p.contributor, p.display_name, p.team, p.updated_at, p.profile_id)
-        return Derived({"profiles": row})
-    return Derived({})
-
-
-def _credit_row(
-    signer: bytes, seq: int, timestamp: float, body: Record
-) -> tuple[object, ...] | None:
-    """The derived ``credits`` row of an entry, or None for kinds without one."""
-    if not isinstance(body, CreditBody):
-        return None
-    return derive(signer, seq, timestamp, body, "").credit
-
-
-def credit_amounts(credit: tuple[object, ...]) -> tuple[int, int, int, int, int]:
-    """(hi, lo, accepted, rejected, tokens) a ``credits`` row adds to the sums: rejected credits
-    add FLOPs and tokens of zero, whatever their body says."""
-    flops, tokens, accepted = credit[3], credit[5], credit[9]
-    assert isinstance(flops, int) and isinstance(tokens, int)
-    if accepted:
-        return flops >> 32, flops & _LOW32, 1, 0, tokens
-    return 0, 0, 0, 1, 0
-
-
-def _add(sums: dict[Any, list[int]], key: Any, amounts: tuple[int, ...]) -> None:
-    current = sums.get(key)
-    if current is None:
-        sums[key] = list(amounts)
-    else:
-        for i, value in enumerate(amounts):
-            current[i] += value
-
-
 class LedgerStore:
     """Ledger chains in one SQLite file (WAL, synchronous=FULL)."""
 
@@ -370,42 +96,12 @@ class LedgerStore:
             self._conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
-            self._init_schema()
+            with self._write():
+                migrate(self._conn, self.path)
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot open ledger store {self.path}: {exc}") from exc
         if created:
             _fsync_dir(self.path.parent)  # make the new file's directory entry durable too
-
-    def _init_schema(self) -> None:
-        with self._write():
-            (version,) = self._conn.execute("PRAGMA user_version").fetchone()
-            if version == 0:
-                self._script(_SCHEMA_V1)
-                version = 1
-            if version == 1:
-                self._script(_SCHEMA_V2)
-                self._backfill_sums()  # schema 1 knew only credit entries
-                version = 2
-            if version == 2:
-                self._script(_SCHEMA_V3)
-                version = 3
-            if version != SCHEMA_VERSION:
-                raise LedgerError(
-                    f"{self.path} has ledger schema {version}; this version reads {SCHEMA_VERSION}"
-                )
-            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-
-    def _script(self, schema: str) -> None:
-        for statement in schema.split(";"):
-            if statement.strip():
-                self._conn.execute(statement)
-
-    def _backfill_sums(self) -> None:
-        by_signer: dict[bytes, _Sums] = {}
-        for row in self._conn.execute("SELECT * FROM credits ORDER BY signer, seq"):
-            by_signer.setdefault(row[0], _Sums()).add(tuple(row))
-        for signer, sums in by_signer.items():
-            self._write_sums(signer, sums)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -458,7 +154,7 @@ class LedgerStore:
         """Insert verified entries of one signer with their derived rows, and add their credits
         to the sums (one upsert per bucket touched, not per credit: ingest speed)."""
         rows: dict[str, list[tuple[object, ...]]] = {"entries": []}
-        sums = _Sums()
+        sums = Sums()
         for v in entries:
             rows["entries"].append(
                 (v.signer, v.seq, v.hash, v.prev_hash, v.timestamp, v.kind, v.raw)
@@ -469,21 +165,11 @@ class LedgerStore:
                     sums.add(row)
         executemany = self._conn.executemany
         for table, batch in rows.items():
-            executemany(_INSERT[table], batch)
+            executemany(INSERT[table], batch)
         if sums.totals:
             signer = entries[0].signer
             assert all(v.signer == signer for v in entries)
-            self._write_sums(signer, sums)
-
-    def _write_sums(self, signer: bytes, sums: _Sums) -> None:
-        executemany = self._conn.executemany
-        executemany(_ADD_TOTAL, [(c, signer, f, *a) for (c, f), a in sums.totals.items()])
-        for sql, buckets in (
-            (_ADD_DAY, sums.days),
-            (_ADD_QUARTER, sums.quarters),
-            (_ADD_HOUR, sums.hours),
-        ):
-            executemany(sql, [(bucket, c, signer, *a) for (bucket, c), a in buckets.items()])
+            write_sums(self._conn, signer, sums)
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -753,201 +439,55 @@ class LedgerStore:
         ).fetchone()
         return None if row is None else (row[0], bytes(row[1]))
 
-    # -- auditing the store ---------------------------------------------------------------------
+    def credit_entry(self, signer: bytes, submission_id: bytes) -> tuple[int, bytes] | None:
+        """(seq, envelope) of ``signer``'s credit entry for a submission, or None."""
+        row = self._conn.execute(
+            "SELECT e.seq, e.envelope FROM credits c JOIN entries e "
+            "ON e.signer = c.signer AND e.seq = c.seq WHERE c.signer = ? AND c.submission_id = ?",
+            (signer, submission_id),
+        ).fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))
 
-    def verify_all(self, network_id: str) -> list[ChainProblem]:
-        """Re-verify every stored chain, the stored columns and every derived row and sum
-        against the envelopes, and report stored equivocation evidence."""
-        problems: list[ChainProblem] = []
-        self._conn.execute("BEGIN")  # one consistent snapshot, even while another process writes
-        try:
-            signed = self._verified_signed_heads(network_id, problems)
-            for signer in sorted(set(self.signers()) | set(signed)):
-                sums = _Sums()
-                envelopes = self._audited_envelopes(signer, network_id, problems, sums)
-                problems.extend(
-                    verify_chain(envelopes, network_id, signer, expected_head=signed.get(signer))
-                )
-                problems.extend(self._check_sums(signer, sums))
-            for table, kind in _DERIVED_TABLES.items():
-                orphans = self._conn.execute(
-                    f"SELECT d.signer, d.seq FROM {table} d LEFT JOIN entries e "
-                    "ON e.signer = d.signer AND e.seq = d.seq "
-                    "WHERE e.signer IS NULL OR e.kind != ?",
-                    (kind,),
-                ).fetchall()
-                for signer, seq in orphans:
-                    message = f"entry seq {seq}: a {table} row without a {kind} entry"
-                    problems.append(ChainProblem(signer, seq, None, "store_mismatch", message))
-            orphan_sums = self._conn.execute(
-                "SELECT DISTINCT t.signer FROM credit_totals t LEFT JOIN entries e "
-                "ON e.signer = t.signer WHERE e.signer IS NULL"
-            ).fetchall()
-            for (signer,) in orphan_sums:
-                message = f"credit sums of {signer_name(signer)}, who has no stored entries"
-                problems.append(ChainProblem(signer, None, None, "store_mismatch", message))
-            for ev in self.equivocations():
-                problems.append(
-                    ChainProblem(
-                        ev.signer,
-                        ev.seq,
-                        ev.hash,
-                        "equivocation",
-                        f"{entry_name(ev.seq, ev.hash)}: equivocation evidence ({ev.reason}) "
-                        f"against {signer_name(ev.signer)}",
-                    )
-                )
-        finally:
-            self._conn.execute("COMMIT")
-        return problems
+    def has_credit(self, signer: bytes, submission_id: bytes) -> bool:
+        """Whether ``signer``'s chain holds a credit entry for a submission."""
+        row = self._conn.execute(
+            "SELECT 1 FROM credits WHERE signer = ? AND submission_id = ? LIMIT 1",
+            (signer, submission_id),
+        ).fetchone()
+        return row is not None
 
-    def _verified_signed_heads(
-        self, network_id: str, problems: list[ChainProblem]
-    ) -> dict[bytes, tuple[int, bytes]]:
-        out = {}
-        for signer, seq, h, envelope in self._conn.execute(
-            "SELECT signer, seq, hash, envelope FROM signed_heads ORDER BY signer"
-        ).fetchall():
-            try:
-                opened = open_envelope(envelope, network_id, expected=LedgerHead)
-                head = opened.expect(LedgerHead)
-                if (opened.signer, head.seq, head.hash) != (signer, seq, h):
-                    raise MalformedMessage("its columns disagree with the signed head")
-            except MalformedMessage as exc:
-                message = f"the kept signed head of {signer_name(signer)} is invalid: {exc}"
-                problems.append(ChainProblem(signer, seq, h, "store_mismatch", message))
-                continue
-            out[signer] = (seq, bytes(h))
-        return out
-
-    def _audited_envelopes(
-        self, signer: bytes, network_id: str, problems: list[ChainProblem], sums: _Sums
-    ) -> Iterator[bytes]:
-        """Yield ``signer``'s envelopes in seq order, reporting rows whose columns or derived
-        rows disagree with the envelope (the envelope is the truth), and summing the credits
-        the envelopes say into ``sums``."""
-        columns = {
-            table: [
-                row[1]
-                for row in self._conn.execute(f"PRAGMA table_info({table})").fetchall()
-                if row[1] not in ("signer", "seq")
-            ]
-            for table in _DERIVED_TABLES
-        }
-        joined = ", ".join(f"{t[0]}.{c}" for t in _DERIVED_TABLES for c in ("seq", *columns[t]))
-        joins = " ".join(
-            f"LEFT JOIN {t} {t[0]} ON {t[0]}.signer = e.signer AND {t[0]}.seq = e.seq"
-            for t in _DERIVED_TABLES
-        )
-        cursor = self._conn.execute(
-            f"SELECT e.seq, e.hash, e.prev_hash, e.timestamp, e.kind, e.envelope, {joined} "
-            f"FROM entries e {joins} WHERE e.signer = ? ORDER BY e.seq",
+    def credited_samples(self, signer: bytes) -> set[tuple[str, int]]:
+        """(task id, sample index) of every sample ``signer``'s chain credited as accepted."""
+        rows = self._conn.execute(
+            "SELECT task_id, sample_index FROM credits WHERE signer = ? AND accepted = 1",
             (signer,),
         )
-        for row in cursor:
-            seq, h, prev, ts, kind, envelope = row[:6]
-            stored_rows: dict[str, tuple[object, ...]] = {}
-            offset = 6
-            for table in _DERIVED_TABLES:
-                width = 1 + len(columns[table])
-                part = row[offset : offset + width]
-                offset += width
-                if part[0] is not None:
-                    stored_rows[table] = (signer, *part)
-            yield envelope
-            try:
-                peek = read_entry_unverified(envelope)
-            except EntryError:
-                continue  # verify_chain reports it
-            e = peek.entry
-            stored = (seq, h, prev, ts, kind)
-            actual = (e.seq, peek.hash, e.prev_hash, e.timestamp, e.kind)
-            name = entry_name(seq, h)
-            if stored != actual or peek.signer != signer:
-                problems.append(
-                    ChainProblem(
-                        signer,
-                        seq,
-                        h,
-                        "store_mismatch",
-                        f"{name}: stored columns disagree with the entry's envelope",
-                    )
-                )
-                continue
-            try:
-                body = decode_body(e.kind, e.body)
-                derived = derive(signer, e.seq, e.timestamp, body, network_id).rows
-            except MalformedMessage:
-                derived = {}  # verify_chain reports the malformed body
-            credit = derived.get("credits")
-            if credit is not None:
-                sums.add(credit)
-            for table in _DERIVED_TABLES:
-                if derived.get(table) != stored_rows.get(table):
-                    problems.append(
-                        ChainProblem(
-                            signer,
-                            seq,
-                            h,
-                            "store_mismatch",
-                            f"{name}: derived {table} row disagrees with the entry",
-                        )
-                    )
+        return {(str(task), int(index)) for task, index in rows}
 
-    def _check_sums(self, signer: bytes, sums: _Sums) -> list[ChainProblem]:
-        """Compare the stored credit sums of ``signer`` with those recomputed from envelopes."""
-        problems = []
-        tables: list[tuple[str, str, dict[Any, list[int]]]] = [
-            ("credit_totals", "contributor, flop_formula", sums.totals),
-            ("credit_days", "bucket, contributor", sums.days),
-            ("credit_quarters", "bucket, contributor", sums.quarters),
-            ("credit_hours", "bucket, contributor", sums.hours),
-        ]
-        for table, key_columns, expected in tables:
-            rows = self._conn.execute(
-                f"SELECT {key_columns}, hi, lo, accepted, rejected, tokens FROM {table} "
-                "WHERE signer = ?",
-                (signer,),
-            ).fetchall()
-            stored = {(row[0], row[1]): list(row[2:]) for row in rows}
-            for key in sorted(set(stored) | set(expected), key=repr):
-                if stored.get(key) == expected.get(key):
-                    continue
-                if table == "credit_totals":
-                    contributor, what = key[0], f"formula {key[1]}"
-                else:
-                    unit = table.removeprefix("credit_").removesuffix("s")
-                    contributor, what = key[1], f"{unit} bucket {key[0]}"
-                problems.append(
-                    ChainProblem(
-                        signer,
-                        None,
-                        None,
-                        "store_mismatch",
-                        f"{table} ({what}) of contributor {signer_name(contributor)} disagree "
-                        f"with the credit entries of {signer_name(signer)}",
-                    )
-                )
-        return problems
+    def has_credited(self, signer: bytes, contributor: bytes) -> bool:
+        """Whether ``signer``'s chain holds any credit entry (accepted or not) of a contributor."""
+        row = self._conn.execute(
+            "SELECT 1 FROM credits WHERE contributor = ? AND signer = ? LIMIT 1",
+            (contributor, signer),
+        ).fetchone()
+        return row is not None
 
+    def last_profile(self, signer: bytes, contributor: bytes) -> tuple[float, float] | None:
+        """(the profile's updated_at, the entry's timestamp) of the last profile ``signer``
+        recorded for a contributor, or None."""
+        row = self._conn.execute(
+            "SELECT p.updated_at, e.timestamp FROM profiles p JOIN entries e "
+            "ON e.signer = p.signer AND e.seq = p.seq WHERE p.signer = ? AND p.contributor = ? "
+            "ORDER BY p.seq DESC LIMIT 1",
+            (signer, contributor),
+        ).fetchone()
+        return None if row is None else (float(row[0]), float(row[1]))
 
-class _Sums:
-    """Credit sums recomputed from envelopes while auditing one signer's chain."""
+    def verify_all(self, network_id: str) -> list[ChainProblem]:
+        """Re-verify everything in the store (see :func:`flopnet.ledger.recheck.verify_store`)."""
+        from flopnet.ledger.recheck import verify_store
 
-    def __init__(self) -> None:
-        self.totals: dict[Any, list[int]] = {}
-        self.days: dict[Any, list[int]] = {}
-        self.quarters: dict[Any, list[int]] = {}
-        self.hours: dict[Any, list[int]] = {}
-
-    def add(self, credit: tuple[object, ...]) -> None:
-        contributor, formula, timestamp = credit[2], credit[4], credit[11]
-        assert isinstance(timestamp, float)
-        amounts = credit_amounts(credit)
-        _add(self.totals, (contributor, formula), amounts)
-        _add(self.days, (day_of(timestamp), contributor), amounts)
-        _add(self.quarters, (quarter_of(timestamp), contributor), amounts)
-        _add(self.hours, (hour_of(timestamp), contributor), amounts)
+        return verify_store(self, network_id)
 
 
 def _equivocation_error(evidence: Equivocation) -> EquivocationError:

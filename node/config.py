@@ -175,6 +175,10 @@ class NetworkParams:
         """Read and verify a founder-signed ``network.manifest``."""
         return cls.from_manifest(load_manifest(path))
 
+    def as_json(self) -> dict[str, Any]:
+        """Every parameter as plain JSON-able data (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self).items()}
+
 
 def recommended_proof_params(model: str, dtype: str) -> dict[str, Any]:
     """The proof parameters a new network of ``model``/``dtype`` starts with:
@@ -245,6 +249,7 @@ class NodeConfig:
     audit_batch: int = 8  # validator: audits of different contributors made in one prefill
     # Publisher: active leases one worker may hold (a batching worker needs several).
     max_leases_per_worker: int = 8
+    newcomer_leases: int = 1  # publisher: leases a worker without accepted work may hold
 
     def __post_init__(self) -> None:
         if self.backend not in ("auto", "hf", "vllm"):
@@ -253,6 +258,8 @@ class NodeConfig:
             raise ConfigError("--audit-batch must be in 1..256")
         if not 1 <= self.batch_size <= 256:
             raise ConfigError("--batch-size must be in 1..256")
+        if not 1 <= self.newcomer_leases <= 1024:
+            raise ConfigError("newcomer_leases must be in 1..1024")
         if not 1 <= self.max_leases_per_worker <= 1024:
             raise ConfigError("--max-leases-per-worker must be in 1..1024")
         if not self.roles:

@@ -8,12 +8,13 @@ stops the node cleanly; acknowledged ledger entries are durable before they are 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
+import sys
 import time
 from contextlib import ExitStack
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,38 +25,38 @@ from flopnet.node.api import build_app, load_or_create_token, serve_api
 from flopnet.node.config import NodeConfig
 from flopnet.node.discovery import Discovery
 from flopnet.node.liveness import Liveness
+from flopnet.node.local import (
+    INBOX_FILE,
+    LEDGER_FILE,
+    LOG_FILE,
+    NODE_INFO_FILE,
+    PUBLISHER_FILE,
+    write_node_info,
+)
 from flopnet.node.publisher.store import PublisherStore
+from flopnet.node.sqlite_files import private_file
 from flopnet.node.tasks import Task, builtin_tasks, load_tasks_file
 from flopnet.node.validator.inbox import Inbox
-from flopnet.protocol.errors import ConfigError, FlopnetError
-from flopnet.protocol.host import P2PHost
-from flopnet.protocol.identity import load_or_create_identity
-from flopnet.protocol.ids import (
-    ANNOUNCEMENTS_LIMITS,
-    ANNOUNCEMENTS_PROTOCOL,
-    CLAIM_LIMITS,
-    CLAIM_PROTOCOL,
-    LEDGER_RANGE_LIMITS,
-    LEDGER_RANGE_PROTOCOL,
-    PROFILE_LIMITS,
-    PROFILE_PROTOCOL,
-    SUBMIT_LIMITS,
-    SUBMIT_PROTOCOL,
-    TASK_SPEC_LIMITS,
-    TASK_SPEC_PROTOCOL,
-    VERDICT_LIMITS,
-    VERDICT_PROTOCOL,
+from flopnet.protocol.catalog import (
+    ANNOUNCEMENTS,
+    CLAIM,
+    LEDGER_GOSSIP,
+    LEDGER_RANGE,
+    PROFILE,
+    SUBMIT,
+    TASK_SPEC,
+    VERDICT,
+    heartbeat_budget,
     heartbeat_topic,
     ledger_topic,
     tasks_topic,
 )
+from flopnet.protocol.errors import ConfigError, FlopnetError
+from flopnet.protocol.host import P2PHost
+from flopnet.protocol.identity import load_or_create_identity
 from flopnet.protocol.messages import CreditBody
 
 log = logging.getLogger("flopnet.node")
-NODE_INFO_FILE = "node.json"
-LEDGER_FILE = "ledger.sqlite"
-INBOX_FILE = "inbox.sqlite"
-PUBLISHER_FILE = "publisher.sqlite"
 
 
 def load_task_set(config: NodeConfig) -> list[Task]:
@@ -67,11 +68,19 @@ def load_task_set(config: NodeConfig) -> list[Task]:
 
 def setup_logging(data_dir: Path, level: str) -> None:
     """Log to ``<data dir>/node.log`` (stdout stays free for machine-readable output)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(data_dir / "node.log")
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the data directory {data_dir}: {exc.strerror}") from None
+    handler = logging.FileHandler(private_file(data_dir / LOG_FILE))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # Errors also go to stderr: when the data directory's disk is full, the log is not written.
+    errors = logging.StreamHandler(sys.stderr)
+    errors.setLevel(logging.ERROR)
+    errors.setFormatter(logging.Formatter("flopnet: %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
+    root.addHandler(errors)
     root.setLevel(level)
     # libp2p is chatty at INFO about every stream it negotiates.
     logging.getLogger("libp2p").setLevel(max(logging.WARNING, root.level))
@@ -109,12 +118,6 @@ async def _check_reachability(host: P2PHost, config: NodeConfig, state: dict[str
                     )
                 return
         await trio.sleep(2.0)
-
-
-def _write_node_info(data_dir: Path, info: dict[str, Any]) -> None:
-    tmp = data_dir / (NODE_INFO_FILE + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, data_dir / NODE_INFO_FILE)
 
 
 # Prompt tokens planned for beside max_new_tokens when checking that a sequence fits in memory.
@@ -187,7 +190,11 @@ async def run_node(config: NodeConfig) -> None:
                 check_pinned_weights(net.model, net.weights_sha256, info.weights_sha256)
 
         host = P2PHost(
-            identity, listen_ip=config.listen_ip, relay_hop="relay" in roles, mdns=config.mdns
+            identity,
+            network_id=net.network_id,
+            listen_ip=config.listen_ip,
+            relay_hop="relay" in roles,
+            mdns=config.mdns,
         )
         network_state: dict[str, Any] = {"reachable": None, "relayed_addrs": []}
         # A validator beside its publisher holds the task set; a validator alone holds only a
@@ -207,9 +214,9 @@ async def run_node(config: NodeConfig) -> None:
             publisher = Publisher(
                 config, identity, host, tokenizer_for_model(net.model), tasks, publisher_store
             )
-            host.handle(CLAIM_PROTOCOL, publisher.handle_claim, CLAIM_LIMITS)
-            host.handle(ANNOUNCEMENTS_PROTOCOL, publisher.handle_range, ANNOUNCEMENTS_LIMITS)
-            host.handle(TASK_SPEC_PROTOCOL, publisher.handle_task_spec, TASK_SPEC_LIMITS)
+            host.serve(CLAIM, publisher.handle_claim)
+            host.serve(ANNOUNCEMENTS, publisher.handle_range)
+            host.serve(TASK_SPEC, publisher.handle_task_spec)
 
         # Every node keeps verified replicas of the validators' chains (a validator's own chain
         # lives in the same store) and serves them; the leaderboard is a query over it.
@@ -227,8 +234,8 @@ async def run_node(config: NodeConfig) -> None:
         ledger_sync = LedgerSync(
             host, store, identity, net.network_id, net.validator_keys, on_entry=on_replicated
         )
-        host.handle(LEDGER_RANGE_PROTOCOL, ledger_sync.handle_range, LEDGER_RANGE_LIMITS)
-        host.handle(PROFILE_PROTOCOL, ledger_sync.handle_profile, PROFILE_LIMITS)
+        host.serve(LEDGER_RANGE, ledger_sync.handle_range)
+        host.serve(PROFILE, ledger_sync.handle_profile)
 
         if "validator" in roles:
             from flopnet.node.validator.task_source import TaskSource
@@ -267,8 +274,8 @@ async def run_node(config: NodeConfig) -> None:
                 on_verdict,
                 publish_entry=ledger_sync.publish_entry,
             )
-            host.handle(SUBMIT_PROTOCOL, validator.handle_submission, SUBMIT_LIMITS)
-            host.handle(VERDICT_PROTOCOL, validator.handle_verdict_request, VERDICT_LIMITS)
+            host.serve(SUBMIT, validator.handle_submission)
+            host.serve(VERDICT, validator.handle_verdict_request)
 
         if "worker" in roles:
             from flopnet.node.worker.worker import Worker
@@ -307,7 +314,7 @@ async def run_node(config: NodeConfig) -> None:
                 "reachable": network_state["reachable"],
                 "relayed_addrs": network_state["relayed_addrs"],
                 "penalties": host.guard.snapshot(now),
-                "model": None if model is None or model.info is None else vars(model.info),
+                "model": None if model is None or model.info is None else asdict(model.info),
                 "publisher": publisher.snapshot() if publisher else None,
                 "validator": validator.snapshot() if validator else None,
                 "worker": worker.snapshot() if worker else None,
@@ -328,9 +335,15 @@ async def run_node(config: NodeConfig) -> None:
                     nursery.start_soon(liveness.keep_connected, addr)
             if worker is not None:
                 await host.subscribe(tasks_topic(net.network_id), worker.on_announcement)
-            await host.subscribe(ledger_topic(net.network_id), ledger_sync.on_ledger_gossip)
+            await host.subscribe(
+                ledger_topic(net.network_id), ledger_sync.on_ledger_gossip, LEDGER_GOSSIP
+            )
             nursery.start_soon(ledger_sync.run)
-            await host.subscribe(heartbeat_topic(net.network_id), liveness.on_heartbeat)
+            await host.subscribe(
+                heartbeat_topic(net.network_id),
+                liveness.on_heartbeat,
+                heartbeat_budget(config.heartbeat_interval),
+            )
             nursery.start_soon(liveness.heartbeat_loop)
             discovery = Discovery(
                 host, net.network_id, roles, net.publisher_keys, net.validator_keys
@@ -340,7 +353,7 @@ async def run_node(config: NodeConfig) -> None:
             token = load_or_create_token(config.data_dir)
             app = build_app(token, {"/status": status, "/leaderboard": leaderboard})
             api_url = await nursery.start(serve_api, app, config.api_port)
-            _write_node_info(
+            write_node_info(
                 config.data_dir,
                 {
                     "peer_id": identity.peer_id,

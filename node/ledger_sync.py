@@ -30,21 +30,21 @@ from flopnet.ledger.chain import (
 from flopnet.ledger.kinds import KIND_PROFILE, ProfileBody, open_profile
 from flopnet.ledger.store import EquivocationError, LedgerStore, RangeResult
 from flopnet.ledger.sync import Fetch, SyncPlanner
-from flopnet.protocol.envelope import open_envelope, seal
-from flopnet.protocol.errors import FlopnetError, MalformedMessage
+from flopnet.protocol.catalog import LEDGER_RANGE, ledger_topic
+from flopnet.protocol.envelope import Opened, open_envelope, seal
+from flopnet.protocol.errors import FlopnetError, MalformedMessage, PeerError
 from flopnet.protocol.guard import Violation
 from flopnet.protocol.host import P2PHost
-from flopnet.protocol.identity import Identity, peer_id_from_public_key
-from flopnet.protocol.ids import LEDGER_RANGE_LIMITS, LEDGER_RANGE_PROTOCOL, ledger_topic
+from flopnet.protocol.identity import Identity
 from flopnet.protocol.messages import (
     MAX_ENVELOPE_BYTES,
-    ContributorProfile,
     LedgerEntry,
     LedgerHead,
     LedgerRange,
     LedgerRangeRequest,
     Refusal,
 )
+from flopnet.protocol.rpc import refusal
 
 log = logging.getLogger(__name__)
 # Room left in a ledger_range envelope for its other fields and the msgpack framing.
@@ -169,11 +169,8 @@ class LedgerSync:
 
     # -- serving -----------------------------------------------------------------------------
 
-    async def handle_range(self, peer_id: str, data: bytes) -> bytes:
+    async def handle_range(self, peer_id: str, opened: Opened) -> LedgerRange:
         """Serve a ``ledger_range_request``: stored entries from ``from_seq`` on, cut to fit."""
-        opened = open_envelope(data, self.network_id, expected=LedgerRangeRequest)
-        if peer_id_from_public_key(opened.signer) != peer_id:
-            raise MalformedMessage("the range request is not signed by the stream's peer")
         request = opened.expect(LedgerRangeRequest)
         entries: list[bytes] = []
         head = self.store.head(request.signer) if request.signer in self.validators else None
@@ -186,53 +183,34 @@ class LedgerSync:
                 entries.append(envelope)
         self.stats.ranges_served += 1
         self.stats.entries_served += len(entries)
-        reply = LedgerRange(
+        return LedgerRange(
             version=1,
             signer=request.signer,
             entries=tuple(entries),
             head_seq=-1 if head is None else head[0],
         )
-        return seal(reply, self.identity, self.network_id)
 
-    async def handle_profile(self, peer_id: str, data: bytes) -> bytes:
+    async def handle_profile(self, peer_id: str, opened: Opened) -> LedgerEntry | Refusal:
         """Record a contributor's signed profile in our chain (validators only); answers the
         ledger entry that holds it, or a refusal."""
-        opened = open_envelope(data, self.network_id, expected=ContributorProfile)
-        if peer_id_from_public_key(opened.signer) != peer_id:
-            raise MalformedMessage("the profile is not signed by the stream's peer")
         body = ProfileBody(profile=opened.raw)
         profile = open_profile(body, self.network_id)  # also refuses control characters
         me = self.identity.public_key
         if not self.is_validator:
-            return self._refuse("not_a_validator", "this node keeps no ledger of its own")
-        conn = self.store.connection
-        if (
-            conn.execute(
-                "SELECT 1 FROM credits WHERE contributor = ? AND signer = ? LIMIT 1",
-                (profile.contributor, me),
-            ).fetchone()
-            is None
-        ):
+            return refusal("not_a_validator", "this node keeps no ledger of its own")
+        if not self.store.has_credited(me, profile.contributor):
             # Anyone can make a key; only contributors we credited may write to our chain.
-            return self._refuse("unknown_contributor", "no credit of yours is on this ledger")
-        last = conn.execute(
-            "SELECT p.updated_at, e.timestamp, e.envelope FROM profiles p JOIN entries e "
-            "ON e.signer = p.signer AND e.seq = p.seq WHERE p.signer = ? AND p.contributor = ? "
-            "ORDER BY p.seq DESC LIMIT 1",
-            (me, profile.contributor),
-        ).fetchone()
+            return refusal("unknown_contributor", "no credit of yours is on this ledger")
+        last = self.store.last_profile(me, profile.contributor)
         if last is not None:
             if profile.updated_at <= last[0]:
-                return self._refuse("stale_profile", "a newer profile is already recorded")
+                return refusal("stale_profile", "a newer profile is already recorded")
             if time.time() - last[1] < PROFILE_MIN_INTERVAL_S:
-                return self._refuse("too_frequent", "one profile change per 10 minutes")
+                return refusal("too_frequent", "one profile change per 10 minutes")
         seq, _, entry = self.store.append_local(self.identity, self.network_id, KIND_PROFILE, body)
         log.info("recorded the profile of %s as %s", peer_id, entry_name(seq, None))
         await self._publish(entry)
-        return entry
-
-    def _refuse(self, code: str, reason: str) -> bytes:
-        return seal(Refusal(version=1, code=code, reason=reason), self.identity, self.network_id)
+        return open_envelope(entry, self.network_id, expected=LedgerEntry).expect(LedgerEntry)
 
     # -- publishing (validators) -------------------------------------------------------------
 
@@ -303,16 +281,12 @@ class LedgerSync:
         request = LedgerRangeRequest(
             version=1, signer=fetch.signer, from_seq=fetch.from_seq, limit=fetch.limit
         )
-        reply_bytes = await self.host.request(
-            fetch.peer,
-            LEDGER_RANGE_PROTOCOL,
-            seal(request, self.identity, self.network_id),
-            LEDGER_RANGE_LIMITS,
-        )
-        opened = open_envelope(reply_bytes, self.network_id, expected=LedgerRange)
+        opened = await self.host.call(fetch.peer, LEDGER_RANGE, request)
+        if isinstance(opened.message, Refusal):
+            raise PeerError(f"ledger range refused: {opened.message.reason}")
         reply = opened.expect(LedgerRange)
-        if peer_id_from_public_key(opened.signer) != fetch.peer or reply.signer != fetch.signer:
-            raise MalformedMessage("a ledger range from the wrong peer or for another chain")
+        if reply.signer != fetch.signer:
+            raise MalformedMessage("a ledger range for another chain")
         return reply
 
     async def _fetch(self, fetch: Fetch) -> None:

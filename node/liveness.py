@@ -15,11 +15,11 @@ from collections.abc import Callable
 
 import trio
 
+from flopnet.protocol.catalog import heartbeat_topic
 from flopnet.protocol.envelope import open_envelope, seal
 from flopnet.protocol.errors import FlopnetError, MalformedMessage
 from flopnet.protocol.host import P2PHost
 from flopnet.protocol.identity import Identity, peer_id_from_public_key
-from flopnet.protocol.ids import heartbeat_topic
 from flopnet.protocol.messages import Heartbeat
 from flopnet.protocol.peers import Backoff, PeerState, PeerTable
 
@@ -99,19 +99,25 @@ class Liveness:
 
     async def keep_connected(self, addr: str) -> None:
         """Dial ``addr`` and re-dial it with exponential backoff whenever the connection drops."""
-        backoff = Backoff(cap=10.0)
-        rng = random.Random()
-        peer_id = addr.rsplit("/p2p/", 1)[-1]
-        while True:
-            if peer_id in self.host.connected_peers():
-                backoff.reset()
-                await trio.sleep(self.interval)
-                continue
-            try:
-                await self.host.connect(addr)
-                log.info("connected to %s", addr)
-                backoff.reset()
-            except FlopnetError as exc:
-                delay = backoff.next_delay(rng)
-                log.info("dialing %s: %s; next try in %.1fs", addr, exc, delay)
-                await trio.sleep(delay)
+        await keep_connected(self.host, addr, self.interval)
+
+
+async def keep_connected(host: P2PHost, addr: str, interval: float = 1.0) -> None:
+    """Dial ``addr`` and re-dial it with exponential backoff whenever the connection drops
+    (checked every ``interval`` seconds)."""
+    backoff = Backoff(cap=10.0)
+    rng = random.Random()
+    peer_id = addr.rsplit("/p2p/", 1)[-1]
+    while True:
+        if peer_id in host.connected_peers():
+            backoff.reset()
+            await trio.sleep(interval)
+            continue
+        try:
+            await host.connect(addr)
+            log.info("connected to %s", addr)
+            backoff.reset()
+        except FlopnetError as exc:
+            delay = backoff.next_delay(rng)
+            log.info("dialing %s: %s; next try in %.1fs", addr, exc, delay)
+            await trio.sleep(delay)

@@ -9,7 +9,6 @@ when the name or team does, so a restarted worker re-sending the same profile is
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -19,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flopnet.protocol.envelope import open_envelope, seal
-from flopnet.protocol.errors import ConfigError, FlopnetError, MalformedMessage
+from flopnet.protocol.catalog import PROFILE
+from flopnet.protocol.envelope import seal
+from flopnet.protocol.errors import ConfigError, FlopnetError
 from flopnet.protocol.identity import Identity, peer_id_from_public_key
-from flopnet.protocol.ids import PROFILE_LIMITS, PROFILE_PROTOCOL
 from flopnet.protocol.messages import ContributorProfile, LedgerEntry, Refusal
 
 if TYPE_CHECKING:
@@ -139,12 +138,8 @@ class ProfileSharer:
     async def _offer(self, validator: bytes, profile: StoredProfile) -> str | None:
         data = signed_profile(self.identity, self.network_id, profile)
         try:
-            reply = await self.host.request(
-                peer_id_from_public_key(validator), PROFILE_PROTOCOL, data, PROFILE_LIMITS
-            )
-            opened = open_envelope(reply, self.network_id)
-            if opened.signer != validator:
-                raise MalformedMessage("the profile answer is not signed by that validator")
+            # A LedgerEntry or a Refusal, signed by the validator asked (the host checks both).
+            opened = await self.host.call(peer_id_from_public_key(validator), PROFILE, data)
             if isinstance(opened.message, Refusal):
                 return opened.message.code
             opened.expect(LedgerEntry)
@@ -152,42 +147,3 @@ class ProfileSharer:
             log.info("profile not shared with %s: %s", validator.hex()[:12], exc)
             return None
         return "recorded"
-
-
-# ---------------------------------------------------------------------------------------------
-# flopnet profile set|show
-
-
-def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
-    """Add the ``profile`` subcommand."""
-    p = sub.add_parser(
-        "profile",
-        help="your display name and team on the leaderboard",
-        description=(
-            "Stores the profile in the node's data dir. A running worker signs it and sends it to "
-            "each validator that credits its work; the validator records it on its ledger, so "
-            "every replica's leaderboard shows it."
-        ),
-    )
-    actions = p.add_subparsers(dest="profile_command", required=True)
-    set_ = actions.add_parser("set", help="set the display name and team")
-    set_.add_argument("--name", required=True, help=f"display name (<= {MAX_FIELD_CHARS} chars)")
-    set_.add_argument("--team", default="", help=f"team (<= {MAX_FIELD_CHARS} chars)")
-    show = actions.add_parser("show", help="print the stored profile as JSON")
-    for action in (set_, show):
-        action.add_argument(
-            "--data-dir", type=Path, help="the node's data dir (default: $FLOPNET_HOME)"
-        )
-    return {"profile": _run}
-
-
-def _run(args: argparse.Namespace) -> int:
-    if args.profile_command == "set":
-        profile = save_profile(args.data_dir, args.name, args.team)
-    else:
-        stored = load_profile(args.data_dir)
-        if stored is None:
-            raise ConfigError(f"no profile in {args.data_dir}; set one with `flopnet profile set`")
-        profile = stored
-    print(json.dumps(profile.__dict__))
-    return 0

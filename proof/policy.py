@@ -11,15 +11,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from flopnet.proof.completion import CompletionCheck
-from flopnet.proof.params import POLICY_PARAMS
-from flopnet.proof.sampling import DEFAULT_TOLERANCE, ReplayCheck
-from flopnet.proof.toploc import (
+from flopnet.proof.measures import (
+    DEFAULT_TOLERANCE,
     ChunkCheck,
+    ReplayCheck,
     ToplocThresholds,
     failing_chunks,
     pooled_failure,
     pooled_mant_err,
 )
+from flopnet.proof.params import POLICY_PARAMS
 from flopnet.protocol.errors import ConfigError
 
 

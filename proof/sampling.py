@@ -17,15 +17,13 @@ from dataclasses import dataclass
 
 import torch
 
+from flopnet.proof.measures import DEFAULT_TOLERANCE, ReplayCheck, replay_check
 from flopnet.protocol.errors import ConfigError, ProofError
 
 _NOISE_DOMAIN = b"flopnet/gumbel-noise/v1"
 # Keeps log(-log(u)) finite; the extremes it cuts off have probability ~1e-12 per draw.
 _U_EPS = 1e-12
 
-# Score units (logits / temperature + noise; plain logits when greedy). Must be calibrated per
-# model and dtype and carried in the manifest; this default suits small models in bf16.
-DEFAULT_TOLERANCE = 0.1
 # Probability mass by which the top-p boundary may move between decode and prefill logits.
 DEFAULT_TOP_P_SLACK = 0.01
 
@@ -46,22 +44,6 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
-
-
-@dataclass(frozen=True)
-class ReplayCheck:
-    """Outcome of :func:`replay_sampling`: positions checked and those that fail."""
-
-    checked: int
-    mismatches: int
-    mismatch_positions: tuple[int, ...]
-    # Largest score shortfall (best candidate's score minus the token's) among the tokens that
-    # passed: how close honest tokens came to the tolerance. What calibration measures.
-    max_shortfall: float = 0.0
-
-    @property
-    def mismatch_rate(self) -> float:
-        return self.mismatches / self.checked if self.checked else 0.0
 
 
 def _generator_seed(seed: int, position: int) -> int:
@@ -175,20 +157,6 @@ def replay_sampling(
         chunk_rows=chunk_rows,
     )
     return replay_check(shortfalls.tolist(), tolerance, start_position=start_position)
-
-
-def replay_check(
-    shortfalls: Sequence[float], tolerance: float, *, start_position: int = 0
-) -> ReplayCheck:
-    """Apply a tolerance to per-token shortfalls from :func:`replay_shortfalls` (pure)."""
-    bad = [i for i, s in enumerate(shortfalls) if not s <= tolerance]  # NaN and inf fail
-    passing = [s for s in shortfalls if s <= tolerance]
-    return ReplayCheck(
-        checked=len(shortfalls),
-        mismatches=len(bad),
-        mismatch_positions=tuple(start_position + i for i in bad),
-        max_shortfall=max(passing, default=0.0),
-    )
 
 
 def replay_shortfalls(

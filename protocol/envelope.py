@@ -62,6 +62,18 @@ def seal(message: Record, identity: Identity, network_id: str) -> bytes:
     return data
 
 
+def peek_signer(data: bytes) -> bytes:
+    """The signer an envelope claims, WITHOUT verifying its signature: a cheap look before the
+    expensive check (raises MalformedMessage for anything that is not an envelope)."""
+    raw: Any = unpackb(data, max_bytes=max(MAX_ENVELOPE_BYTES.values()))
+    if not isinstance(raw, dict) or set(raw) != {"v", "type", "body", "signer", "sig"}:
+        raise MalformedMessage("not an envelope")
+    signer = raw["signer"]
+    if not isinstance(signer, bytes) or len(signer) != 32:
+        raise MalformedMessage("bad signer")
+    return signer
+
+
 def message_id(envelope_bytes: bytes) -> bytes:
     """SHA-256 of an envelope's canonical bytes."""
     return hashlib.sha256(envelope_bytes).digest()

@@ -24,6 +24,11 @@ class PeerError(FlopnetError):
     """A remote peer could not be reached or broke a request/response exchange."""
 
 
+class ProtocolNotSupported(PeerError):
+    """A reachable peer does not serve a stream protocol (a light client, another program,
+    an older version): the peer is still a peer, only that request cannot be made."""
+
+
 class ProofError(FlopnetError):
     """A TOPLOC proof or hidden-state tensor is unusable (wrong length, modulus, dtype or shape)."""
 

@@ -14,15 +14,36 @@ from typing import Any
 
 
 class Violation(enum.Enum):
-    """Misbehaviours and their cost in score points."""
+    """Misbehaviours, each with its cost in score points (``cost``).
 
-    MALFORMED = 20
-    OVERSIZED = 20
-    BAD_SIGNATURE = 25
-    WRONG_SIGNER = 25
-    REPLAY = 10
-    RATE_LIMIT = 2
-    TIMEOUT = 5
+    The values are the names: two misbehaviours of equal cost must stay two members (an enum
+    with equal values makes the second an alias of the first, and a ban would then be logged
+    and counted under the wrong name).
+    """
+
+    MALFORMED = "malformed"
+    OVERSIZED = "oversized"
+    BAD_SIGNATURE = "bad_signature"
+    WRONG_SIGNER = "wrong_signer"
+    REPLAY = "replay"
+    RATE_LIMIT = "rate_limit"
+    TIMEOUT = "timeout"
+
+    @property
+    def cost(self) -> float:
+        """Score points the misbehaviour costs."""
+        return _COSTS[self]
+
+
+_COSTS = {
+    Violation.MALFORMED: 20.0,
+    Violation.OVERSIZED: 20.0,
+    Violation.BAD_SIGNATURE: 25.0,
+    Violation.WRONG_SIGNER: 25.0,
+    Violation.REPLAY: 10.0,
+    Violation.RATE_LIMIT: 2.0,
+    Violation.TIMEOUT: 5.0,
+}
 
 
 @dataclass
@@ -45,9 +66,6 @@ class PeerGuard:
 
     rate_per_s: float = 50.0
     burst: float = 100.0
-    # Gossip is rated per original author and topic; a publisher may announce in bursts.
-    gossip_rate_per_s: float = 500.0
-    gossip_burst: float = 2000.0
     ban_threshold: float = -100.0
     ban_seconds: float = 600.0
     recovery_per_s: float = 0.5
@@ -65,6 +83,10 @@ class PeerGuard:
         s.updated = now
         return s
 
+    def score(self, peer: str, now: float) -> float:
+        """The peer's current score (0 for a peer never charged)."""
+        return self._score(peer, now).score if peer in self._scores else 0.0
+
     def is_banned(self, peer: str, now: float) -> bool:
         """True while ``peer`` is banned."""
         s = self._scores.get(peer)
@@ -73,27 +95,37 @@ class PeerGuard:
     def penalize(self, peer: str, violation: Violation, now: float) -> bool:
         """Record a violation; return True if it (newly) bans the peer."""
         s = self._score(peer, now)
-        s.score -= violation.value
-        s.violations[violation.name] = s.violations.get(violation.name, 0) + 1
+        s.score -= violation.cost
+        s.violations[violation.value] = s.violations.get(violation.value, 0) + 1
         if s.score <= self.ban_threshold and s.banned_until <= now:
             s.banned_until = now + self.ban_seconds
             return True
         return False
 
-    def allow(self, peer: str, protocol: str, now: float, *, gossip: bool = False) -> bool:
-        """Take a token from the peer's bucket for ``protocol``; False (and a penalty) if empty."""
-        rate, burst = (
-            (self.gossip_rate_per_s, self.gossip_burst) if gossip else (self.rate_per_s, self.burst)
-        )
-        bucket = self._buckets.get((peer, protocol))
+    def allow(
+        self,
+        peer: str,
+        key: str,
+        now: float,
+        *,
+        rate: float | None = None,
+        burst: float | None = None,
+    ) -> bool:
+        """Take a token from the peer's bucket for ``key`` (a protocol or topic); False if empty.
+
+        The default budget is the stream budget (``rate_per_s``, ``burst``). The caller charges
+        the violation (so that a ban it causes is announced and enforced where it is seen).
+        """
+        rate = self.rate_per_s if rate is None else rate
+        burst = self.burst if burst is None else burst
+        bucket = self._buckets.get((peer, key))
         if bucket is None:
-            bucket = self._buckets[(peer, protocol)] = _Bucket(burst, now)
+            bucket = self._buckets[(peer, key)] = _Bucket(burst, now)
         bucket.tokens = min(burst, bucket.tokens + (now - bucket.updated) * rate)
         bucket.updated = now
         if bucket.tokens >= 1.0:
             bucket.tokens -= 1.0
             return True
-        self.penalize(peer, Violation.RATE_LIMIT, now)
         return False
 
     def is_replay(self, key: bytes) -> bool:

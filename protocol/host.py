@@ -19,6 +19,7 @@ request and one response per stream.
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,24 +29,48 @@ from typing import Any
 
 import trio
 
-from flopnet.protocol.codec import decode_record
-from flopnet.protocol.errors import MalformedMessage, PeerError, ProtocolTimeout
+from flopnet.protocol.codec import Record, decode_record
+from flopnet.protocol.envelope import Opened, message_id, open_envelope, peek_signer, seal
+from flopnet.protocol.errors import (
+    ConfigError,
+    MalformedMessage,
+    PeerError,
+    ProtocolNotSupported,
+    ProtocolTimeout,
+)
 from flopnet.protocol.guard import PeerGuard, Violation
-from flopnet.protocol.identity import Identity
+from flopnet.protocol.identity import Identity, peer_id_from_public_key
 from flopnet.protocol.libp2p_fixes import (
     batch_yamux_window_updates,
     cheapen_gossip_records,
     guard_pubsub_reads,
     release_closed_inbound_connections,
 )
-from flopnet.protocol.messages import ReachabilityReply, ReachabilityRequest
+from flopnet.protocol.messages import (
+    MAX_ENVELOPE_BYTES,
+    ReachabilityReply,
+    ReachabilityRequest,
+    Refusal,
+)
+from flopnet.protocol.rpc import DEFAULT_GOSSIP_BUDGET, GossipBudget, Rpc, StreamLimits, refusal
+
+__all__ = ["HealthSettings", "P2PHost", "RpcHandler", "StreamLimits", "encode_frame"]
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes], Awaitable[bytes]]
-"""A request handler: (remote peer id, request payload) -> response payload."""
+"""A raw request handler: (remote peer id, request payload) -> response payload."""
+RpcHandler = Callable[[str, Opened], Awaitable[Record]]
+"""An RPC handler: (remote peer id, the opened request, signed by that peer) -> answer record."""
 
 GOSSIP_PROTOCOLS = ("/meshsub/1.1.0", "/meshsub/1.0.0")
+# One-way notices: a node tells a peer why it is about to be cut off (a ban is never silent).
+NOTICE_PROTOCOL = "/flopnet/notice/1.0.0"
+NOTICE_TIMEOUT_S = 2.0
+# Identical gossip bytes from one author are handled once; more than this many repeats of
+# recent messages within the memory are a replay flood.
+GOSSIP_MEMORY = 4096
+GOSSIP_REPEATS_ALLOWED = 20
 # A transport-level service: bare records (the Noise session already authenticates the peer).
 DIALBACK_PROTOCOL = "/flopnet/dialback/1.0.0"
 MAX_VARINT_BYTES = 10
@@ -68,16 +93,17 @@ class HealthSettings:
     ping_timeout: float = 5.0
 
 
-@dataclass(frozen=True)
-class StreamLimits:
-    """Size caps and the deadline of one request/response protocol."""
-
-    max_request: int
-    max_response: int
-    timeout: float = 10.0
-
-
 DIALBACK_LIMITS = StreamLimits(max_request=4096, max_response=4096, timeout=30.0)
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A signed notice a peer sent us (e.g. that it banned us, and why)."""
+
+    peer: str
+    code: str
+    reason: str
+    received_at: float
 
 
 def encode_frame(payload: bytes) -> bytes:
@@ -129,6 +155,22 @@ class _Reader:
         return await self.read_exact(length)
 
 
+def _not_supported(exc: BaseException) -> bool:
+    """Whether a failed stream open means "protocol not supported" (py-libp2p wraps it)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if type(seen).__name__ == "ProtocolNotSupportedError":
+            return True
+        if "protocol not supported" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class _AlreadyCharged(MalformedMessage):
+    """A bad request whose violation was already charged: reset the stream, charge no more."""
+
+
 def _remote_peer_id(stream: Any) -> str:
     return str(stream.muxed_conn.peer_id)
 
@@ -143,6 +185,7 @@ class P2PHost:
         self,
         identity: Identity,
         *,
+        network_id: str = "",
         listen_ip: str = "127.0.0.1",
         guard: PeerGuard | None = None,
         health: HealthSettings | None = None,
@@ -150,6 +193,7 @@ class P2PHost:
         mdns: bool = False,
     ) -> None:
         self.identity = identity
+        self.network_id = network_id  # what RPC envelopes are sealed and opened for
         self.listen_ip = listen_ip
         self.guard = guard or PeerGuard()
         self.health = health or HealthSettings()
@@ -159,6 +203,12 @@ class P2PHost:
         self._host: Any = None
         self._pubsub: Any = None
         self._handlers: dict[str, tuple[Handler, StreamLimits]] = {}
+        # Per protocol: the signed answer to a request over the peer's rate (RPCs with refusals).
+        self._slow_down: dict[str, bytes] = {}
+        self.notices: collections.deque[Notice] = collections.deque(maxlen=100)
+        self.on_notice: list[Callable[[Notice], None]] = []
+        self._gossip_seen: collections.OrderedDict[bytes, str] = collections.OrderedDict()
+        self._gossip_repeats: dict[str, int] = {}
         self._dht: Any = None
         self._nursery: trio.Nursery | None = None
 
@@ -219,6 +269,7 @@ class P2PHost:
                 for protocol_id in self._handlers:
                     self._register(protocol_id)
                 self._register_dialback()
+                self._register_notices()
                 # The library's auto-connector redials every peer it ever saw, banned or frozen
                 # ones included; we re-dial only the peers we choose (node.liveness).
                 auto_connector = getattr(host.get_network(), "auto_connector", None)
@@ -472,7 +523,70 @@ class P2PHost:
             if any(not _is_closed(conn) for conn in conns)
         ]
 
-    # -- request/response ----------------------------------------------------------------------
+    # -- RPCs: sealed records over request/response streams -----------------------------------
+
+    def _network(self) -> str:
+        if not self.network_id:
+            raise ConfigError("this host was made without a network id: it cannot seal RPCs")
+        return self.network_id
+
+    def serve(self, rpc: Rpc, handler: RpcHandler) -> None:
+        """Serve ``rpc``: the request is opened as ``rpc.request`` and must be signed by the
+        stream's own peer before ``handler`` sees it; its answer is sealed by this node.
+
+        A request that does not decode as ``rpc.request`` is charged to the peer (MALFORMED), one
+        signed by another key than the peer's too (WRONG_SIGNER); each is answered with a
+        refusal that says why, or the stream is reset where the protocol has no refusal. A
+        handler raising MalformedMessage resets the stream and charges the peer.
+        """
+        network_id = self._network()
+
+        async def on_request(peer: str, data: bytes) -> bytes:
+            try:
+                opened = open_envelope(data, network_id, expected=rpc.request)
+            except MalformedMessage as exc:
+                if not rpc.may_refuse:
+                    raise
+                await self.penalize(peer, Violation.MALFORMED)
+                return seal(refusal("malformed", str(exc)), self.identity, network_id)
+            if peer_id_from_public_key(opened.signer) != peer:
+                await self.penalize(peer, Violation.WRONG_SIGNER)
+                if not rpc.may_refuse:
+                    raise _AlreadyCharged("the request is not signed by the stream's peer")
+                answer: Record = refusal("wrong_signer", "not signed by the stream's peer")
+            else:
+                answer = await handler(peer, opened)
+            if not isinstance(answer, rpc.responses):
+                raise TypeError(f"{rpc.protocol_id} may not answer {type(answer).__name__}")
+            return seal(answer, self.identity, network_id)
+
+        self.handle(rpc.protocol_id, on_request, rpc.limits)
+        if rpc.may_refuse:
+            # Sealed once: a peer over its rate is told to slow down without costing a signature.
+            slow = refusal("rate_limited", f"over {self.guard.rate_per_s:g} requests/s: slow down")
+            self._slow_down[rpc.protocol_id] = seal(slow, self.identity, network_id)
+
+    async def call(self, peer_id: str, rpc: Rpc, message: Record | bytes) -> Opened:
+        """Send one request of ``rpc`` to ``peer_id`` and return its opened answer.
+
+        ``message`` is a record to seal, or an envelope this node already sealed (a caller that
+        needs the request's id). The answer must be one of ``rpc.responses`` and signed by the
+        peer that was asked; anything else raises MalformedMessage (the caller decides whether
+        to charge the peer). Network failures raise PeerError or ProtocolTimeout.
+        """
+        network_id = self._network()
+        sealed = message if isinstance(message, bytes) else seal(message, self.identity, network_id)
+        reply = await self.request(peer_id, rpc.protocol_id, sealed, rpc.limits)
+        opened = open_envelope(reply, network_id)
+        if not isinstance(opened.message, rpc.responses):
+            raise MalformedMessage(
+                f"{rpc.protocol_id} answered with {type(opened.message).__name__}"
+            )
+        if peer_id_from_public_key(opened.signer) != peer_id:
+            raise MalformedMessage(f"the {rpc.protocol_id} answer is not signed by {peer_id}")
+        return opened
+
+    # -- raw request/response -------------------------------------------------------------------
 
     def handle(self, protocol_id: str, handler: Handler, limits: StreamLimits) -> None:
         """Serve ``protocol_id``: each stream carries one framed request and one framed response."""
@@ -488,8 +602,13 @@ class P2PHost:
         async def on_stream(stream: Any) -> None:
             peer = _remote_peer_id(stream)
             now = time.time()
-            if self.guard.is_banned(peer, now) or not self.guard.allow(peer, protocol_id, now):
+            if self.guard.is_banned(peer, now):
                 await _reset(stream)
+                return
+            if not self.guard.allow(peer, protocol_id, now):
+                # Told, not silently dropped: an honest peer backs off; a flood is charged.
+                await self._answer_without_reading(stream, self._slow_down.get(protocol_id))
+                await self.penalize(peer, Violation.RATE_LIMIT)
                 return
             try:
                 with trio.fail_after(limits.timeout):
@@ -501,6 +620,9 @@ class P2PHost:
                 log.warning("%s from %s: deadline of %ss passed", protocol_id, peer, limits.timeout)
                 await _reset(stream)
                 await self.penalize(peer, Violation.TIMEOUT)
+            except _AlreadyCharged as exc:
+                log.warning("%s from %s: %s", protocol_id, peer, exc)
+                await _reset(stream)
             except MalformedMessage as exc:
                 log.warning("%s from %s: malformed request: %s", protocol_id, peer, exc)
                 await _reset(stream)
@@ -548,6 +670,10 @@ class P2PHost:
         except Exception as exc:
             if stream is not None:
                 await _reset(stream)
+            if stream is None and _not_supported(exc):
+                # A live peer that does not speak this protocol (a light client, another
+                # libp2p program, an older flopnet) stays a peer.
+                raise ProtocolNotSupported(f"{peer_id} does not serve {protocol_id}") from None
             if stream is None:
                 # The swarm may still list a connection that health monitoring aborted; a later
                 # connect() would then return early without dialing. Forget it.
@@ -578,10 +704,85 @@ class P2PHost:
         manager.open_connection = gated
 
     async def penalize(self, peer_id: str, violation: Violation) -> None:
-        """Charge a violation to a peer; a newly banned peer is disconnected at once."""
+        """Charge a violation to a peer. A newly banned peer is told why (a signed notice), then
+        disconnected: a ban is never silent."""
         if self.guard.penalize(peer_id, violation, time.time()):
-            log.warning("banning %s for %ss after %s", peer_id, self.guard.ban_seconds, violation)
+            log.warning(
+                "banning %s for %ss after %s", peer_id, self.guard.ban_seconds, violation.value
+            )
+            reason = (
+                f"banned for {self.guard.ban_seconds:g} s after repeated {violation.value} "
+                f"(score {self.guard.score(peer_id, time.time()):.0f})"
+            )
+            await self.send_notice(peer_id, "banned", reason)
             await self.disconnect(peer_id)
+
+    async def send_notice(self, peer_id: str, code: str, reason: str) -> bool:
+        """Tell a peer something it should know (one signed refusal on the notice stream);
+        best effort, bounded in time. Returns whether it was delivered."""
+        from libp2p.custom_types import TProtocol
+        from libp2p.peer.id import ID
+
+        if self._host is None or not self.network_id:
+            return False
+        data = encode_frame(seal(refusal(code, reason), self.identity, self.network_id))
+        with trio.move_on_after(NOTICE_TIMEOUT_S):
+            try:
+                stream = await self._host.new_stream(
+                    ID.from_base58(peer_id), [TProtocol(NOTICE_PROTOCOL)]
+                )
+                await stream.write(data)
+                await stream.close()
+                return True
+            except Exception as exc:
+                log.info("notice to %s not delivered: %s", peer_id, exc)
+        return False
+
+    def _register_notices(self) -> None:
+        from libp2p.custom_types import TProtocol
+
+        async def on_stream(stream: Any) -> None:
+            peer = _remote_peer_id(stream)
+            now = time.time()
+            if self.guard.is_banned(peer, now) or not self.guard.allow(
+                peer, NOTICE_PROTOCOL, now, rate=0.2, burst=5.0
+            ):
+                await _reset(stream)
+                return
+            try:
+                with trio.fail_after(NOTICE_TIMEOUT_S * 2):
+                    raw = await _Reader(stream).read_frame(MAX_ENVELOPE_BYTES[Refusal.TYPE])
+                opened = open_envelope(raw, self._network(), expected=Refusal)
+                if peer_id_from_public_key(opened.signer) != peer:
+                    raise MalformedMessage("a notice not signed by the stream's peer")
+            except (MalformedMessage, ConfigError, PeerError, trio.TooSlowError) as exc:
+                log.info("notice from %s ignored: %s", peer, exc)
+                await _reset(stream)
+                return
+            message = opened.expect(Refusal)
+            notice = Notice(peer, message.code, message.reason, time.time())
+            self.notices.append(notice)
+            log.warning("peer %s says: %s: %s", peer, notice.code, notice.reason)
+            for callback in self.on_notice:
+                callback(notice)
+            await stream.close()
+
+        assert self._host is not None
+        self._host.set_stream_handler(TProtocol(NOTICE_PROTOCOL), on_stream)
+
+    async def _answer_without_reading(self, stream: Any, answer: bytes | None) -> None:
+        """Write a prepared answer (or reset) without reading the request: cheap under a flood."""
+        if answer is None:
+            await _reset(stream)
+            return
+        with trio.move_on_after(1.0):
+            try:
+                await stream.write(encode_frame(answer))
+                await stream.close()
+                return
+            except Exception:
+                pass
+        await _reset(stream)
 
     async def disconnect(self, peer_id: str) -> None:
         """Close every connection to ``peer_id`` (best effort, bounded in time)."""
@@ -603,13 +804,21 @@ class P2PHost:
         await self._pubsub.publish(topic, data)
 
     async def subscribe(
-        self, topic: str, on_message: Callable[[str, bytes], Awaitable[None]]
+        self,
+        topic: str,
+        on_message: Callable[[str, bytes], Awaitable[None]],
+        budget: GossipBudget = DEFAULT_GOSSIP_BUDGET,
     ) -> None:
-        """Subscribe and call ``on_message(sender peer id, data)`` for each message.
+        """Subscribe and call ``on_message(author peer id, data)`` for each message.
 
         The subscription queue holds only 32 messages, so it is drained in a dedicated task and
-        handlers run one at a time; a handler error is logged, never propagated. A handler that
-        raises MalformedMessage charges the message's author; banned authors are not heard.
+        handlers run one at a time; a handler error is logged, never propagated. Before a handler
+        pays for a signature check, the cheap checks run: banned authors are not heard, each
+        author has ``budget`` on the topic (over it is charged), the envelope must be signed by
+        its gossip author (honest nodes only publish their own messages, so a relayed copy sent
+        as one's own is a replay, charged), and bytes already handled are not handled again
+        (too many repeats are charged). A handler that raises MalformedMessage charges the
+        author.
         """
         from libp2p.peer.id import ID
 
@@ -622,12 +831,12 @@ class P2PHost:
                 sender = ""
                 try:
                     sender = str(ID(message.from_id))
-                    now = time.time()
-                    if self.guard.is_banned(sender, now) or not self.guard.allow(
-                        sender, topic, now, gossip=True
-                    ):
-                        continue
-                    await on_message(sender, bytes(message.data))
+                    data = bytes(message.data)
+                    handle, charge = self._gossip_check(topic, sender, data, budget)
+                    if charge is not None:
+                        await self.penalize(sender, charge)
+                    if handle:
+                        await on_message(sender, data)
                 except MalformedMessage as exc:
                     log.warning("gossip on %s from %s: %s", topic, sender, exc)
                     if sender:
@@ -636,6 +845,35 @@ class P2PHost:
                     log.warning("gossip on %s: %s: %s", topic, type(exc).__name__, exc)
 
         self._nursery.start_soon(drain)
+
+    def _gossip_check(
+        self, topic: str, author: str, data: bytes, budget: GossipBudget
+    ) -> tuple[bool, Violation | None]:
+        """The cheap checks of one gossip message (see :meth:`subscribe`): whether to hand it to
+        the topic's handler, and what to charge its author."""
+        now = time.time()
+        if self.guard.is_banned(author, now):
+            return False, None
+        if not self.guard.allow(author, topic, now, rate=budget.rate_per_s, burst=budget.burst):
+            return False, Violation.RATE_LIMIT
+        if peer_id_from_public_key(peek_signer(data)) != author:
+            return False, Violation.WRONG_SIGNER
+        key = message_id(data)
+        if key in self._gossip_seen:
+            self._gossip_seen.move_to_end(key)
+            repeats = self._gossip_repeats.get(author, 0) + 1
+            self._gossip_repeats[author] = repeats
+            return False, Violation.REPLAY if repeats > GOSSIP_REPEATS_ALLOWED else None
+        self._gossip_seen[key] = author
+        while len(self._gossip_seen) > GOSSIP_MEMORY:
+            _, old_author = self._gossip_seen.popitem(last=False)
+            # Repeats are counted over what is remembered: forgetting a message forgives one.
+            left = self._gossip_repeats.get(old_author, 0) - 1
+            if left > 0:
+                self._gossip_repeats[old_author] = left
+            else:
+                self._gossip_repeats.pop(old_author, None)
+        return True, None
 
     def topic_peers(self, topic: str) -> int:
         """How many peers we know to be subscribed to ``topic``."""

@@ -115,7 +115,10 @@ def load_or_create_identity(data_dir: Path) -> Identity:
     A key file readable by group or others is refused: it would let another local user
     impersonate the node and steal its credit.
     """
-    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the data directory {data_dir}: {exc.strerror}") from None
     path = data_dir / KEY_FILE
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -46,7 +46,7 @@ fi
 if [ -f "$STAMP" ] && "$VENV/bin/python" -c "import torch, libp2p" 2>/dev/null; then
   # Only the file list moved: relink the editable install, dependencies are in place.
   echo "bootstrap: relinking the editable install"
-  "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation \
+  PYTHONWARNINGS=ignore "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation \
     --config-settings editable_mode=strict -e .
 else
   echo "bootstrap: installing Python packages into $VENV"

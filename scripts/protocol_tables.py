@@ -1,6 +1,7 @@
-"""Print the message field tables of docs/protocol.md from the record definitions.
+"""Print the generated tables of docs/protocol.md: stream protocols and message fields.
 
-    python scripts/protocol_tables.py > /tmp/tables.md
+    python scripts/protocol_tables.py          # the message field tables
+    python scripts/protocol_tables.py --rpcs   # the stream protocol table
 
 ``tests/test_docs.py`` checks that the doc holds exactly this text between its markers.
 """
@@ -8,10 +9,12 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 import typing
 from collections.abc import Mapping
 from typing import Any
 
+from flopnet.protocol.catalog import RPCS
 from flopnet.protocol.codec import DEFAULT_MAX_BYTES, DEFAULT_MAX_ITEMS, DEFAULT_MAX_STR
 from flopnet.protocol.messages import MAX_ENVELOPE_BYTES, MESSAGE_TYPES, CreditBody
 
@@ -58,5 +61,26 @@ def tables() -> str:
     return "\n".join(out)
 
 
+def _size(n: int) -> str:
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} B"
+
+
+def rpc_table() -> str:
+    """The stream protocols, as declared in ``flopnet.protocol.catalog``."""
+    out = [
+        "| protocol id | request | answers | caps (request / response) | deadline |",
+        "|---|---|---|---|---|",
+    ]
+    for rpc in RPCS:
+        answers = " or ".join(f"`{r.TYPE}`" for r in rpc.responses)
+        caps = f"{_size(rpc.limits.max_request)} / {_size(rpc.limits.max_response)}"
+        row = f"| `{rpc.protocol_id}` | `{rpc.request.TYPE}` | {answers} | {caps}"
+        out.append(f"{row} | {rpc.timeout:g} s |")
+    return "\n".join(out) + "\n"
+
+
 if __name__ == "__main__":
-    print(tables())
+    print(rpc_table() if "--rpcs" in sys.argv else tables())

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,8 @@ import pytest
 from conftest import SHARED_DATA
 
 from flopnet.ledger.store import LedgerStore
-from flopnet.node.cli.devnet import Devnet, DevnetOptions, api_get, read_node_info
+from flopnet.node.cli.devnet import Devnet, DevnetOptions
+from flopnet.node.local import api_get, flopnet_argv, read_node_info
 from flopnet.protocol.identity import load_or_create_identity
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -24,7 +24,7 @@ DATA = SHARED_DATA
 
 def flopnet(*args: str, timeout: float = 540) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "flopnet.node.cli.main", *args],
+        [*flopnet_argv(), *args],
         capture_output=True,
         text=True,
         timeout=timeout,

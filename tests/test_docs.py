@@ -16,7 +16,9 @@ def test_protocol_field_tables_match_the_records() -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     doc = (ROOT / "docs" / "protocol.md").read_text()
-    between = doc.split("<!-- fields:begin -->\n", 1)[1].split("<!-- fields:end -->", 1)[0]
-    assert between.strip() == module.tables().strip(), (
-        "docs/protocol.md is stale: regenerate its tables with scripts/protocol_tables.py"
-    )
+    for marker, text in (("fields", module.tables()), ("rpcs", module.rpc_table())):
+        between = doc.split(f"<!-- {marker}:begin -->\n", 1)[1].split(f"<!-- {marker}:end -->")[0]
+        assert between.strip() == text.strip(), (
+            f"docs/protocol.md's {marker} table is stale: regenerate it with "
+            "scripts/protocol_tables.py"
+        )

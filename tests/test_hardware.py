@@ -9,6 +9,7 @@ import trio
 from transformers import DeepseekV3Config, LlamaConfig, Qwen2Config
 
 from flopnet.node.cli.main import main as flopnet_main
+from flopnet.node.model.calls import ModelError
 from flopnet.node.model.hardware import (
     GIB,
     Gpu,
@@ -19,7 +20,7 @@ from flopnet.node.model.hardware import (
     stored_params,
 )
 from flopnet.node.model.models import build_model, seeded_config, seeded_spec
-from flopnet.node.model.service import ModelService, ModelServiceError
+from flopnet.node.model.service import ModelService
 from flopnet.protocol.errors import ConfigError
 
 H200 = Gpu("NVIDIA H200", 141 * GIB)
@@ -117,7 +118,7 @@ def test_the_model_process_plans_before_loading_and_refuses_what_cannot_fit() ->
         # A billion-token sequence: refused at once with the numbers, before any weights exist.
         huge = ModelService("tiny", 1, "bfloat16", threads=1, max_seq_tokens=10**9)
         try:
-            with pytest.raises(ModelServiceError, match="not one sequence of 1000000000 tokens"):
+            with pytest.raises(ModelError, match="not one sequence of 1000000000 tokens"):
                 await huge.start()
         finally:
             huge.close()

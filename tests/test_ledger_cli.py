@@ -17,7 +17,7 @@ from test_ledger import ALICE, BOB, CAROL, credit, tamper_body
 from flopnet.ledger.chain import make_entry, read_entry_unverified
 from flopnet.ledger.kinds import HARD, InvalidationBody, ProfileBody
 from flopnet.ledger.store import LedgerStore
-from flopnet.node.cli.ledger import main
+from flopnet.node.cli.main import main
 from flopnet.node.config import NetworkParams, create_network
 from flopnet.protocol.envelope import seal
 from flopnet.protocol.identity import Identity

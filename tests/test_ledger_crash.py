@@ -18,13 +18,14 @@ from test_ledger import ALICE, NET, VALIDATOR, credit
 from test_ledger_sync import Outcome, run_checked
 
 from flopnet.ledger.store import LedgerStore
-from flopnet.node.cli.ledger import replica_command
 from flopnet.node.config import NetworkParams, create_network
 from flopnet.node.ledger_sync import LedgerSync
-from flopnet.protocol.envelope import message_id
+from flopnet.node.replica import replica_command
+from flopnet.protocol.catalog import LEDGER_RANGE, ledger_topic
+from flopnet.protocol.envelope import Opened, message_id
 from flopnet.protocol.host import P2PHost
 from flopnet.protocol.identity import Identity
-from flopnet.protocol.ids import LEDGER_RANGE_LIMITS, LEDGER_RANGE_PROTOCOL, ledger_topic
+from flopnet.protocol.messages import LedgerRange, LedgerRangeRequest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -162,22 +163,18 @@ def test_replica_killed_during_sync_resumes_to_an_identical_chain(tmp_path: Path
     requests: list[int] = []
 
     async def main(outcome: Outcome) -> None:
-        host = P2PHost(validator)
+        host = P2PHost(validator, network_id=net.network_id)
         with LedgerStore(server_db) as store:
             sync = LedgerSync(
                 host, store, validator, net.network_id, net.validator_keys, head_interval=0.5
             )
 
-            async def slow_range(peer: str, data: bytes) -> bytes:
-                from flopnet.protocol.envelope import open_envelope
-                from flopnet.protocol.messages import LedgerRangeRequest
-
-                request = open_envelope(data, net.network_id).expect(LedgerRangeRequest)
-                requests.append(request.from_seq)
+            async def slow_range(peer: str, opened: Opened) -> LedgerRange:
+                requests.append(opened.expect(LedgerRangeRequest).from_seq)
                 await trio.sleep(0.03)  # so that the kill lands mid-sync
-                return await sync.handle_range(peer, data)
+                return await sync.handle_range(peer, opened)
 
-            host.handle(LEDGER_RANGE_PROTOCOL, slow_range, LEDGER_RANGE_LIMITS)
+            host.serve(LEDGER_RANGE, slow_range)
             async with host.running(), trio.open_nursery() as nursery, outcome.guard():
                 await host.subscribe(ledger_topic(net.network_id), sync.on_ledger_gossip)
                 nursery.start_soon(sync.run)

@@ -185,9 +185,15 @@ def test_schema_1_files_are_migrated(tmp_path: Path) -> None:
                 VALIDATOR, NET, "credit", credit(ALICE if i % 2 else BOB, i), now=T0 + i
             )
         entries = donor.connection.execute("SELECT * FROM entries").fetchall()
-        credits = donor.connection.execute("SELECT * FROM credits").fetchall()
+        # The columns schema 1 had (later schemas added sample_index).
+        credits = donor.connection.execute(
+            "SELECT signer, seq, contributor, flops, flop_formula, generated_tokens, "
+            "prompt_tokens, task_id, submission_id, accepted, answer_score, timestamp, lease_id "
+            "FROM credits"
+        ).fetchall()
         expected = leaderboard(donor, now=T0)
-    from flopnet.ledger.store import _SCHEMA_V1
+    from flopnet.ledger.schema import SCHEMA_V1 as _SCHEMA_V1
+    from flopnet.ledger.schema import SCHEMA_VERSION
 
     conn = sqlite3.connect(path)
     conn.executescript(_SCHEMA_V1)
@@ -197,8 +203,13 @@ def test_schema_1_files_are_migrated(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     with LedgerStore(path) as store:
-        assert store.connection.execute("PRAGMA user_version").fetchone()[0] == 3
-        assert store.verify_all(NET) == []
+        assert store.connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert store.verify_all(NET) == []  # the derived rows, sample_index included, agree
+        assert store.credited_samples(VALIDATOR.public_key) == {
+            (c.task_id, c.sample_index)
+            for c in (credit(ALICE if i % 2 else BOB, i) for i in range(5))
+            if c.accepted
+        }
         assert leaderboard(store, now=T0) == expected
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA user_version=7")

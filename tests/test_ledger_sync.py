@@ -3,6 +3,7 @@ nodes, a node that joins late, a validator that equivocates, range serving and p
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,17 +16,15 @@ from flopnet.ledger.chain import GENESIS_PREV, make_entry
 from flopnet.ledger.store import LedgerStore
 from flopnet.ledger.sync import Fetch, SyncPlanner
 from flopnet.node.ledger_sync import LedgerSync
+from flopnet.protocol.catalog import (
+    LEDGER_RANGE,
+    PROFILE,
+    ledger_topic,
+)
 from flopnet.protocol.envelope import message_id, open_envelope, seal
 from flopnet.protocol.errors import MalformedMessage
 from flopnet.protocol.host import P2PHost
 from flopnet.protocol.identity import Identity
-from flopnet.protocol.ids import (
-    LEDGER_RANGE_LIMITS,
-    LEDGER_RANGE_PROTOCOL,
-    PROFILE_LIMITS,
-    PROFILE_PROTOCOL,
-    ledger_topic,
-)
 from flopnet.protocol.messages import (
     ContributorProfile,
     LedgerEntry,
@@ -160,7 +159,7 @@ class Node:
 
     def __init__(self, identity: Identity, path: Path, **kwargs: object) -> None:
         self.identity = identity
-        self.host = P2PHost(identity)
+        self.host = P2PHost(identity, network_id=NET)
         self.store = LedgerStore(path)
         self.stored: list[bytes] = []
         self.sync = LedgerSync(
@@ -172,8 +171,8 @@ class Node:
             on_entry=lambda v: self.stored.append(v.hash),
             **kwargs,  # type: ignore[arg-type]
         )
-        self.host.handle(LEDGER_RANGE_PROTOCOL, self.sync.handle_range, LEDGER_RANGE_LIMITS)
-        self.host.handle(PROFILE_PROTOCOL, self.sync.handle_profile, PROFILE_LIMITS)
+        self.host.serve(LEDGER_RANGE, self.sync.handle_range)
+        self.host.serve(PROFILE, self.sync.handle_profile)
 
     async def start(self, nursery: trio.Nursery) -> None:
         await self.host.subscribe(ledger_topic(NET), self.sync.on_ledger_gossip)
@@ -297,7 +296,7 @@ def test_range_serving_and_profiles(tmp_path: Path) -> None:
             async def ask(signer: bytes, from_seq: int, limit: int) -> LedgerRange:
                 request = seal(LedgerRangeRequest(1, signer, from_seq, limit), ALICE, NET)
                 reply = await client.host.request(
-                    v1.host.peer_id, LEDGER_RANGE_PROTOCOL, request, LEDGER_RANGE_LIMITS
+                    v1.host.peer_id, LEDGER_RANGE.protocol_id, request, LEDGER_RANGE.limits
                 )
                 return open_envelope(reply, NET, expected=LedgerRange).expect(LedgerRange)
 
@@ -318,7 +317,7 @@ def test_range_serving_and_profiles(tmp_path: Path) -> None:
             async def send_profile(who: Identity, name: str, at: float) -> object:
                 data = seal(ContributorProfile(1, name, "team-a", at), who, NET)
                 reply = await client.host.request(
-                    v1.host.peer_id, PROFILE_PROTOCOL, data, PROFILE_LIMITS
+                    v1.host.peer_id, PROFILE.protocol_id, data, PROFILE.limits
                 )
                 return open_envelope(reply, NET).message
 
@@ -376,13 +375,16 @@ def test_sync_survives_peers_that_do_not_serve_ranges(tmp_path: Path) -> None:
             node.sync.planner.heard(K1, 10, bare.peer_id)  # pretend it announced a head
             await wait_for(lambda: node.sync.stats.fetch_failures >= 2, 20)
             await trio.sleep(0.5)
+            # A peer that lacks a protocol is still a peer: never disconnected, never charged
+            # (it used to be cut off at every failed request, and again at every probe).
+            assert bare.peer_id in node.host.connected_peers()
+            assert node.host.peer_id in bare.connected_peers()
+            assert node.host.guard.snapshot(time.time()) == []
             # Still up: it serves a range, and its sync loop still plans fetches.
             append(node.store, V2, 3)  # (a replica holding V2's chain, stored directly)
-            if node.host.peer_id not in bare.connected_peers():
-                await bare.connect(node.host.addrs()[0])
             request = seal(LedgerRangeRequest(1, K2, 0, 10), LATE, NET)
             reply = await bare.request(
-                node.host.peer_id, LEDGER_RANGE_PROTOCOL, request, LEDGER_RANGE_LIMITS
+                node.host.peer_id, LEDGER_RANGE.protocol_id, request, LEDGER_RANGE.limits
             )
             assert len(open_envelope(reply, NET).expect(LedgerRange).entries) == 3
             failures = node.sync.stats.fetch_failures

@@ -95,7 +95,7 @@ def test_misbehaviour_leads_to_a_ban_that_expires() -> None:
     assert guard.is_banned("bad", 30.0) and not guard.is_banned("good", 30.0)
     assert not guard.is_banned("bad", 61.5)
     snap = guard.snapshot(30.0)
-    assert snap[0]["peer_id"] == "bad" and snap[0]["violations"]["BAD_SIGNATURE"] == 4
+    assert snap[0]["peer_id"] == "bad" and snap[0]["violations"]["bad_signature"] == 4
 
 
 def test_scores_recover_with_good_behaviour() -> None:
@@ -113,3 +113,15 @@ def test_replay_memory_is_bounded() -> None:
     for key in (b"b", b"c", b"d"):
         guard.is_replay(key)
     assert not guard.is_replay(b"a")  # evicted, so it reads as new
+
+
+def test_violations_of_equal_cost_keep_their_own_names() -> None:
+    """Equal costs once made enum aliases: a wrong signer was counted (and a ban logged) as a
+    bad signature, an oversized frame as malformed."""
+    guard = PeerGuard(recovery_per_s=0.0)
+    for violation in Violation:
+        guard.penalize("p", violation, 1.0)
+    (snap,) = guard.snapshot(1.0)
+    assert snap["violations"] == {v.value: 1 for v in Violation}
+    assert len({v.value for v in Violation}) == len(list(Violation)) == 7
+    assert snap["score"] == -sum(v.cost for v in Violation)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import msgpack
 import pytest
 
 from flopnet.node.config import NetworkParams, create_network
+from flopnet.node.local import flopnet_argv
 from flopnet.protocol.codec import packb
 from flopnet.protocol.envelope import seal
 from flopnet.protocol.errors import ConfigError, MalformedMessage
@@ -88,7 +88,7 @@ def test_bad_names_and_files(tmp_path: Path) -> None:
 def test_network_init_cli(tmp_path: Path) -> None:
     def flopnet(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "flopnet.node.cli.main", *args],
+            [*flopnet_argv(), *args],
             capture_output=True,
             text=True,
             check=False,

@@ -30,6 +30,7 @@ from flopnet.verifiers.pool import (
     JobTimeout,
     VerifierPool,
     WorkerCrashed,
+    job_name,
     verify_math,
 )
 from flopnet.verifiers.result import Result
@@ -353,9 +354,7 @@ def test_pool_close() -> None:
 
 def test_pool_submit_and_warmup() -> None:
     with VerifierPool(1, warmup=(MATH_WARMUP,)) as p:
-        fut = p.submit(
-            "flopnet.verifiers.math_verifier:check_math", r"\boxed{1/2}", "0.5", timeout=30
-        )
+        fut = p.submit(job_name(check_math), r"\boxed{1/2}", "0.5", timeout=30)
         assert fut.result(60).passed
         assert p.warm_errors() == []
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from flopnet.node.cli.devnet import Devnet, DevnetOptions, api_get, read_node_info
+from flopnet.node.cli.devnet import Devnet, DevnetOptions
+from flopnet.node.local import api_get, read_node_info
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 

@@ -13,12 +13,12 @@ from flopnet.node.config import NetworkParams, NodeConfig
 from flopnet.node.model.tokenizer import ByteTokenizer
 from flopnet.node.publisher.publisher import Publisher
 from flopnet.node.tasks import builtin_tasks
-from flopnet.protocol.envelope import open_envelope, seal
+from flopnet.protocol.catalog import CLAIM
+from flopnet.protocol.envelope import Opened, open_envelope, seal
 from flopnet.protocol.errors import MalformedMessage, PeerError, ProtocolTimeout
 from flopnet.protocol.guard import PeerGuard
 from flopnet.protocol.host import P2PHost, StreamLimits, encode_frame
 from flopnet.protocol.identity import Identity
-from flopnet.protocol.ids import CLAIM_LIMITS, CLAIM_PROTOCOL
 from flopnet.protocol.messages import Claim, Lease, Refusal
 
 PUBLISHER = Identity(b"\x11" * 32)
@@ -37,45 +37,50 @@ def make_publisher(host: P2PHost, tmp_path: Path) -> Publisher:
 
 
 def claim_bytes(identity: Identity, task_id: str, claimed_at: float | None = None) -> bytes:
-    claim = Claim(
+    record = Claim(
         version=1,
         task_id=task_id,
         nonce=b"\0" * 16,
         claimed_at=time.time() if claimed_at is None else claimed_at,
     )
-    return seal(claim, identity, "faults")
+    return seal(record, identity, "faults")
+
+
+def claim(identity: Identity, task_id: str) -> Opened:
+    """A claim as the host hands it to the publisher: opened, signed by the stream's peer."""
+    return open_envelope(claim_bytes(identity, task_id), "faults", expected=Claim)
 
 
 @pytest.mark.timeout(120)
 def test_publisher_survives_hostile_claims(tmp_path: Path) -> None:
     async def main() -> None:
-        server = P2PHost(PUBLISHER)
+        server = P2PHost(PUBLISHER, network_id="faults")
         publisher = make_publisher(server, tmp_path)
-        server.handle(CLAIM_PROTOCOL, publisher.handle_claim, CLAIM_LIMITS)
+        server.serve(CLAIM, publisher.handle_claim)
         client = P2PHost(WORKER)
         async with server.running() as srv, client.running() as cli:
             await cli.connect(srv.addrs()[0])
             task_id = next(iter(publisher.tasks))
 
             # Garbage bytes: the publisher answers with a refusal that says why.
-            reply = await cli.request(srv.peer_id, CLAIM_PROTOCOL, b"\xc1garbage", CLAIM_LIMITS)
+            reply = await cli.request(srv.peer_id, CLAIM.protocol_id, b"\xc1garbage", CLAIM.limits)
             refusal = open_envelope(reply, "faults").expect(Refusal)
             assert refusal.code == "malformed" and "msgpack" in refusal.reason
 
             # A claim signed by someone other than the stream's peer.
             forged = claim_bytes(MALLORY, task_id)
-            reply = await cli.request(srv.peer_id, CLAIM_PROTOCOL, forged, CLAIM_LIMITS)
+            reply = await cli.request(srv.peer_id, CLAIM.protocol_id, forged, CLAIM.limits)
             assert open_envelope(reply, "faults").expect(Refusal).code == "wrong_signer"
 
             # A replayed, stale claim.
             stale = claim_bytes(WORKER, task_id, claimed_at=1.0)
-            reply = await cli.request(srv.peer_id, CLAIM_PROTOCOL, stale, CLAIM_LIMITS)
+            reply = await cli.request(srv.peer_id, CLAIM.protocol_id, stale, CLAIM.limits)
             assert open_envelope(reply, "faults").expect(Refusal).code == "stale_claim"
 
             # An oversized frame: the server resets the stream rather than buffering it.
             big = StreamLimits(max_request=1 << 20, max_response=1 << 16, timeout=10)
             with pytest.raises(PeerError):
-                await cli.request(srv.peer_id, CLAIM_PROTOCOL, b"x" * 100_000, big)
+                await cli.request(srv.peer_id, CLAIM.protocol_id, b"x" * 100_000, big)
 
             # A peer that sends half a frame and goes silent hits the server's deadline, and
             # a client deadline turns a silent server into ProtocolTimeout.
@@ -91,7 +96,7 @@ def test_publisher_survives_hostile_claims(tmp_path: Path) -> None:
 
             # After all that, an honest claim still gets a lease.
             reply = await cli.request(
-                srv.peer_id, CLAIM_PROTOCOL, claim_bytes(WORKER, task_id), CLAIM_LIMITS
+                srv.peer_id, CLAIM.protocol_id, claim_bytes(WORKER, task_id), CLAIM.limits
             )
             lease = open_envelope(reply, "faults").expect(Lease)
             assert lease.worker == WORKER.public_key and lease.task_id == task_id
@@ -112,9 +117,9 @@ def test_frame_encoding_and_caps() -> None:
 def test_abusive_peer_is_banned_and_others_still_served(tmp_path: Path) -> None:
     async def main() -> None:
         guard = PeerGuard(ban_threshold=-60.0, ban_seconds=60.0)
-        server = P2PHost(PUBLISHER, guard=guard)
+        server = P2PHost(PUBLISHER, network_id="faults", guard=guard)
         publisher = make_publisher(server, tmp_path)
-        server.handle(CLAIM_PROTOCOL, publisher.handle_claim, CLAIM_LIMITS)
+        server.serve(CLAIM, publisher.handle_claim)
         hostile, honest = P2PHost(MALLORY), P2PHost(WORKER)
         async with server.running() as srv, hostile.running() as bad, honest.running() as good:
             await bad.connect(srv.addrs()[0])
@@ -122,7 +127,7 @@ def test_abusive_peer_is_banned_and_others_still_served(tmp_path: Path) -> None:
             task_id = next(iter(publisher.tasks))
             for _ in range(4):  # -20 each; the score decays back a little between them
                 with contextlib.suppress(PeerError):  # the banning request is cut off
-                    await bad.request(srv.peer_id, CLAIM_PROTOCOL, b"\xc1junk", CLAIM_LIMITS)
+                    await bad.request(srv.peer_id, CLAIM.protocol_id, b"\xc1junk", CLAIM.limits)
                 if guard.is_banned(bad.peer_id, time.time()):
                     break
             assert guard.is_banned(bad.peer_id, time.time())
@@ -130,12 +135,12 @@ def test_abusive_peer_is_banned_and_others_still_served(tmp_path: Path) -> None:
             assert bad.peer_id not in srv.connected_peers()  # disconnected on the ban
             with pytest.raises((PeerError, ProtocolTimeout)):
                 await bad.connect(srv.addrs()[0], timeout=3)
-                await bad.request(srv.peer_id, CLAIM_PROTOCOL, b"again", CLAIM_LIMITS)
+                await bad.request(srv.peer_id, CLAIM.protocol_id, b"again", CLAIM.limits)
             reply = await good.request(
-                srv.peer_id, CLAIM_PROTOCOL, claim_bytes(WORKER, task_id), CLAIM_LIMITS
+                srv.peer_id, CLAIM.protocol_id, claim_bytes(WORKER, task_id), CLAIM.limits
             )
             assert open_envelope(reply, "faults").expect(Lease).worker == WORKER.public_key
-            assert server.guard.snapshot(time.time())[0]["violations"]["MALFORMED"] >= 3
+            assert server.guard.snapshot(time.time())[0]["violations"]["malformed"] >= 3
 
     trio.run(main)
 
@@ -145,7 +150,7 @@ def test_publisher_state_survives_a_restart(tmp_path: Path) -> None:
     from flopnet.node.publisher.store import PublisherStore
 
     async def main() -> None:
-        host = P2PHost(PUBLISHER)
+        host = P2PHost(PUBLISHER, network_id="faults")
         store = PublisherStore(tmp_path / "publisher.sqlite")
         first = make_publisher(host, tmp_path)
         first.store = store
@@ -153,11 +158,7 @@ def test_publisher_state_survives_a_restart(tmp_path: Path) -> None:
         for task in tasks:
             await first.announce(task)
         granted = [
-            open_envelope(
-                await first.handle_claim(WORKER.peer_id, claim_bytes(WORKER, t.task_id)),
-                "faults",
-            ).message
-            for t in tasks[:1]
+            await first.handle_claim(WORKER.peer_id, claim(WORKER, t.task_id)) for t in tasks[:1]
         ]
         lease = granted[0]
         assert isinstance(lease, Lease)
@@ -170,8 +171,8 @@ def test_publisher_state_survives_a_restart(tmp_path: Path) -> None:
         second = Publisher(config, PUBLISHER, host, ByteTokenizer(), builtin_tasks(3), reopened)
         assert second.book.counts() == {"open": 2, "leased": 0, "done": 1}
         assert second.log.head == 3 and second.log.next_seq() == 4
-        again = await second.handle_claim(WORKER.peer_id, claim_bytes(WORKER, lease.task_id))
-        assert open_envelope(again, "faults").expect(Refusal).code == "task_done"
+        again = await second.handle_claim(WORKER.peer_id, claim(WORKER, lease.task_id))
+        assert isinstance(again, Refusal) and again.code == "task_done"
         reopened.close()
 
     trio.run(main)
@@ -198,13 +199,15 @@ def test_malformed_gossip_frame_does_not_kill_the_node() -> None:
             raw = await a._host.new_stream(ID.from_base58(v.peer_id), [TProtocol("/meshsub/1.1.0")])
             await raw.write(encode_frame(b"\xff\xff\xff\xff garbage"))
             await trio.sleep(1.0)
-            # Still alive and serving: gossip from the bystander arrives.
+            # Still alive and serving: gossip from the bystander (an envelope it signed, as every
+            # flopnet topic carries) arrives.
+            still_here = seal(Refusal(version=1, code="ok", reason="still here"), WORKER, "t")
             for _ in range(50):
-                await b.publish("t", b"still here")
+                await b.publish("t", still_here)
                 await trio.sleep(0.1)
-                if b"still here" in got:
+                if still_here in got:
                     break
-            assert b"still here" in got
+            assert still_here in got
             violations = v.guard.snapshot(time.time())
             assert any(p["peer_id"] == a.peer_id for p in violations)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -11,11 +10,12 @@ import pytest
 
 from flopnet.node.config import NetworkParams, create_network
 from flopnet.node.daemon import check_pinned_weights
+from flopnet.node.local import flopnet_argv
 from flopnet.protocol.errors import ConfigError
 from flopnet.protocol.identity import Identity
 
 FOUNDER = Identity(b"\xb1" * 32)
-FLOPNET = (sys.executable, "-m", "flopnet.node.cli.main")
+FLOPNET = tuple(flopnet_argv())
 
 
 def test_pinned_weights_decision() -> None:
@@ -33,9 +33,7 @@ def test_a_node_with_other_weights_than_the_manifest_pins_refuses_to_start(
     create_network(FOUNDER, "pinned", params, tmp_path / "network.manifest")
     node = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "flopnet.node.cli.main",
+            *FLOPNET,
             "node",
             "--role",
             "worker",
@@ -56,7 +54,7 @@ def test_a_node_with_other_weights_than_the_manifest_pins_refuses_to_start(
 
 @pytest.mark.timeout(240)
 def test_network_init_pins_the_weights_and_a_node_with_them_starts(tmp_path: Path) -> None:
-    from flopnet.node.cli.devnet import read_node_info
+    from flopnet.node.local import read_node_info
 
     made = subprocess.run(
         [*FLOPNET, "network", "init", "--out", str(tmp_path / "net"), "--pin-weights"],

@@ -13,10 +13,10 @@ from flopnet.ledger.store import LedgerStore
 from flopnet.node.cli.main import main as flopnet_main
 from flopnet.node.ledger_sync import LedgerSync
 from flopnet.node.profile import ProfileSharer, load_profile, save_profile
+from flopnet.protocol.catalog import PROFILE
 from flopnet.protocol.errors import ConfigError
 from flopnet.protocol.host import P2PHost
 from flopnet.protocol.identity import Identity
-from flopnet.protocol.ids import PROFILE_LIMITS, PROFILE_PROTOCOL
 from flopnet.protocol.messages import CreditBody
 
 VALIDATOR = Identity(b"\xa1" * 32)
@@ -80,10 +80,11 @@ def test_a_worker_shares_its_profile_once_with_a_validator_that_credited_it(
     save_profile(stranger_dir, "mallory", "")
 
     async def main() -> None:
-        server = P2PHost(VALIDATOR)
+        server = P2PHost(VALIDATOR, network_id=NET)
         sync = LedgerSync(server, store, VALIDATOR, NET, {VALIDATOR.public_key})
-        server.handle(PROFILE_PROTOCOL, sync.handle_profile, PROFILE_LIMITS)
-        worker, stranger = P2PHost(WORKER), P2PHost(STRANGER)
+        server.serve(PROFILE, sync.handle_profile)
+        worker = P2PHost(WORKER, network_id=NET)
+        stranger = P2PHost(STRANGER, network_id=NET)
         async with server.running() as srv, worker.running() as w, stranger.running() as s:
             await w.connect(srv.addrs()[0])
             await s.connect(srv.addrs()[0])

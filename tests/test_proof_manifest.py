@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from flopnet.node.config import (
     create_network,
     recommended_proof_params,
 )
+from flopnet.node.local import flopnet_argv
 from flopnet.node.model.service import ModelService
 from flopnet.proof.policy import (
     POLICY_PARAMS,
@@ -244,7 +244,7 @@ def test_a_devnet_runs_with_the_recommended_policy(model: str, dtype: str) -> No
 
 def _flopnet(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "flopnet.node.cli.main", *args],
+        [*flopnet_argv(), *args],
         capture_output=True,
         text=True,
         check=False,
@@ -295,31 +295,57 @@ def test_network_init_defaults_to_the_recommended_policy_and_flags_override(
 # --- the check in the model process ----------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class Checked:
+    """A real model's audit measures with the manifest's policy applied (as a validator does)."""
+
+    passed: bool
+    reasons: tuple[str, ...]
+    replay_mismatches: int
+    exp_mismatches: int
+
+
 @pytest.mark.timeout(300)
 def test_the_model_check_applies_the_manifests_policy() -> None:
-    """One real prefill check per policy through ModelService with the tiny model.
+    """One real prefill per case through ModelService with the tiny model; the manifest's
+    policy is applied to the measures in the daemon (``judgement.proof_outcome``).
 
     The lease's top-p is 1.0, so every token is in the nucleus and a replaced token has a finite
     replay shortfall: the manifest's replay tolerance alone decides whether it passes.
     """
-    net = NetworkParams(network_id="n", **recommended_proof_params("tiny", "bfloat16"))
-    lease = {"seed": 77, "temperature": 0.6, "top_p": 1.0, "max_new_tokens": 8}
-    prompt = list(range(5, 25))
+    from flopnet.ledger.policy import AuditDecision
+    from flopnet.node.model.calls import AuditRequest, GenerateRequest
+    from flopnet.node.validator.judgement import proof_outcome
+    from flopnet.proof.measures import replay_check
 
-    async def main() -> list[dict[str, Any]]:
+    net = NetworkParams(network_id="n", **recommended_proof_params("tiny", "bfloat16"))
+    prompt = tuple(range(5, 25))
+    audited = AuditDecision(audit=True, rate=1.0, consecutive_valid=0)
+
+    async def main() -> list[Checked]:
         model = ModelService("tiny", net.model_seed, net.dtype, threads=1)
         info = await model.start()
         try:
-            gen = await model.call("generate", prompt_ids=prompt, **lease)
-            other = await model.call("generate", prompt_ids=prompt, **(lease | {"seed": 78}))
-            tokens = list(gen["token_ids"])
-            assert len(tokens) == 8 and gen["finish_reason"] == "length"
-            forged = [*tokens[:-1], (tokens[-1] + 1) % info.vocab_size]
+            gen = await model.generate(GenerateRequest(prompt, 77, 0.6, 1.0, 8))
+            other = await model.generate(GenerateRequest(prompt, 78, 0.6, 1.0, 8))
+            tokens = gen.token_ids
+            assert len(tokens) == 8 and gen.finish_reason == "length"
+            forged = (*tokens[:-1], (tokens[-1] + 1) % info.vocab_size)
 
-            async def check(token_ids: list[int], params: NetworkParams, **over: Any) -> Any:
-                req = lease | {"prompt_ids": prompt, "token_ids": token_ids}
-                req |= {"proofs": gen["proofs"], "policy": params.proof_params()}
-                return await model.call("check", **(req | over))
+            async def check(
+                token_ids: tuple[int, ...],
+                params: NetworkParams,
+                proofs: tuple[bytes, ...] = gen.proofs,
+                max_new_tokens: int = 8,
+            ) -> Checked:
+                sample = GenerateRequest(prompt, 77, 0.6, 1.0, max_new_tokens)
+                request = AuditRequest(sample, token_ids, proofs)
+                measured = await model.audit(request)
+                policy = params.proof_policy()
+                outcome = proof_outcome(measured, audited, policy)
+                replay = replay_check(measured.shortfalls, policy.replay_tolerance)
+                worst = max(c.exp_mismatches for c in measured.checks)
+                return Checked(outcome.passed, outcome.reasons, replay.mismatches, worst)
 
             loose = dataclasses.replace(net, replay_tolerance=1e6)
             blind = dataclasses.replace(
@@ -334,33 +360,33 @@ def test_the_model_check_applies_the_manifests_policy() -> None:
                 await check(forged, net),
                 await check(forged, loose),
                 await check(tokens, net, max_new_tokens=9),
-                await check(tokens, net, proofs=other["proofs"]),
-                await check(tokens, blind, proofs=other["proofs"]),
+                await check(tokens, net, proofs=other.proofs),
+                await check(tokens, blind, proofs=other.proofs),
             ]
         finally:
             model.close()
 
     honest, forged, forged_loose, short, swapped, swapped_blind = trio.run(main)
-    assert honest["passed"], honest["reasons"]
-    assert any(r.startswith("sampling replay: 0/8 mismatches") for r in honest["reasons"])
-    assert any("tolerance 0.02" in r for r in honest["reasons"])
-    assert any(r.startswith("completion: 8 tokens") for r in honest["reasons"])
+    assert honest.passed, honest.reasons
+    assert any(r.startswith("sampling replay: 0/8 mismatches") for r in honest.reasons)
+    assert any("tolerance 0.02" in r for r in honest.reasons)
+    assert any(r.startswith("completion: 8 tokens") for r in honest.reasons)
     # The last token replaced: its state (and so every TOPLOC chunk) is untouched; only the
     # replay sees it, and the manifest's tolerance decides.
-    assert not forged["passed"]
-    assert forged["replay_mismatches"] == 1
-    assert forged["reasons"] == [
-        "sampling replay: 1/8 tokens could not have been sampled (0.125 > 0.0)"
-    ]
-    assert forged_loose["passed"] and forged_loose["replay_mismatches"] == 0
+    assert not forged.passed
+    assert forged.replay_mismatches == 1
+    assert forged.reasons == (
+        "sampling replay: 1/8 tokens could not have been sampled (0.125 > 0.0)",
+    )
+    assert forged_loose.passed and forged_loose.replay_mismatches == 0
     # Completion is part of the one decision, with its reason.
-    assert not short["passed"]
-    assert short["reasons"] == [
-        "completion: output stops after 8 tokens without eos, short of max_new_tokens 9"
-    ]
+    assert not short.passed
+    assert short.reasons == (
+        "completion: output stops after 8 tokens without eos, short of max_new_tokens 9",
+    )
     # The TOPLOC limits are the manifest's too: another generation's proofs fail the calibrated
     # limits and pass limits that accept anything (the honest tokens still pass the replay).
-    assert not swapped["passed"] and swapped["replay_mismatches"] == 0
-    assert [r.split(":")[0] for r in swapped["reasons"]] == ["toploc chunk 0"]
-    assert swapped["checks"][0]["exp_mismatches"] > 10
-    assert swapped_blind["passed"], swapped_blind["reasons"]
+    assert not swapped.passed and swapped.replay_mismatches == 0
+    assert [r.split(":")[0] for r in swapped.reasons] == ["toploc chunk 0"]
+    assert swapped.exp_mismatches > 10
+    assert swapped_blind.passed, swapped_blind.reasons

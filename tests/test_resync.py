@@ -12,9 +12,9 @@ from flopnet.node.model.tokenizer import ByteTokenizer
 from flopnet.node.publisher.publisher import Publisher
 from flopnet.node.tasks import builtin_tasks
 from flopnet.node.worker.worker import Worker
+from flopnet.protocol.catalog import ANNOUNCEMENTS, tasks_topic
 from flopnet.protocol.host import P2PHost
 from flopnet.protocol.identity import Identity
-from flopnet.protocol.ids import ANNOUNCEMENTS_LIMITS, ANNOUNCEMENTS_PROTOCOL, tasks_topic
 
 PUBLISHER = Identity(b"\x31" * 32)
 WORKER = Identity(b"\x32" * 32)
@@ -35,10 +35,11 @@ async def wait_for(predicate: object, timeout: float = 20.0) -> None:
 @pytest.mark.timeout(120)
 def test_late_joiner_and_gap_are_resynced(tmp_path: Path) -> None:
     async def main() -> None:
-        pub_host, work_host = P2PHost(PUBLISHER), P2PHost(WORKER)
+        pub_host = P2PHost(PUBLISHER, network_id=NET.network_id)
+        work_host = P2PHost(WORKER, network_id=NET.network_id)
         config = NodeConfig(roles=("publisher",), data_dir=tmp_path, network=NET)
         publisher = Publisher(config, PUBLISHER, pub_host, ByteTokenizer(), TASKS)
-        pub_host.handle(ANNOUNCEMENTS_PROTOCOL, publisher.handle_range, ANNOUNCEMENTS_LIMITS)
+        pub_host.serve(ANNOUNCEMENTS, publisher.handle_range)
         worker_config = NodeConfig(roles=("worker",), data_dir=tmp_path, network=NET)
         worker = Worker(worker_config, WORKER, work_host, None)  # type: ignore[arg-type]
 

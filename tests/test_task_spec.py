@@ -16,24 +16,22 @@ from hypothesis import strategies as st
 import flopnet.node.validator.validator as validator_module
 from flopnet.ledger.store import LedgerStore
 from flopnet.node.config import NetworkParams, NodeConfig
+from flopnet.node.model.fake import FakeModel
 from flopnet.node.model.tokenizer import ByteTokenizer
 from flopnet.node.publisher.publisher import Publisher
 from flopnet.node.tasks import Task, builtin_tasks, task_from_spec, task_spec
 from flopnet.node.validator.inbox import Inbox
 from flopnet.node.validator.task_source import TaskSource
 from flopnet.node.validator.validator import Validator
+from flopnet.protocol.catalog import (
+    SUBMIT,
+    TASK_SPEC,
+    VERDICT,
+)
 from flopnet.protocol.envelope import message_id, open_envelope, seal
 from flopnet.protocol.errors import MalformedMessage, PeerError, ProtocolTimeout
 from flopnet.protocol.host import P2PHost
 from flopnet.protocol.identity import Identity
-from flopnet.protocol.ids import (
-    SUBMIT_LIMITS,
-    SUBMIT_PROTOCOL,
-    TASK_SPEC_LIMITS,
-    TASK_SPEC_PROTOCOL,
-    VERDICT_LIMITS,
-    VERDICT_PROTOCOL,
-)
 from flopnet.protocol.messages import (
     Lease,
     Refusal,
@@ -103,20 +101,20 @@ def test_hostile_verifier_bytes_raise_only_malformed(blob: bytes) -> None:
 def publisher_on(host: P2PHost, tmp_path: Path) -> Publisher:
     config = NodeConfig(roles=("publisher",), data_dir=tmp_path, network=NET)
     publisher = Publisher(config, PUBLISHER, host, ByteTokenizer(), TASKS)
-    host.handle(TASK_SPEC_PROTOCOL, publisher.handle_task_spec, TASK_SPEC_LIMITS)
+    host.serve(TASK_SPEC, publisher.handle_task_spec)
     return publisher
 
 
 @pytest.mark.timeout(120)
 def test_publisher_serves_specs_to_validators_only(tmp_path: Path) -> None:
     async def main() -> None:
-        server = P2PHost(PUBLISHER)
+        server = P2PHost(PUBLISHER, network_id=NET.network_id)
         publisher_on(server, tmp_path)
         keys = frozenset({PUBLISHER.public_key})
         async with (
             server.running() as srv,
-            P2PHost(VALIDATOR).running() as val,
-            P2PHost(STRANGER).running() as other,
+            P2PHost(VALIDATOR, network_id=NET.network_id).running() as val,
+            P2PHost(STRANGER, network_id=NET.network_id).running() as other,
         ):
             await val.connect(srv.addrs()[0])
             await other.connect(srv.addrs()[0])
@@ -138,11 +136,15 @@ def test_publisher_serves_specs_to_validators_only(tmp_path: Path) -> None:
             with pytest.raises(PeerError, match="forbidden"):
                 await stranger.ensure(TASKS[0].task_id, PUBLISHER.public_key)
             ask = seal(TaskSpecRequest(version=1, task_id=TASKS[0].task_id), VALIDATOR, "taskspec")
-            reply = await other.request(srv.peer_id, TASK_SPEC_PROTOCOL, ask, TASK_SPEC_LIMITS)
+            reply = await other.request(srv.peer_id, TASK_SPEC.protocol_id, ask, TASK_SPEC.limits)
             refusal = open_envelope(reply, NET.network_id, expected=Refusal).expect(Refusal)
             assert refusal.code == "wrong_signer"  # a validator's request replayed by another
-            with pytest.raises(PeerError):  # garbage resets the stream
-                await other.request(srv.peer_id, TASK_SPEC_PROTOCOL, b"\x93junk", TASK_SPEC_LIMITS)
+            # Garbage is refused with the reason (and charged to the sender).
+            reply = await other.request(
+                srv.peer_id, TASK_SPEC.protocol_id, b"\x93junk", TASK_SPEC.limits
+            )
+            refusal = open_envelope(reply, NET.network_id, expected=Refusal).expect(Refusal)
+            assert refusal.code == "malformed"
 
     trio.run(main)
 
@@ -150,7 +152,7 @@ def test_publisher_serves_specs_to_validators_only(tmp_path: Path) -> None:
 @pytest.mark.timeout(120)
 def test_a_publisher_that_is_down_is_a_retryable_error(tmp_path: Path) -> None:
     async def main() -> None:
-        async with P2PHost(VALIDATOR).running() as val:
+        async with P2PHost(VALIDATOR, network_id=NET.network_id).running() as val:
             keys = frozenset({PUBLISHER.public_key})
             source = TaskSource({}, val, VALIDATOR, NET.network_id, keys)
             with pytest.raises((PeerError, ProtocolTimeout)):
@@ -183,14 +185,14 @@ def lease(task_id: str, lease_id: bytes) -> bytes:
 
 
 def bad_proof_submission(lease_bytes: bytes) -> bytes:
-    """Fails the last static check (proof size), which comes after the task check."""
+    """Well formed, so it is stored; its proofs are of nothing (the audit fails them)."""
     sub = Submission(
         version=1,
         lease=lease_bytes,
-        token_ids=tuple(range(40)),
+        token_ids=tuple(range(1, 41)),
         text="x",
         finish_reason="length",
-        proofs=(bytes(100), bytes(100)),
+        proofs=(bytes(258), bytes(258)),
         generation_seconds=0.1,
     )
     return seal(sub, WORKER, NET.network_id)
@@ -203,30 +205,35 @@ def test_a_lone_validator_fetches_the_task_then_checks_the_submission(
     monkeypatch.setattr(validator_module, "TASK_FETCH_BACKOFF_S", 0.02)
 
     async def main() -> None:
-        publisher_host, validator_host = P2PHost(PUBLISHER), P2PHost(VALIDATOR)
+        publisher_host, validator_host = (
+            P2PHost(PUBLISHER, network_id=NET.network_id),
+            P2PHost(VALIDATOR, network_id=NET.network_id),
+        )
         publisher_on(publisher_host, tmp_path / "publisher")
         config = NodeConfig(roles=("validator",), data_dir=tmp_path, network=NET)
         source = TaskSource(
             {}, validator_host, VALIDATOR, NET.network_id, frozenset(NET.publisher_keys)
         )
+        model = FakeModel()
+        info = await model.start()
         validator = Validator(
             config,
             VALIDATOR,
             validator_host,
-            None,  # type: ignore[arg-type]  # never reached: every case fails a static check
-            None,  # type: ignore[arg-type]
+            model,
+            None,  # type: ignore[arg-type]  # never reached: every proof here fails
             LedgerStore(tmp_path / "ledger.sqlite"),
             Inbox(tmp_path / "inbox.sqlite"),
             source,
-            model_config={"model_type": "llama"},
+            model_config=info.config or {},
             on_verdict=lambda _lease_id, _ok: None,
         )
-        validator_host.handle(SUBMIT_PROTOCOL, validator.handle_submission, SUBMIT_LIMITS)
-        validator_host.handle(VERDICT_PROTOCOL, validator.handle_verdict_request, VERDICT_LIMITS)
+        validator_host.serve(SUBMIT, validator.handle_submission)
+        validator_host.serve(VERDICT, validator.handle_verdict_request)
         async with (
             publisher_host.running() as pub,
             validator_host.running() as val,
-            P2PHost(WORKER).running() as cli,
+            P2PHost(WORKER, network_id=NET.network_id).running() as cli,
             trio.open_nursery() as bg,
         ):
             bg.start_soon(validator.run)
@@ -234,18 +241,18 @@ def test_a_lone_validator_fetches_the_task_then_checks_the_submission(
             await cli.connect(val.addrs()[0])
 
             async def verdict_on(data: bytes) -> Verdict:
-                reply = await cli.request(val.peer_id, SUBMIT_PROTOCOL, data, SUBMIT_LIMITS)
+                reply = await cli.request(val.peer_id, SUBMIT.protocol_id, data, SUBMIT.limits)
                 receipt = open_envelope(reply, NET.network_id, expected=SubmissionReceipt)
                 assert receipt.expect(SubmissionReceipt).submission_id == message_id(data)
                 ask = VerdictRequest(version=1, submission_id=message_id(data), wait_seconds=20.0)
                 reply = await cli.request(
-                    val.peer_id, VERDICT_PROTOCOL, seal(ask, WORKER, "taskspec"), VERDICT_LIMITS
+                    val.peer_id, VERDICT.protocol_id, seal(ask, WORKER, "taskspec"), VERDICT.limits
                 )
                 return open_envelope(reply, NET.network_id, expected=Verdict).expect(Verdict)
 
-            # The task is fetched, so the checks go on to the (bad) proofs.
+            # The task is fetched, so the checks go on to the audit of the (bad) proofs.
             first = await verdict_on(bad_proof_submission(lease(TASKS[1].task_id, b"a" * 16)))
-            assert not first.accepted and "proof 0 has 100 bytes" in " ".join(first.reasons)
+            assert not first.accepted and "toploc chunk 0" in " ".join(first.reasons)
             assert source.fetches == 1 and source.get(TASKS[1].task_id) == TASKS[1]
             unknown = await verdict_on(bad_proof_submission(lease("made-up", b"b" * 16)))
             assert "unknown task 'made-up': its publisher does not know it" in unknown.reasons[0]
@@ -255,7 +262,7 @@ def test_a_lone_validator_fetches_the_task_then_checks_the_submission(
             async def broken(_peer: str, _data: bytes) -> bytes:
                 raise RuntimeError("publisher failing")
 
-            publisher_host.handle(TASK_SPEC_PROTOCOL, broken, TASK_SPEC_LIMITS)
+            publisher_host.handle(TASK_SPEC.protocol_id, broken, TASK_SPEC.limits)
             gone = await verdict_on(bad_proof_submission(lease(TASKS[0].task_id, b"c" * 16)))
             assert "its publisher did not serve it" in gone.reasons[0]
             assert source.fetches == 2 + validator_module.TASK_FETCH_ATTEMPTS

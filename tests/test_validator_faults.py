@@ -17,11 +17,11 @@ from flopnet.node.config import NetworkParams, NodeConfig
 from flopnet.node.tasks import builtin_tasks
 from flopnet.node.validator.inbox import Inbox
 from flopnet.node.validator.validator import Validator
+from flopnet.protocol.catalog import SUBMIT, VERDICT
 from flopnet.protocol.envelope import message_id, open_envelope, seal
-from flopnet.protocol.errors import PeerError
+from flopnet.protocol.guard import PeerGuard
 from flopnet.protocol.host import P2PHost
 from flopnet.protocol.identity import Identity
-from flopnet.protocol.ids import SUBMIT_LIMITS, SUBMIT_PROTOCOL, VERDICT_LIMITS, VERDICT_PROTOCOL
 from flopnet.protocol.messages import (
     Lease,
     Refusal,
@@ -83,7 +83,8 @@ def test_validator_rejects_bad_submissions_and_keeps_serving(tmp_path: Path) -> 
     verdicts: list[tuple[bytes, bool]] = []
 
     async def main() -> None:
-        host = P2PHost(VALIDATOR)
+        # Charges are counted here, not enforced: this test sends many bad requests.
+        host = P2PHost(VALIDATOR, network_id=NET.network_id, guard=PeerGuard(ban_threshold=-1e9))
         config = NodeConfig(roles=("validator",), data_dir=tmp_path, network=NET)
         store = LedgerStore(tmp_path / "ledger.sqlite")
         inbox = Inbox(tmp_path / "inbox.sqlite")
@@ -99,65 +100,98 @@ def test_validator_rejects_bad_submissions_and_keeps_serving(tmp_path: Path) -> 
             model_config={"model_type": "llama"},  # never used: nothing here is accepted
             on_verdict=lambda lease_id, ok: verdicts.append((lease_id, ok)),
         )
-        host.handle(SUBMIT_PROTOCOL, validator.handle_submission, SUBMIT_LIMITS)
-        host.handle(VERDICT_PROTOCOL, validator.handle_verdict_request, VERDICT_LIMITS)
+        host.serve(SUBMIT, validator.handle_submission)
+        host.serve(VERDICT, validator.handle_verdict_request)
         client = P2PHost(WORKER)
         async with host.running() as srv, client.running() as cli, trio.open_nursery() as bg:
             bg.start_soon(validator.run)
             await cli.connect(srv.addrs()[0])
 
             async def submit(data: bytes) -> Verdict:
-                reply = await cli.request(srv.peer_id, SUBMIT_PROTOCOL, data, SUBMIT_LIMITS)
+                reply = await cli.request(srv.peer_id, SUBMIT.protocol_id, data, SUBMIT.limits)
                 receipt = open_envelope(reply, NET.network_id, expected=SubmissionReceipt)
                 assert receipt.signer == VALIDATOR.public_key
                 submission_id = receipt.expect(SubmissionReceipt).submission_id
                 assert submission_id == message_id(data)
                 ask = VerdictRequest(version=1, submission_id=submission_id, wait_seconds=10.0)
                 reply = await cli.request(
-                    srv.peer_id, VERDICT_PROTOCOL, seal(ask, WORKER, NET.network_id), VERDICT_LIMITS
+                    srv.peer_id,
+                    VERDICT.protocol_id,
+                    seal(ask, WORKER, NET.network_id),
+                    VERDICT.limits,
                 )
                 opened = open_envelope(reply, NET.network_id, expected=Verdict)
                 assert opened.signer == VALIDATOR.public_key
                 return opened.expect(Verdict)
 
-            # Malformed bytes and a mis-signed submission reset the stream: no verdict is owed.
-            with pytest.raises(PeerError):
-                await cli.request(srv.peer_id, SUBMIT_PROTOCOL, b"\x93junk", SUBMIT_LIMITS)
+            # Malformed bytes and a submission signed by another key than the stream's peer are
+            # refused with the reason: neither is stored, no verdict is owed, both are charged.
+            reply = await cli.request(srv.peer_id, SUBMIT.protocol_id, b"\x93junk", SUBMIT.limits)
+            refused = open_envelope(reply, NET.network_id, expected=Refusal).expect(Refusal)
+            assert refused.code == "malformed"
             forged = seal(
                 open_envelope(submission(lease()), NET.network_id).message, OTHER, "vfaults"
             )
-            with pytest.raises(PeerError):
-                await cli.request(srv.peer_id, SUBMIT_PROTOCOL, forged, SUBMIT_LIMITS)
+            reply = await cli.request(srv.peer_id, SUBMIT.protocol_id, forged, SUBMIT.limits)
+            refused = open_envelope(reply, NET.network_id, expected=Refusal).expect(Refusal)
+            assert refused.code == "wrong_signer"
+            assert inbox.queue_length() == 0
+            (charged,) = srv.guard.snapshot(time.time())
+            assert charged["peer_id"] == WORKER.peer_id
+            assert set(charged["violations"]) == {"malformed", "wrong_signer"}
 
-            cases = [
-                (submission(lease(), proof_len=100), "proof 0 has 100 bytes; expected 258"),
-                (submission(lease(lease_id=b"b" * 16), proofs=1), "1 proofs for 40 tokens"),
-                (submission(lease(lease_id=b"c" * 16), tokens=49), "exceed the lease's max"),
-                (submission(lease(lease_id=b"d" * 16, validator=OTHER)), "another validator"),
-                (submission(lease(lease_id=b"e" * 16, worker=OTHER)), "another worker"),
+            # Cheap checks come before storage: a bad submission is refused with its code and
+            # nothing is stored; those no honest worker could send are charged to the sender.
+            refused_cases = [
+                (submission(lease(), proof_len=100), "proof_size", True),
+                (submission(lease(lease_id=b"b" * 16), proofs=1), "proof_count", True),
+                (submission(lease(lease_id=b"c" * 16), tokens=49), "too_many_tokens", True),
+                (submission(lease(lease_id=b"d" * 16, validator=OTHER)), "other_validator", True),
+                (submission(lease(lease_id=b"e" * 16, worker=OTHER)), "not_your_lease", True),
                 (
                     submission(lease(lease_id=b"f" * 16, expires_at=time.time() - 100)),
-                    "expired",
+                    "lease_expired",
+                    False,  # a slow honest worker sends this too: refused, not charged
                 ),
-                (submission(lease(lease_id=b"g" * 16, task_id="nope")), "unknown task"),
-                (submission(lease()), "duplicate"),  # the first case's lease again
             ]
-            for data, expected in cases:
-                verdict = await submit(data)
-                assert not verdict.accepted and verdict.flops == 0
-                assert any(expected in r for r in verdict.reasons), (expected, verdict.reasons)
-                assert verdict.ledger_seq >= 0
+            charges = srv.guard.snapshot(time.time())[0]["violations"]["malformed"]
+            for data, code, charged_for in refused_cases:
+                reply = await cli.request(srv.peer_id, SUBMIT.protocol_id, data, SUBMIT.limits)
+                refused = open_envelope(reply, NET.network_id, expected=Refusal).expect(Refusal)
+                assert refused.code == code, (code, refused.reason)
+                now_charged = srv.guard.snapshot(time.time())[0]["violations"]["malformed"]
+                assert now_charged == charges + charged_for
+                charges = now_charged
+            assert inbox.queue_length() == 0 and store.head(VALIDATOR.public_key) is None
 
-            # Every checked submission is on the ledger, rejected, and the chain verifies.
-            assert store.head(VALIDATOR.public_key)[0] == len(cases) - 1  # type: ignore[index]
+            # A task the validator cannot know is stored (its spec might have to be fetched)
+            # and judged: rejected, on the ledger, with the reason.
+            unknown_task = submission(lease(lease_id=b"g" * 16, task_id="nope"))
+            verdict = await submit(unknown_task)
+            assert not verdict.accepted and verdict.flops == 0
+            assert any("unknown task" in r for r in verdict.reasons), verdict.reasons
+            # Asked again, the same submission gets its receipt and the same signed verdict; a
+            # second, different submission for the same lease is refused.
+            assert await submit(unknown_task) == verdict
+            again = submission(lease(lease_id=b"g" * 16, task_id="nope"), tokens=32, proofs=1)
+            reply = await cli.request(srv.peer_id, SUBMIT.protocol_id, again, SUBMIT.limits)
+            refused = open_envelope(reply, NET.network_id, expected=Refusal).expect(Refusal)
+            assert refused.code == "duplicate"
+
+            assert store.head(VALIDATOR.public_key)[0] == 0  # type: ignore[index]
             assert store.verify_all(NET.network_id) == []
-            assert validator.stats.malformed == 2
-            assert validator.stats.rejected == len(cases)
+            # The two bad envelopes never reached the validator: the host refused them first.
+            assert validator.stats.received == len(refused_cases) + 3
+            assert validator.stats.refused == len(refused_cases) + 1
+            assert validator.stats.malformed == 0 and validator.stats.rejected == 1
 
             # Asking again returns the same signed verdict; an unknown id gets a refusal.
             unknown = VerdictRequest(version=1, submission_id=bytes(32), wait_seconds=0.0)
             reply = await cli.request(
-                srv.peer_id, VERDICT_PROTOCOL, seal(unknown, WORKER, NET.network_id), VERDICT_LIMITS
+                srv.peer_id,
+                VERDICT.protocol_id,
+                seal(unknown, WORKER, NET.network_id),
+                VERDICT.limits,
             )
             refusal = open_envelope(reply, NET.network_id, expected=Refusal).expect(Refusal)
             assert refusal.code == "unknown_submission"

@@ -277,8 +277,10 @@ def test_a_node_model_process_on_the_vllm_backend_passes_an_hf_validator() -> No
     model hashes the same on both."""
     import trio
 
+    from flopnet.ledger.policy import AuditDecision
+    from flopnet.node.model.calls import AuditRequest, GenerateRequest
     from flopnet.node.model.service import ModelService
-    from flopnet.proof.policy import policy_params
+    from flopnet.node.validator.judgement import proof_outcome
 
     async def main() -> None:
         worker = ModelService("tiny", 1234, "bfloat16", threads=1, backend="vllm")
@@ -288,21 +290,15 @@ def test_a_node_model_process_on_the_vllm_backend_passes_an_hf_validator() -> No
             assert (w_info.backend, v_info.backend) == ("vllm", "hf")
             assert w_info.weights_sha256 == v_info.weights_sha256 != ""
             requests = [
-                {"prompt_ids": list(range(1, 30 + i)), "seed": 50 + i, "temperature": 0.6,
-                 "top_p": 0.95, "max_new_tokens": 40}
-                for i in range(3)
-            ]  # fmt: skip
-            gens = await worker.call("generate_batch", requests=requests)
-            policy = policy_params(recommended_policy("tiny", "bfloat16"))
+                GenerateRequest(tuple(range(1, 30 + i)), 50 + i, 0.6, 0.95, 40) for i in range(3)
+            ]
+            gens = await worker.generate_batch(requests)
+            policy = recommended_policy("tiny", "bfloat16")
+            audited = AuditDecision(audit=True, rate=1.0, consecutive_valid=0)
             for req, gen in zip(requests, gens, strict=True):
-                verdict = await validator.call(
-                    "check",
-                    token_ids=gen["token_ids"],
-                    proofs=gen["proofs"],
-                    policy=policy,
-                    **req,
-                )
-                assert verdict["passed"], verdict["reasons"]
+                measured = await validator.audit(AuditRequest(req, gen.token_ids, gen.proofs))
+                outcome = proof_outcome(measured, audited, policy)
+                assert outcome.passed, outcome.reasons
         finally:
             worker.close()
             validator.close()

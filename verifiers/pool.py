@@ -47,15 +47,26 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from flopnet.protocol.errors import VerifierError
+from flopnet.verifiers import math_verifier
 from flopnet.verifiers.result import Result
 
 JobFn = str | Callable[..., Any]
 
 log = logging.getLogger(__name__)
 
+
+def job_name(fn: Callable[..., Any]) -> str:
+    """The ``"package.module:function"`` name a child imports ``fn`` by, taken from the function
+    itself (so a moved or renamed module cannot leave a stale string behind)."""
+    name = f"{fn.__module__}:{fn.__qualname__}"
+    if "<" in fn.__qualname__ or fn.__module__ == "__main__":
+        raise VerifierError(f"{name} cannot be imported by name in a child process")
+    return name
+
+
 #: ``warmup`` entry that imports math-verify/sympy and runs one check in each child at start.
-MATH_WARMUP = "flopnet.verifiers.math_verifier:warm_up"
-CHECK_MATH = "flopnet.verifiers.math_verifier:check_math"
+MATH_WARMUP = job_name(math_verifier.warm_up)
+CHECK_MATH = job_name(math_verifier.check_math)
 
 
 class JobTimeout(VerifierError):

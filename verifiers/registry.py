@@ -29,7 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flopnet.protocol.errors import VerifierError
-from flopnet.verifiers.pool import MATH_WARMUP, VerifierPool, resolve_job
+from flopnet.verifiers import code, judge, output_prediction
+from flopnet.verifiers.code_tests import parse_tests
+from flopnet.verifiers.pool import CHECK_MATH, MATH_WARMUP, VerifierPool, job_name, resolve_job
 from flopnet.verifiers.result import Result
 from flopnet.verifiers.rules import attach_rules, run_rules
 from flopnet.verifiers.sandbox import SandboxConfig, select_sandbox
@@ -107,8 +109,6 @@ class Registry:
 
 # -- the job every verification runs in a pool child -------------------------------------------
 
-RUN_JOB = "flopnet.verifiers.registry:run_job"
-
 
 def run_job(
     fn: str,
@@ -130,6 +130,9 @@ def run_job(
     return attach_rules(result, checks, gate=gate)
 
 
+RUN_JOB = job_name(run_job)
+
+
 # -- the built-in types -----------------------------------------------------------------------
 
 
@@ -140,7 +143,7 @@ def _prepare_math(task: Mapping[str, Any], response: str, o: VerifyOptions, v: V
     require_boxed = task.get("require_boxed", o.require_boxed)
     secs = max(1, int(o.math_timeout_s))
     return Job(
-        "flopnet.verifiers.math_verifier:check_math",
+        CHECK_MATH,
         (response, gold),
         {"require_boxed": bool(require_boxed), "timeout_s": secs},
         3.0 * secs + 2.0,  # the gold parse, the answer parse and the comparison each get an alarm
@@ -148,25 +151,20 @@ def _prepare_math(task: Mapping[str, Any], response: str, o: VerifyOptions, v: V
 
 
 def _prepare_code(task: Mapping[str, Any], response: str, o: VerifyOptions, v: Verifiers) -> Job:
-    from flopnet.verifiers.code import hard_timeout
-    from flopnet.verifiers.code_tests import parse_tests
-
     tests = parse_tests(task)  # a malformed task fails here, before it costs a child
     return Job(
-        "flopnet.verifiers.code:check_code",
+        job_name(code.check_code),
         (dict(task), response),
         {"sandbox": v.sandbox(), "require_fence": o.require_fence, "budget_s": o.code_budget_s},
-        hard_timeout(tests, o.code_budget_s),
+        code.hard_timeout(tests, o.code_budget_s),
     )
 
 
 def _prepare_output(task: Mapping[str, Any], response: str, o: VerifyOptions, v: Verifiers) -> Job:
-    from flopnet.verifiers.output_prediction import gold_output
-
-    gold_output(task)
+    output_prediction.gold_output(task)
     name = task.get("field", "output")
     return Job(
-        "flopnet.verifiers.output_prediction:check_output_prediction",
+        job_name(output_prediction.check_output_prediction),
         (dict(task), response),
         {"field": name},
         10.0,
@@ -177,7 +175,7 @@ def _prepare_judge(task: Mapping[str, Any], response: str, o: VerifyOptions, v: 
     if not o.judge_url:
         raise VerifierError("no LLM judge configured (set judge_url / --judge-url)")
     return Job(
-        "flopnet.verifiers.judge:check_judge",
+        job_name(judge.check_judge),
         (dict(task), response),
         {
             "url": o.judge_url,

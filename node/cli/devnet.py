@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -26,6 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from flopnet.node.config import NetworkParams, create_network, recommended_proof_params
+from flopnet.node.local import (
+    LEDGER_FILE,
+    NODE_INFO_FILE,
+    api_get,
+    flopnet_argv,
+    read_node_info,
+)
 from flopnet.node.profile import save_profile
 from flopnet.protocol.errors import ConfigError, FlopnetError
 from flopnet.protocol.identity import load_or_create_identity
@@ -92,37 +97,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def find_ledgers(data_dir: Path) -> list[Path]:
-    """Ledger files in a node's data dir or in a devnet's (one level down)."""
-    direct = data_dir / "ledger.sqlite"
-    if direct.exists():
-        return [direct]
-    return sorted(data_dir.glob("*/ledger.sqlite"))
-
-
-def read_node_info(data_dir: Path) -> dict[str, Any] | None:
-    """A running node's ``node.json`` and API token, or None while it is starting."""
-    try:
-        info = json.loads((data_dir / "node.json").read_text())
-        info["token"] = (data_dir / "api.token").read_text().strip()
-    except (OSError, json.JSONDecodeError):
-        return None
-    return dict(info)
-
-
-def api_get(info: dict[str, Any], path: str, timeout: float = 5.0) -> Any:
-    """GET a JSON document from a node's local API."""
-    import httpx
-
-    response = httpx.get(
-        info["api_url"] + path,
-        headers={"Authorization": f"Bearer {info['token']}"},
-        timeout=timeout,
-    )
-    response.raise_for_status()
-    return response.json()
-
-
 def devnet_params(
     opts: DevnetOptions, validator_key: str, publisher_key: str | None = None
 ) -> NetworkParams:
@@ -167,11 +141,9 @@ class Devnet:
     def _spawn(self, name: str, kind: str, args: list[str], cheater: bool = False) -> _Proc:
         data_dir = self.root / name
         identity = load_or_create_identity(data_dir)
-        (data_dir / "node.json").unlink(missing_ok=True)
+        (data_dir / NODE_INFO_FILE).unlink(missing_ok=True)
         cmd = [
-            sys.executable,
-            "-m",
-            "flopnet.node.cli.main",
+            *flopnet_argv(),
             "node",
             "--data-dir",
             str(data_dir),
@@ -191,7 +163,7 @@ class Devnet:
         proc = next(p for p in self.procs if p.name == name)
         if proc.process.poll() is None:
             raise FlopnetError(f"{name} is still running")
-        (proc.data_dir / "node.json").unlink(missing_ok=True)
+        (proc.data_dir / NODE_INFO_FILE).unlink(missing_ok=True)
         proc.process = _launch(proc.command, proc.data_dir)
         info = self._wait_info(proc, time.time() + NODE_START_TIMEOUT_S)
         if proc.kind == "validator":
@@ -239,7 +211,8 @@ class Devnet:
             pinned = model_weights_sha256(opts.model, seed=params.model_seed, dtype=opts.dtype)
             params = dataclasses.replace(params, weights_sha256=pinned)
         self.network_id = create_network(founder, "devnet", params, self.network_file).network_id
-        task_args = ["--tasks", str(opts.tasks)]
+        # A newcomer earns its leases; a devnet's own workers may fill a batch from the start.
+        task_args = ["--tasks", str(opts.tasks), "--newcomer-leases", str(opts.batch_size)]
         if opts.tasks_file is not None:
             task_args += ["--tasks-file", str(opts.tasks_file)]
         peers_needed = opts.workers + opts.cheaters
@@ -365,7 +338,7 @@ class Devnet:
         from flopnet.ledger.leaderboard import leaderboard
         from flopnet.ledger.store import LedgerStore
 
-        with LedgerStore(self.root / VALIDATOR_DIR / "ledger.sqlite") as store:
+        with LedgerStore(self.root / VALIDATOR_DIR / LEDGER_FILE) as store:
             standings = {
                 s.contributor.hex(): s
                 for s in leaderboard(store, since=self.started_at, limit=10_000)

@@ -13,17 +13,16 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from flopnet.node.local import best_ledger, find_manifest, ledgers_in
 from flopnet.protocol.errors import ConfigError
 
 if TYPE_CHECKING:
-    from flopnet.ledger.leaderboard import Standing
     from flopnet.ledger.store import LedgerStore
     from flopnet.node.config import NetworkParams
 
 DEFAULT_LOCK_WINDOW_S = 86400.0  # ledger.policy's default, repeated to keep this import cheap
-DUMP_FORMAT = "flopnet-stats/1"
 
 
 def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
@@ -51,7 +50,10 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Na
     replicate.add_argument("--port", type=int, default=0, help="libp2p TCP port (0: any)")
     replicate.add_argument("--listen-ip", default="127.0.0.1")
     replicate.add_argument("--batch", type=int, default=2048, help="entries per range request")
-    return {"ledger": _run}
+
+    board = sub.add_parser("leaderboard", help="contributors ranked by credited FLOPs")
+    add_leaderboard_arguments(board)
+    return {"ledger": _run, "leaderboard": run_leaderboard}
 
 
 def _add_source(p: argparse.ArgumentParser) -> None:
@@ -83,16 +85,9 @@ def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _find_manifest(args: argparse.Namespace, data_dir: Path | None) -> Path | None:
-    from flopnet.protocol.manifest import MANIFEST_FILE
-
     if getattr(args, "manifest", None) is not None:
         return Path(args.manifest)
-    if data_dir is None:
-        return None
-    for candidate in (data_dir / MANIFEST_FILE, data_dir.parent / MANIFEST_FILE):
-        if candidate.exists():
-            return candidate
-    return None
+    return find_manifest(data_dir)
 
 
 def _network(args: argparse.Namespace, data_dir: Path | None) -> NetworkParams | None:
@@ -102,20 +97,8 @@ def _network(args: argparse.Namespace, data_dir: Path | None) -> NetworkParams |
     return None if path is None else NetworkParams.load(path)
 
 
-def _ledgers(data_dir: Path | None) -> list[Path]:
-    from flopnet.node.cli.devnet import find_ledgers
-
-    if data_dir is None:
-        raise ConfigError("give --data-dir (or set FLOPNET_HOME)")
-    ledgers = find_ledgers(data_dir)
-    if not ledgers:
-        raise ConfigError(f"no ledger found under {data_dir}")
-    return ledgers
-
-
 def _best_ledger(ledgers: list[Path], validators: set[bytes] | None) -> Path:
-    """The ledger holding the most of the validators' chains: with replication every node's
-    copy converges, and summing several copies would count each credit more than once."""
+    """The ledger with the most of the validators' entries (see ``local.best_ledger``)."""
     from flopnet.ledger.store import LedgerStore
 
     def coverage(path: Path) -> int:
@@ -127,7 +110,7 @@ def _best_ledger(ledgers: list[Path], validators: set[bytes] | None) -> Path:
             if validators is None or signer in validators
         )
 
-    return max(ledgers, key=lambda path: (coverage(path), -ledgers.index(path)))
+    return best_ledger(ledgers, coverage)
 
 
 def _lock_window(args: argparse.Namespace, net: NetworkParams | None) -> float:
@@ -152,7 +135,7 @@ def run_leaderboard(args: argparse.Namespace) -> int:
 
     net = _network(args, args.data_dir)
     validators = net.validator_keys if net is not None and net.validators else None
-    path = _best_ledger(_ledgers(args.data_dir), validators)
+    path = _best_ledger(ledgers_in(args.data_dir), validators)
     lock_window = _lock_window(args, net)
     now = time.time()
     width = WINDOWS[args.window]
@@ -205,7 +188,7 @@ def _verify(args: argparse.Namespace) -> int:
     from flopnet.ledger.chain import signer_name
     from flopnet.ledger.store import LedgerStore
 
-    ledgers = _ledgers(args.data_dir)
+    ledgers = ledgers_in(args.data_dir)
     net = _network(args, args.data_dir)
     network_id = _network_id(args, net)
     validators = net.validator_keys if net is not None and net.validators else None
@@ -260,88 +243,19 @@ def _audit_problems(store: LedgerStore, signer: bytes, net: NetworkParams) -> li
     return [m for _seq, m in audit_problems(store.audit_records(signer), policy, credits, hard)]
 
 
-def build_dump(
-    store: LedgerStore,
-    network_id: str,
-    validators: set[bytes] | None,
-    *,
-    now: float,
-    lock_window: float,
-) -> dict[str, Any]:
-    """The statistics export: every contributor and team, and the heads it was computed from."""
-    import datetime
-
-    from flopnet.ledger.chain import signer_name
-    from flopnet.ledger.leaderboard import flop_formulas, leaderboard, to_json
-
-    rows = leaderboard(store, validators, limit=10**9, now=now, lock_window=lock_window)
-    contributors = to_json(rows)
-    heads = store.heads()
-    chains = [
-        {
-            "peer_id": signer_name(signer),
-            "public_key": signer.hex(),
-            "head_seq": seq,
-            "head_hash": h.hex(),
-        }
-        for signer, (seq, h) in sorted(heads.items())
-        if validators is None or signer in validators
-    ]
-    return {
-        "format": DUMP_FORMAT,
-        "network_id": network_id,
-        "as_of": now,
-        "as_of_utc": datetime.datetime.fromtimestamp(now, datetime.UTC).isoformat(),
-        "lock_window_seconds": lock_window,
-        "flop_formulas": flop_formulas(rows),
-        "chains": chains,
-        "equivocations": len(store.equivocations()),
-        "contributors": contributors,
-        "teams": team_totals(rows),
-    }
-
-
-_TEAM_SUMS = (
-    "flops",
-    "pending_flops",
-    "final_flops",
-    "flops_24h",
-    "flops_7d",
-    "generated_tokens",
-    "tasks_accepted",
-    "tasks_rejected",
-    "tasks_voided",
-)
-
-
-def team_totals(rows: list[Standing]) -> list[dict[str, Any]]:
-    """Per team (from the members' signed profiles): members and summed credit, ranked."""
-    teams: dict[str, dict[str, Any]] = {}
-    for s in rows:
-        if not s.team:
-            continue
-        team = teams.setdefault(
-            s.team, {"team": s.team, "members": 0, **dict.fromkeys(_TEAM_SUMS, 0)}
-        )
-        team["members"] += 1
-        for key in _TEAM_SUMS:
-            team[key] += getattr(s, key)
-    ranked = sorted(teams.values(), key=lambda t: (-t["flops"], t["team"]))
-    return [{"rank": i, **t} for i, t in enumerate(ranked, start=1)]
-
-
 def _dump(args: argparse.Namespace) -> int:
     import gzip
     import json
     import os
     import time
 
+    from flopnet.ledger.dump import build_dump
     from flopnet.ledger.store import LedgerStore
 
     net = _network(args, args.data_dir)
     network_id = _network_id(args, net)
     validators = net.validator_keys if net is not None and net.validators else None
-    path = _best_ledger(_ledgers(args.data_dir), validators)
+    path = _best_ledger(ledgers_in(args.data_dir), validators)
     now = time.time() if args.as_of is None else float(args.as_of)
     with LedgerStore(path) as store:
         dump = build_dump(
@@ -364,6 +278,7 @@ def _replicate(args: argparse.Namespace) -> int:
     import trio
 
     from flopnet.node.config import NetworkParams, env_settings
+    from flopnet.node.replica import run_replica
 
     data_dir = args.data_dir or env_settings().data_root
     net = NetworkParams.load(args.manifest)
@@ -371,99 +286,3 @@ def _replicate(args: argparse.Namespace) -> int:
         run_replica, data_dir, net, tuple(args.bootstrap), args.port, args.listen_ip, args.batch
     )
     return 0
-
-
-def replica_command(
-    data_dir: Path, manifest: Path, bootstrap: tuple[str, ...] = (), batch: int | None = None
-) -> list[str]:
-    """The command line of a replica process, runnable before ``flopnet`` registers ``ledger``."""
-    command = [sys.executable, "-m", "flopnet.node.cli.ledger", "ledger", "replicate"]
-    command += ["--data-dir", str(data_dir), "--manifest", str(manifest)]
-    for addr in bootstrap:
-        command += ["--bootstrap", addr]
-    if batch is not None:
-        command += ["--batch", str(batch)]
-    return command
-
-
-async def run_replica(
-    data_dir: Path,
-    net: NetworkParams,
-    bootstrap: tuple[str, ...],
-    port: int,
-    listen_ip: str,
-    batch: int,
-) -> None:
-    """A replica node: sync and serve the validators' chains until SIGTERM/SIGINT.
-
-    Prints one JSON line ``{"peer_id", "addrs"}`` on stdout once it listens.
-    """
-    import json
-    import random
-    import signal
-
-    import trio
-
-    from flopnet.ledger.store import LedgerStore
-    from flopnet.node.ledger_sync import LedgerSync
-    from flopnet.protocol.errors import FlopnetError
-    from flopnet.protocol.host import P2PHost
-    from flopnet.protocol.identity import load_or_create_identity
-    from flopnet.protocol.ids import LEDGER_RANGE_LIMITS, LEDGER_RANGE_PROTOCOL, ledger_topic
-    from flopnet.protocol.peers import Backoff
-
-    identity = load_or_create_identity(data_dir)
-    host = P2PHost(identity, listen_ip=listen_ip)
-    with LedgerStore(data_dir / "ledger.sqlite") as store:
-        sync = LedgerSync(host, store, identity, net.network_id, net.validator_keys, batch=batch)
-        host.handle(LEDGER_RANGE_PROTOCOL, sync.handle_range, LEDGER_RANGE_LIMITS)
-
-        async def keep_connected(addr: str) -> None:
-            backoff, rng = Backoff(), random.Random()
-            peer = addr.rsplit("/p2p/", 1)[-1]
-            while True:
-                if peer not in host.connected_peers():
-                    try:
-                        await host.connect(addr)
-                        backoff.reset()
-                    except FlopnetError:
-                        await trio.sleep(backoff.next_delay(rng))
-                        continue
-                await trio.sleep(1.0)
-
-        async with host.running(port), trio.open_nursery() as nursery:
-            await host.subscribe(ledger_topic(net.network_id), sync.on_ledger_gossip)
-            for addr in bootstrap:
-                nursery.start_soon(keep_connected, addr)
-            nursery.start_soon(sync.run)
-            print(json.dumps({"peer_id": host.peer_id, "addrs": host.addrs()}), flush=True)
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    break
-            nursery.cancel_scope.cancel()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m node.ledger_cli ledger ...`` (before ``flopnet`` itself registers it)."""
-    from flopnet.protocol.errors import FlopnetError
-
-    parser = argparse.ArgumentParser(prog="flopnet")
-    sub = parser.add_subparsers(dest="command", required=True)
-    handlers = register(sub)
-    board = sub.add_parser("leaderboard", help="contributors ranked by credited FLOPs")
-    add_leaderboard_arguments(board)
-    handlers["leaderboard"] = run_leaderboard
-    args = parser.parse_args(argv)
-    try:
-        if getattr(args, "data_dir", "unset") is None:
-            from flopnet.node.config import env_settings
-
-            args.data_dir = env_settings().data_root
-        return handlers[args.command](args)
-    except FlopnetError as exc:
-        print(f"flopnet: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -71,6 +71,12 @@ def _add_node(sub: argparse._SubParsersAction) -> None:
         help="publisher: active leases one worker may hold",
     )
     p.add_argument(
+        "--newcomer-leases",
+        type=int,
+        default=1,
+        help="publisher: active leases a worker without accepted work may hold (trust is earned)",
+    )
+    p.add_argument(
         "--cheat-model-seed",
         type=int,
         default=None,
@@ -110,13 +116,6 @@ def _add_devnet(sub: argparse._SubParsersAction) -> None:
     )
 
 
-def _add_leaderboard(sub: argparse._SubParsersAction) -> None:
-    from flopnet.node.cli.ledger import add_leaderboard_arguments
-
-    p = sub.add_parser("leaderboard", help="contributors ranked by credited FLOPs")
-    add_leaderboard_arguments(p)
-
-
 def _add_tui(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tui", help="attach the terminal UI to a running node or devnet")
     p.add_argument("--data-dir", type=Path, help="a node's or a devnet's data dir")
@@ -129,7 +128,7 @@ EXTENSION_MODULES: tuple[str, ...] = (
     "flopnet.node.cli.verify",
     "flopnet.node.cli.ledger",
     "flopnet.node.cli.proof",
-    "flopnet.node.profile",
+    "flopnet.node.cli.profile",
     "flopnet.node.cli.hardware",
     "flopnet.node.cli.status",
 )
@@ -146,7 +145,6 @@ def build_parser() -> tuple[
     sub = parser.add_subparsers(dest="command", required=True)
     _add_node(sub)
     _add_devnet(sub)
-    _add_leaderboard(sub)
     _add_tui(sub)
     handlers: dict[str, Callable[[argparse.Namespace], int]] = dict(COMMANDS)
     for module_name in EXTENSION_MODULES:
@@ -182,6 +180,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         backend=args.backend,
         audit_batch=args.audit_batch,
         max_leases_per_worker=args.max_leases_per_worker,
+        newcomer_leases=args.newcomer_leases,
     )
     setup_logging(config.data_dir, env.log_level)
     trio.run(run_node, config)
@@ -218,12 +217,6 @@ def _cmd_devnet(args: argparse.Namespace) -> int:
     return 0 if summary["ok"] else 1
 
 
-def _cmd_leaderboard(args: argparse.Namespace) -> int:
-    from flopnet.node.cli.ledger import run_leaderboard
-
-    return run_leaderboard(args)
-
-
 def _cmd_tui(args: argparse.Namespace) -> int:
     from flopnet.tui.app import attach_targets, run_tui
 
@@ -234,9 +227,15 @@ def _cmd_tui(args: argparse.Namespace) -> int:
 COMMANDS = {
     "node": _cmd_node,
     "devnet": _cmd_devnet,
-    "leaderboard": _cmd_leaderboard,
     "tui": _cmd_tui,
 }
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,12 +251,25 @@ def main(argv: list[str] | None = None) -> int:
     except FlopnetError as exc:
         print(f"flopnet: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
     except BrokenPipeError:
         # The reader went away (`flopnet leaderboard | head`): not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:
+        # A read-only data directory, a full disk, a missing file: say which, plainly.
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"flopnet: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except BaseExceptionGroup as group:
+        # What trio's nurseries wrap: report our own errors plainly, re-raise anything else.
+        ours, rest = group.split((FlopnetError, OSError))
+        if rest is not None or ours is None:
+            raise
+        for leaf in _leaves(ours):
+            print(f"flopnet: error: {leaf}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from flopnet.protocol.errors import ConfigError
 
@@ -141,16 +140,10 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe(manifest_path: Path) -> dict[str, Any]:
-    """A verified manifest as plain JSON-able data."""
+def _show(args: argparse.Namespace) -> int:
     from flopnet.node.config import NetworkParams
 
-    params = NetworkParams.load(manifest_path)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(params).items()}
-
-
-def _show(args: argparse.Namespace) -> int:
-    data = describe(args.manifest)
+    data = NetworkParams.load(args.manifest).as_json()
     if args.json:
         print(json.dumps(data, indent=2))
     else:

@@ -19,15 +19,14 @@ from flopnet.node.config import NodeConfig
 from flopnet.node.model.prompt import DIRECTIVES, MATH_DIRECTIVE, format_r1_prompt
 from flopnet.node.model.tokenizer import Tokenizer
 from flopnet.node.publisher.announcements import AnnouncementLog
-from flopnet.node.publisher.leases import Denied, Grant, LeaseBook
+from flopnet.node.publisher.leases import Denied, Grant, LeaseBook, validator_for
 from flopnet.node.publisher.store import PublisherStore
 from flopnet.node.tasks import Task, task_spec
-from flopnet.protocol.envelope import open_envelope, seal
-from flopnet.protocol.errors import MalformedMessage
+from flopnet.protocol.catalog import lease_grace, tasks_topic
+from flopnet.protocol.envelope import Opened, seal
 from flopnet.protocol.guard import Violation
 from flopnet.protocol.host import P2PHost
-from flopnet.protocol.identity import Identity, peer_id_from_public_key
-from flopnet.protocol.ids import tasks_topic
+from flopnet.protocol.identity import Identity
 from flopnet.protocol.messages import (
     AnnouncementRange,
     AnnouncementRangeRequest,
@@ -35,8 +34,10 @@ from flopnet.protocol.messages import (
     Lease,
     Refusal,
     TaskAnnouncement,
+    TaskSpec,
     TaskSpecRequest,
 )
+from flopnet.protocol.rpc import refusal
 
 log = logging.getLogger(__name__)
 EXPIRY_CHECK_S = 1.0
@@ -74,6 +75,10 @@ class Publisher:
         self.book = LeaseBook(
             lease_seconds=self.net.lease_seconds,
             max_active_per_worker=config.max_leases_per_worker,
+            grace_seconds=lease_grace(self.net.lease_seconds),
+            newcomer_active=min(config.newcomer_leases, config.max_leases_per_worker),
+            # A hoarder waits as long as the lease it let lapse before it may lease again.
+            lapse_cooldown_s=self.net.lease_seconds,
         )
         for task in tasks:
             self.book.add_task(task.task_id, self.net.samples_per_task)
@@ -85,7 +90,6 @@ class Publisher:
         if store is not None:
             self._restore(store)
         self._validators = sorted(self.net.validator_keys)
-        self._next_validator = 0
         self._prompt_ids: dict[str, tuple[int, ...]] = {}
 
     def _restore(self, store: PublisherStore) -> None:
@@ -157,43 +161,24 @@ class Publisher:
         self.stats.announced += 1
         return sealed
 
-    async def handle_range(self, peer_id: str, data: bytes) -> bytes:
+    async def handle_range(self, peer_id: str, opened: Opened) -> AnnouncementRange:
         """Serve logged announcements from a requested seq (gap and late-join resync)."""
-        request = open_envelope(data, self.net.network_id, expected=AnnouncementRangeRequest)
-        ask = request.expect(AnnouncementRangeRequest)
-        reply = AnnouncementRange(
-            version=1, items=tuple(self.log.range(ask.from_seq, ask.limit)), head_seq=self.log.head
-        )
-        return seal(reply, self.identity, self.net.network_id)
+        ask = opened.expect(AnnouncementRangeRequest)
+        items = tuple(self.log.range(ask.from_seq, ask.limit))
+        return AnnouncementRange(version=1, items=items, head_seq=self.log.head)
 
-    async def handle_task_spec(self, peer_id: str, data: bytes) -> bytes:
+    async def handle_task_spec(self, peer_id: str, opened: Opened) -> TaskSpec | Refusal:
         """Serve one task's full spec (with its gold answer) to a validator of the manifest."""
-        opened = open_envelope(data, self.net.network_id, expected=TaskSpecRequest)
-        if peer_id_from_public_key(opened.signer) != peer_id:
-            await self.host.penalize(peer_id, Violation.WRONG_SIGNER)
-            return self._refusal("wrong_signer", "the request is not signed by the stream's peer")
         if opened.signer not in self.net.validator_keys:
-            return self._refusal("forbidden", "task specs hold gold answers: validators only")
+            return refusal("forbidden", "task specs hold gold answers: validators only")
         task = self.tasks.get(opened.expect(TaskSpecRequest).task_id)
         if task is None:
-            return self._refusal("unknown_task", "this publisher has no task with that id")
-        return seal(task_spec(task), self.identity, self.net.network_id)
+            return refusal("unknown_task", "this publisher has no task with that id")
+        return task_spec(task)
 
-    def _refusal(self, code: str, reason: str) -> bytes:
-        refusal = Refusal(version=1, code=code, reason=reason)
-        return seal(refusal, self.identity, self.net.network_id)
-
-    async def handle_claim(self, peer_id: str, data: bytes) -> bytes:
-        """Answer a claim stream with a sealed Lease or Refusal."""
-        try:
-            opened = open_envelope(data, self.net.network_id, expected=Claim)
-        except MalformedMessage as exc:
-            await self.host.penalize(peer_id, Violation.MALFORMED)
-            return self._refuse("malformed", str(exc))
+    async def handle_claim(self, peer_id: str, opened: Opened) -> Lease | Refusal:
+        """Answer a claim with a Lease or a Refusal (``protocol.catalog.CLAIM``)."""
         claim = opened.expect(Claim)
-        if peer_id_from_public_key(opened.signer) != peer_id:
-            await self.host.penalize(peer_id, Violation.WRONG_SIGNER)
-            return self._refuse("wrong_signer", "the claim is not signed by the stream's peer")
         now = time.time()
         if abs(claim.claimed_at - now) > CLAIM_CLOCK_SKEW_S:
             return self._refuse("stale_claim", "claimed_at is too far from the publisher's clock")
@@ -207,8 +192,8 @@ class Publisher:
         if not self._validators:
             return self._refuse("no_validator", "the network lists no validator")
         task = self.tasks[claim.task_id]
-        validator = self._validators[self._next_validator % len(self._validators)]
-        self._next_validator += 1
+        # Every lease of a sample goes to the same validator, which credits a sample once.
+        validator = validator_for(task.task_id, decision.sample_index, self._validators)
         lease = Lease(
             version=1,
             lease_id=os.urandom(16),
@@ -238,12 +223,12 @@ class Publisher:
             decision.sample_index,
             peer_id,
         )
-        return seal(lease, self.identity, self.net.network_id)
+        return lease
 
-    def _refuse(self, code: str, reason: str) -> bytes:
+    def _refuse(self, code: str, reason: str) -> Refusal:
         self.stats.claims_refused += 1
         self.stats.refusals[code] = self.stats.refusals.get(code, 0) + 1
-        return self._refusal(code, reason)
+        return refusal(code, reason)
 
     def settle(self, lease_id: bytes, accepted: bool) -> None:
         """Apply a validator's verdict: close the sample, or re-open it for another worker."""

@@ -38,6 +38,8 @@ CREATE TABLE IF NOT EXISTS inbox (
     verdict BLOB
 );
 CREATE INDEX IF NOT EXISTS inbox_queue ON inbox (verdict, received_at);
+CREATE INDEX IF NOT EXISTS inbox_lease ON inbox (lease_id);
+CREATE INDEX IF NOT EXISTS inbox_peer ON inbox (peer, verdict);
 """
 _INSERT = (
     "INSERT OR IGNORE INTO inbox (submission_id, lease_id, peer, envelope, received_at) "
@@ -177,6 +179,20 @@ class Inbox:
             "SELECT received_at FROM inbox WHERE submission_id = ?", (submission_id,)
         ).fetchone()
         return None if row is None else float(row[0])
+
+    def has_lease(self, lease_id: bytes) -> bool:
+        """Whether a submission for ``lease_id`` is stored (queued or judged)."""
+        row = self._conn.execute(
+            "SELECT 1 FROM inbox WHERE lease_id = ? LIMIT 1", (lease_id,)
+        ).fetchone()
+        return row is not None
+
+    def queued_from(self, peer: str) -> int:
+        """How many of ``peer``'s submissions wait for a verdict."""
+        row = self._conn.execute(
+            "SELECT COUNT(*) FROM inbox WHERE peer = ? AND verdict IS NULL", (peer,)
+        ).fetchone()
+        return int(row[0])
 
     def queue_length(self) -> int:
         """Submissions still waiting for a verdict."""

@@ -14,11 +14,10 @@ from collections import OrderedDict
 from collections.abc import Mapping
 
 from flopnet.node.tasks import Task, task_from_spec
-from flopnet.protocol.envelope import open_envelope, seal
+from flopnet.protocol.catalog import TASK_SPEC
 from flopnet.protocol.errors import MalformedMessage, PeerError
 from flopnet.protocol.host import P2PHost
 from flopnet.protocol.identity import Identity, peer_id_from_public_key
-from flopnet.protocol.ids import TASK_SPEC_LIMITS, TASK_SPEC_PROTOCOL
 from flopnet.protocol.messages import Refusal, TaskSpec, TaskSpecRequest
 
 log = logging.getLogger(__name__)
@@ -83,15 +82,11 @@ class TaskSource:
         if publisher not in self.publisher_keys:
             self.mark_unknown(task_id, "the lease is not signed by a publisher of this network")
             return None
-        request = seal(TaskSpecRequest(version=1, task_id=task_id), self.identity, self.network_id)
+        request = TaskSpecRequest(version=1, task_id=task_id)
         self.fetches += 1
-        reply = await self.host.request(
-            peer_id_from_public_key(publisher), TASK_SPEC_PROTOCOL, request, TASK_SPEC_LIMITS
-        )
         try:
-            opened = open_envelope(reply, self.network_id)  # a TaskSpec or a Refusal
-            if opened.signer != publisher:
-                raise MalformedMessage("the reply is not signed by the publisher asked")
+            # A TaskSpec or a Refusal, signed by the publisher asked (the host checks both).
+            opened = await self.host.call(peer_id_from_public_key(publisher), TASK_SPEC, request)
             if isinstance(opened.message, Refusal):
                 refusal = opened.message
                 if refusal.code == "unknown_task":

@@ -3,21 +3,20 @@
 Submissions are acknowledged with a signed receipt once stored in the durable inbox; a background
 loop validates them in arrival order (including any left queued by a crash), and workers fetch
 verdicts over the verdict stream, which waits for a pending one. A task the validator does not
-hold is fetched once from the publisher that signed the lease (``node.task_source``).
+hold is fetched once from the publisher that signed the lease (``node.validator.task_source``).
 
-Order of checks (cheap and certain first): envelope signature and the stream's peer; the
-publisher's signature on the lease; the lease names this validator and this worker and has not
-expired; the lease was not already used; token and proof counts within limits; then one prefill
-in the model process for the TOPLOC check and the sampling replay; then the answer verifier.
-FLOPs come from the model's config and the token counts (``ledger.flops.inference_flops``),
-never from the worker.
+This module does the I/O; every decision is a pure function in
+:mod:`flopnet.node.validator.judgement`. Order of checks (cheap and certain first): envelope
+signatures and the stream's peer; the lease (publisher, validator, worker, expiry, first use,
+token and proof counts); the task's spec; then, per the audit policy, one prefill in the model
+process (an audit) or only a decode (unaudited); then the answer verifier.
 
 Adaptive auditing (``ledger.policy``): the prefill is the expensive part, so it runs for every
 submission of a new contributor and then for a falling share of them, down to the manifest's
 floor. An audit writes an ``audit`` entry beside the credit, in the same durable commit; a failed
 audit also writes a ``hard`` invalidation, which voids all of the contributor's pending credit,
-unaudited credit included. An unaudited submission is decoded and checked for how it ends (no
-prefill), and its credit is pending like every credit, so a later failed audit can still void it.
+unaudited credit included. An unaudited submission's credit is pending like every credit, so a
+later failed audit can still void it.
 """
 
 from __future__ import annotations
@@ -25,35 +24,38 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
 from flopnet.ledger.chain import decode_body
-from flopnet.ledger.flops import MATMUL_FORMULA, inference_flops
-from flopnet.ledger.kinds import (
-    HARD,
-    KIND_AUDIT,
-    KIND_CREDIT,
-    KIND_INVALIDATION,
-    AuditBody,
-    InvalidationBody,
-)
 from flopnet.ledger.policy import AuditBook, AuditDecision, AuditPolicy, audit_draw
 from flopnet.ledger.store import LedgerStore
 from flopnet.node.config import NodeConfig
+from flopnet.node.counters import counters
+from flopnet.node.model.calls import (
+    AuditMeasures,
+    AuditRequest,
+    GenerateRequest,
+    Inspection,
+    InspectRequest,
+    ModelClient,
+    ModelError,
+    ModelInputError,
+    ModelUnavailable,
+)
 from flopnet.node.model.prompt import response_for_verifier
-from flopnet.node.model.service import UNAVAILABLE, ModelService, ModelServiceError
 from flopnet.node.tasks import Task
-from flopnet.node.validator.inbox import Inbox
+from flopnet.node.validator.inbox import Inbox, Queued
+from flopnet.node.validator.judgement import Problem, judge, lease_problem, proof_outcome
+from flopnet.node.validator.schedule import next_index
 from flopnet.node.validator.task_source import TaskSource
-from flopnet.proof.params import CHUNK, PROOF_BYTES
 from flopnet.protocol.envelope import Opened, open_envelope, seal
 from flopnet.protocol.errors import MalformedMessage, PeerError, ProtocolTimeout, VerifierError
+from flopnet.protocol.guard import Violation
 from flopnet.protocol.host import P2PHost
 from flopnet.protocol.identity import Identity, peer_id_from_public_key
 from flopnet.protocol.messages import (
@@ -66,11 +68,10 @@ from flopnet.protocol.messages import (
     Verdict,
     VerdictRequest,
 )
-from flopnet.verifiers.registry import Verifiers
+from flopnet.protocol.rpc import refusal
 from flopnet.verifiers.result import Result
 
 log = logging.getLogger(__name__)
-LEASE_GRACE_S = 30.0
 # A submission whose check our model process cut short (died, hung) is retried after a restart;
 # after this many attempts it is rejected as unverifiable, without an audit or invalidation.
 MODEL_ATTEMPTS = 3
@@ -81,6 +82,18 @@ BATCH_PAUSE_S = 60.0  # after a batched audit failed, audit one by one this long
 TASK_FETCH_ATTEMPTS = 5
 TASK_FETCH_BACKOFF_S = 1.0
 PREFETCH_TASK_FETCH_S = 2.0  # what a batched audit may spend fetching the specs of its items
+# Submissions one worker may have waiting for a verdict (a publisher lets it hold at most 8
+# leases by default; the margin covers resends and several publishers).
+MAX_QUEUED_PER_PEER = 32
+SCHEDULE_WINDOW = 256  # the oldest queued submissions the next one is chosen from
+
+
+class AnswerVerifier(Protocol):
+    """What judges an answer (:class:`flopnet.verifiers.registry.Verifiers` in a node)."""
+
+    def verify(
+        self, task: Mapping[str, Any], response: str, *, response_tokens: int | None = None
+    ) -> Result: ...
 
 
 @dataclass
@@ -89,6 +102,7 @@ class ValidatorStats:
     accepted: int = 0
     rejected: int = 0
     malformed: int = 0
+    refused: int = 0  # refused at receipt, before anything was stored
     flops_credited: int = 0
     prefill_seconds: float = 0.0
     verify_seconds: float = 0.0
@@ -103,8 +117,29 @@ class ValidatorStats:
     batched_audits: int = 0  # audits made in a batch of several (one padded prefill)
 
 
-class _Reject(Exception):
-    """A submission fails a check before the model is involved."""
+def audit_request(sub: Submission, lease: Lease) -> AuditRequest:
+    """What the model process needs to audit one submission."""
+    return AuditRequest(GenerateRequest.of_lease(lease), tuple(sub.token_ids), tuple(sub.proofs))
+
+
+@dataclass(frozen=True)
+class _Queued:
+    """A queued submission, opened: its envelope, its lease, and the records inside."""
+
+    opened: Opened
+    lease_opened: Opened
+
+    @property
+    def submission_id(self) -> bytes:
+        return self.opened.message_id
+
+    @property
+    def submission(self) -> Submission:
+        return self.opened.expect(Submission)
+
+    @property
+    def lease(self) -> Lease:
+        return self.lease_opened.expect(Lease)
 
 
 class Validator:
@@ -115,8 +150,8 @@ class Validator:
         config: NodeConfig,
         identity: Identity,
         host: P2PHost,
-        model: ModelService,
-        verifiers: Verifiers,
+        model: ModelClient,
+        verifiers: AnswerVerifier,
         store: LedgerStore,
         inbox: Inbox,
         tasks: Mapping[str, Task] | TaskSource,
@@ -139,8 +174,11 @@ class Validator:
         self.model_config = model_config
         self.on_verdict = on_verdict
         self.publish_entry = publish_entry
+        self.policy = self.net.proof_policy()
         self.stats = ValidatorStats()
         self._used_leases: set[bytes] = store.credited_leases(identity.public_key)
+        # One credit per sample: every lease of a sample comes to us (the publisher's choice).
+        self._credited_samples = store.credited_samples(identity.public_key)
         # Rebuilt from our own chain's audit entries, so a restart keeps every record.
         self.audits = AuditBook(
             audit_policy or AuditPolicy(floor=self.net.audit_rate_floor),
@@ -154,121 +192,166 @@ class Validator:
         self._attempts: dict[bytes, int] = {}  # submission -> checks cut short by our model
         self._task_attempts: dict[bytes, int] = {}  # submission -> failed task-spec fetches
         # Audit results made ahead, several in one prefill (_prefetch_audits), by submission.
-        self._prechecked: dict[bytes, dict[str, Any] | ModelServiceError] = {}
+        self._prechecked: dict[bytes, AuditMeasures | ModelError] = {}
         self._batching_paused_until = 0.0
+        self._peer_keys: dict[str, bytes] = {}  # stream peer id -> contributor key
+        self._turn = 0  # submissions taken from the queue (for the newcomers' share)
 
-    def _open(self, peer_id: str, data: bytes) -> tuple[Opened, Opened]:
-        opened = open_envelope(data, self.net.network_id, expected=Submission)
-        if peer_id_from_public_key(opened.signer) != peer_id:
-            raise MalformedMessage("the submission is not signed by the stream's peer")
-        lease_opened = open_envelope(
-            opened.expect(Submission).lease, self.net.network_id, expected=Lease
-        )
-        return opened, lease_opened
+    # -- the streams ---------------------------------------------------------------------------
 
-    async def handle_submission(self, peer_id: str, data: bytes) -> bytes:
-        """Store a submission durably and answer a signed receipt (or raise on malformed bytes)."""
+    def _open(self, opened: Opened) -> _Queued:
+        """The lease inside a submission (raises MalformedMessage when it is not one)."""
+        lease = open_envelope(opened.expect(Submission).lease, self.net.network_id, expected=Lease)
+        return _Queued(opened, lease)
+
+    def _reopen(self, envelope: bytes) -> _Queued:
+        return self._open(open_envelope(envelope, self.net.network_id, expected=Submission))
+
+    async def handle_submission(self, peer_id: str, opened: Opened) -> SubmissionReceipt | Refusal:
+        """Store a submission durably and answer a signed receipt (``protocol.catalog.SUBMIT``;
+        the host has checked that the stream's peer signed it).
+
+        Nothing is stored before the cheap checks pass: a lease that is not this worker's, not
+        for us, expired, used or forged, wrong counts, a second submission for a lease, or more
+        queued submissions than a worker may hold leases is refused at once (and charged when no
+        honest worker could have sent it), so storage costs the sender a real lease.
+        """
         self.stats.received += 1
         try:
-            opened, lease_opened = self._open(peer_id, data)
+            queued = self._open(opened)
         except MalformedMessage:
             self.stats.malformed += 1
             raise  # the host resets the stream, logs the reason and charges the peer
-        lease = lease_opened.expect(Lease)
-        await self.inbox.add_durable(opened.message_id, lease.lease_id, peer_id, data)  # then ack
+        lease = queued.lease
+        self._peer_keys[peer_id] = opened.signer
+        if self.inbox.received_at(opened.message_id) is None:  # a resend is answered again
+            refused = await self._refuse_at_receipt(peer_id, queued)
+            if refused is not None:
+                return refused
+        await self.inbox.add_durable(opened.message_id, lease.lease_id, peer_id, opened.raw)
         self._wakeup.set()
-        receipt = SubmissionReceipt(
+        return SubmissionReceipt(
             version=1,
             submission_id=opened.message_id,
             lease_id=lease.lease_id,
             received_at=self.inbox.received_at(opened.message_id) or time.time(),
             queue_position=self.inbox.position(opened.message_id),
         )
-        return seal(receipt, self.identity, self.net.network_id)
 
-    async def handle_verdict_request(self, peer_id: str, data: bytes) -> bytes:
-        """Answer the verdict on a submission, waiting up to the requested time if it is pending."""
-        request = open_envelope(data, self.net.network_id, expected=VerdictRequest).expect(
-            VerdictRequest
-        )
-        submission_id = request.submission_id
+    async def _refuse_at_receipt(self, peer_id: str, queued: _Queued) -> Refusal | None:
+        problem = self._problem(queued, time.time(), task_known=False)
+        if problem is None and self.inbox.has_lease(queued.lease.lease_id):
+            problem = Problem("duplicate", "another submission for this lease is queued")
+        if problem is None and self.inbox.queued_from(peer_id) >= MAX_QUEUED_PER_PEER:
+            problem = Problem("queue_full", f"{MAX_QUEUED_PER_PEER} of yours are queued; wait")
+        if problem is None:
+            return None
+        self.stats.refused += 1
+        log.info("refused a submission from %s: %s", peer_id, problem.reason)
+        if problem.dishonest:
+            await self.host.penalize(peer_id, Violation.MALFORMED)
+        return refusal(problem.code, problem.reason)
+
+    async def handle_verdict_request(self, peer_id: str, opened: Opened) -> Verdict | Refusal:
+        """Answer the verdict on a submission, waiting up to the requested time if pending
+        (``protocol.catalog.VERDICT``)."""
+        submission_id = opened.expect(VerdictRequest).submission_id
         if self.inbox.received_at(submission_id) is None:
-            return self._refuse("unknown_submission", "no submission with that id was received")
+            return refusal("unknown_submission", "no submission with that id was received")
         verdict = self.inbox.verdict(submission_id)
         if verdict is None:
             event = self._verdict_ready.setdefault(submission_id, trio.Event())
-            with trio.move_on_after(request.wait_seconds):
+            with trio.move_on_after(opened.expect(VerdictRequest).wait_seconds):
                 await event.wait()
             verdict = self.inbox.verdict(submission_id)
         if verdict is None:
             position = self.inbox.position(submission_id)
-            return self._refuse("pending", f"queued at position {position}")
-        return verdict
+            return refusal("pending", f"queued at position {position}")
+        # Stored sealed (a worker asking again gets the same signed bytes): hand back the record.
+        return open_envelope(verdict, self.net.network_id, expected=Verdict).expect(Verdict)
 
-    def _refuse(self, code: str, reason: str) -> bytes:
-        refusal = Refusal(version=1, code=code, reason=reason)
-        return seal(refusal, self.identity, self.net.network_id)
+    # -- the queue -----------------------------------------------------------------------------
+
+    def _next_queued(self) -> Queued | None:
+        """The queued submission to check next (``schedule``: trusted contributors first, a
+        share of turns for newcomers, suspects last; each contributor's in arrival order)."""
+        rows = self.inbox.next_queued_many(SCHEDULE_WINDOW)
+        if not rows:
+            return None
+        keys = [self._contributor(row) for row in rows]
+        index = next_index(keys, self.audits.states, self._turn)
+        return rows[index]
+
+    def _contributor(self, row: Queued) -> bytes:
+        """The public key behind a queued row's peer id (read from its envelope once)."""
+        key = self._peer_keys.get(row.peer)
+        if key is None:
+            try:
+                key = self._reopen(row.envelope).opened.signer
+            except MalformedMessage:
+                key = b""
+            self._peer_keys[row.peer] = key
+        return key
 
     async def run(self) -> None:
-        """Validate queued submissions in arrival order, forever (resuming after a restart)."""
+        """Validate queued submissions, forever (resuming after a restart)."""
         while True:
-            queued = self.inbox.next_queued()
-            if queued is None:
+            row = self._next_queued()
+            if row is None:
                 self._wakeup = trio.Event()
                 if self.inbox.next_queued() is None:
                     await self._wakeup.wait()
                 continue
-            verdict = self._verdict_from_ledger(queued.submission_id)
+            self._turn += 1
+            verdict = self._verdict_from_ledger(row.submission_id)
             if verdict is not None:
                 # Credited before a crash; the publisher may not have heard the outcome.
                 rebuilt = open_envelope(verdict, self.net.network_id, expected=Verdict)
                 self.on_verdict(rebuilt.expect(Verdict).lease_id, rebuilt.expect(Verdict).accepted)
             else:
-                opened, lease_opened = self._open(queued.peer, queued.envelope)
-                if not await self._fetch_task(queued.submission_id, lease_opened):
+                queued = self._reopen(row.envelope)
+                if not await self._fetch_task(row.submission_id, queued.lease_opened):
                     continue  # its publisher could not answer: asked again after a pause
-                attempt = self._attempts.get(queued.submission_id, 0) + 1
-                if self._batching_allowed(queued.submission_id, opened):
-                    try:
-                        await self._prefetch_audits()
-                    except ModelServiceError as exc:
-                        # One padded prefill failed (too big, a poison item, our model): audit
-                        # one by one for a while; each submission then has its own attempts.
-                        log.warning("batched audit failed (%s); auditing one by one", exc)
-                        self._batching_paused_until = time.monotonic() + BATCH_PAUSE_S
-                        if exc.kind == UNAVAILABLE:
-                            self.stats.model_restarts += 1
-                            with contextlib.suppress(ModelServiceError):
-                                await self.model.restart()
+                attempt = self._attempts.get(row.submission_id, 0) + 1
+                if self._batching_allowed(queued):
+                    await self._prefetch_or_pause()
                 try:
-                    verdict = await self._validate(
-                        opened,
-                        opened.expect(Submission),
-                        lease_opened,
-                        lease_opened.expect(Lease),
-                        attempt,
-                    )
-                except ModelServiceError as exc:
+                    verdict = await self._validate(queued, attempt)
+                except ModelError as exc:
                     # Nothing was written: the submission stays queued, first in line.
-                    self._attempts[queued.submission_id] = attempt
+                    self._attempts[row.submission_id] = attempt
                     log.warning("model check failed (%s, attempt %d); retrying", exc, attempt)
                     await trio.sleep(MODEL_RESTART_BACKOFF_S)
-                    if exc.kind == UNAVAILABLE:
-                        self.stats.model_restarts += 1
-                        with contextlib.suppress(ModelServiceError):  # counted as an attempt
-                            await self.model.restart()
+                    if isinstance(exc, ModelUnavailable):
+                        await self._restart_model()  # counted as an attempt
                     continue
-                self._attempts.pop(queued.submission_id, None)
-            self.inbox.set_verdict(queued.submission_id, verdict)
-            event = self._verdict_ready.pop(queued.submission_id, None)
+                self._attempts.pop(row.submission_id, None)
+            self.inbox.set_verdict(row.submission_id, verdict)
+            event = self._verdict_ready.pop(row.submission_id, None)
             if event is not None:
                 event.set()
+
+    async def _restart_model(self) -> None:
+        self.stats.model_restarts += 1
+        with contextlib.suppress(ModelError):
+            await self.model.restart()
+
+    async def _prefetch_or_pause(self) -> None:
+        try:
+            await self._prefetch_audits()
+        except ModelError as exc:
+            # One padded prefill failed (too big, a poison item, our model): audit one by one
+            # for a while; each submission then has its own attempts.
+            log.warning("batched audit failed (%s); auditing one by one", exc)
+            self._batching_paused_until = time.monotonic() + BATCH_PAUSE_S
+            if isinstance(exc, ModelUnavailable):
+                await self._restart_model()
 
     async def _fetch_task(self, submission_id: bytes, lease_opened: Opened) -> bool:
         """Make sure the leased task's spec is here; False to try again later (after a pause).
 
         A publisher that has no such task, or too many failed attempts, leaves the task unknown:
-        the static checks then reject the submission, saying why.
+        the checks then reject the submission, saying why.
         """
         lease = lease_opened.expect(Lease)
         try:
@@ -288,257 +371,167 @@ class Validator:
 
     def _verdict_from_ledger(self, submission_id: bytes) -> bytes | None:
         """The verdict of a submission already on the ledger (a crash came between the two)."""
-        row = self.store.connection.execute(
-            "SELECT e.seq, e.envelope FROM credits c JOIN entries e "
-            "ON e.signer = c.signer AND e.seq = c.seq WHERE c.signer = ? AND c.submission_id = ?",
-            (self.identity.public_key, submission_id),
-        ).fetchone()
-        if row is None:
+        found = self.store.credit_entry(self.identity.public_key, submission_id)
+        if found is None:
             return None
-        entry = open_envelope(bytes(row[1]), self.net.network_id, expected=LedgerEntry)
+        seq, envelope = found
+        entry = open_envelope(envelope, self.net.network_id, expected=LedgerEntry)
         body = decode_body("credit", entry.expect(LedgerEntry).body)
         assert isinstance(body, CreditBody)
+        return self._seal_verdict(body, seq)
+
+    def _seal_verdict(self, credit: CreditBody, seq: int) -> bytes:
         verdict = Verdict(
             version=1,
-            submission_id=submission_id,
-            lease_id=body.lease_id,
-            accepted=body.accepted,
-            reasons=body.reasons,
-            answer_score=body.answer_score,
-            flops=body.flops,
-            ledger_seq=int(row[0]),
+            submission_id=credit.submission_id,
+            lease_id=credit.lease_id,
+            accepted=credit.accepted,
+            reasons=credit.reasons,
+            answer_score=credit.answer_score,
+            flops=credit.flops,
+            ledger_seq=seq,
         )
         return seal(verdict, self.identity, self.net.network_id)
 
-    def _static_checks(self, opened: Opened, sub: Submission, lease_opened: Opened) -> None:
-        lease = lease_opened.expect(Lease)
-        if lease_opened.signer not in self.net.publisher_keys:
-            raise _Reject("the lease is not signed by a publisher of this network")
-        if lease.validator != self.identity.public_key:
-            raise _Reject("the lease names another validator")
-        if lease.worker != opened.signer:
-            raise _Reject("the lease was granted to another worker")
-        if time.time() > lease.expires_at + LEASE_GRACE_S:
-            raise _Reject("the lease expired before the submission arrived")
-        if lease.lease_id in self._used_leases:
-            raise _Reject("duplicate: this lease was already validated")
-        if self.tasks.get(lease.task_id) is None:
-            why = self.tasks.why_unknown(lease.task_id)
-            raise _Reject(f"unknown task {lease.task_id!r}" + (f": {why}" if why else ""))
-        generated = len(sub.token_ids)
-        if generated == 0:
-            raise _Reject("no generated tokens")
-        if generated > lease.max_new_tokens:
-            raise _Reject(f"{generated} tokens exceed the lease's max of {lease.max_new_tokens}")
-        expected_proofs = math.ceil(generated / CHUNK)
-        if len(sub.proofs) != expected_proofs:
-            raise _Reject(
-                f"{len(sub.proofs)} proofs for {generated} tokens; expected {expected_proofs}"
-            )
-        for index, proof in enumerate(sub.proofs):
-            if len(proof) != PROOF_BYTES:
-                raise _Reject(f"proof {index} has {len(proof)} bytes; expected {PROOF_BYTES}")
+    # -- one submission ------------------------------------------------------------------------
 
-    async def _validate(
-        self, opened: Opened, sub: Submission, lease_opened: Opened, lease: Lease, attempt: int = 1
-    ) -> bytes:
-        reasons: list[str] = []
-        answer = Result(score=0.0, passed=False, reasons=())
-        accepted = False
-        audit: AuditDecision | None = None
-        prechecked = self._prechecked.pop(opened.message_id, None)
+    def _problem(
+        self, queued: _Queued, received_at: float, *, task_known: bool = True
+    ) -> Problem | None:
+        """What the cheap checks find (pure but for our own state): at receipt, before a
+        submission is stored (``task_known`` False: a spec may still have to be fetched), and
+        again before it is judged, the leased task's spec included."""
+        lease = queued.lease
+        unknown = None
+        if task_known and self.tasks.get(lease.task_id) is None:
+            why = self.tasks.why_unknown(lease.task_id)
+            unknown = f"unknown task {lease.task_id!r}" + (f": {why}" if why else "")
+        return lease_problem(
+            lease=lease,
+            lease_signer=queued.lease_opened.signer,
+            submitter=queued.opened.signer,
+            submission=queued.submission,
+            validator=self.identity.public_key,
+            publishers=self.net.publisher_keys,
+            received_at=received_at,
+            already_used=lease.lease_id in self._used_leases,
+            sample_credited=(lease.task_id, lease.sample_index) in self._credited_samples,
+            unknown_task=unknown,
+        )
+
+    def _decide_audit(self, queued: _Queued) -> AuditDecision:
+        return self.audits.decide(queued.opened.signer, self._draw(queued.submission_id))
+
+    async def _measure(
+        self, queued: _Queued, decision: AuditDecision, attempt: int
+    ) -> AuditMeasures | Inspection | ModelError:
+        """Ask the model to measure (an audit) or decode (unaudited). Our model's own failures
+        are raised for a retry while attempts remain; afterwards, and for input it cannot
+        evaluate, the failure itself is what :func:`proof_outcome` judges."""
+        sub, lease = queued.submission, queued.lease
+        prechecked = self._prechecked.pop(queued.submission_id, None)
         try:
-            self._static_checks(opened, sub, lease_opened)
-            decision = self.audits.decide(opened.signer, self._draw(opened.message_id))
-            if decision.audit:
-                audit = decision
-                if isinstance(prechecked, ModelServiceError):
-                    raise prechecked
-                # prefill, TOPLOC, replay (made with others by _prefetch_audits, or now)
-                checked = prechecked or await self._check_proof(sub, lease)
-            else:
-                checked = await self._inspect(sub, lease, decision)
-            reasons.extend(checked["reasons"])
-            accepted = bool(checked["passed"])
-            if accepted:
-                # The validator decodes the tokens itself; the worker's text is never trusted.
-                response = response_for_verifier(checked["text"])
-                task = self.tasks.get(lease.task_id)
-                assert task is not None  # the static checks made sure
-                answer = await self._check_answer(response, task, lease, len(sub.token_ids))
-                reasons.extend(f"answer: {r}" for r in answer.reasons)
-                if answer.error:
-                    reasons.append(f"answer: verifier error: {answer.error}")
-                failed_rules = [name for name, ok in answer.rules if not ok]
-                reasons.append(
-                    "rules: " + (", ".join(f"{n} failed" for n in failed_rules) or "all pass")
+            if not decision.audit:
+                inspection = await self.model.inspect(
+                    InspectRequest(tuple(sub.token_ids), lease.max_new_tokens)
                 )
-        except _Reject as exc:
-            reasons.append(str(exc))
-        except ModelServiceError as exc:
-            if exc.kind in (UNAVAILABLE, "internal") and attempt < MODEL_ATTEMPTS:
-                # Our model process died, hung or failed (an OOM, a bug): not the worker's
-                # fault. No verdict; run() retries (after a restart if the process is gone).
-                raise
-            # A proof the model cannot even evaluate (wrong count, bad modulus) is a failed proof.
-            reasons.append(f"proof check failed: {exc}")
-            if exc.kind in ("internal", UNAVAILABLE):
-                # Our model process failed, not the worker: no audit result, no invalidation.
-                audit = None
-        prompt_tokens, generated = len(lease.prompt_ids), len(sub.token_ids)
-        # Computed here from the validator's own model config and the counts it checked itself.
-        flops = inference_flops(self.model_config, prompt_tokens, generated) if accepted else 0
-        body = CreditBody(
-            contributor=opened.signer,
-            lease_id=lease.lease_id,
-            submission_id=opened.message_id,
-            task_id=lease.task_id,
-            sample_index=lease.sample_index,
-            prompt_tokens=prompt_tokens,
-            generated_tokens=generated,
-            flops=flops,
-            flop_formula=MATMUL_FORMULA,
-            accepted=accepted,
-            answer_score=float(answer.score),
-            reasons=tuple(r[:1024] for r in reasons[:64]),
+                self.stats.unaudited += 1
+                return inspection
+            if isinstance(prechecked, ModelError):
+                raise prechecked
+            return prechecked or await self._audit(sub, lease)
+        except ModelError as exc:
+            if not isinstance(exc, ModelInputError) and attempt < MODEL_ATTEMPTS:
+                raise  # our model process died, hung or failed: no verdict; run() retries
+            return exc
+
+    async def _validate(self, queued: _Queued, attempt: int = 1) -> bytes:
+        sub, lease = queued.submission, queued.lease
+        received_at = self.inbox.received_at(queued.submission_id) or time.time()
+        problem = self._problem(queued, received_at)
+        decision = proof = answer = None
+        if problem is None:
+            decision = self._decide_audit(queued)
+            measured = await self._measure(queued, decision, attempt)
+            proof = proof_outcome(measured, decision, self.policy)
+            if proof.passed:
+                task = self.tasks.get(lease.task_id)
+                assert task is not None  # the checks made sure
+                # The validator decodes the tokens itself; the worker's text is never trusted.
+                text = response_for_verifier(proof.text)
+                answer = await self._check_answer(text, task, lease, len(sub.token_ids))
+        head = self.store.head(self.identity.public_key)
+        judgement = judge(
+            submission_id=queued.submission_id,
+            contributor=queued.opened.signer,
+            lease=lease,
+            generated=len(sub.token_ids),
+            problem=problem,
+            decision=decision,
+            proof=proof,
+            answer=answer,
+            model_config=self.model_config,
+            validator=self.identity.public_key,
+            credit_seq=0 if head is None else head[0] + 1,
         )
         # Credit, audit result and invalidation are one durable commit: all or none.
         appended = self.store.append_local_batch(
-            self.identity, self.net.network_id, self._entries(body, audit)
+            self.identity, self.net.network_id, list(judgement.entries)
         )
-        seq = appended[0][0]
-        if audit is not None:
-            self.audits.record(opened.signer, accepted)  # after the audit entry is durable
+        credit = judgement.credit
+        if judgement.audited:
+            self.audits.record(queued.opened.signer, credit.accepted)  # after it is durable
+            self.stats.audits += 1
+            if not credit.accepted:
+                self.stats.audits_failed += 1
+                self.stats.invalidations += 1
         self._used_leases.add(lease.lease_id)
-        if accepted:
+        if credit.accepted:
+            self._credited_samples.add((lease.task_id, lease.sample_index))
+        if credit.accepted:
             self.stats.accepted += 1
-            self.stats.flops_credited += flops
+            self.stats.flops_credited += credit.flops
         else:
             self.stats.rejected += 1
         log.info(
             "%s %s from %s%s: %s",
-            "ACCEPT" if accepted else "REJECT",
+            "ACCEPT" if credit.accepted else "REJECT",
             lease.task_id,
-            peer_id_from_public_key(opened.signer),
-            "" if audit is not None else " (not audited)",
-            "; ".join(reasons),
+            peer_id_from_public_key(queued.opened.signer),
+            "" if judgement.audited else " (not audited)",
+            "; ".join(credit.reasons),
         )
-        self.on_verdict(lease.lease_id, accepted)
+        self.on_verdict(lease.lease_id, credit.accepted)
         if self.publish_entry is not None:
             for entry_seq, _hash, entry in appended:
                 try:
                     await self.publish_entry(entry)
                 except Exception as exc:  # gossip is best effort; replicas also sync ranges
                     log.warning("publishing ledger entry %d failed: %s", entry_seq, exc)
-        verdict = Verdict(
-            version=1,
-            submission_id=opened.message_id,
-            lease_id=lease.lease_id,
-            accepted=accepted,
-            reasons=body.reasons,
-            answer_score=float(answer.score),
-            flops=flops,
-            ledger_seq=seq,
-        )
-        return seal(verdict, self.identity, self.net.network_id)
-
-    def _entries(self, credit: CreditBody, audit: AuditDecision | None) -> list[tuple[str, Any]]:
-        """The ledger entries one validated submission writes: its credit, and for an audited
-        one the audit result; a failed audit adds a hard invalidation naming this credit."""
-        entries: list[tuple[str, Any]] = [(KIND_CREDIT, credit)]
-        if audit is None:
-            return entries
-        entries.append(
-            (
-                KIND_AUDIT,
-                AuditBody(
-                    contributor=credit.contributor,
-                    submission_id=credit.submission_id,
-                    passed=credit.accepted,
-                    rate=audit.rate,
-                    consecutive_valid=audit.consecutive_valid,
-                    reasons=credit.reasons,
-                ),
-            )
-        )
-        self.stats.audits += 1
-        if not credit.accepted:
-            self.stats.audits_failed += 1
-            self.stats.invalidations += 1
-            head = self.store.head(self.identity.public_key)
-            credit_seq = 0 if head is None else head[0] + 1  # the credit is the batch's first
-            entries.append(
-                (
-                    KIND_INVALIDATION,
-                    InvalidationBody(
-                        contributor=credit.contributor,
-                        severity=HARD,
-                        credit_signer=self.identity.public_key,
-                        credit_seq=credit_seq,
-                        submission_id=credit.submission_id,
-                        reason=("audit failed: " + "; ".join(credit.reasons))[:1024],
-                    ),
-                )
-            )
-        return entries
-
-    async def _inspect(
-        self, sub: Submission, lease: Lease, decision: AuditDecision
-    ) -> dict[str, Any]:
-        """An unaudited submission: decoded and checked for how it ends, credited as pending."""
-        result: dict[str, Any] = await self.model.call(
-            "inspect", token_ids=list(sub.token_ids), max_new_tokens=lease.max_new_tokens
-        )
-        self.stats.unaudited += 1
-        note = (
-            f"not audited (audit rate {decision.rate:.3f} after "
-            f"{decision.consecutive_valid} valid audits): credit pending until its lock window ends"
-        )
-        return {**result, "passed": result["complete"], "reasons": [note, *result["reasons"]]}
-
-    @staticmethod
-    def _check_item(sub: Submission, lease: Lease) -> dict[str, Any]:
-        return {
-            "prompt_ids": list(lease.prompt_ids),
-            "token_ids": list(sub.token_ids),
-            "proofs": list(sub.proofs),
-            "seed": lease.seed,
-            "temperature": lease.temperature,
-            "top_p": lease.top_p,
-            "max_new_tokens": lease.max_new_tokens,
-        }
+        return self._seal_verdict(credit, appended[0][0])
 
     def _count_check(self, sub: Submission) -> None:
         self.stats.proof_checks += 1
         self.stats.tokens_checked += len(sub.token_ids)
         self.stats.proof_bytes += sum(len(p) for p in sub.proofs)
 
-    async def _check_proof(self, sub: Submission, lease: Lease) -> dict[str, Any]:
+    async def _audit(self, sub: Submission, lease: Lease) -> AuditMeasures:
         started = time.perf_counter()
-        result: dict[str, Any] = await self.model.call(
-            "check",
-            **self._check_item(sub, lease),
-            policy=self.net.proof_params(),  # the manifest's proof policy, as plain numbers
-        )
+        measured = await self.model.audit(audit_request(sub, lease))
         self.stats.prefill_seconds += time.perf_counter() - started
         self._count_check(sub)
-        return result
+        return measured
 
-    def _batching_allowed(self, submission_id: bytes, head: Opened) -> bool:
+    # -- batched audits ------------------------------------------------------------------------
+
+    def _batching_allowed(self, head: _Queued) -> bool:
         """Prefetch batched audits only when the head of the queue will be audited itself (an
         unaudited head needs no prefill) and batching is not paused after a failure."""
-        if self.config.audit_batch < 2 or submission_id in self._prechecked:
+        if self.config.audit_batch < 2 or head.submission_id in self._prechecked:
             return False
         if time.monotonic() < self._batching_paused_until:
             return False
-        return self.audits.decide(head.signer, self._draw(head.message_id)).audit
-
-    def _credited(self, submission_id: bytes) -> bool:
-        row = self.store.connection.execute(
-            "SELECT 1 FROM credits WHERE signer = ? AND submission_id = ? LIMIT 1",
-            (self.identity.public_key, submission_id),
-        ).fetchone()
-        return row is not None
+        return self._decide_audit(head).audit
 
     async def _prefetch_audits(self) -> None:
         """Audit the next queued submissions together, in one padded prefill.
@@ -549,50 +542,42 @@ class Validator:
         else (a later submission of the same contributor, an unaudited one) is checked alone.
         """
         seen: set[bytes] = set()
-        batch: list[tuple[bytes, Submission, Lease]] = []
+        batch: list[_Queued] = []
         fetch_until = trio.current_time() + PREFETCH_TASK_FETCH_S
-        for queued in self.inbox.next_queued_many(self.config.audit_batch * 4):
+        for row in self.inbox.next_queued_many(self.config.audit_batch * 4):
             if len(batch) == self.config.audit_batch:
                 break
             try:
-                opened, lease_opened = self._open(queued.peer, queued.envelope)
+                queued = self._reopen(row.envelope)
             except MalformedMessage:
                 continue
-            first = opened.signer not in seen
-            seen.add(opened.signer)  # only a contributor's first queued submission is taken
-            if not first or queued.submission_id in self._prechecked:
+            first = queued.opened.signer not in seen
+            seen.add(queued.opened.signer)  # only a contributor's first queued one is taken
+            if not first or row.submission_id in self._prechecked:
                 continue
-            if self._credited(queued.submission_id):
+            if self.store.has_credit(self.identity.public_key, row.submission_id):
                 continue
-            sub, lease = opened.expect(Submission), lease_opened.expect(Lease)
+            lease = queued.lease
             # Specs of tasks not seen yet, within a small budget: a publisher that hangs must
             # not hold the batch up (a failed fetch is retried when the submission's turn comes).
             left = fetch_until - trio.current_time()
             if self.tasks.get(lease.task_id) is None and left > 0:
                 with trio.move_on_after(left), contextlib.suppress(PeerError, ProtocolTimeout):
-                    await self.tasks.ensure(lease.task_id, lease_opened.signer)
-            try:
-                self._static_checks(opened, sub, lease_opened)
-            except _Reject:
-                continue
-            if self.audits.decide(opened.signer, self._draw(opened.message_id)).audit:
-                batch.append((opened.message_id, sub, lease))
+                    await self.tasks.ensure(lease.task_id, queued.lease_opened.signer)
+            received_at = self.inbox.received_at(row.submission_id) or time.time()
+            if self._problem(queued, received_at) is None and self._decide_audit(queued).audit:
+                batch.append(queued)
         if len(batch) < 2:
             return  # one audit is made where it is needed, as always
         started = time.perf_counter()
-        results: list[dict[str, Any]] = await self.model.call(
-            "check_batch",
-            items=[self._check_item(sub, lease) for _, sub, lease in batch],
-            policy=self.net.proof_params(),
+        results = await self.model.audit_batch(
+            [audit_request(q.submission, q.lease) for q in batch]
         )
         self.stats.prefill_seconds += time.perf_counter() - started
         self.stats.batched_audits += len(batch)
-        for (submission_id, sub, _lease), result in zip(batch, results, strict=True):
-            self._count_check(sub)
-            if "error" in result:
-                self._prechecked[submission_id] = ModelServiceError(result["error"], result["kind"])
-            else:
-                self._prechecked[submission_id] = result
+        for queued, result in zip(batch, results, strict=True):
+            self._count_check(queued.submission)
+            self._prechecked[queued.submission_id] = result
 
     async def _check_answer(self, text: str, task: Task, lease: Lease, tokens: int) -> Result:
         """The task type's verifier, in a killable child; answer correctness labels the data."""
@@ -614,25 +599,9 @@ class Validator:
 
     def snapshot(self) -> dict[str, object]:
         """Counters for the API."""
-        s = self.stats
-        return {
-            "received": s.received,
-            "accepted": s.accepted,
-            "rejected": s.rejected,
-            "malformed": s.malformed,
-            "queued": self.inbox.queue_length(),
-            "flops_credited": s.flops_credited,
-            "prefill_seconds": round(s.prefill_seconds, 3),
-            "verify_seconds": round(s.verify_seconds, 3),
-            "proof_checks": s.proof_checks,
-            "tokens_checked": s.tokens_checked,
-            "proof_bytes": s.proof_bytes,
-            "audits": s.audits,
-            "audits_failed": s.audits_failed,
-            "unaudited": s.unaudited,
-            "invalidations": s.invalidations,
-            "model_restarts": s.model_restarts,
-            "batched_audits": s.batched_audits,
-            "tasks_held": len(self.tasks),
-            "task_specs_fetched": self.tasks.fetches,
-        }
+        return counters(
+            self.stats,
+            queued=self.inbox.queue_length(),
+            tasks_held=len(self.tasks),
+            task_specs_fetched=self.tasks.fetches,
+        )

@@ -8,29 +8,26 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import trio
 
 from flopnet.node.config import NodeConfig
-from flopnet.node.model.service import UNAVAILABLE, ModelService, ModelServiceError
+from flopnet.node.counters import counters
+from flopnet.node.model.calls import (
+    Generated,
+    GenerateRequest,
+    ModelClient,
+    ModelError,
+    ModelUnavailable,
+)
 from flopnet.node.profile import ProfileSharer, load_profile
 from flopnet.node.publisher.announcements import SeqTracker
+from flopnet.node.worker.pacing import FINAL_REFUSALS, ClaimPacer
+from flopnet.protocol.catalog import ANNOUNCEMENTS, CLAIM, SUBMIT, VERDICT, VERDICT_WAIT_S
 from flopnet.protocol.envelope import message_id, open_envelope, seal
 from flopnet.protocol.errors import FlopnetError, MalformedMessage, PeerError, ProtocolTimeout
-from flopnet.protocol.host import P2PHost
+from flopnet.protocol.host import Notice, P2PHost
 from flopnet.protocol.identity import Identity, peer_id_from_public_key
-from flopnet.protocol.ids import (
-    ANNOUNCEMENTS_LIMITS,
-    ANNOUNCEMENTS_PROTOCOL,
-    CLAIM_LIMITS,
-    CLAIM_PROTOCOL,
-    SUBMIT_LIMITS,
-    SUBMIT_PROTOCOL,
-    VERDICT_LIMITS,
-    VERDICT_PROTOCOL,
-    VERDICT_WAIT_S,
-)
 from flopnet.protocol.messages import (
     AnnouncementRange,
     AnnouncementRangeRequest,
@@ -49,6 +46,7 @@ IDLE_POLL_S = 0.2
 TAKEN_BACKOFF_S = 3.0
 ERROR_BACKOFF_S = 2.0
 VERDICT_PATIENCE_S = 900.0
+BAN_WAIT_S = 600.0  # a publisher's ban (its notice says how long; this is the protocol's)
 BATCH_GATHER_S = 0.5
 
 
@@ -72,6 +70,8 @@ class WorkerStats:
     batches: int = 0  # model calls; generations / batches is the batch size achieved
     announcements: int = 0
     resyncs: int = 0
+    bans: int = 0  # peers that told us they banned us
+    refusals: dict[str, int] = field(default_factory=dict)  # claim refusals by code
     last_verdict: str = ""
     recent: list[dict[str, object]] = field(default_factory=list)
 
@@ -80,7 +80,7 @@ class Worker:
     """Claims up to ``batch_size`` tasks at a time and runs them together on the local model."""
 
     def __init__(
-        self, config: NodeConfig, identity: Identity, host: P2PHost, model: ModelService
+        self, config: NodeConfig, identity: Identity, host: P2PHost, model: ModelClient
     ) -> None:
         self.config = config
         self.net = config.network
@@ -92,6 +92,8 @@ class Worker:
         self._trackers: dict[str, SeqTracker] = {}
         self._wakeup = trio.Event()
         self._resync_wanted = trio.Event()
+        self.pacer = ClaimPacer()
+        host.on_notice.append(self.on_notice)
         self.busy = False
         self.phase = "idle"  # idle, generating, submitting, awaiting_verdict
         # Our display name and team go to each validator that credits us (if we have set one).
@@ -151,16 +153,8 @@ class Worker:
     async def _resync(self, publisher: str, tracker: SeqTracker) -> None:
         while (start := tracker.missing_from()) is not None:
             request = AnnouncementRangeRequest(version=1, from_seq=start, limit=512)
-            reply = await self.host.request(
-                publisher,
-                ANNOUNCEMENTS_PROTOCOL,
-                seal(request, self.identity, self.net.network_id),
-                ANNOUNCEMENTS_LIMITS,
-            )
-            opened = open_envelope(reply, self.net.network_id, expected=AnnouncementRange)
-            if peer_id_from_public_key(opened.signer) != publisher:
-                raise MalformedMessage("announcement range not signed by the publisher")
-            batch = opened.expect(AnnouncementRange)
+            reply = await self.host.call(publisher, ANNOUNCEMENTS, request)
+            batch = reply.expect(AnnouncementRange)
             tracker.head_is(batch.head_seq)
             for item in batch.items:
                 self._accept_announcement(item)
@@ -200,14 +194,13 @@ class Worker:
         except FlopnetError as exc:
             self.stats.errors += 1
             log.warning("batch of %d: %s: %s", len(leases), type(exc).__name__, exc)
-            unavailable = isinstance(exc, ModelServiceError) and exc.kind == UNAVAILABLE
-            if unavailable:
+            if isinstance(exc, ModelUnavailable):
                 # Our model process died or hung: restart it; the leases lapse and re-open.
                 await trio.sleep(ERROR_BACKOFF_S)
-                with contextlib.suppress(ModelServiceError):
+                with contextlib.suppress(ModelError):
                     await self.model.restart()
                 return
-            if not isinstance(exc, ModelServiceError) or len(leases) == 1:
+            if not isinstance(exc, ModelError) or len(leases) == 1:
                 await trio.sleep(ERROR_BACKOFF_S)
                 return
         for lease_bytes in leases:
@@ -230,19 +223,25 @@ class Worker:
             self._wakeup = trio.Event()
             with trio.move_on_after(left):
                 await self._wakeup.wait()
-        while len(leases) < self.config.batch_size:
+        refusals = 0
+        while len(leases) < self.config.batch_size and refusals < self.pacer.refusals_per_round:
             task_id = self._pick(exclude=tried)
             if task_id is None:
                 break
             tried.add(task_id)
+            publisher = self._offers[task_id].publisher_peer
+            await trio.sleep(self.pacer.wait(publisher, time.time()))  # spaced, never a flood
             try:
                 lease_bytes = await self._claim(task_id)
             except FlopnetError as exc:
                 self.stats.errors += 1
                 log.warning("task %s: %s: %s", task_id, type(exc).__name__, exc)
                 self._offers.get(task_id, _Offer("", 0)).not_before = time.time() + ERROR_BACKOFF_S
+                refusals += 1
                 continue
-            if lease_bytes is not None:
+            if lease_bytes is None:
+                refusals += 1
+            else:
                 leases.append(lease_bytes)
         return leases
 
@@ -253,29 +252,47 @@ class Worker:
     def _pick(self, exclude: set[str] | frozenset[str] = frozenset()) -> str | None:
         # A random pick spreads workers over tasks instead of all racing for the first one.
         now = time.time()
-        ready = [t for t, o in self._offers.items() if o.not_before <= now and t not in exclude]
+        ready = [
+            t
+            for t, o in self._offers.items()
+            if o.not_before <= now
+            and t not in exclude
+            and not self.pacer.paused(o.publisher_peer, now)
+        ]
         return random.choice(ready) if ready else None
+
+    def on_notice(self, notice: Notice) -> None:
+        """A peer told us something: a publisher that banned us is left alone until it ends."""
+        if notice.code == "banned":
+            self.stats.bans += 1
+            self.pacer.banned(notice.peer, BAN_WAIT_S, time.time())
 
     async def _claim(self, task_id: str) -> bytes | None:
         offer = self._offers[task_id]
         claim = Claim(version=1, task_id=task_id, nonce=os.urandom(16), claimed_at=time.time())
-        reply = await self.host.request(
-            offer.publisher_peer,
-            CLAIM_PROTOCOL,
-            seal(claim, self.identity, self.net.network_id),
-            CLAIM_LIMITS,
-        )
-        opened = open_envelope(reply, self.net.network_id)
-        if opened.signer not in self.net.publisher_keys:
-            raise MalformedMessage("claim answered by a key that is not a publisher")
+        # The offer's peer is a publisher of the manifest (its announcement was signed so), and
+        # the host checks that the answer is signed by that peer.
+        self.pacer.sent(offer.publisher_peer, time.time())
+        opened = await self.host.call(offer.publisher_peer, CLAIM, claim)
         if isinstance(opened.message, Refusal):
             refusal = opened.message
-            if refusal.code in ("task_done", "unknown_task", "failed_before"):
+            now = time.time()
+            self.stats.refusals[refusal.code] = self.stats.refusals.get(refusal.code, 0) + 1
+            if refusal.code in FINAL_REFUSALS:
                 self._offers.pop(task_id, None)
             else:
-                offer.not_before = time.time() + TAKEN_BACKOFF_S
-            log.debug("claim on %s refused: %s", task_id, refusal.reason)
+                offer.not_before = now + TAKEN_BACKOFF_S
+            pause = self.pacer.refused(offer.publisher_peer, refusal.code, now)
+            log.log(
+                logging.INFO if pause else logging.DEBUG,
+                "claim on %s refused: %s: %s%s",
+                task_id,
+                refusal.code,
+                refusal.reason,
+                f" (claims paused {pause:.1f} s)" if pause else "",
+            )
             return None
+        self.pacer.granted(offer.publisher_peer)
         lease = opened.expect(Lease)
         if lease.worker != self.identity.public_key or lease.task_id != task_id:
             raise MalformedMessage("the lease does not match our claim")
@@ -289,35 +306,26 @@ class Worker:
         ]
         started = time.perf_counter()
         self.phase = "generating"
-        requests: list[dict[str, Any]] = [
-            {
-                "prompt_ids": list(lease.prompt_ids),
-                "seed": lease.seed,
-                "temperature": lease.temperature,
-                "top_p": lease.top_p,
-                "max_new_tokens": lease.max_new_tokens,
-            }
-            for lease in opened
-        ]
+        requests = [GenerateRequest.of_lease(lease) for lease in opened]
         try:
             if len(requests) == 1:
-                gens = [await self.model.call("generate", **requests[0])]
+                gens = [await self.model.generate(requests[0])]
             else:
-                gens = await self.model.call("generate_batch", requests=requests)
-        except ModelServiceError as exc:
-            raise ModelServiceError(f"generation failed: {exc}", exc.kind) from None
+                gens = await self.model.generate_batch(requests)
+        except ModelError as exc:
+            raise type(exc)(f"generation failed: {exc}") from None
         elapsed = time.perf_counter() - started
         self.stats.generation_seconds += elapsed
         self.stats.generations += len(gens)
         self.stats.batches += 1
-        self.stats.tokens_generated += sum(len(g["token_ids"]) for g in gens)
+        self.stats.tokens_generated += sum(len(g.token_ids) for g in gens)
         self.phase = "submitting"
         async with trio.open_nursery() as nursery:
             for lease_bytes, lease, gen in zip(leases, opened, gens, strict=True):
                 nursery.start_soon(self._submit_and_settle, lease_bytes, lease, gen, elapsed)
 
     async def _submit_and_settle(
-        self, lease_bytes: bytes, lease: Lease, gen: dict[str, Any], elapsed: float
+        self, lease_bytes: bytes, lease: Lease, gen: Generated, elapsed: float
     ) -> None:
         """Submit one sample and keep its verdict; errors are counted, never end the batch."""
         try:
@@ -330,24 +338,24 @@ class Worker:
             )
 
     async def _submit(
-        self, lease_bytes: bytes, lease: Lease, gen: dict[str, Any], elapsed: float
+        self, lease_bytes: bytes, lease: Lease, gen: Generated, elapsed: float
     ) -> None:
         submission = Submission(
             version=1,
             lease=lease_bytes,
-            token_ids=tuple(gen["token_ids"]),
-            text=gen["text"],
-            finish_reason=gen["finish_reason"],
-            proofs=tuple(gen["proofs"]),
+            token_ids=gen.token_ids,
+            text=gen.text,
+            finish_reason=gen.finish_reason,
+            proofs=gen.proofs,
             generation_seconds=float(elapsed),
         )
+        # The lease's validator key is the peer asked, and the host checks who signed the answer.
         validator_peer = peer_id_from_public_key(lease.validator)
         sealed = seal(submission, self.identity, self.net.network_id)
-        reply = await self.host.request(validator_peer, SUBMIT_PROTOCOL, sealed, SUBMIT_LIMITS)
-        receipt = open_envelope(reply, self.net.network_id, expected=SubmissionReceipt)
-        if receipt.signer != lease.validator:
-            raise MalformedMessage("the receipt is not signed by the lease's validator")
-        if receipt.expect(SubmissionReceipt).submission_id != message_id(sealed):
+        reply = await self.host.call(validator_peer, SUBMIT, sealed)
+        if isinstance(reply.message, Refusal):
+            raise PeerError(f"the validator refused the submission: {reply.message.reason}")
+        if reply.expect(SubmissionReceipt).submission_id != message_id(sealed):
             raise MalformedMessage("the receipt is for another submission")
         self.phase = "awaiting_verdict"
         verdict = await self._await_verdict(validator_peer, lease, message_id(sealed))
@@ -364,7 +372,7 @@ class Worker:
                 "task_id": lease.task_id,
                 "accepted": verdict.accepted,
                 "flops": verdict.flops,
-                "tokens": len(gen["token_ids"]),
+                "tokens": len(gen.token_ids),
                 "seconds": round(elapsed, 3),
             },
             *self.stats.recent[:19],
@@ -381,23 +389,16 @@ class Worker:
     ) -> Verdict:
         """Ask the validator for the verdict until it is ready (its inbox survives restarts)."""
         deadline = time.time() + VERDICT_PATIENCE_S
-        request = seal(
-            VerdictRequest(version=1, submission_id=submission_id, wait_seconds=VERDICT_WAIT_S),
-            self.identity,
-            self.net.network_id,
+        request = VerdictRequest(
+            version=1, submission_id=submission_id, wait_seconds=VERDICT_WAIT_S
         )
         while time.time() < deadline:
             try:
-                reply = await self.host.request(
-                    validator_peer, VERDICT_PROTOCOL, request, VERDICT_LIMITS
-                )
+                opened = await self.host.call(validator_peer, VERDICT, request)
             except (PeerError, ProtocolTimeout) as exc:
                 log.info("verdict for %s not reachable yet: %s", lease.task_id, exc)
                 await trio.sleep(ERROR_BACKOFF_S)
                 continue
-            opened = open_envelope(reply, self.net.network_id)
-            if opened.signer != lease.validator:
-                raise MalformedMessage("the verdict is not signed by the lease's validator")
             if isinstance(opened.message, Refusal):
                 if opened.message.code == "pending":
                     continue
@@ -410,21 +411,4 @@ class Worker:
 
     def snapshot(self) -> dict[str, object]:
         """Counters for the API."""
-        s = self.stats
-        return {
-            "leases": s.leases,
-            "accepted": s.accepted,
-            "rejected": s.rejected,
-            "errors": s.errors,
-            "tokens_generated": s.tokens_generated,
-            "flops_credited": s.flops_credited,
-            "generation_seconds": round(s.generation_seconds, 3),
-            "generations": s.generations,
-            "batches": s.batches,
-            "phase": self.phase,
-            "known_tasks": len(self._offers),
-            "announcements": s.announcements,
-            "resyncs": s.resyncs,
-            "last_verdict": s.last_verdict,
-            "recent": list(s.recent),
-        }
+        return counters(self.stats, phase=self.phase, known_tasks=len(self._offers))

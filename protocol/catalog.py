@@ -1,0 +1,92 @@
+"""Every stream protocol and gossip topic of a flopnet network, declared once.
+
+Each stream is an :class:`~flopnet.protocol.rpc.Rpc`: its id, the signed request record, the
+records that may answer it, and the deadline of the whole exchange (size caps follow from the
+records). Versioning policy: a protocol id or topic name changes its version when its messages
+change incompatibly; a node may serve several versions side by side during a migration.
+"""
+
+from __future__ import annotations
+
+from flopnet.protocol.messages import (
+    MAX_ENVELOPE_BYTES,
+    AnnouncementRange,
+    AnnouncementRangeRequest,
+    Claim,
+    ContributorProfile,
+    Lease,
+    LedgerEntry,
+    LedgerRange,
+    LedgerRangeRequest,
+    Refusal,
+    Submission,
+    SubmissionReceipt,
+    TaskSpec,
+    TaskSpecRequest,
+    Verdict,
+    VerdictRequest,
+)
+from flopnet.protocol.rpc import GossipBudget, Rpc
+
+# A worker claims an announced task from its publisher: a signed lease, or a refusal.
+CLAIM = Rpc("/flopnet/claim/1.0.0", Claim, (Lease, Refusal), timeout=10.0)
+# The receipt comes back once the submission is stored: no waiting for the model.
+SUBMIT = Rpc("/flopnet/submit/1.0.0", Submission, (SubmissionReceipt, Refusal), timeout=30.0)
+# A verdict request waits up to VerdictRequest.wait_seconds (at most 60 s) for a pending verdict.
+VERDICT_WAIT_S = 30.0
+VERDICT = Rpc("/flopnet/verdict/1.0.0", VerdictRequest, (Verdict, Refusal), VERDICT_WAIT_S + 15.0)
+# Announcements a node missed on gossip, from the publisher's log.
+ANNOUNCEMENTS = Rpc(
+    "/flopnet/announcements/1.0.0", AnnouncementRangeRequest, (AnnouncementRange,), timeout=15.0
+)
+# Ledger replication: any node serves the verified chains it holds, a range per stream; a sync
+# of 100,000 entries takes ~50 ranges, each verified entry by entry before it is stored.
+LEDGER_RANGE = Rpc(
+    "/flopnet/ledger-range/1.0.0", LedgerRangeRequest, (LedgerRange, Refusal), timeout=30.0
+)
+# A contributor hands its signed profile to a validator, which records it in its chain and
+# answers with that ledger entry.
+PROFILE = Rpc("/flopnet/profile/1.0.0", ContributorProfile, (LedgerEntry, Refusal), timeout=10.0)
+# A validator fetches the spec of a task it does not hold (problem, gold answer, tests) from the
+# publisher that signed the lease; publishers answer the manifest's validators only.
+TASK_SPEC = Rpc("/flopnet/task-spec/1.0.0", TaskSpecRequest, (TaskSpec, Refusal), timeout=20.0)
+
+RPCS: tuple[Rpc, ...] = (CLAIM, SUBMIT, VERDICT, ANNOUNCEMENTS, LEDGER_RANGE, PROFILE, TASK_SPEC)
+
+MAX_GOSSIP_BYTES = max(MAX_ENVELOPE_BYTES[LedgerEntry.TYPE], 4096)
+
+
+# Gossip an author may publish per topic. A validator writes ledger entries as fast as it credits
+# work; a heartbeat is due once per interval, so twice the rate (and a small burst) is a flood.
+LEDGER_GOSSIP = GossipBudget(rate_per_s=200.0, burst=2000.0)
+
+
+def heartbeat_budget(interval_s: float) -> GossipBudget:
+    """What one node may publish on the heartbeat topic, given the heartbeat interval."""
+    return GossipBudget(rate_per_s=2.0 / interval_s, burst=10.0)
+
+
+# A submission may arrive a grace after its lease's deadline (it was on its way); a publisher
+# re-offers an expired sample only after the grace too, so a late result and a re-issued lease
+# never overlap. Both sides derive it from the manifest's lease length, so they agree.
+MAX_LEASE_GRACE_S = 30.0
+
+
+def lease_grace(lease_seconds: float) -> float:
+    """How long after its deadline a lease's result is still accepted (and the sample held)."""
+    return min(MAX_LEASE_GRACE_S, lease_seconds / 4)
+
+
+def tasks_topic(network_id: str) -> str:
+    """Topic of task announcements for one network."""
+    return f"flopnet/1/{network_id}/tasks"
+
+
+def ledger_topic(network_id: str) -> str:
+    """Topic of ledger entries and heads for one network."""
+    return f"flopnet/1/{network_id}/ledger"
+
+
+def heartbeat_topic(network_id: str) -> str:
+    """Topic of heartbeats (liveness, capacity, announcement heads) for one network."""
+    return f"flopnet/1/{network_id}/heartbeat"
