@@ -100,7 +100,7 @@ class ComposeDevnet:
 
     def wait_done(self, timeout: float = 300) -> dict[str, Any]:
         """Poll the publisher's /status (from the host, over loopback) until all is done."""
-        from flopnet.node.cli.devnet import api_get, read_node_info
+        from flopnet.node.local import api_get, read_node_info
 
         deadline = time.time() + timeout
         last: dict[str, Any] = {}

@@ -298,10 +298,17 @@ def test_an_early_exit_does_not_pass(verifiers: Verifiers, code: str) -> None:
     assert "sandbox: docker" in r.reasons
 
 
+def _shared(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} not available")
+    return path
+
+
 def test_honest_answers_pass_in_every_language(verifiers: Verifiers) -> None:
     good = verifiers.verify(ADD_TASK, fenced("def add(a, b):\n    return a + b"))
     assert good.passed, good.reasons
-    problem = json.loads((SHARED_DATA / "rllm_test_codeforces.json").read_text())[0]
+    problem = json.loads(_shared("rllm_test_codeforces.json").read_text())[0]
     task = {"task_type": "code", "tests": problem["tests"]}
     for lang, program in MIN_MAX.items():  # node, g++ and rustc come from the image
         r = verifiers.verify(task, fenced(program, lang))
@@ -309,7 +316,7 @@ def test_honest_answers_pass_in_every_language(verifiers: Verifiers) -> None:
 
 
 def test_humaneval_references_pass(verifiers: Verifiers) -> None:
-    with gzip.open(SHARED_DATA / "HumanEval.jsonl.gz", "rt", encoding="utf-8") as fh:
+    with gzip.open(_shared("HumanEval.jsonl.gz"), "rt", encoding="utf-8") as fh:
         rows = [json.loads(line) for _, line in zip(range(12), fh, strict=False)]
     items = [
         (

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from flopnet.node.cli.devnet import read_node_info
 from flopnet.node.cli.status import summarize
 from flopnet.node.config import NetworkParams, create_network
+from flopnet.node.local import read_node_info
 from flopnet.protocol.identity import Identity, load_or_create_identity
 
 FLOPNET = (sys.executable, "-m", "flopnet.node.cli.main")

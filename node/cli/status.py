@@ -77,14 +77,14 @@ def run_status(args: argparse.Namespace) -> int:
     """Print the local node's status; 0 if it answers, 1 otherwise."""
     import httpx
 
-    from flopnet.node.cli.devnet import api_get, read_node_info
+    from flopnet.node.local import NODE_INFO_FILE, TOKEN_FILE, api_get, read_node_info
 
     data_dir: Path = args.data_dir
     info = read_node_info(data_dir)
     if info is None:
-        if not (data_dir / "node.json").exists():
-            return _fail(f"no node is running with data dir {data_dir} (no node.json there)")
-        return _fail(f"cannot read {data_dir / 'node.json'} or {data_dir / 'api.token'}")
+        if not (data_dir / NODE_INFO_FILE).exists():
+            return _fail(f"no node is running with data dir {data_dir} (no {NODE_INFO_FILE} there)")
+        return _fail(f"cannot read {data_dir / NODE_INFO_FILE} or {data_dir / TOKEN_FILE}")
     try:
         status = api_get(info, "/status", timeout=args.timeout)
     except httpx.HTTPStatusError as exc:
