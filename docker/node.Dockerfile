@@ -40,8 +40,11 @@ RUN /opt/flopnet/bin/pip install --no-index --no-cache-dir --no-deps /tmp/wheels
     && rm -rf /tmp/wheels \
     && /opt/flopnet/bin/flopnet --help >/dev/null
 COPY docker/devnet-init.sh /opt/flopnet/devnet-init.sh
+# Hugging Face's and vLLM's caches go into the model-cache volume too (downloaded weights).
 ENV PATH=/opt/flopnet/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     FLOPNET_HOME=/home/flopnet/.flopnet \
+    HF_HOME=/home/flopnet/.flopnet/huggingface \
+    VLLM_CACHE_ROOT=/home/flopnet/.flopnet/vllm \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 USER 10000:10000
