@@ -98,7 +98,16 @@ class ComposeDevnet:
     def inspect(self, service: str, template: str) -> str:
         return docker("inspect", "-f", template, self.container(service)).stdout.strip()
 
-    def wait_done(self, timeout: float = 300) -> dict[str, Any]:
+    def wait_started(self, service: str, timeout: float = 600) -> None:
+        """Wait until ``service``'s node has written its node.json (its model is loaded)."""
+        deadline = time.time() + timeout
+        while not (self.root / service / "node.json").exists():
+            assert self.inspect(service, "{{.State.Running}}") == "true", f"{service} exited"
+            assert time.time() < deadline, f"{service} did not start in {timeout}s"
+            time.sleep(0.5)
+
+    # Generous: on the shared 2-core machine the whole devnet can be starved for minutes.
+    def wait_done(self, timeout: float = 900) -> dict[str, Any]:
         """Poll the publisher's /status (from the host, over loopback) until all is done."""
         from flopnet.node.local import api_get, read_node_info
 

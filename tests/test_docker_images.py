@@ -8,6 +8,7 @@ by scripts/images.sh when needed; the tests skip only where Docker cannot run at
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -105,10 +106,7 @@ def test_docker_stop_of_the_validator_loses_no_acknowledged_work(
     devnet = devnets(max_new_tokens=96)
     devnet.compose("up", "--detach")
     worker_dir = devnet.root / "worker-1"
-    deadline = time.time() + 300
-    while not (worker_dir / "node.json").exists():
-        assert time.time() < deadline, "worker-1 never started"
-        time.sleep(0.2)
+    devnet.wait_started("worker-1")
     # The worker holds a receipt: its submission is in the validator's durable inbox.
     assert reaches_phase(worker_dir, "awaiting_verdict"), "no worker ever waited for a verdict"
     stopped_at = time.monotonic()
@@ -117,10 +115,45 @@ def test_docker_stop_of_the_validator_loses_no_acknowledged_work(
     assert devnet.inspect("validator", "{{.State.ExitCode}}") == "0"  # not killed at the grace
     log = (devnet.root / "validator" / "node.log").read_text()
     assert "signal 15: shutting down" in log and "node stopped" in log
+    (devnet.root / "validator" / "node.json").unlink(missing_ok=True)  # a stale one is left
     devnet.compose("start", "validator")
+    devnet.wait_started("validator")
     status = devnet.wait_done()
     credits = _credits(devnet.root, status["network_id"])
     leases = [lease for lease, _ in credits]
     assert len(leases) == len(set(leases)), "a lease was credited twice"
     assert sum(a for _, a in credits) == 6  # every task credited once, nothing lost
     print(f"docker stop of the validator took {stop_seconds:.1f} s")
+
+
+def test_bubblewrap_cannot_run_in_a_default_container() -> None:
+    # Docker's seccomp profile refuses new user namespaces: why a containerised validator of
+    # code answers needs the Docker runner (docs/deploy.md).
+    run = docker("run", "--rm", "--network", "none", "flopnet/base:bookworm", "unshare",
+                 "--user", "true")  # fmt: skip
+    assert run.returncode != 0 and "Operation not permitted" in run.stderr, run
+
+
+def test_a_containerised_verifier_runs_code_in_sibling_sandboxes(tmp_path: Path) -> None:
+    # The node image has no bubblewrap: `--sandbox auto` must find the engine through the
+    # mounted socket and run each program in a flopnet-sandbox:1 container beside its own.
+    tests = ["assert add(1, 2) == 3", "assert add(2, 2) == 4"]
+    rows = [
+        {"id": "good", "task_type": "code", "tests": tests,
+         "response": "</think>```python\ndef add(a, b):\n    return a + b\n```"},
+        {"id": "bad", "task_type": "code", "tests": tests,
+         "response": "</think>```python\ndef add(a, b):\n    return a - b\n```"},
+    ]  # fmt: skip
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    socket_gid = str(os.stat("/var/run/docker.sock").st_gid)
+    run = docker(
+        "run", "--rm", "--network", "none", "--group-add", socket_gid,
+        "-v", "/var/run/docker.sock:/var/run/docker.sock", "-v", f"{tmp_path}:/in:ro",
+        "flopnet/node:cpu", "verify", "/in/in.jsonl", "--no-progress", "--workers", "1",
+        timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    got = {r["id"]: r for r in map(json.loads, run.stdout.splitlines())}
+    assert got["good"]["passed"] and got["good"]["score"] == 1.0, got["good"]
+    assert not got["bad"]["passed"] and got["bad"]["score"] == 0.5
+    assert "sandbox: docker" in got["good"]["reasons"]
