@@ -91,7 +91,10 @@ class FakeEngine:
         drop = {"user": 65534, "group": 65534, "extra_groups": []}
         extra: dict[str, Any] = {} if as_root else drop
         with c["out"].open("wb") as out, c["err"].open("wb") as err:
-            argv = [*args, "--", *body["Cmd"]]
+            # The engine's pids cgroup, as well as a fake can: RLIMIT_NPROC of the fake's uid.
+            pids = host.get("PidsLimit")
+            limit = ["/usr/bin/prlimit", f"--nproc={pids}", "--"] if pids else []
+            argv = [*args, "--", *limit, *body["Cmd"]]
             c["proc"] = subprocess.Popen(argv, stdout=out, stderr=err, **extra)
 
 
