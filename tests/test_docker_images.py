@@ -145,6 +145,8 @@ def test_a_containerised_verifier_runs_code_in_sibling_sandboxes(tmp_path: Path)
          "response": "</think>```python\ndef add(a, b):\n    return a - b\n```"},
     ]  # fmt: skip
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp_path.chmod(0o755)  # readable by the image's user (pytest makes it 0700, root's)
+    (tmp_path / "in.jsonl").chmod(0o644)
     socket_gid = str(os.stat("/var/run/docker.sock").st_gid)
     run = docker(
         "run", "--rm", "--network", "none", "--group-add", socket_gid,
@@ -155,5 +157,5 @@ def test_a_containerised_verifier_runs_code_in_sibling_sandboxes(tmp_path: Path)
     assert run.returncode == 0, run.stderr
     got = {r["id"]: r for r in map(json.loads, run.stdout.splitlines())}
     assert got["good"]["passed"] and got["good"]["score"] == 1.0, got["good"]
-    assert not got["bad"]["passed"] and got["bad"]["score"] == 0.5
+    assert not got["bad"]["passed"] and got["bad"]["score"] == 0.0
     assert "sandbox: docker" in got["good"]["reasons"]
