@@ -91,7 +91,10 @@ class FakeEngine:
         drop = {"user": 65534, "group": 65534, "extra_groups": []}
         extra: dict[str, Any] = {} if as_root else drop
         with c["out"].open("wb") as out, c["err"].open("wb") as err:
-            argv = [*args, "--", *body["Cmd"]]
+            # The engine's pids cgroup, as well as a fake can: RLIMIT_NPROC of the fake's uid.
+            pids = host.get("PidsLimit")
+            limit = ["/usr/bin/prlimit", f"--nproc={pids}", "--"] if pids else []
+            argv = [*args, "--", *limit, *body["Cmd"]]
             c["proc"] = subprocess.Popen(argv, stdout=out, stderr=err, **extra)
 
 
@@ -163,6 +166,8 @@ class Handler(BaseHTTPRequestHandler):
             directory = e.root / spec["Name"]
             directory.mkdir()
             directory.chmod(0o755)
+            # Like the engine's copy-up: the image's /box belongs to the sandbox user.
+            os.chown(directory, 65534, 65534)
             e.volumes[spec["Name"]] = directory
             self._send(201, {"Name": spec["Name"], "Driver": "local", "Labels": spec["Labels"]})
         elif path.startswith("/volumes/"):
@@ -266,12 +271,15 @@ def test_requested_isolation(engine: tuple[FakeEngine, str]) -> None:
     assert host["PidsLimit"] == 64 and host["Memory"] == 256 * MiB == host["MemorySwap"]
     assert [b.split(":")[1:] for b in host["Binds"]] == [["/box", "ro"]]  # nothing else mounted
     assert run["User"] == "10001" and "size=64m" in host["Tmpfs"]["/tmp"]
+    assert host["IpcMode"] == "private" and host["ShmSize"] == 64 * MiB
+    assert any(a.startswith("--as=") for a in run["Cmd"])
+    assert not any(a.startswith("--nproc") for a in run["Cmd"])  # the pids cgroup caps it
     assert not any(e.startswith(("FLOPNET", "DOCKER")) for e in run["Env"])
     assert fake.volumes == {} and fake.containers == {}  # everything removed afterwards
 
 
 def test_code_verification_through_docker(engine: tuple[FakeEngine, str]) -> None:
-    _, url = engine
+    fake, url = engine
     options = VerifyOptions(sandbox="docker", docker_url=url)
     task = {"task_type": "code", "tests": ["assert add(1, 2) == 3", "assert add(0, 0) == 0"]}
     with Verifiers(options, workers=1) as v:
@@ -284,6 +292,8 @@ def test_code_verification_through_docker(engine: tuple[FakeEngine, str]) -> Non
     assert good.passed and "sandbox: docker" in good.reasons
     assert bad.score == 0.5
     assert compiled is None or compiled.passed, compiled
+    # Every run, the compiler's included, is the unprivileged sandbox user's.
+    assert {c["User"] for c in fake.created if c["Cmd"] != ["true"]} == {"10001"}
 
 
 def test_wall_time_kill_and_output_cap(engine: tuple[FakeEngine, str]) -> None:

@@ -164,6 +164,7 @@ EXTENSION_MODULES: tuple[str, ...] = (
     "flopnet.node.cli.hardware",
     "flopnet.node.cli.export",
     "flopnet.node.cli.audit",
+    "flopnet.node.cli.status",
 )
 
 

@@ -1,15 +1,19 @@
 """The Docker runner, through the ``docker`` SDK, for machines where a Docker daemon answers.
 
-Untested against a real engine (none runs where this was written): the tests drive this exact
-client code path against a fake Engine API on a unix socket. The image is built from
-``docker/sandbox.Dockerfile`` when missing.
+Tested against a real engine (Debian's docker.io 20.10, ``make test-images``:
+tests/test_docker_images.py runs the bubblewrap attack set through it) and, in the ordinary
+suite, against a fake Engine API on a unix socket (tests/test_verifiers_docker.py). The image is
+``docker/sandbox.Dockerfile``, built by scripts/images.sh (or here, offline, when missing).
 
-A box is a Docker volume. Files are copied in with ``put_archive`` through a created (never
+A box is a Docker volume; the image's ``/box`` belongs to the sandbox user, so a new volume
+mounted there does too. Files are copied in with ``put_archive`` through a created (never
 started) helper container that mounts the volume read-write; runs mount it read-only (build runs:
-read-write) in a new container each: no network, read-only root, dropped capabilities,
-no-new-privileges, a size-capped ``/tmp`` tmpfs, memory, pids and CPU limits, an unprivileged
-user, and ``prlimit`` inside for CPU time and file size. The program's output goes to files on the
+read-write) in a new container each, always as the unprivileged sandbox user: no network,
+read-only root, every capability dropped, no-new-privileges, a size-capped ``/tmp`` tmpfs and
+``/dev/shm``, memory (swap included: the same limit), pids and CPU limits, and ``prlimit``
+inside for CPU time, address space and file size. The program's output goes to files on the
 tmpfs, capped by ``prlimit --fsize``, and only ``head -c`` of them reaches the container log.
+Removing the container ends every process it held (a left-over daemon included).
 """
 
 from __future__ import annotations
@@ -36,7 +40,11 @@ from flopnet.verifiers.sandbox.base import (
 
 DEFAULT_IMAGE = "flopnet-sandbox:1"
 DOCKERFILE = Path(__file__).resolve().parents[2] / "docker" / "sandbox.Dockerfile"
-#: The uid of the image's ``sandbox`` user (see docker/sandbox.Dockerfile).
+#: The local base image with the tools, made by scripts/images.sh (debootstrap, no registry).
+BASE_IMAGE = "flopnet/sandbox-base:bookworm"
+BUILD_HINT = "build it with scripts/images.sh (needs no registry)"
+#: The uid of the image's ``sandbox`` user (see docker/sandbox.Dockerfile). Not the node
+#: image's uid (10000): a containerised node's threads must not count against its limits.
 SANDBOX_USER = "10001"
 IMAGE_TOOLS = frozenset({"python3", "node", "g++", "rustc"})
 _LABEL = {"org.flopnet.sandbox": "1"}
@@ -81,6 +89,9 @@ class DockerSandbox:
         except ImportError:
             raise SandboxUnavailable("the docker SDK is missing: pip install docker") from None
         self._errors = docker.errors
+        requests: Any = importlib.import_module("requests")  # the SDK's transport
+        self.request_errors: tuple[type[Exception], ...] = (requests.RequestException,)
+        self.transport_errors = (docker.errors.DockerException, requests.RequestException)
         try:
             if base_url is None:
                 self.client = docker.from_env(timeout=int(timeout_s))
@@ -105,17 +116,21 @@ class DockerSandbox:
                 raise SandboxUnavailable(f"Docker image {self.image} is missing") from None
         except self._errors.APIError as exc:
             raise SandboxUnavailable(f"Docker image check failed: {exc}") from None
+        if not self.dockerfile.is_file():
+            raise SandboxUnavailable(f"Docker image {self.image} is missing: {BUILD_HINT}")
         try:
+            # No network in the build: the base image already holds the tools.
             self.client.images.build(
                 path=str(self.dockerfile.parent),
                 dockerfile=self.dockerfile.name,
                 tag=self.image,
                 rm=True,
-                network_mode="bridge",  # the build itself needs the package mirror
+                network_mode="none",
+                buildargs={"BASE_IMAGE": BASE_IMAGE},
             )
         except Exception as exc:
             raise SandboxUnavailable(
-                f"cannot build the sandbox image from {self.dockerfile}: {exc}"
+                f"cannot build the sandbox image from {self.dockerfile} ({exc}): {BUILD_HINT}"
             ) from None
 
     def has_tool(self, tool: str) -> bool:
@@ -166,44 +181,59 @@ class DockerBox:
             "volumes": {self.volume: {"bind": BOX, "mode": "rw" if build else "ro"}},
             "working_dir": "/tmp",
             "environment": dict(SANDBOX_ENV),
-            # Build runs write the box, which belongs to root; compilers are trusted code.
-            "user": "0" if build else SANDBOX_USER,
+            # Compilers too: the box belongs to this user, and root without capabilities
+            # could not write it anyway.
+            "user": SANDBOX_USER,
             "network_mode": "none",
             "read_only": True,
-            "tmpfs": {"/tmp": f"rw,exec,size={limits.tmpfs_mb}m,mode=1777"},
+            "tmpfs": {"/tmp": f"rw,exec,nosuid,nodev,size={limits.tmpfs_mb}m,mode=1777"},
+            "ipc_mode": "private",
+            "shm_size": f"{limits.tmpfs_mb}m",
             "mem_limit": memory,
-            "memswap_limit": memory,
+            "memswap_limit": memory,  # no swap beyond the memory limit
             "pids_limit": limits.processes,
             "nano_cpus": 1_000_000_000,
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges"],
-            "ipc_mode": "none",
             "hostname": "sandbox",
             "labels": _LABEL,
         }
 
-    def run(
-        self, argv: Sequence[str], *, limits: Limits, stdin: bytes = b"", build: bool = False
-    ) -> RunResult:
-        self._runs += 1
-        stdin_name = f".stdin-{self._runs}"
-        self._pending[stdin_name] = stdin
-        self._upload()
-        command = [
+    def _command(self, argv: Sequence[str], limits: Limits, stdin_path: str) -> list[str]:
+        # No --nproc: RLIMIT_NPROC counts every process of the uid on the host, so parallel
+        # runs (all uid 10001) would starve each other; the pids cgroup caps each container.
+        prlimits = [a for a in limits.prlimit_args() if not a.startswith("--nproc=")]
+        return [
             "sh",
             "-c",
             _WRAPPER,
             "sh",
-            f"{BOX}/{stdin_name}",
+            stdin_path,
             str(limits.output_bytes + 1),
             str(limits.stderr_bytes),
             "prlimit",
-            *limits.prlimit_args(),
+            *prlimits,
             "--",
             *argv,
         ]
-        client = self._sb.client
-        container = client.containers.create(
+
+    def run(
+        self, argv: Sequence[str], *, limits: Limits, stdin: bytes = b"", build: bool = False
+    ) -> RunResult:
+        stdin_path = "/dev/null"
+        if stdin:  # most runs have none: no helper container (and its cost) for them
+            self._runs += 1
+            name = f".stdin-{self._runs}"
+            self._pending[name] = stdin
+            stdin_path = f"{BOX}/{name}"
+        try:
+            self._upload()
+            return self._run_container(self._command(argv, limits, stdin_path), limits, build)
+        except self._sb.transport_errors as exc:
+            raise SandboxError(f"docker: {exc}") from None
+
+    def _run_container(self, command: list[str], limits: Limits, build: bool) -> RunResult:
+        container = self._sb.client.containers.create(
             self._sb.image, command, **self._create_kwargs(limits, build)
         )
         started = time.monotonic()
@@ -213,7 +243,7 @@ class DockerBox:
             try:
                 status = container.wait(timeout=limits.wall_s)
                 code = int(status.get("StatusCode", -1))
-            except Exception:
+            except self._sb.request_errors:
                 # requests raises ReadTimeout (or ConnectionError) when the wait times out.
                 timed_out = True
                 code = -9

@@ -1,0 +1,117 @@
+"""``flopnet status`` against a real node process: it answers, it is gone, it is stale."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flopnet.node.cli.status import summarize
+from flopnet.node.config import NetworkParams, create_network
+from flopnet.node.local import read_node_info
+from flopnet.protocol.identity import Identity, load_or_create_identity
+
+FLOPNET = (sys.executable, "-m", "flopnet.node.cli.main")
+
+
+def status(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*FLOPNET, "status", *args], capture_output=True, text=True, timeout=60, env=env
+    )
+
+
+def test_summary_lines_of_each_role() -> None:
+    lines = summarize(
+        {
+            "peer_id": "12D3KooWabc",
+            "roles": ["publisher", "validator", "worker"],
+            "network_id": "devnet-1234",
+            "uptime_s": 12.4,
+            "peers": ["a", "b"],
+            "publisher": {"tasks": 6, "all_done": True, "leases_issued": 7, "samples": {"done": 6}},
+            "validator": {"accepted": 6, "rejected": 1, "queued": 0, "flops_credited": 1234567},
+            "worker": {
+                "phase": "idle",
+                "accepted": 3,
+                "rejected": 0,
+                "tokens_generated": 90,
+                "flops_credited": 1000,
+            },
+            "model": {"name": "tiny", "backend": "hf"},
+        }
+    )
+    text = "\n".join(lines)
+    assert "node 12D3KooWabc  roles publisher,validator,worker  up 12s  peers 2" in text
+    assert "publisher: 6 tasks (all done), 7 leases issued  done 6" in text
+    assert "validator: 6 accepted, 1 rejected, 0 queued, 1,234,567 FLOPs credited" in text
+    assert "worker: idle, 3 accepted" in text and "model: tiny on hf" in text
+    # A document with only what a relay has still makes a summary (no KeyError).
+    assert summarize({"peer_id": "x", "roles": ["relay"]})[0].startswith("node x  roles relay")
+
+
+def test_no_node_is_a_clear_error(tmp_path: Path) -> None:
+    r = status("--data-dir", str(tmp_path / "nothing"))
+    assert r.returncode == 1
+    assert r.stderr.startswith("flopnet: error: no node is running") and "Traceback" not in r.stderr
+    # The default data dir comes from FLOPNET_HOME.
+    env = {**os.environ, "FLOPNET_HOME": str(tmp_path / "home")}
+    r = status(env=env)
+    assert r.returncode == 1 and str(tmp_path / "home") in r.stderr
+
+
+@pytest.mark.timeout(180)
+def test_status_of_a_real_node(tmp_path: Path) -> None:
+    data_dir = tmp_path / "pub"
+    key = load_or_create_identity(data_dir).public_key.hex()
+    params = NetworkParams(network_id="pending", publishers=(key,), validators=(key,))
+    manifest = tmp_path / "network.manifest"
+    create_network(Identity(b"\xc3" * 32), "status", params, manifest)
+    node = subprocess.Popen(
+        [
+            *FLOPNET,
+            "node",
+            "--role",
+            "publisher",
+            "--data-dir",
+            str(data_dir),
+            "--manifest",
+            str(manifest),
+            "--tasks",
+            "3",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 120
+        while read_node_info(data_dir) is None:
+            assert node.poll() is None, "the node exited"
+            assert time.time() < deadline, "the node did not start"
+            time.sleep(0.2)
+        r = status("--data-dir", str(data_dir))
+        assert r.returncode == 0, r.stderr
+        peer_id = load_or_create_identity(data_dir).peer_id
+        assert f"node {peer_id}  roles publisher" in r.stdout
+        assert "publisher: 3 tasks (open)" in r.stdout
+        r = status("--data-dir", str(data_dir), "--json")
+        assert r.returncode == 0 and json.loads(r.stdout)["peer_id"] == peer_id
+
+        # A wrong token is refused by the node: that is not a healthy answer.
+        token = data_dir / "api.token"
+        real = token.read_text()
+        token.write_text("0" * 32)
+        r = status("--data-dir", str(data_dir))
+        assert r.returncode == 1 and "refused: HTTP 401" in r.stderr
+        token.write_text(real)
+    finally:
+        node.send_signal(signal.SIGKILL)  # leaves a stale node.json behind, as a crash would
+        node.wait(30)
+    assert (data_dir / "node.json").exists()
+    r = status("--data-dir", str(data_dir), "--timeout", "2")
+    assert r.returncode == 1 and "does not answer" in r.stderr and "Traceback" not in r.stderr
