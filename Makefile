@@ -35,7 +35,8 @@ unit: setup
 check-wheel: setup
 	@bash scripts/check_wheel.sh
 
-test: lint typecheck unit check-wheel
+# The container tests are part of the suite: Docker runs here (scripts/images.sh starts it).
+test: lint typecheck unit check-wheel test-images
 
 bench: setup
 	$(BIN)/python benchmarks/run.py
