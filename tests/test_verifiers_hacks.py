@@ -186,6 +186,25 @@ def test_relay_edge_cases_of_the_datasets(verifiers: Verifiers) -> None:
     assert verifiers.verify(he, fenced(code + "def zero(xs):\n    return 2.0")).score == 1.0
 
 
+def test_the_tests_helpers_are_the_tasks(verifiers: Verifiers) -> None:
+    # HumanEval 32 checks find_zero's answer with the prompt's poly(): the task's own when it
+    # comes as test_helpers; without them the test takes poly from the answer (a known gap).
+    poly = "def poly(xs, x):\n    return sum(c * x**i for i, c in enumerate(xs))\n"
+    task = {
+        "task_type": "code",
+        "entry_point": "zero",
+        "tests": "def check(candidate):\n    x = candidate([-2, 1])\n"
+        "    assert abs(poly([-2, 1], x)) < 1e-6\n",
+        "test_helpers": poly + 'def zero(xs):\n    """A root of poly(xs)."""\n',
+    }
+    honest = poly + "def zero(xs):\n    return 2.0"
+    lying = "def poly(xs, x):\n    return 0\ndef zero(xs):\n    return 99.0"
+    assert verifiers.verify(task, fenced(honest)).score == 1.0
+    assert verifiers.verify(task, fenced(lying)).score == 0.0
+    without = {k: v for k, v in task.items() if k != "test_helpers"}
+    assert verifiers.verify(without, fenced(lying)).score == 1.0  # the gap, stated
+
+
 # -- stdin/stdout tests: the output is compared here, whatever the program does -----------------
 
 #: Input n → the squares 1..n, one a line. Test n=3 is answered honestly; n=4 gets a partial

@@ -124,6 +124,7 @@ def _tests_job(tests: CodeTests) -> dict[str, object]:
     return {
         "mode": tests.kind,
         "prelude": tests.prelude,
+        "helpers": tests.helpers,
         "setup": tests.setup,
         "tests": list(tests.asserts),
         "test_source": source,

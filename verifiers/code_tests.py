@@ -9,6 +9,11 @@ Test formats accepted in ``task["tests"]`` (a JSON string of any of them works t
   ``task["test_setup_code"]``;
 * stdin/stdout: a list of ``{"input", "output"}`` pairs (Codeforces) or
   ``{"inputs": [...], "outputs": [...]}`` (CodeContests).
+
+``task["test_helpers"]`` (optional) is trusted source run with the tests before them, for helpers
+the tests call besides the answer: HumanEval's prompt defines ``poly`` for problem 32's test and
+``encode_cyclic`` for 38's. Without it those names are looked up in the answer, which may then
+define them to suit itself.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class CodeTests:
     asserts: tuple[str, ...] = ()
     setup: str = ""
     prelude: str = ""
+    helpers: str = ""
     stdio: tuple[tuple[str, str], ...] = ()
     time_limit_s: float = 5.0
     memory_mb: int = 1024
@@ -121,6 +127,9 @@ def parse_tests(task: Mapping[str, object]) -> CodeTests:
     setup = task.get("test_setup_code") or task.get("setup") or ""
     if not isinstance(setup, str):
         raise VerifierError("test_setup_code must be a string")
+    helpers = task.get("test_helpers") or ""
+    if not isinstance(helpers, str):
+        raise VerifierError("test_helpers must be a string")
     pairs = _stdio_pairs(tests)
     if pairs is not None:
         if not pairs:
@@ -146,7 +155,7 @@ def parse_tests(task: Mapping[str, object]) -> CodeTests:
         raise VerifierError(f"more than {MAX_TESTS} test asserts")
     memory = int(_number(task, "memory_limit_mb", 1024, 64, 4096))
     limit = kind.time_limit_s if kind.kind == "stdio" else _number(task, "time_limit", 5.0, 0.5, 30)
-    return replace(kind, setup=setup, memory_mb=memory, time_limit_s=limit)
+    return replace(kind, setup=setup, helpers=helpers, memory_mb=memory, time_limit_s=limit)
 
 
 # -- which names the tests take from the answer ------------------------------------------------
@@ -191,7 +200,7 @@ def bindings(tests: CodeTests) -> Bindings:
     """Which free names of ``tests`` come from the answer, and which are stdlib modules."""
     loads: set[str] = set()
     bound: set[str] = set()
-    for source in (tests.prelude, tests.setup):
+    for source in (tests.prelude, tests.helpers, tests.setup):
         _scan(source, loads, bound)
     entry: set[str] = set()
     if tests.kind == "check":
