@@ -173,9 +173,9 @@ def _relayed_tests(
             argv = [*_PYTHON, f"{BOX}/pyanswer.py", f"{BOX}/answer.json", str(floor)]
             return answer_box.start(argv, limits=limits)  # type: ignore[attr-defined,no-any-return]
 
-        answer = AnswerProcess(
-            start_answer, call_s=tests.time_limit_s + 1.0, start_s=tests.time_limit_s + 5.0
-        )
+        # A call's own alarm is the time limit; the relay waits twice that (plus a second) before
+        # it calls the answer hung, as the stdin/stdout runs do, so load alone does not kill it.
+        answer = AnswerProcess(start_answer, call_s=tests.time_limit_s * 2 + 1.0)
         argv = [*_PYTHON, f"{BOX}/harness.py", f"{BOX}/job.json"]
         tests_proc: LiveProcess = box.start(argv, limits=limits)  # type: ignore[attr-defined]
         try:
