@@ -1,6 +1,7 @@
 """The answer's side of a relayed test run; runs INSIDE its own sandbox (stdlib only).
 
-``python3 pyanswer.py job.json``: executes the task's prelude and the candidate's code, says
+``python3 pyanswer.py answer.json ID_BASE``: executes the task's prelude and the candidate's
+code (object references it hands out are numbered from ID_BASE), says
 ``["ready"]`` (or ``["failed", reason]``), then serves requests from the relay, one JSON line
 each (:mod:`verifiers.plain` encoding): ``resolve`` names, ``call`` a global or an object,
 ``getattr``, ``setattr``. Every reply is ``["ok", seq, value]`` or ``["raise", seq, type, text]``.
@@ -30,12 +31,13 @@ class _Alarm(BaseException):
 
 
 class Server:
-    def __init__(self, ns, id_base, timeout):
+    """The candidate's namespace, and the objects it has handed out by reference."""
+
+    def __init__(self, ns, id_base):
         self.ns = ns
         self.objects = {}
         self.ids = {}
         self.next_id = id_base
-        self.timeout = timeout
 
     def ref_of(self, obj):
         key = id(obj)
@@ -131,7 +133,7 @@ def main():
         kind = "timeout" if isinstance(exc, _Alarm) else "{}: {}".format(*_reason(exc))
         send(["failed", "the solution raised " + kind])
         posix._exit(0)
-    server = Server(ns, int(sys.argv[2]) if len(sys.argv) > 2 else 0, timeout)
+    server = Server(ns, int(sys.argv[2]) if len(sys.argv) > 2 else 0)
     send(["ready"])
     for line in inp:
         try:

@@ -1,8 +1,10 @@
 """Running one sandbox process with a wall-time limit and capped output, and reaping orphans.
 
-Output goes to files in a private directory (never to pipes read into memory): the program's
-``RLIMIT_FSIZE`` makes an output flood stop at the cap with SIGXFSZ, and the runner reads back
-at most the cap.
+:func:`run_process` runs a program to its end. Its output goes to files in a private directory
+(never to pipes read into memory): the program's ``RLIMIT_FSIZE`` makes an output flood stop at
+the cap with SIGXFSZ, and the runner reads back at most the cap. :class:`PipeProcess` keeps a
+program running and talks to it line by line (the Python relay's two sides); what it reads is
+bounded per line, and every wait has a deadline.
 
 Orphans: on some hosts every bwrap run leaves an orphan that init reaps late, and zombies count
 against the process limit (facts.md measured 14–80 % of runs failing with EAGAIN). A process
