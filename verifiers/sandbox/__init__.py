@@ -59,7 +59,9 @@ def open_sandbox(config: SandboxConfig) -> Sandbox:
     if config.kind == "bwrap":
         from flopnet.verifiers.sandbox.bwrap import BwrapSandbox
 
-        return BwrapSandbox(sandbox_uid=config.sandbox_uid, memory_cap=config.memory_cap)
+        bwrap = BwrapSandbox(sandbox_uid=config.sandbox_uid, memory_cap=config.memory_cap)
+        log.info("code sandbox: %s", bwrap.description)  # which memory cap is in force
+        return bwrap
     if config.kind == "docker":
         from flopnet.verifiers.sandbox.docker_runner import DockerSandbox
 
