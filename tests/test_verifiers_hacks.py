@@ -139,7 +139,8 @@ def test_a_reward_hack_scores_zero(hack_results: dict[Any, Result], hack: str, s
 
 def test_objects_and_exceptions_still_work(verifiers: Verifiers) -> None:
     """What honest answers do that is not plain data: their own classes (MBPP 601, 367), dict
-    subclasses, complex numbers, builtin classes as arguments, expected exceptions."""
+    subclasses, complex numbers, builtin classes as arguments, expected exceptions, generators
+    and sequences of their own."""
     task = {
         "task_type": "code",
         "test_setup_code": "root = Node(1)\nroot.left = Node(2)\n",
@@ -149,6 +150,7 @@ def test_objects_and_exceptions_still_work(verifiers: Verifiers) -> None:
             "assert count('abca') == {'a': 2, 'b': 1, 'c': 1}",
             "assert root_of(-4) == 2j",
             "assert drop_type((1, 'a', 2.0), int) == ['a', 2.0]",
+            "assert sorted(evens(7)) == [0, 2, 4, 6] and len(pairs()) == 2 and pairs()[1] == 'b'",
             "try:\n    root_of('x')\n    raise AssertionError('no error')\n"
             "except TypeError:\n    pass",
         ],
@@ -163,6 +165,10 @@ def test_objects_and_exceptions_still_work(verifiers: Verifiers) -> None:
         "def count(s):\n    return Counter(s)\n"
         "def root_of(x):\n    return cmath.sqrt(x)\n"
         "def drop_type(t, k):\n    return [x for x in t if not isinstance(x, k)]\n"
+        "def evens(n):\n    return (x for x in range(n) if x % 2 == 0)\n"
+        "class Pairs:\n    def __len__(self):\n        return 2\n"
+        "    def __getitem__(self, i):\n        return 'ab'[i]\n"
+        "def pairs():\n    return Pairs()\n"
     )
     r = verifiers.verify(task, fenced(code))
     assert r.score == 1.0, r.reasons

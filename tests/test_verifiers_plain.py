@@ -163,12 +163,15 @@ def test_requests_are_rebuilt_and_stale_references_refused() -> None:
     assert check_request(["resolve", 1, ["add", "Pair"]], 0) == ["resolve", 1, ["add", "Pair"]]
     fresh = ID_SPAN
     assert check_request(["getattr", 2, {"h": fresh}, "val"], floor=fresh)[2] == {"h": fresh}
+    for request in (["iter", 5, {"h": fresh}], ["getitem", 6, {"h": fresh}, {"t": [1, 2]}]):
+        assert check_request(request, floor=fresh) == request
     for bad in (
         ["getattr", 2, {"h": 5}, "val"],  # from before a restart
         ["call", 1, 5, [], []],  # a target that is not a reference
         ["call", 1, {"g": "f"}, {"t": []}, []],  # arguments not a list
         ["call", 1, {"g": "f"}, [], [["not a name", 1]]],
         ["exec", 1, "import os"],
+        ["len", 1, {"h": fresh}, "extra"],
         ["resolve", 1, ["os.system"]],
         "garbage",
     ):

@@ -16,9 +16,10 @@ bytes, ``{"d": [[k, v], ...]}`` dict, ``{"s": [...]}`` set, ``{"f": [...]}`` fro
 id, ``{"g": name}`` a reference to a global by name.
 
 ``encode(..., loose=True)`` (the answer's side only) also sends the standard library's
-``Counter``, ``OrderedDict`` and ``defaultdict`` (exactly those classes) as the dicts they hold:
-reference solutions return them where tests compare with a dict. Loose or not, what arrives is a
-plain dict; the receiving side never runs code of the sender's.
+``Counter``, ``OrderedDict`` and ``defaultdict`` (exactly those classes) as the dicts they hold,
+and numpy's scalars as the Python numbers they hold: reference solutions return them where tests
+compare with a dict or a number. Loose or not, what arrives is plain data; the receiving side
+never runs code of the sender's.
 
 This file is also copied into the sandbox and imported there by the harnesses, so it uses the
 standard library only and must run on the sandbox's system Python. Start-up time counts there
@@ -82,6 +83,11 @@ class Ref:
         return f"Ref({self.key!r})"
 
 
+def _numpy_scalar(v: Any) -> bool:
+    numpy = sys.modules.get("numpy")  # never imported here: only an answer that has it uses it
+    return numpy is not None and isinstance(v, numpy.generic) and type(v).__module__ == "numpy"
+
+
 def _caps() -> Callable[[int], None]:
     """A check to call at each element of one value: the element and depth caps."""
     left = [MAX_NODES]
@@ -121,6 +127,8 @@ def encode(
             return {"t": [enc(x, depth + 1) for x in v]}
         if t is bytes:
             return {"b": binascii.b2a_base64(v, newline=False).decode("ascii")}
+        if loose and _numpy_scalar(v):
+            return enc(v.item(), depth)
         if t is dict or (loose and _loose_dict(t)):
             return {"d": [[enc(k, depth + 1), enc(x, depth + 1)] for k, x in dict.items(v)]}
         if t is set:

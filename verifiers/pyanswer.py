@@ -90,6 +90,12 @@ class Server:
         if op == "setattr":
             setattr(target, msg[3], plain.decode(msg[4], self.deref))
             return seq, None
+        if op == "iter":  # a generator, a map: its items, as one list
+            return seq, self.value(list(target))
+        if op == "len":
+            return seq, self.value(len(target))
+        if op == "getitem":
+            return seq, self.value(target[plain.decode(msg[3], self.deref)])
         raise ValueError("unknown request " + repr(op))
 
 

@@ -161,8 +161,9 @@ def _enc(value):
 
 
 class Remote:
-    """An object of the answer's process. Calls, attributes and assignments go there; it equals
-    only itself, and it has no truth value, length or order (it is not plain data)."""
+    """An object of the answer's process. Calls, attributes, assignments, iteration, ``len`` and
+    indexing go there (what comes back is plain data or another reference); it equals only
+    itself and has no truth value or order: it is not plain data."""
 
     __slots__ = ("_ref",)
 
@@ -180,6 +181,21 @@ class Remote:
 
     def __setattr__(self, name, value):
         _LINK.request("setattr", _enc(self), name, _enc(value))
+
+    def __iter__(self):
+        items = _LINK.request("iter", _enc(self))
+        if type(items) is not list:
+            raise TypeError("the answer's object did not iterate")
+        return iter(items)
+
+    def __len__(self):
+        n = _LINK.request("len", _enc(self))
+        if type(n) is not int:
+            raise TypeError("the answer's len() is not an int")
+        return n
+
+    def __getitem__(self, key):
+        return _LINK.request("getitem", _enc(self), _enc(key))
 
     def __eq__(self, other):
         return type(other) is Remote and _ref_of(other) == _ref_of(self)

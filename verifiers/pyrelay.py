@@ -25,7 +25,7 @@ from typing import Any
 from flopnet.verifiers import plain
 from flopnet.verifiers.sandbox.base import ChannelError, LiveProcess, RunResult
 
-REQUESTS = ("resolve", "call", "getattr", "setattr")
+REQUESTS = ("resolve", "call", "getattr", "setattr", "iter", "len", "getitem")
 MAX_RESTARTS = 2
 #: Object ids of one answer process lie in [floor, floor + ID_SPAN); a restart moves the floor.
 ID_SPAN = 1 << 32
@@ -101,6 +101,10 @@ def check_request(msg: object, floor: int) -> list[Any]:
         return [op, seq, target_data, _name(fields[1])]
     if op == "setattr" and len(fields) == 3:
         return [op, seq, target_data, _name(fields[1]), _value(fields[2], floor, ceiling)]
+    if op in ("iter", "len") and len(fields) == 1:
+        return [op, seq, target_data]
+    if op == "getitem" and len(fields) == 2:
+        return [op, seq, target_data, _value(fields[1], floor, ceiling)]
     raise plain.PlainError(f"malformed {op} request")
 
 
