@@ -1,6 +1,8 @@
 """Benchmarks of the answer verifiers (issue 6): accuracy on the shared data and throughput.
 
     python benchmarks/verifiers_bench.py [--workers 2] [--out benchmarks/results/verifiers.json]
+    python benchmarks/verifiers_bench.py --code-ab REV [--rounds 3]
+            [--out benchmarks/results/code_ab.json]
 
 Everything runs through ``verifiers.registry.Verifiers`` (a pool of killable children; code in
 the bubblewrap sandbox), the way a validator runs it:
@@ -10,6 +12,12 @@ the bubblewrap sandbox), the way a validator runs it:
 * code: every HumanEval (164), MBPP (974) and LeetCode (200) reference solution, programs/s
   (goal ≥ 15), mutants (an operator flipped, a return dropped) with each verdict compared to a
   plain, unsandboxed run of the same asserts, and one Codeforces problem in four languages.
+
+``--code-ab REV`` compares the code verifier of this checkout with the one of git revision REV
+(exported with ``git archive`` and put first on PYTHONPATH of its runs): HumanEval reference
+solutions through the pool with 1 and 2 workers, each variant in its own process, the two variants
+alternating A B A B so that a drifting machine load hits both alike. Each run reports programs/s
+and the CPU seconds per program of the pool children and their sandboxes (``/proc`` accounting).
 
 Data comes from ``../shared/data`` beside the checkout and is never copied into the repository.
 """
@@ -21,8 +29,10 @@ import gzip
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -239,6 +249,91 @@ def sandbox_latency() -> dict[str, Any]:
     return {"bwrap_python_run_median_ms": round(1000 * times[len(times) // 2], 1)}
 
 
+# -- the code verifier, this checkout against another revision ----------------------------------
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds of this process's children so far, with what they have reaped (sandboxes)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == os.getpid():  # fields: state, ppid, ... utime at 11
+            total += sum(int(x) for x in fields[11:15])
+    return total / tick
+
+
+def throughput_run(workers: int) -> dict[str, Any]:
+    """HumanEval references through a warm pool of ``workers`` children (one variant, one run)."""
+    import flopnet.verifiers.code as code_module
+
+    with gzip.open(DATA / "HumanEval.jsonl.gz", "rt", encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh]
+    items: list[Item] = [
+        (_humaneval_task(r), fenced(r["prompt"] + r["canonical_solution"]), None) for r in rows
+    ]
+    with Verifiers(VerifyOptions(sandbox="bwrap"), workers=workers) as v:
+        v.pool.wait_ready()
+        list(v.verify_many(items[:4]))  # sandbox probe, first imports
+        cpu0, t0 = _children_cpu_s() + time.process_time(), time.perf_counter()
+        results = list(v.verify_many(items))
+        seconds = time.perf_counter() - t0
+        cpu = _children_cpu_s() + time.process_time() - cpu0
+    return {
+        "code_module": code_module.__file__,
+        "workers": workers,
+        "passed": sum(r.passed for r in results),
+        "programs": len(items),
+        "programs_per_s": round(len(items) / seconds, 2),
+        "cpu_ms_per_program": round(1000 * cpu / len(items), 1),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def code_ab(rev: str, rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """This checkout ("after") against revision ``rev`` ("before"), alternating."""
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="flopnet-baseline-") as tmp:
+        tree = Path(tmp) / "flopnet"
+        tree.mkdir()
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+        for round_ in range(rounds):
+            for workers in (1, 2):
+                order = [("after", None), ("before", tmp)]
+                for label, path in order if round_ % 2 == 0 else order[::-1]:
+                    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+                    if path is not None:
+                        env["PYTHONPATH"] = path
+                    done = subprocess.run(
+                        [sys.executable, __file__, "--throughput-run", str(workers)],
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    )
+                    run = {"variant": label, **json.loads(done.stdout.splitlines()[-1])}
+                    if (path is not None) != run["code_module"].startswith(tmp):
+                        raise SystemExit(f"{label} ran the wrong code: {run['code_module']}")
+                    runs.append(run)
+                    log(f"round {round_}: {label} x{workers}: {run['programs_per_s']} programs/s")
+    summary = {}
+    for label in ("before", "after"):
+        for workers in (1, 2):
+            mine = [r for r in runs if r["variant"] == label and r["workers"] == workers]
+            summary[f"{label}_{workers}_workers"] = {
+                "programs_per_s_median": statistics.median(r["programs_per_s"] for r in mine),
+                "cpu_ms_per_program_median": statistics.median(
+                    r["cpu_ms_per_program"] for r in mine
+                ),
+                "all_passed": all(r["passed"] == r["programs"] for r in mine),
+            }
+    return {"baseline_rev": rev, "rounds": rounds, "summary": summary, "runs": runs}
+
+
 def machine() -> dict[str, Any]:
     bwrap = subprocess.run(["bwrap", "--version"], capture_output=True, text=True, check=False)
     # The machine is shared: the load average says how busy it was.
@@ -253,12 +348,26 @@ def main() -> None:
         "--out", type=Path, default=REPO / "benchmarks" / "results" / "verifiers.json"
     )
     parser.add_argument("--no-mutants", action="store_true", help="skip the (slow) mutant runs")
+    parser.add_argument("--code-ab", metavar="REV", help="compare the code verifier with REV")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--throughput-run", type=int, metavar="WORKERS", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"shared data not found at {DATA}")
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
+
+    if args.throughput_run:
+        print(json.dumps(throughput_run(args.throughput_run)))
+        return
+    if args.code_ab:
+        out = args.out if "--out" in sys.argv else args.out.with_name("code_ab.json")
+        report = {"date": time.strftime("%Y-%m-%d"), "machine": machine()}
+        report.update(code_ab(args.code_ab, args.rounds, log))
+        out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        log(f"wrote {out}: {json.dumps(report['summary'])}")
+        return
 
     started = time.perf_counter()
     report: dict[str, Any] = {

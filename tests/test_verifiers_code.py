@@ -212,15 +212,16 @@ def test_one_hanging_test_fails_alone(verifiers: Verifiers) -> None:
 
 
 def test_humaneval_check_counts_each_assert() -> None:
-    from flopnet.verifiers.pyharness import instrument
+    from flopnet.verifiers.code_tests import instrument
 
     source = (
         "def check(candidate):\n    import math\n    assert candidate(1) == 1\n"
         "    x = candidate(2)\n    for i in range(3):\n        assert candidate(i) >= 0\n"
         "    assert True, 'placeholder'\n"
     )
-    _, count = instrument(source)
+    wrapped, count = instrument(source)
     assert count == 2
+    assert wrapped.count("__flopnet_passed(") == 2 and "assert True" in wrapped
 
 
 def test_extraction_rules(verifiers: Verifiers) -> None:

@@ -33,13 +33,18 @@ needs_bwrap = pytest.mark.skipif(not HAS_BWRAP, reason="bubblewrap is not instal
 
 
 def _job_run(
-    kind: str, source: str, limits: dict[str, Any], stdin: bytes = b"", build: bool = False
+    kind: str,
+    source: str,
+    limits: dict[str, Any],
+    stdin: bytes = b"",
+    build: bool = False,
+    memory_cap: str = "auto",
 ) -> dict[str, Any]:
     from flopnet.verifiers.sandbox import open_sandbox
     from flopnet.verifiers.sandbox.process import become_subreaper
 
     become_subreaper()
-    sandbox = open_sandbox(SandboxConfig(kind=kind))
+    sandbox = open_sandbox(SandboxConfig(kind=kind, memory_cap=memory_cap))
     with sandbox.open_box() as box:
         box.write("main.py", source.encode())
         argv = ["python3", "-I", "-S", "/box/main.py"]
@@ -96,13 +101,19 @@ def _run(
     kind: str = "bwrap",
     stdin: bytes = b"",
     build: bool = False,
+    memory_cap: str = "auto",
     **limits: Any,
 ) -> dict[str, Any]:
     limits.setdefault("wall_s", 10.0)
     result: dict[str, Any] = pool.call(
-        _job_run, kind, textwrap.dedent(source), limits, stdin, build, timeout=120
+        _job_run, kind, textwrap.dedent(source), limits, stdin, build, memory_cap, timeout=120
     )
     return result
+
+
+#: Both ways of capping memory: cgroups where this machine allows them ("auto"), and the
+#: fallback without them ("rlimit": one process per run, seccomp).
+MODES = pytest.mark.parametrize("memory_cap", ["auto", "rlimit"])
 
 
 def _processes_with(marker: str) -> list[int]:
@@ -136,16 +147,18 @@ def test_bwrap_no_capabilities(pool: VerifierPool, build: bool) -> None:
 
 
 @needs_bwrap
-def test_bwrap_infinite_loop(pool: VerifierPool) -> None:
-    r = _run(pool, "while True: pass", cpu_s=1, wall_s=10)
+@MODES
+def test_bwrap_infinite_loop(pool: VerifierPool, memory_cap: str) -> None:
+    r = _run(pool, "while True: pass", cpu_s=1, wall_s=10, memory_cap=memory_cap)
     assert r["code"] != 0 and not r["timed_out"]  # the kernel's CPU limit, well before wall time
     assert r["wall"] < 5
-    r = _run(pool, "import time; time.sleep(60)", wall_s=1)
+    r = _run(pool, "import time; time.sleep(60)", wall_s=1, memory_cap=memory_cap)
     assert r["timed_out"] and r["wall"] < 5
 
 
 @needs_bwrap
-def test_bwrap_fork_bomb(pool: VerifierPool) -> None:
+@MODES
+def test_bwrap_fork_bomb(pool: VerifierPool, memory_cap: str) -> None:
     marker = f"forkbomb-{uuid.uuid4().hex}"
     source = f"""
     import os, sys, time
@@ -161,20 +174,22 @@ def test_bwrap_fork_bomb(pool: VerifierPool) -> None:
         print("stopped after", n, exc.errno)
     """
     t0 = time.monotonic()
-    r = _run(pool, source, processes=32, wall_s=10)
+    r = _run(pool, source, processes=32, wall_s=10, memory_cap=memory_cap)
     assert time.monotonic() - t0 < 20
     assert "stopped after" in r["out"]
-    assert int(r["out"].split()[2]) <= 32  # the process limit held
+    assert int(r["out"].split()[2]) <= (32 if memory_cap == "auto" else 0)  # the limit held
     time.sleep(0.2)
     assert _processes_with(marker) == []  # and nothing survived the sandbox
 
 
 @needs_bwrap
-def test_bwrap_memory_bomb(pool: VerifierPool) -> None:
-    r = _run(pool, "x = bytearray(4 * 1024**3)\nprint('allocated')", memory_mb=256)
+@MODES
+def test_bwrap_memory_bomb(pool: VerifierPool, memory_cap: str) -> None:
+    source = "x = bytearray(4 * 1024**3)\nprint('allocated')"
+    r = _run(pool, source, memory_mb=256, memory_cap=memory_cap)
     assert r["code"] != 0 and "allocated" not in r["out"] and "MemoryError" in r["err"]
     growing = "a = []\nwhile True:\n    a.append(bytearray(10**7))\n"
-    r = _run(pool, growing, memory_mb=256, wall_s=10)
+    r = _run(pool, growing, memory_mb=256, wall_s=10, memory_cap=memory_cap)
     assert r["code"] != 0 and not r["timed_out"]
 
 
@@ -272,10 +287,11 @@ def test_bwrap_cannot_read_the_node_keys(pool: VerifierPool, tmp_path: Path) -> 
 
 
 @needs_bwrap
-def test_bwrap_output_flood(pool: VerifierPool) -> None:
+@MODES
+def test_bwrap_output_flood(pool: VerifierPool, memory_cap: str) -> None:
     source = "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n"
     t0 = time.monotonic()
-    r = _run(pool, source, output_bytes=1 * MiB, file_bytes=2 * MiB)
+    r = _run(pool, source, output_bytes=1 * MiB, file_bytes=2 * MiB, memory_cap=memory_cap)
     assert r["exceeded"] and len(r["out"]) == 1 * MiB
     assert time.monotonic() - t0 < 10
     # A flood on stderr is cut at the file-size limit as well.
@@ -284,7 +300,8 @@ def test_bwrap_output_flood(pool: VerifierPool) -> None:
 
 
 @needs_bwrap
-def test_bwrap_leftover_daemon(pool: VerifierPool) -> None:
+@MODES
+def test_bwrap_leftover_daemon(pool: VerifierPool, memory_cap: str) -> None:
     marker = f"daemon-{uuid.uuid4().hex}"
     source = f"""
     import os
@@ -296,8 +313,11 @@ def test_bwrap_leftover_daemon(pool: VerifierPool) -> None:
         os._exit(0)
     print("parent done")
     """
-    r = _run(pool, source)
-    assert r["code"] == 0 and "parent done" in r["out"]
+    r = _run(pool, source, memory_cap=memory_cap)
+    if memory_cap == "rlimit":  # one process per run: the daemon is never born
+        assert r["code"] != 0 and "PermissionError" in r["err"]
+    else:
+        assert r["code"] == 0 and "parent done" in r["out"]
     time.sleep(0.3)
     assert _processes_with(marker) == []
 
@@ -378,3 +398,55 @@ def test_concurrent_sandbox_runs(pool: VerifierPool) -> None:
     for t in threads:
         t.join(60)
     assert [r["out"].strip() for r in results] == ["42"] * 6
+
+
+# -- live processes (what the Python relay talks to) ---------------------------------------------
+
+
+def _job_live(kind: str, memory_cap: str) -> dict[str, Any]:
+    """Talk to three live sandboxed programs: an echo, a flood, a quitter."""
+    from flopnet.verifiers.sandbox import open_sandbox
+    from flopnet.verifiers.sandbox.base import ChannelError
+    from flopnet.verifiers.sandbox.process import become_subreaper
+
+    become_subreaper()
+    sandbox = open_sandbox(SandboxConfig(kind=kind, memory_cap=memory_cap))
+    programs = {
+        "echo": "import sys\nfor line in sys.stdin:\n    print(line.strip().upper(), flush=True)",
+        "flood": "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)",
+        "quit": "print('bye', end='')",
+    }
+    seen: dict[str, Any] = {}
+    with sandbox.open_box() as box:
+        for name, source in programs.items():
+            box.write(f"{name}.py", source.encode())
+        limits = Limits(wall_s=30, cpu_s=30)
+        argv = ["python3", "-I", "-S", "/box/echo.py"]
+        echo = box.start(argv, limits=limits)  # type: ignore[attr-defined]
+        echo.send(b"hello\n", time.monotonic() + 10)
+        seen["echo"] = echo.read_line(time.monotonic() + 10, 100)
+        try:
+            echo.read_line(time.monotonic() + 0.3, 100)
+        except ChannelError as exc:
+            seen["silence"] = exc.kind
+        seen["echo_end"] = echo.finish().exit_code  # stdin closed: the loop ends by itself
+        for name in ("flood", "quit"):
+            live = box.start(["python3", "-I", "-S", f"/box/{name}.py"], limits=limits)  # type: ignore[attr-defined]
+            try:
+                live.read_line(time.monotonic() + 10, 1024 * 1024)
+            except ChannelError as exc:
+                seen[name] = exc.kind
+            seen[f"{name}_killed"] = live.finish(grace_s=0.2).timed_out
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("kind", "memory_cap"), [("bwrap", "auto"), ("bwrap", "rlimit"), ("unsafe", "auto")]
+)
+def test_live_processes(pool: VerifierPool, kind: str, memory_cap: str) -> None:
+    if kind == "bwrap" and not HAS_BWRAP:
+        pytest.skip("bubblewrap is not installed")
+    seen = pool.call(_job_live, kind, memory_cap, timeout=120)
+    assert seen["echo"] == b"HELLO" and seen["silence"] == "timeout" and seen["echo_end"] == 0
+    assert seen["flood"] == "overflow" and seen["flood_killed"]  # never more than the cap read
+    assert seen["quit"] == "closed" and not seen["quit_killed"]

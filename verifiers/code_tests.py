@@ -9,15 +9,22 @@ Test formats accepted in ``task["tests"]`` (a JSON string of any of them works t
   ``task["test_setup_code"]``;
 * stdin/stdout: a list of ``{"input", "output"}`` pairs (Codeforces) or
   ``{"inputs": [...], "outputs": [...]}`` (CodeContests).
+
+``task["test_helpers"]`` (optional) is trusted source run with the tests before them, for helpers
+the tests call besides the answer: HumanEval's prompt defines ``poly`` for problem 32's test and
+``encode_cyclic`` for 38's. Without it those names are looked up in the answer, which may then
+define them to suit itself.
 """
 
 from __future__ import annotations
 
 import ast
+import builtins
 import contextlib
 import json
 import math
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -54,6 +61,7 @@ class CodeTests:
     asserts: tuple[str, ...] = ()
     setup: str = ""
     prelude: str = ""
+    helpers: str = ""
     stdio: tuple[tuple[str, str], ...] = ()
     time_limit_s: float = 5.0
     memory_mb: int = 1024
@@ -119,6 +127,9 @@ def parse_tests(task: Mapping[str, object]) -> CodeTests:
     setup = task.get("test_setup_code") or task.get("setup") or ""
     if not isinstance(setup, str):
         raise VerifierError("test_setup_code must be a string")
+    helpers = task.get("test_helpers") or ""
+    if not isinstance(helpers, str):
+        raise VerifierError("test_helpers must be a string")
     pairs = _stdio_pairs(tests)
     if pairs is not None:
         if not pairs:
@@ -144,7 +155,125 @@ def parse_tests(task: Mapping[str, object]) -> CodeTests:
         raise VerifierError(f"more than {MAX_TESTS} test asserts")
     memory = int(_number(task, "memory_limit_mb", 1024, 64, 4096))
     limit = kind.time_limit_s if kind.kind == "stdio" else _number(task, "time_limit", 5.0, 0.5, 30)
-    return replace(kind, setup=setup, memory_mb=memory, time_limit_s=limit)
+    return replace(kind, setup=setup, helpers=helpers, memory_mb=memory, time_limit_s=limit)
+
+
+# -- which names the tests take from the answer ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bindings:
+    """How the tests' process binds the names its tests use but do not define.
+
+    ``remote``: looked up in the answer's process (the entry point, its helpers and classes).
+    ``modules``: standard-library modules the tests' process imports itself, so that a test
+    leaning on the answer's ``import math`` never calls the answer's (maybe patched) module.
+    Builtins stay the tests' own, except the function every MBPP assert calls when that name is a
+    builtin's (MBPP 126 asks for a function called ``sum``).
+    """
+
+    remote: tuple[str, ...]
+    modules: tuple[str, ...]
+
+
+def _scan(source: str, loads: set[str], bound: set[str], called: set[str] | None = None) -> None:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return  # the harness reports unusable tests itself
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (loads if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)) and node.name:
+            bound.add(node.name)
+        if called is not None and isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            called.add(node.func.id)
+
+
+def bindings(tests: CodeTests) -> Bindings:
+    """Which free names of ``tests`` come from the answer, and which are stdlib modules."""
+    loads: set[str] = set()
+    bound: set[str] = set()
+    for source in (tests.prelude, tests.helpers, tests.setup):
+        _scan(source, loads, bound)
+    entry: set[str] = set()
+    if tests.kind == "check":
+        _scan(tests.test_source, loads, bound)
+        entry = {tests.entry_point} if tests.entry_point else set()
+    else:
+        common: set[str] | None = None
+        for statement in tests.asserts:
+            called: set[str] = set()
+            _scan(statement, loads, bound, called)
+            common = called if common is None else common & called
+        if common and all(hasattr(builtins, name) for name in common):
+            entry = common
+    free = loads - bound - entry
+    modules = {n for n in free if n in sys.stdlib_module_names}
+    remote = {n for n in free - modules if not hasattr(builtins, n)} | entry
+    return Bindings(tuple(sorted(remote)), tuple(sorted(modules)))
+
+
+# -- one test per assert of check() -------------------------------------------------------------
+
+#: Names of the harness's reporter functions inside the tests' namespace.
+REPORT_PREFIX = "__flopnet_"
+
+
+def _is_test(stmt: ast.stmt) -> bool:
+    """A statement with an assert that is not a constant-true placeholder."""
+    for node in ast.walk(stmt):
+        if isinstance(node, ast.Assert):
+            test = node.test
+            if not (isinstance(test, ast.Constant) and bool(test.value)):
+                return True
+    return False
+
+
+def _report(name: str, *args: ast.expr) -> ast.Expr:
+    return ast.Expr(ast.Call(ast.Name(REPORT_PREFIX + name, ast.Load()), list(args), []))
+
+
+def _wrap(stmt: ast.stmt, i: int) -> ast.Try:
+    exc = ast.Name(REPORT_PREFIX + "exc", ast.Load())
+    handler = ast.ExceptHandler(
+        ast.Name("BaseException", ast.Load()),
+        REPORT_PREFIX + "exc",
+        [_report("failed", ast.Constant(i), exc)],
+    )
+    begin = _report("begin", ast.Constant(i))
+    passed = _report("passed", ast.Constant(i))
+    return ast.Try([begin, stmt, passed], [handler], [], [])
+
+
+def instrument(source: str) -> tuple[str, int]:
+    """(source, number of tests) with each test statement of ``check()`` wrapped to report its
+    outcome; 0 tests means check() has no top-level assert (the whole call is then one test).
+    Done here, not in the sandbox, so the harness need not import ``ast`` (time, per answer)."""
+    try:
+        tree = ast.parse(source, "tests.py")
+    except SyntaxError as exc:
+        raise VerifierError(f"the tests do not compile: {exc}") from None
+    checks = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "check"]
+    if not checks:
+        raise VerifierError("the test source defines no check() function")
+    check = checks[-1]
+    body: list[ast.stmt] = []
+    count = 0
+    for stmt in check.body:
+        if _is_test(stmt):
+            body.append(_wrap(stmt, count))
+            count += 1
+        else:
+            body.append(stmt)
+    check.body = body
+    return ast.unparse(ast.fix_missing_locations(tree)), count
 
 
 # -- output comparison ------------------------------------------------------------------------

@@ -49,6 +49,8 @@ class SandboxConfig:
     docker_url: str | None = None
     docker_image: str = "flopnet-sandbox:1"
     sandbox_uid: int = 65534
+    #: bubblewrap's total memory cap: "auto" (cgroups where allowed), "cgroup" or "rlimit".
+    memory_cap: str = "auto"
 
 
 @functools.lru_cache(maxsize=8)
@@ -57,7 +59,9 @@ def open_sandbox(config: SandboxConfig) -> Sandbox:
     if config.kind == "bwrap":
         from flopnet.verifiers.sandbox.bwrap import BwrapSandbox
 
-        return BwrapSandbox(sandbox_uid=config.sandbox_uid)
+        bwrap = BwrapSandbox(sandbox_uid=config.sandbox_uid, memory_cap=config.memory_cap)
+        log.info("code sandbox: %s", bwrap.description)  # which memory cap is in force
+        return bwrap
     if config.kind == "docker":
         from flopnet.verifiers.sandbox.docker_runner import DockerSandbox
 

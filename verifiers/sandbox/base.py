@@ -38,6 +38,14 @@ class SandboxUnavailable(SandboxError):
     """No sandbox that works on this machine; the message says what to install."""
 
 
+class ChannelError(SandboxError):
+    """Talking to a live sandboxed process failed: ``kind`` is "closed", "timeout" or "overflow"."""
+
+    def __init__(self, kind: str, detail: str = "") -> None:
+        super().__init__(f"{kind}{': ' + detail if detail else ''}")
+        self.kind = kind
+
+
 @dataclass(frozen=True)
 class Limits:
     """Resource limits of one sandboxed run.
@@ -45,7 +53,8 @@ class Limits:
     ``cpu_s`` and ``wall_s`` bound time (CPU time is enforced by the kernel, wall time by the
     runner); ``memory_mb`` is the address-space limit; ``processes`` the number of processes and
     threads; ``output_bytes`` what is kept of stdout (more kills the program); ``file_bytes`` the
-    largest file it may write (its stdout included); ``tmpfs_mb`` the size of its ``/tmp``.
+    largest file it may write (its stdout included); ``tmpfs_mb`` the size of its ``/tmp`` and
+    ``shm_mb`` of its ``/dev/shm`` (runners that mount one).
     """
 
     wall_s: float = 10.0
@@ -56,9 +65,11 @@ class Limits:
     stderr_bytes: int = 64 * 1024
     file_bytes: int = 16 * MiB
     tmpfs_mb: int = 64
+    shm_mb: int = 16
 
     def __post_init__(self) -> None:
-        for name in ("wall_s", "cpu_s", "memory_mb", "processes", "output_bytes", "tmpfs_mb"):
+        names = ("wall_s", "cpu_s", "memory_mb", "processes", "output_bytes", "tmpfs_mb", "shm_mb")
+        for name in names:
             if getattr(self, name) <= 0:
                 raise VerifierError(f"sandbox limit {name} must be positive")
 
@@ -84,7 +95,9 @@ class RunResult:
 
     ``exit_code`` is the program's status (negative: killed by that signal); ``timed_out`` means
     the runner killed it at the wall-time limit; ``output_exceeded`` that stdout passed
-    ``output_bytes`` (only that many bytes are kept).
+    ``output_bytes`` (only that many bytes are kept). Runners with a total memory cap (a cgroup)
+    also say the run's peak (``memory_peak``, bytes) and whether the kernel killed a process of
+    the run at that cap (``oom_killed``).
     """
 
     exit_code: int
@@ -93,15 +106,24 @@ class RunResult:
     wall_s: float
     timed_out: bool = False
     output_exceeded: bool = False
+    memory_peak: int | None = None
+    oom_killed: bool = False
 
     @property
     def ok(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out and not self.output_exceeded
+        return (
+            self.exit_code == 0
+            and not self.timed_out
+            and not self.output_exceeded
+            and not self.oom_killed
+        )
 
     def describe(self) -> str:
         """A short human reason for a failed run ("exit code 1", "CPU time limit", ...)."""
         if self.timed_out:
             return f"wall-time limit ({self.wall_s:.1f} s)"
+        if self.oom_killed:
+            return "memory limit (the run's total) exceeded"
         if self.output_exceeded or self.exit_code == -signal.SIGXFSZ:
             return "output/file size limit exceeded"
         if self.exit_code == -signal.SIGXCPU or self.exit_code == -signal.SIGKILL:
@@ -131,9 +153,30 @@ class Box(Protocol):
     def close(self) -> None:
         """Remove the box and anything left of its runs."""
 
+    # Runners that can keep a program running while the caller talks to it also have
+    # ``start(argv, *, limits) -> LiveProcess`` (see :func:`can_start`); it is optional so that
+    # runners without it keep working.
+
     def __enter__(self) -> Box: ...
 
     def __exit__(self, *exc: object) -> None: ...
+
+
+class LiveProcess(Protocol):
+    """A sandboxed program still running, talked to over its stdin and stdout (line by line).
+
+    :meth:`Box.start`, where a runner has it, returns one. The caller bounds every exchange
+    with a deadline and must call :meth:`finish`, which kills what is left.
+    """
+
+    def send(self, data: bytes, deadline: float) -> None:
+        """Write ``data`` to its stdin by ``deadline`` (``time.monotonic()``); ChannelError else."""
+
+    def read_line(self, deadline: float, cap: int) -> bytes:
+        """Its next stdout line (newline stripped); ChannelError on EOF, deadline or > ``cap``."""
+
+    def finish(self, grace_s: float = 0.5) -> RunResult:
+        """Close its stdin, give it ``grace_s`` to exit, then kill what is left; how it ended."""
 
 
 class Sandbox(Protocol):
@@ -146,6 +189,11 @@ class Sandbox(Protocol):
 
     def open_box(self) -> Box:
         """A new, empty box."""
+
+
+def can_start(box: object) -> bool:
+    """Whether ``box`` can start a live process (``start``); the Python relay needs one."""
+    return callable(getattr(box, "start", None))
 
 
 class DirBox:

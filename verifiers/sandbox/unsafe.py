@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Sequence
 
 from flopnet.verifiers.sandbox.base import BOX, SANDBOX_ENV, DirBox, Limits, RunResult
-from flopnet.verifiers.sandbox.process import run_process
+from flopnet.verifiers.sandbox.process import PipeProcess, Spawn, run_process
 
 WARNING = (
     "running untrusted code WITHOUT a sandbox: it can read the node's keys, use the network "
@@ -49,14 +49,31 @@ class UnsafeBox(DirBox):
             return str(self.path) + arg[len(BOX) :]
         return arg
 
-    def run(
-        self, argv: Sequence[str], *, limits: Limits, stdin: bytes = b"", build: bool = False
-    ) -> RunResult:
+    def _spawn(self, argv: Sequence[str], limits: Limits, cwd: str) -> Spawn:
         cmd = [self._real(a) for a in argv]
         if self._sandbox.prlimit:
             # No --nproc: unsandboxed, it would count all of the user's processes.
             opts = [o for o in limits.prlimit_args() if not o.startswith("--nproc")]
             cmd = [self._sandbox.prlimit, *opts, "--", *cmd]
+        env = dict(SANDBOX_ENV, HOME=cwd)
+        return Spawn(tuple(cmd), env, cwd=cwd, kill_orphans=True)
+
+    def run(
+        self, argv: Sequence[str], *, limits: Limits, stdin: bytes = b"", build: bool = False
+    ) -> RunResult:
         with tempfile.TemporaryDirectory(prefix="flopnet-unsafe-cwd-") as cwd:
-            env = dict(SANDBOX_ENV, HOME=cwd)
-            return run_process(cmd, limits=limits, stdin=stdin, env=env, cwd=cwd, kill_orphans=True)
+            return run_process(self._spawn(argv, limits, cwd), limits=limits, stdin=stdin)
+
+    def start(self, argv: Sequence[str], *, limits: Limits) -> PipeProcess:
+        """``argv`` running with its stdin and stdout on pipes (no isolation: see the module)."""
+        cwd = tempfile.TemporaryDirectory(prefix="flopnet-unsafe-cwd-")
+
+        def done(result: RunResult) -> RunResult:
+            cwd.cleanup()
+            return result
+
+        try:
+            return PipeProcess(self._spawn(argv, limits, cwd.name), limits=limits, on_finish=done)
+        except BaseException:
+            cwd.cleanup()
+            raise
