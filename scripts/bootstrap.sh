@@ -43,7 +43,15 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "bootstrap: creating $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
-if [ -f "$STAMP" ] && "$VENV/bin/python" -c "import torch, libp2p" 2>/dev/null; then
+DEPS_STAMP="$VENV/.flopnet-deps"
+deps=$(sha256sum pyproject.toml | cut -c1-64)
+if [ -f "$STAMP" ] && [ "$(cat "$DEPS_STAMP" 2>/dev/null)" != "$deps" ] \
+    && "$VENV/bin/python" -c "import torch, libp2p" 2>/dev/null; then
+  # The project file changed: install what it now lists (pip skips what is satisfied).
+  echo "bootstrap: installing the dependencies pyproject.toml lists"
+  PYTHONWARNINGS=ignore "$VENV/bin/python" -m pip install -q --no-build-isolation \
+    --config-settings editable_mode=strict -e ".[dev]"
+elif [ -f "$STAMP" ] && "$VENV/bin/python" -c "import torch, libp2p" 2>/dev/null; then
   # Only the file list moved: relink the editable install, dependencies are in place.
   echo "bootstrap: relinking the editable install"
   PYTHONWARNINGS=ignore "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation \
@@ -55,3 +63,4 @@ else
   "$VENV/bin/python" -m pip install -q --config-settings editable_mode=strict -e ".[dev]"
 fi
 echo "$want" > "$STAMP"
+echo "$deps" > "$DEPS_STAMP"
