@@ -47,7 +47,8 @@ class Window:
 
     @property
     def text(self) -> str:
-        return f"{_hhmm(self.start)}-{_hhmm(self.end)}"
+        end = "24:00" if self.end == 0 else _hhmm(self.end)  # midnight ends a day
+        return f"{_hhmm(self.start)}-{end}"
 
 
 def _hhmm(minute: int) -> str:

@@ -33,6 +33,8 @@ def test_schedules_parse_and_apply_over_midnight() -> None:
     two = Schedule.parse("09:00-12:00, 13:00-24:00")
     assert two.allows(13 * 60) and not two.allows(12 * 60 + 30) and two.allows(23 * 60 + 59)
     assert Schedule.parse("00:00-24:00").next_change(0) == 24 * 60
+    for text in ("00:00-24:00", "12:00-24:00", "22:00-00:00"):
+        assert Schedule.parse(Schedule.parse(text).text) == Schedule.parse(text)
     for bad in (
         "",
         "22-08",
