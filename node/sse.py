@@ -26,13 +26,18 @@ async def _events(
     try:
         yield f"retry: {RETRY_MS}\n: flopnet events from {bus.seq}\n\n".encode()
         while True:
+            idle = True
             with trio.move_on_after(KEEPALIVE_S):
                 await sub.wakeup.wait()
+                idle = False
             events, lagged = sub.take()
             if lagged:
                 yield f"id: {bus.seq}\nevent: resync\ndata: {{}}\n\n".encode()
             chunk = b"".join(e.sse() for e in events if kinds is None or e.kind in kinds)
-            yield chunk or b": keepalive\n\n"
+            if chunk:
+                yield chunk
+            elif idle:  # only a quiet stream needs a sign of life
+                yield b": keepalive\n\n"
     finally:
         bus.unsubscribe(sub)
 
