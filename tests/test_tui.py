@@ -354,3 +354,16 @@ def test_attach_targets_and_a_url_target(tmp_path: Path) -> None:
     remote = NodeTarget("r", url="http://127.0.0.1:9/", token_file=token)
     assert remote.endpoint() == ("http://127.0.0.1:9", "abc")
     assert CLOCK > 0
+
+
+def test_the_tui_imports_neither_torch_nor_libp2p_nor_the_node() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, flopnet.tui.app; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'libp2p', 'trio'}), "
+        "[m for m in sys.modules if m.startswith('flopnet.') and not m.startswith('flopnet.tui')])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[] []"
