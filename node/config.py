@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flopnet.node.control import Schedule, Settings, check_gpus
 from flopnet.node.tasks.base import LANGUAGES
 from flopnet.node.tasks.sources import TaskSourceSpec
 from flopnet.proof.params import CHUNK, POLICY_PARAMS, TOPK
@@ -299,6 +300,15 @@ class NodeConfig:
     max_leases_per_worker: int = 8
     newcomer_leases: int = 1  # publisher: leases a worker without accepted work may hold
     judge: JudgeSettings = field(default_factory=JudgeSettings)  # validator: llm_judge tasks
+    # Worker: work only in these local hours ("22:00-08:00"); the GPUs the model may use.
+    pause_schedule: str | None = None
+    gpus: tuple[int, ...] | None = None
+    # Which of batch_size, pause_schedule and gpus were given on the command line: those win
+    # over the settings saved by API commands (control.json); the others do not.
+    control_flags: frozenset[str] = frozenset()
+    # A token-free Prometheus listener, only if asked for (127.0.0.1 unless told otherwise).
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         from flopnet.node.worker.cheats import CHEATS
@@ -326,6 +336,29 @@ class NodeConfig:
             raise ConfigError("--tasks must be at least 1")
         if not self.languages or any(lang not in LANGUAGES for lang in self.languages):
             raise ConfigError(f"--languages must name some of {', '.join(LANGUAGES)}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError("--metrics-port must be in 0..65535")
+        if self.pause_schedule is not None:
+            Schedule.parse(self.pause_schedule)  # a ConfigError that says what is wrong
+        if self.gpus is not None:
+            check_gpus(list(self.gpus), None)
+
+    def control_settings(self, saved: Settings | None) -> Settings:
+        """The worker's settings at start: those saved by API commands, except what the command
+        line gave explicitly (``control_flags``); without a saved file, the command line's."""
+        flags = Settings(
+            batch_size=self.batch_size,
+            schedule=Schedule.parse(self.pause_schedule) if self.pause_schedule else None,
+            gpus=self.gpus,
+        )
+        if saved is None:
+            return flags
+        return Settings(
+            mode=saved.mode,
+            schedule=flags.schedule if "pause_schedule" in self.control_flags else saved.schedule,
+            batch_size=flags.batch_size if "batch_size" in self.control_flags else saved.batch_size,
+            gpus=flags.gpus if "gpus" in self.control_flags else saved.gpus,
+        )
 
     @property
     def model_seed(self) -> int:

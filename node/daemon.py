@@ -14,16 +14,20 @@ import signal
 import sys
 import time
 from contextlib import ExitStack
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from flopnet.ledger.chain import VerifiedEntry
-from flopnet.node.api import build_app, load_or_create_token, serve_api
+from flopnet.ledger.receipts import append_receipt, receipt_from_entry
+from flopnet.node.api import build_api, load_or_create_token, serve_api
 from flopnet.node.config import NodeConfig
+from flopnet.node.controller import Controller
 from flopnet.node.discovery import Discovery
+from flopnet.node.endpoints import endpoints
+from flopnet.node.events import EventBus
+from flopnet.node.feeds import run_feeds
 from flopnet.node.liveness import Liveness
 from flopnet.node.local import (
     INBOX_FILE,
@@ -31,18 +35,25 @@ from flopnet.node.local import (
     LOG_FILE,
     NODE_INFO_FILE,
     PUBLISHER_FILE,
+    RECEIPTS_FILE,
     write_node_info,
 )
+from flopnet.node.logbook import LogBook
+from flopnet.node.metrics import registry_for, serve_metrics
+from flopnet.node.monitor import Monitor, load_nvml
 from flopnet.node.publisher.store import PublisherStore
 from flopnet.node.sqlite_files import private_file
 from flopnet.node.tasks import Task, builtin_tasks, load_task_sources
 from flopnet.node.validator.inbox import Inbox
+from flopnet.node.view import NodeParts, NodeView
+from flopnet.node.worker.board import TaskBoard, TaskEntry
 from flopnet.protocol.catalog import (
     ANNOUNCEMENTS,
     CLAIM,
     LEDGER_GOSSIP,
     LEDGER_RANGE,
     PROFILE,
+    RELEASE,
     SUBMIT,
     TASK_SPEC,
     VERDICT,
@@ -176,6 +187,21 @@ async def run_node(config: NodeConfig) -> None:
     log.info("node %s starting with roles %s", identity.peer_id, sorted(roles))
 
     with ExitStack() as stack:
+        bus = EventBus()
+        logbook = LogBook()
+        logging.getLogger().addHandler(logbook)
+        stack.callback(logging.getLogger().removeHandler, logbook)
+        monitor = Monitor(load_nvml())
+        stack.callback(monitor.close)
+        control: Controller | None = None
+        if "worker" in roles:
+            control = Controller(
+                config.data_dir,
+                config.control_settings(Controller.saved(config.data_dir)),
+                bus,
+                gpu_count=lambda: monitor.gpu_count,
+                max_batch_size=config.max_leases_per_worker,
+            )
         model: ModelService | None = None
         model_config: dict[str, Any] = {}
         if roles & {"worker", "validator"}:
@@ -187,6 +213,7 @@ async def run_node(config: NodeConfig) -> None:
                 max_seq_tokens=net.max_new_tokens + PROMPT_ALLOWANCE_TOKENS,
                 backend=config.backend,
                 revision=net.model_revision,
+                devices=control.settings.gpus if control is not None else config.gpus,
             )
             stack.callback(model.close)
             from flopnet.node.model.trained import load_note
@@ -232,6 +259,7 @@ async def run_node(config: NodeConfig) -> None:
         else:
             tasks = []
         publisher = validator = worker = None
+        pool = None
 
         if "publisher" in roles:
             from flopnet.node.model.tokenizer import tokenizer_for_model
@@ -243,6 +271,7 @@ async def run_node(config: NodeConfig) -> None:
                 config, identity, host, tokenizer_for_model(net.model), tasks, publisher_store
             )
             host.serve(CLAIM, publisher.handle_claim)
+            host.serve(RELEASE, publisher.handle_release)
             host.serve(ANNOUNCEMENTS, publisher.handle_range)
             host.serve(TASK_SPEC, publisher.handle_task_spec)
 
@@ -258,6 +287,28 @@ async def run_node(config: NodeConfig) -> None:
             # Remote publishers learn verdicts from the validators' replicated credit entries.
             if publisher is not None and isinstance(entry.body, CreditBody):
                 publisher.settle(entry.body.lease_id, entry.body.accepted)
+            if isinstance(entry.body, CreditBody) and entry.body.contributor == identity.public_key:
+                keep_receipt(entry)
+
+        def keep_receipt(entry: VerifiedEntry) -> None:
+            """Our credit reached our replica: keep its receipt (checkable offline later)."""
+            assert isinstance(entry.body, CreditBody)
+            if entry.body.accepted:
+                try:
+                    receipt = receipt_from_entry(entry.raw, net.network_id)
+                    append_receipt(config.data_dir / RECEIPTS_FILE, receipt)
+                except (FlopnetError, OSError) as exc:
+                    log.error("cannot keep the receipt of entry %d: %s", entry.seq, exc)
+            bus.publish(
+                "credit",
+                {
+                    "task_id": entry.body.task_id,
+                    "sample_index": entry.body.sample_index,
+                    "accepted": entry.body.accepted,
+                    "flops": entry.body.flops,
+                    "validator_seq": entry.seq,
+                },
+            )
 
         ledger_sync = LedgerSync(
             host, store, identity, net.network_id, net.validator_keys, on_entry=on_replicated
@@ -307,6 +358,11 @@ async def run_node(config: NodeConfig) -> None:
             host.serve(SUBMIT, validator.handle_submission)
             host.serve(VERDICT, validator.handle_verdict_request)
 
+            def on_judged(judged: dict[str, Any]) -> None:
+                bus.publish("verdict", judged)
+
+            validator.on_judged.append(on_judged)
+
         if "worker" in roles:
             from flopnet.node.worker.outbox import Outbox
             from flopnet.node.worker.worker import Worker
@@ -315,7 +371,25 @@ async def run_node(config: NodeConfig) -> None:
             outbox = Outbox(config.data_dir / "worker.sqlite")
             stack.callback(outbox.close)
             outbox.prune(time.time() - OUTBOX_KEEP_S)
-            worker = Worker(config, identity, host, model, outbox)
+
+            def on_task(entry: TaskEntry) -> None:
+                bus.publish("task", entry.summary())
+
+            worker = Worker(
+                config, identity, host, model, outbox, control=control, board=TaskBoard(on_task)
+            )
+
+        def on_devices(gpus: tuple[int, ...] | None) -> None:
+            """The contributor chose other GPUs: the model process restarts on them."""
+            if model is None:
+                return
+            model.devices = gpus
+            if worker is not None:
+                worker.stop_generating("devices_changed")
+                worker.restart_model_soon()
+
+        if control is not None:
+            control.device_hooks.append(on_devices)
 
         def capacity() -> tuple[float, int, int]:
             busy = worker is not None and worker.busy
@@ -336,32 +410,28 @@ async def run_node(config: NodeConfig) -> None:
         )
         liveness.publishers = net.publisher_keys
 
-        def status() -> dict[str, Any]:
-            now = time.time()
-            return {
-                "peer_id": identity.peer_id,
-                "roles": sorted(roles),
-                "network_id": net.network_id,
-                "uptime_s": round(now - started, 1),
-                "peers": host.connected_peers(),
-                "peer_table": liveness.table.snapshot(now),
-                "reachable": network_state["reachable"],
-                "relayed_addrs": network_state["relayed_addrs"],
-                "penalties": host.guard.snapshot(now),
-                "model": None if model is None or model.info is None else asdict(model.info),
-                "publisher": publisher.snapshot() if publisher else None,
-                "validator": validator.snapshot() if validator else None,
-                "worker": worker.snapshot() if worker else None,
-                "ledger": ledger_sync.snapshot(),
-            }
-
-        def leaderboard() -> list[dict[str, Any]]:
-            from flopnet.ledger.leaderboard import leaderboard as rank
-            from flopnet.ledger.leaderboard import to_json
-
-            return to_json(
-                rank(store, net.validator_keys or None, lock_window=net.lock_window_seconds)
-            )
+        parts = NodeParts(
+            config=config,
+            identity=identity,
+            roles=frozenset(roles),
+            started=started,
+            host=host,
+            liveness=liveness,
+            store=store,
+            ledger_sync=ledger_sync,
+            bus=bus,
+            logbook=logbook,
+            monitor=monitor,
+            control=control,
+            model=model,
+            publisher=publisher,
+            validator=validator,
+            worker=worker,
+            pool=pool,
+            network_state=network_state,
+        )
+        view = NodeView(parts)
+        registry = registry_for(view)
 
         async with host.running(config.listen_port), trio.open_nursery() as nursery:
             for addr in (*config.bootstrap, *net.bootstrap):
@@ -385,8 +455,18 @@ async def run_node(config: NodeConfig) -> None:
             nursery.start_soon(discovery.run)
             nursery.start_soon(_check_reachability, host, config, network_state)
             token = load_or_create_token(config.data_dir)
-            app = build_app(token, {"/status": status, "/leaderboard": leaderboard})
+            app = build_api(token, endpoints(view, registry), version=_software_version())
             api_url = await nursery.start(serve_api, app, config.api_port)
+            metrics_url = None
+            if config.metrics_port is not None:
+                bound = await nursery.start(
+                    serve_metrics, registry, config.metrics_host, config.metrics_port
+                )
+                metrics_url = f"{bound}/metrics"
+                log.info("token-free metrics on %s", metrics_url)
+            nursery.start_soon(run_feeds, view)
+            if control is not None:
+                nursery.start_soon(control.run)
             write_node_info(
                 config.data_dir,
                 {
@@ -394,6 +474,7 @@ async def run_node(config: NodeConfig) -> None:
                     "public_key": identity.public_key.hex(),
                     "addrs": host.addrs(),
                     "api_url": api_url,
+                    "metrics_url": metrics_url,
                     "roles": sorted(roles),
                     "pid": os.getpid(),
                 },
@@ -411,3 +492,9 @@ async def run_node(config: NodeConfig) -> None:
                     break
             nursery.cancel_scope.cancel()
     log.info("node stopped")
+
+
+def _software_version() -> str:
+    import flopnet
+
+    return str(flopnet.__version__)

@@ -23,6 +23,8 @@ LEDGER_FILE = "ledger.sqlite"
 INBOX_FILE = "inbox.sqlite"
 PUBLISHER_FILE = "publisher.sqlite"
 LOG_FILE = "node.log"
+CONTROL_FILE = "control.json"  # the contributor's pause, schedule, batch size and GPU choices
+RECEIPTS_FILE = "receipts.jsonl"  # a worker's receipts for its credited results
 
 
 def write_node_info(data_dir: Path, info: dict[str, Any]) -> None:
@@ -30,6 +32,26 @@ def write_node_info(data_dir: Path, info: dict[str, Any]) -> None:
     tmp = data_dir / (NODE_INFO_FILE + ".tmp")
     tmp.write_text(json.dumps(info, indent=2))
     os.replace(tmp, data_dir / NODE_INFO_FILE)
+
+
+def write_private_json(path: Path, data: dict[str, Any]) -> None:
+    """Replace ``path`` atomically with ``data`` as JSON, readable by its owner only."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def read_json_file(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path``, or None when it is missing or not a JSON object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def read_node_info(data_dir: Path) -> dict[str, Any] | None:
@@ -55,6 +77,24 @@ def api_get(info: dict[str, Any], path: str, timeout: float = 5.0) -> Any:
 
     response = httpx.get(
         info["api_url"] + path,
+        headers={"Authorization": f"Bearer {info['token']}"},
+        timeout=timeout,
+    )
+    response.raise_for_status()
+    return response.json()
+
+
+def api_send(
+    info: dict[str, Any], method: str, path: str, body: Any = None, timeout: float = 10.0
+) -> Any:
+    """Send a command (POST or PUT with a JSON body) to a node's local API; returns the JSON
+    answer (raises httpx.HTTPStatusError with the API's reason on a 4xx or 5xx)."""
+    import httpx
+
+    response = httpx.request(
+        method,
+        info["api_url"] + path,
+        json=body,
         headers={"Authorization": f"Bearer {info['token']}"},
         timeout=timeout,
     )

@@ -15,10 +15,12 @@ from flopnet.protocol.messages import (
     Claim,
     ContributorProfile,
     Lease,
+    LeaseRelease,
     LedgerEntry,
     LedgerRange,
     LedgerRangeRequest,
     Refusal,
+    ReleaseAck,
     Submission,
     SubmissionReceipt,
     TaskSpec,
@@ -51,7 +53,20 @@ PROFILE = Rpc("/flopnet/profile/1.0.0", ContributorProfile, (LedgerEntry, Refusa
 # publisher that signed the lease; publishers answer the manifest's validators only.
 TASK_SPEC = Rpc("/flopnet/task-spec/1.0.0", TaskSpecRequest, (TaskSpec, Refusal), timeout=20.0)
 
-RPCS: tuple[Rpc, ...] = (CLAIM, SUBMIT, VERDICT, ANNOUNCEMENTS, LEDGER_RANGE, PROFILE, TASK_SPEC)
+# A worker hands back a lease it will not finish (paused, stopping, moving to other GPUs); only
+# the lease's own worker may, and the publisher re-offers the sample at once.
+RELEASE = Rpc("/flopnet/release/1.0.0", LeaseRelease, (ReleaseAck, Refusal), timeout=10.0)
+
+RPCS: tuple[Rpc, ...] = (
+    CLAIM,
+    SUBMIT,
+    VERDICT,
+    ANNOUNCEMENTS,
+    LEDGER_RANGE,
+    PROFILE,
+    TASK_SPEC,
+    RELEASE,
+)
 
 MAX_GOSSIP_BYTES = max(MAX_ENVELOPE_BYTES[LedgerEntry.TYPE], 4096)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -74,6 +75,11 @@ GOSSIP_REPEATS_ALLOWED = 20
 # A transport-level service: bare records (the Noise session already authenticates the peer).
 DIALBACK_PROTOCOL = "/flopnet/dialback/1.0.0"
 MAX_VARINT_BYTES = 10
+
+
+# libp2p's ping protocol (every host serves it): 32 random bytes echoed back.
+PING_PROTOCOL = "/ipfs/ping/1.0.0"
+PING_BYTES = 32
 
 
 def multiaddr_parse(text: str) -> Any:
@@ -522,6 +528,55 @@ class P2PHost:
             for peer, conns in list(connections.items())
             if any(not _is_closed(conn) for conn in conns)
         ]
+
+    def peer_links(self) -> dict[str, dict[str, Any]]:
+        """Each connected peer's transport addresses, and whether the link goes through a relay
+        (a ``/p2p-circuit`` address) or is direct."""
+        if self._host is None:
+            return {}
+        out: dict[str, dict[str, Any]] = {}
+        for peer, conns in list(self._host.get_network().connections.items()):
+            addrs: list[str] = []
+            for conn in conns:
+                if _is_closed(conn):
+                    continue
+                try:
+                    addrs += [str(a) for a in conn.get_transport_addresses()]
+                except Exception:  # a connection without addresses is still a connection
+                    continue
+            out[str(peer)] = {"addrs": addrs, "relayed": any("/p2p-circuit" in a for a in addrs)}
+        return out
+
+    async def ping(self, peer_id: str, *, timeout: float = 5.0) -> float:
+        """Round-trip time to a peer over libp2p's ping protocol, in seconds (PeerError or
+        ProtocolTimeout when it does not answer)."""
+        from libp2p.custom_types import TProtocol
+        from libp2p.peer.id import ID
+
+        assert self._host is not None, "host not running"
+        payload = secrets.token_bytes(PING_BYTES)
+        stream = None
+        try:
+            with trio.fail_after(timeout):
+                stream = await self._host.new_stream(
+                    ID.from_base58(peer_id), [TProtocol(PING_PROTOCOL)]
+                )
+                started = time.perf_counter()
+                await stream.write(payload)
+                reply = await _Reader(stream).read_exact(PING_BYTES)
+                rtt = time.perf_counter() - started
+                await stream.close()
+        except trio.TooSlowError:
+            if stream is not None:
+                await _reset(stream)
+            raise ProtocolTimeout(f"ping to {peer_id} took over {timeout}s") from None
+        except Exception as exc:
+            if stream is not None:
+                await _reset(stream)
+            raise PeerError(f"ping to {peer_id}: {type(exc).__name__}: {exc}") from None
+        if reply != payload:
+            raise MalformedMessage(f"{peer_id} answered a ping with other bytes")
+        return rtt
 
     # -- RPCs: sealed records over request/response streams -----------------------------------
 

@@ -222,6 +222,34 @@ class AnnouncementRange(Record):
     head_seq: int = bounded(min=0)
 
 
+RELEASE_REASONS = ("paused", "stopping", "devices_changed", "model_failed", "restarted")
+
+
+@dataclass(frozen=True)
+class LeaseRelease(Record):
+    """A worker hands a lease back before submitting anything for it (signed by the lease's
+    worker), so its publisher re-offers the sample at once instead of waiting for it to lapse."""
+
+    TYPE: ClassVar[str] = "lease_release"
+    version: int = bounded(min=1, max=1)
+    lease_id: bytes = bounded(len=16)
+    task_id: str = bounded(max_len=128)
+    sample_index: int = bounded(min=0, max=63)
+    reason: str = bounded(max_len=32)  # one of RELEASE_REASONS; others are refused
+    released_at: float = bounded(min=0.0)
+
+
+@dataclass(frozen=True)
+class ReleaseAck(Record):
+    """The publisher's answer to a lease release: the sample is open again (``reopened``), or
+    it was settled or re-issued already and nothing changed."""
+
+    TYPE: ClassVar[str] = "release_ack"
+    version: int = bounded(min=1, max=1)
+    lease_id: bytes = bounded(len=16)
+    reopened: bool = bounded()
+
+
 MAX_TASK_SPEC_BYTES = 4 * 1024 * 1024  # a code task's tests can run to megabytes
 
 
@@ -365,6 +393,8 @@ MESSAGE_TYPES: dict[str, type[Record]] = {
         LedgerRange,
         TaskSpecRequest,
         TaskSpec,
+        LeaseRelease,
+        ReleaseAck,
     )
 }
 
@@ -391,4 +421,6 @@ MAX_ENVELOPE_BYTES: dict[str, int] = {
     LedgerRange.TYPE: 4 * 1024 * 1024,  # a range is cut to fit, whatever its entry count
     TaskSpecRequest.TYPE: 1024,
     TaskSpec.TYPE: MAX_TASK_SPEC_BYTES,
+    LeaseRelease.TYPE: 1024,
+    ReleaseAck.TYPE: 1024,
 }

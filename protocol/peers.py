@@ -98,6 +98,10 @@ class PeerTable:
     def get(self, peer_id: str) -> PeerRecord | None:
         return self._peers.get(peer_id)
 
+    def records(self) -> list[PeerRecord]:
+        """Every peer's record."""
+        return list(self._peers.values())
+
     def in_state(self, state: PeerState) -> list[str]:
         return [p for p, r in self._peers.items() if r.state is state]
 

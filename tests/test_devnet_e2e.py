@@ -241,14 +241,15 @@ def test_validator_killed_after_receipts_loses_nothing(tmp_path: Path) -> None:
     assert accepted == store_accepted == 6  # one accepted credit per task, none lost, none doubled
 
 
-def finished_unjudged(worker_dir: Path) -> list[bytes]:
-    """Lease ids the worker has finished (sealed) and not had judged, from its outbox."""
+def finished_unjudged(worker_dir: Path, state: str = "finished") -> list[bytes]:
+    """Lease ids the worker has finished (sealed) and not had judged, from its outbox (or, with
+    ``state="claimed"``, the leases it holds unfinished)."""
     path = worker_dir / "worker.sqlite"
     if not path.exists():
         return []
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        rows = conn.execute("SELECT lease_id FROM outbox WHERE state = 'finished'").fetchall()
+        rows = conn.execute("SELECT lease_id FROM outbox WHERE state = ?", (state,)).fetchall()
     except sqlite3.OperationalError:
         return []  # the table is being created
     finally:
@@ -296,3 +297,32 @@ def test_worker_killed_before_its_submission_is_judged_resends_it(tmp_path: Path
     assert set(owed) <= credited, "the finished work was not credited under its lease"
     assert finished_unjudged(worker.data_dir) == []
     assert net.final_status[worker.name]["worker"]["resent"] >= 1
+
+
+def test_worker_killed_mid_generation_hands_its_leases_back_on_restart(tmp_path: Path) -> None:
+    """A worker killed while generating finds its unfinished leases in its outbox on restart and
+    hands them back (reason "restarted"): with ten-minute leases, the network finishes in a
+    fraction of that instead of waiting for them to lapse."""
+    options = DevnetOptions(
+        workers=1, tasks=3, max_new_tokens=400, data_dir=tmp_path, lease_seconds=600, timeout=300
+    )
+    net = Devnet(options)
+    try:
+        net.start()
+        worker = net.workers[0]
+        assert reaches_phase(worker.data_dir, "generating"), "the worker never held a lease"
+        os.killpg(worker.process.pid, signal.SIGKILL)
+        worker.process.wait()
+        held = finished_unjudged(worker.data_dir, "claimed")
+        assert held, "the worker held no unfinished lease when it was killed"
+        net.restart(worker.name)
+        finished = net.wait_done(240)  # well inside the leases' ten minutes
+        net.capture_status()
+    finally:
+        net.stop()
+    summary = net.summary(finished)
+    assert finished, summary
+    assert summary["tasks_validated"] == 3
+    publisher = next(s for s in net.final_status.values() if s.get("publisher"))
+    assert publisher["publisher"]["leases_released"] >= len(held)
+    assert finished_unjudged(worker.data_dir, "claimed") == []

@@ -234,7 +234,7 @@ def test_validator_for_is_deterministic_and_spreads_samples() -> None:
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(["claim", "settle_ok", "settle_bad", "expire"]),
+            st.sampled_from(["claim", "settle_ok", "settle_bad", "expire", "release"]),
             st.integers(0, 3),  # task
             st.integers(0, 2),  # worker
             st.integers(0, 7),  # which lease
@@ -262,6 +262,10 @@ def test_the_book_keeps_one_credit_per_sample_whatever_the_order(
                 leases.append(lease_id)
         elif op == "expire":
             book.expire(now)
+        elif op == "release" and leases:
+            lease_id = leases[which % len(leases)]
+            owner = book._by_worker_lease[lease_id]
+            book.release(lease_id, owner, now)  # a worker hands its own lease back
         elif leases:
             lease_id = leases[which % len(leases)]
             key = book.settle(lease_id, accepted=op == "settle_ok")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flopnet.node.cli.status import summarize
+from flopnet.node.cli.status import describe
 from flopnet.node.config import NetworkParams, create_network
 from flopnet.node.local import read_node_info
 from flopnet.protocol.identity import Identity, load_or_create_identity
@@ -27,42 +27,39 @@ def status(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
 
 
 def test_summary_lines_of_each_role() -> None:
-    lines = summarize(
+    text = describe(
         {
-            "peer_id": "12D3KooWabc",
-            "roles": ["publisher", "validator", "worker"],
-            "network_id": "devnet-1234",
-            "uptime_s": 12.4,
-            "peers": ["a", "b"],
-            "publisher": {"tasks": 6, "all_done": True, "leases_issued": 7, "samples": {"done": 6}},
-            "validator": {"accepted": 6, "rejected": 1, "queued": 0, "flops_credited": 1234567},
-            "worker": {
-                "phase": "idle",
-                "accepted": 3,
-                "rejected": 0,
-                "tokens_generated": 90,
-                "flops_credited": 1000,
+            "name": "node",
+            "ok": True,
+            "status": {
+                "peer_id": "12D3KooWabc",
+                "roles": ["publisher", "validator", "worker"],
+                "network_id": "devnet-1234",
+                "uptime_s": 12.4,
+                "peers": ["a", "b"],
+                "state": {"badge": "working", "why": "generating 1 task"},
+                "publisher": {"tasks": 6, "samples": {"done": 6, "leased": 1, "open": 0}},
+                "validator": {"accepted": 6, "rejected": 1, "queued": 0},
+                "worker": {"phase": "idle", "accepted": 3, "rejected": 0, "released": 1},
             },
-            "model": {"name": "tiny", "backend": "hf"},
         }
     )
-    text = "\n".join(lines)
-    assert "node 12D3KooWabc  roles publisher,validator,worker  up 12s  peers 2" in text
-    assert "publisher: 6 tasks (all done), 7 leases issued  done 6" in text
-    assert "validator: 6 accepted, 1 rejected, 0 queued, 1,234,567 FLOPs credited" in text
-    assert "worker: idle, 3 accepted" in text and "model: tiny on hf" in text
-    # A document with only what a relay has still makes a summary (no KeyError).
-    assert summarize({"peer_id": "x", "roles": ["relay"]})[0].startswith("node x  roles relay")
+    assert text.startswith("node: working - generating 1 task")
+    assert "publisher, validator, worker  12D3KooWabc  2 peers  up 12s  network devnet-1234" in text
+    assert "publisher: 6 tasks, 6 done, 1 leased, 0 open" in text
+    assert "validator: 0 queued, 6 accepted, 1 rejected" in text
+    assert "worker: idle, 3 accepted, 0 rejected, 1 handed back" in text
+    assert describe({"name": "x", "ok": False, "error": "gone"}) == "x: gone"
 
 
 def test_no_node_is_a_clear_error(tmp_path: Path) -> None:
     r = status("--data-dir", str(tmp_path / "nothing"))
     assert r.returncode == 1
-    assert r.stderr.startswith("flopnet: error: no node is running") and "Traceback" not in r.stderr
+    assert "not running (no node.json" in r.stdout and "Traceback" not in r.stderr
     # The default data dir comes from FLOPNET_HOME.
     env = {**os.environ, "FLOPNET_HOME": str(tmp_path / "home")}
     r = status(env=env)
-    assert r.returncode == 1 and str(tmp_path / "home") in r.stderr
+    assert r.returncode == 1 and "home: not running" in r.stdout
 
 
 @pytest.mark.timeout(180)
@@ -97,21 +94,22 @@ def test_status_of_a_real_node(tmp_path: Path) -> None:
         r = status("--data-dir", str(data_dir))
         assert r.returncode == 0, r.stderr
         peer_id = load_or_create_identity(data_dir).peer_id
-        assert f"node {peer_id}  roles publisher" in r.stdout
-        assert "publisher: 3 tasks (open)" in r.stdout
+        assert f"publisher  {peer_id}" in r.stdout
+        assert "publisher: 3 tasks, 0 done" in r.stdout
         r = status("--data-dir", str(data_dir), "--json")
-        assert r.returncode == 0 and json.loads(r.stdout)["peer_id"] == peer_id
+        document = json.loads(r.stdout)
+        assert r.returncode == 0 and document["nodes"][0]["status"]["peer_id"] == peer_id
 
         # A wrong token is refused by the node: that is not a healthy answer.
         token = data_dir / "api.token"
         real = token.read_text()
         token.write_text("0" * 32)
         r = status("--data-dir", str(data_dir))
-        assert r.returncode == 1 and "refused: HTTP 401" in r.stderr
+        assert r.returncode == 1 and "refused: HTTP 401" in r.stdout
         token.write_text(real)
     finally:
         node.send_signal(signal.SIGKILL)  # leaves a stale node.json behind, as a crash would
         node.wait(30)
     assert (data_dir / "node.json").exists()
     r = status("--data-dir", str(data_dir), "--timeout", "2")
-    assert r.returncode == 1 and "does not answer" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "does not answer" in r.stdout and "Traceback" not in r.stderr

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from flopnet.node.cli.task_args import add_judge_arguments, add_task_arguments
-from flopnet.protocol.errors import FlopnetError
+from flopnet.protocol.errors import ConfigError, FlopnetError
 
 
 def _add_node(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +54,28 @@ def _add_node(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--torch-threads", type=int, default=0, help="threads for the model (0: auto)")
     p.add_argument("--verifier-workers", type=int, default=1, help="validator: verifier processes")
-    p.add_argument("--batch-size", type=int, default=1, help="worker: leases to generate together")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="worker: leases to generate together (default 1, or as last set through the API)",
+    )
+    p.add_argument(
+        "--pause-schedule",
+        help="worker: work only in these local hours, e.g. 22:00-08:00 (comma-separated)",
+    )
+    p.add_argument("--gpus", help="worker: the GPUs the model may use, e.g. 0,1 (default: all)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="also serve /metrics without the API token on this port (off unless given)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address of the token-free metrics listener (default 127.0.0.1)",
+    )
     p.add_argument(
         "--audit-batch",
         type=int,
@@ -151,6 +172,11 @@ def _add_devnet(sub: argparse._SubParsersAction) -> None:
 def _add_tui(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tui", help="attach the terminal UI to a running node or devnet")
     p.add_argument("--data-dir", type=Path, help="a node's or a devnet's data dir")
+    p.add_argument(
+        "--url",
+        help="a node's API URL instead (e.g. an SSH-forwarded port: http://127.0.0.1:PORT)",
+    )
+    p.add_argument("--token-file", type=Path, help="with --url: a copy of the node's api.token")
 
 
 # Modules that add their own subcommands: each has ``register(sub) -> dict[name, handler]`` and
@@ -165,6 +191,7 @@ EXTENSION_MODULES: tuple[str, ...] = (
     "flopnet.node.cli.export",
     "flopnet.node.cli.audit",
     "flopnet.node.cli.status",
+    "flopnet.node.cli.credits",
 )
 
 
@@ -213,16 +240,39 @@ def _cmd_node(args: argparse.Namespace) -> int:
         cheat=args.cheat,
         torch_threads=args.torch_threads or env.torch_threads,
         verifier_workers=args.verifier_workers,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size or 1,
         backend=args.backend,
         audit_batch=args.audit_batch,
         max_leases_per_worker=args.max_leases_per_worker,
         newcomer_leases=args.newcomer_leases,
         judge=judge_settings(args, env),
+        pause_schedule=args.pause_schedule,
+        gpus=_gpu_list(args.gpus),
+        control_flags=frozenset(
+            name
+            for name, given in (
+                ("batch_size", args.batch_size is not None),
+                ("pause_schedule", args.pause_schedule is not None),
+                ("gpus", args.gpus is not None),
+            )
+            if given
+        ),
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
     setup_logging(config.data_dir, env.log_level)
     trio.run(run_node, config)
     return 0
+
+
+def _gpu_list(text: str | None) -> tuple[int, ...] | None:
+    """``--gpus 0,1`` as indices (None: every GPU)."""
+    if text is None or text.strip().lower() == "all":
+        return None
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"--gpus takes GPU indices like 0,1, not {text!r}") from None
 
 
 def _cmd_devnet(args: argparse.Namespace) -> int:
@@ -268,9 +318,14 @@ def _cmd_devnet(args: argparse.Namespace) -> int:
 
 
 def _cmd_tui(args: argparse.Namespace) -> int:
-    from flopnet.tui.app import attach_targets, run_tui
+    from flopnet.tui.app import NodeTarget, attach_targets, run_tui
 
-    run_tui(attach_targets(args.data_dir))
+    if args.url:
+        if args.token_file is None:
+            raise ConfigError("--url needs --token-file (a copy of the node's api.token)")
+        run_tui([NodeTarget(args.url, url=args.url, token_file=args.token_file)])
+    else:
+        run_tui(attach_targets(args.data_dir))
     return 0
 
 

@@ -53,6 +53,7 @@ class LoadSpec:
     max_seq_tokens: int = 0  # > 0: check first that the model and one such sequence fit here
     backend: str = "hf"  # "hf", "vllm", or "auto" (the hardware plan's choice)
     revision: str = ""
+    devices: tuple[int, ...] | None = None  # the GPUs the child may use (None: all)
 
 
 @dataclass(frozen=True)
@@ -176,5 +177,10 @@ class ModelClient(Protocol):
     ) -> list[AuditMeasures | ModelError]: ...
 
     async def inspect(self, request: InspectRequest) -> Inspection: ...
+
+    def interrupt(self) -> bool:
+        """Stop a generation in progress at once (True if one was stopped; the model must then
+        be restarted before the next call)."""
+        ...
 
     def close(self) -> None: ...

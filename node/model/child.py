@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
+import os
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -328,6 +329,10 @@ def _guarded(run: Callable[[], AuditMeasures]) -> AuditMeasures | ModelError:
 
 def child_main(conn: Connection, spec: LoadSpec) -> None:
     """The child process's entry point: load, report, serve, and close the backend on exit."""
+    if spec.devices is not None:
+        # Before CUDA starts (torch starts it at its first CUDA call): the child sees only the
+        # GPUs the contributor chose.
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in spec.devices)
     try:
         child = ModelChild.load(spec)
     except Exception as exc:

@@ -114,6 +114,9 @@ class FakeModel:
     def close(self) -> None:
         self._info = None
 
+    def interrupt(self) -> bool:
+        return False  # its generations are instant: there is never one to stop
+
     # -- what the weights compute --------------------------------------------------------------
 
     def token(self, request: GenerateRequest, position: int) -> int:

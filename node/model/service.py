@@ -10,6 +10,7 @@ child's answer; the child (:mod:`flopnet.node.model.child`) serves one request a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import logging
 import multiprocessing
@@ -52,10 +53,15 @@ class ModelService:
         max_seq_tokens: int = 0,
         backend: str = "hf",
         revision: str = "",
+        devices: tuple[int, ...] | None = None,
     ) -> None:
         # max_seq_tokens > 0: check first that the model and one such sequence fit here.
         # backend: "hf", "vllm", or "auto" (the hardware plan's choice).
         self._spec = LoadSpec(model, seed, dtype, threads, max_seq_tokens, backend, revision)
+        # The GPUs the child may use (None: all); applied when a child starts.
+        self.devices = devices
+        self.restarts = 0
+        self._op: str | None = None  # the call in progress, if any
         self._lock = threading.Lock()
         self._conn: Connection | None = None
         self._process: multiprocessing.process.BaseProcess | None = None
@@ -79,6 +85,7 @@ class ModelService:
         def restart_blocking() -> ModelInfo:
             with self._lock:
                 self.close()
+                self.restarts += 1
                 return self._start_blocking()
 
         info: ModelInfo = await _run_sync(restart_blocking, abandon_on_cancel=True)
@@ -91,7 +98,7 @@ class ModelService:
         parent, child = ctx.Pipe()
         self._process = ctx.Process(
             target=child_main,
-            args=(child, self._spec),
+            args=(child, dataclasses.replace(self._spec, devices=self.devices)),
             name="flopnet-model",
             # vLLM starts processes of its own, which a daemonic process may not; the child
             # still ends with us: it exits when its pipe closes, and close() kills it.
@@ -130,8 +137,28 @@ class ModelService:
         with self._lock:
             if self._conn is None or self._process is None or not self._process.is_alive():
                 raise ModelUnavailable("the model process is not running")
-            self._conn.send((op, payload))
-            return self._recv(timeout)
+            self._op = op
+            try:
+                self._conn.send((op, payload))
+                return self._recv(timeout)
+            finally:
+                self._op = None
+
+    def interrupt(self) -> bool:
+        """Kill the child if it is generating (it serves one request at a time, so a sample
+        cannot be stopped any other way); the waiting call then fails with ModelUnavailable.
+        Returns True if a generation was stopped: restart the model before the next call."""
+        process = self._process
+        if self._op not in ("generate", "generate_batch") or process is None:
+            return False
+        with contextlib.suppress(OSError, ValueError):
+            process.kill()
+        return True
+
+    @property
+    def alive(self) -> bool:
+        """Whether the model process is running."""
+        return self._process is not None and self._process.is_alive()
 
     async def _ask(self, op: str, payload: Any, timeout: float = CALL_TIMEOUT_S) -> Any:
         return await _run_sync(self._call, op, payload, timeout, abandon_on_cancel=True)
@@ -162,6 +189,11 @@ class ModelService:
         """Decode an unaudited submission and check how it ends."""
         result: Inspection = await self._ask("inspect", request)
         return result
+
+    @property
+    def busy(self) -> str | None:
+        """The request the model process is serving now, if any."""
+        return self._op
 
     @property
     def pid(self) -> int | None:

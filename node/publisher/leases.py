@@ -15,6 +15,10 @@ A pure state machine (no clock, no I/O): callers pass ``now``. The rules it keep
   result and a re-issued lease never overlap; an accepted result for any lease of a sample closes
   it, and a rejection of a superseded lease changes nothing.
 * A rejected submission re-opens its sample, and its worker may not lease that task again.
+* **A lease can be handed back.** Its own worker may release a lease it will not finish (it
+  paused, say): the sample re-opens at once, with no lapse charged; the worker waits
+  ``release_cooldown_s`` before its next lease, so claim-and-release cannot churn the publisher's
+  announcements.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class Standing:
     accepted: int = 0
     rejected: int = 0
     lapsed: int = 0
+    released: int = 0
     active: int = 0
     cooldown_until: float = 0.0
 
@@ -94,6 +99,7 @@ class LeaseBook:
     newcomer_share: float = 0.25
     newcomer_floor: int = 8
     lapse_cooldown_s: float = 300.0
+    release_cooldown_s: float = 5.0
     _samples: dict[tuple[str, int], _Sample] = field(default_factory=dict)
     _by_task: dict[str, list[int]] = field(default_factory=dict)
     _by_lease: dict[bytes, tuple[str, int]] = field(default_factory=dict)
@@ -159,7 +165,8 @@ class LeaseBook:
         if s.cooldown_until > now:
             return Denied(
                 "cooling_down",
-                f"a lease of yours lapsed: no new lease for {s.cooldown_until - now:.0f} s",
+                "a lease of yours lapsed, was rejected or was handed back: no new lease for "
+                f"{s.cooldown_until - now:.0f} s",
             )
         quota = self.quota(worker)
         if s.active >= quota:
@@ -231,6 +238,30 @@ class LeaseBook:
             self._failed.add((key[0], sample.worker))
         self._release(sample)
         return key
+
+    def release(
+        self, lease_id: bytes, worker: bytes, now: float
+    ) -> tuple[str, int] | Denied | None:
+        """A worker hands a lease back: the sample re-opens at once (returned), nothing changes
+        when the lease was settled or superseded already (None), and a lease of another worker
+        is refused (a Denied that no honest worker causes)."""
+        key = self._by_lease.get(lease_id)
+        if key is None:
+            return Denied("unknown_lease", "this publisher granted no lease with that id")
+        if self._by_worker_lease.get(lease_id) != worker:
+            return Denied("not_your_lease", "only the lease's own worker may release it")
+        sample = self._samples[key]
+        if sample.state is not SampleState.LEASED or sample.lease_id != lease_id:
+            return None  # settled, lapsed or re-issued meanwhile: nothing to hand back
+        s = self.standing(worker)
+        s.released += 1
+        s.cooldown_until = max(s.cooldown_until, now + self.release_cooldown_s)
+        self._release(sample)
+        return key
+
+    def lease_of(self, lease_id: bytes) -> tuple[str, int] | None:
+        """The (task, sample) a lease id was granted for, if this book granted it."""
+        return self._by_lease.get(lease_id)
 
     def _release(self, sample: _Sample) -> None:
         if sample.state is SampleState.LEASED and sample.worker is not None:

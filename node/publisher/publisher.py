@@ -28,11 +28,14 @@ from flopnet.protocol.guard import Violation
 from flopnet.protocol.host import P2PHost
 from flopnet.protocol.identity import Identity
 from flopnet.protocol.messages import (
+    RELEASE_REASONS,
     AnnouncementRange,
     AnnouncementRangeRequest,
     Claim,
     Lease,
+    LeaseRelease,
     Refusal,
+    ReleaseAck,
     TaskAnnouncement,
     TaskSpec,
     TaskSpecRequest,
@@ -51,6 +54,7 @@ class PublisherStats:
     claims_refused: int = 0
     samples_done: int = 0
     samples_reopened: int = 0
+    leases_released: int = 0
     refusals: dict[str, int] = field(default_factory=dict)
 
 
@@ -99,7 +103,9 @@ class Publisher:
                 continue  # the task set changed between runs
             grant = Grant(lease.task_id, lease.sample_index, lease.expires_at)
             self.book.record_lease(grant, lease.lease_id, lease.worker)
-            if lease.outcome is not None:
+            if lease.outcome == "released":
+                self.book.release(lease.lease_id, lease.worker, 0.0)  # no cool-down to restore
+            elif lease.outcome is not None:
                 self.book.settle(lease.lease_id, lease.outcome == "accepted")
         self.log.restore(store.announcements(self.log.capacity))
 
@@ -225,6 +231,36 @@ class Publisher:
         )
         return lease
 
+    async def handle_release(self, peer_id: str, opened: Opened) -> ReleaseAck | Refusal:
+        """A worker hands a lease back (``protocol.catalog.RELEASE``): the sample re-opens and
+        is announced again at once. Only the lease's own worker may release it (the host checked
+        that the stream's peer signed the release); another's lease is refused and charged."""
+        release = opened.expect(LeaseRelease)
+        if release.reason not in RELEASE_REASONS:
+            return refusal("malformed", f"unknown release reason {release.reason!r}")
+        key = self.book.lease_of(release.lease_id)
+        if key is not None and key != (release.task_id, release.sample_index):
+            await self.host.penalize(peer_id, Violation.MALFORMED)
+            return refusal("wrong_lease", "the lease was granted for another task or sample")
+        outcome = self.book.release(release.lease_id, opened.signer, time.time())
+        if isinstance(outcome, Denied):
+            if outcome.code == "not_your_lease":
+                await self.host.penalize(peer_id, Violation.MALFORMED)
+            return refusal(outcome.code, outcome.reason)
+        if outcome is not None:
+            if self.store is not None:
+                self.store.record_release(release.lease_id)
+            self.stats.leases_released += 1
+            log.info(
+                "lease %s on %s#%d handed back by %s (%s); re-opened",
+                release.lease_id.hex()[:8],
+                *outcome,
+                peer_id,
+                release.reason,
+            )
+            self._queue_announcements([outcome[0]])
+        return ReleaseAck(version=1, lease_id=release.lease_id, reopened=outcome is not None)
+
     def _refuse(self, code: str, reason: str) -> Refusal:
         self.stats.claims_refused += 1
         self.stats.refusals[code] = self.stats.refusals.get(code, 0) + 1
@@ -256,4 +292,5 @@ class Publisher:
             "claims_refused": self.stats.claims_refused,
             "refusals": dict(self.stats.refusals),
             "samples_reopened": self.stats.samples_reopened,
+            "leases_released": self.stats.leases_released,
         }

@@ -22,7 +22,7 @@ CREATE TABLE IF NOT EXISTS leases (
     worker BLOB NOT NULL,
     expires_at REAL NOT NULL,
     issued_order INTEGER NOT NULL,
-    outcome TEXT  -- NULL while open, then 'accepted' or 'rejected'
+    outcome TEXT  -- NULL while open, then 'accepted', 'rejected' or 'released'
 );
 CREATE TABLE IF NOT EXISTS announcements (
     seq INTEGER PRIMARY KEY,
@@ -70,6 +70,13 @@ class PublisherStore:
         self._conn.execute(
             "UPDATE leases SET outcome = ? WHERE lease_id = ?",
             ("accepted" if accepted else "rejected", lease_id),
+        )
+
+    def record_release(self, lease_id: bytes) -> None:
+        """Durably record that a lease's worker handed it back (a restart must not restore it)."""
+        self._conn.execute(
+            "UPDATE leases SET outcome = 'released' WHERE lease_id = ? AND outcome IS NULL",
+            (lease_id,),
         )
 
     def leases(self) -> list[StoredLease]:

@@ -37,7 +37,8 @@ from flopnet.ledger.chain import decode_body
 from flopnet.ledger.policy import AuditBook, AuditDecision, AuditPolicy, audit_draw
 from flopnet.ledger.store import LedgerStore
 from flopnet.node.config import NodeConfig
-from flopnet.node.counters import counters
+from flopnet.node.counters import Timings, counters
+from flopnet.node.explain import explain_verdict
 from flopnet.node.model.calls import (
     AuditMeasures,
     AuditRequest,
@@ -137,6 +138,8 @@ class ValidatorStats:
     batched_audits: int = 0  # audits made in a batch of several (one padded prefill)
     # Failed audits checked again in float32 before anyone is punished, by what came of it.
     second_opinions: dict[str, int] = field(default_factory=dict)
+    # Verdicts by the plain-words category of their first failing reason (node.explain).
+    verdicts_by_reason: dict[str, int] = field(default_factory=dict)
 
 
 def audit_request(sub: Submission, lease: Lease) -> AuditRequest:
@@ -198,6 +201,9 @@ class Validator:
         self.publish_entry = publish_entry
         self.policy = self.net.proof_policy()
         self.stats = ValidatorStats()
+        self.timings = Timings()  # audit (prefill), batched audit and answer-check seconds
+        # Told every verdict once it is durable (the daemon publishes it as an event).
+        self.on_judged: list[Callable[[dict[str, Any]], None]] = []
         self._used_leases: set[bytes] = store.credited_leases(identity.public_key)
         # One credit per sample: every lease of a sample comes to us (the publisher's choice).
         self._credited_samples = store.credited_samples(identity.public_key)
@@ -565,6 +571,20 @@ class Validator:
             self.stats.flops_credited += credit.flops
         else:
             self.stats.rejected += 1
+        category = explain_verdict(credit.accepted, credit.reasons).category
+        self.stats.verdicts_by_reason[category] = self.stats.verdicts_by_reason.get(category, 0) + 1
+        judged = {
+            "peer_id": peer_id_from_public_key(queued.opened.signer),
+            "task_id": lease.task_id,
+            "sample_index": lease.sample_index,
+            "accepted": credit.accepted,
+            "audited": judgement.audited,
+            "category": category,
+            "flops": credit.flops,
+            "ledger_seq": appended[0][0],
+        }
+        for hook in self.on_judged:
+            hook(judged)
         log.info(
             "%s %s from %s%s: %s",
             "ACCEPT" if credit.accepted else "REJECT",
@@ -676,7 +696,9 @@ class Validator:
     async def _audit_request(self, sub: Submission, request: AuditRequest) -> AuditMeasures:
         started = time.perf_counter()
         measured = await self.model.audit(request)
-        self.stats.prefill_seconds += time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        self.stats.prefill_seconds += elapsed
+        self.timings.observe("audit", elapsed)
         self._count_check(sub)
         return measured
 
@@ -731,7 +753,9 @@ class Validator:
         results = await self.model.audit_batch(
             [audit_request(q.submission, q.lease) for q in batch]
         )
-        self.stats.prefill_seconds += time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        self.stats.prefill_seconds += elapsed
+        self.timings.observe("audit_batch", elapsed)
         self.stats.batched_audits += len(batch)
         for queued, result in zip(batch, results, strict=True):
             self._count_check(queued.submission)
@@ -753,7 +777,9 @@ class Validator:
         except VerifierError as exc:
             return Result(score=0.0, passed=False, reasons=(), error=str(exc))
         finally:
-            self.stats.verify_seconds += time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            self.stats.verify_seconds += elapsed
+            self.timings.observe("answer_check", elapsed)
 
     def snapshot(self) -> dict[str, object]:
         """Counters for the API."""

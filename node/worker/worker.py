@@ -1,18 +1,32 @@
-"""The worker role: hear announcements, claim, generate with proofs, submit, keep the verdict."""
+"""The worker role: hear announcements, claim, generate with proofs, submit, keep the verdict.
+
+Every lease is on the task board (:mod:`flopnet.node.worker.board`) with its stage. The
+contributor's control (:mod:`flopnet.node.controller`) gates claiming: paused, finishing or
+outside its active hours, the worker claims nothing. "Pause now" cancels a generation in
+progress (the model process is stopped mid-sample and restarted before the next one) and hands
+every lease not yet submitted back to its publisher with a signed release, which re-offers it at
+once; submitted leases keep waiting for their verdicts, so nothing acknowledged is lost. A lease
+the model process cannot generate is handed back the same way rather than left to lapse.
+
+Every lease and every finished submission is written to the durable outbox
+(:mod:`flopnet.node.worker.outbox`) before it is sent: a worker killed at any moment sends its
+finished, unjudged submissions again after a restart, and hands back the leases it held unfinished.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
 from flopnet.node.config import NodeConfig
-from flopnet.node.counters import counters
+from flopnet.node.counters import Timings, counters
 from flopnet.node.model.calls import (
     Generated,
     GenerateRequest,
@@ -22,18 +36,20 @@ from flopnet.node.model.calls import (
 )
 from flopnet.node.profile import ProfileSharer, load_profile
 from flopnet.node.publisher.announcements import SeqTracker
+from flopnet.node.worker.board import TaskBoard, TaskEntry
 from flopnet.node.worker.cheats import cheat_output, cheat_request
 from flopnet.node.worker.outbox import Outbox
 from flopnet.node.worker.pacing import FINAL_REFUSALS, ClaimPacer
 from flopnet.protocol.catalog import (
     ANNOUNCEMENTS,
     CLAIM,
+    RELEASE,
     SUBMIT,
     VERDICT,
     VERDICT_WAIT_S,
     lease_grace,
 )
-from flopnet.protocol.envelope import message_id, open_envelope, seal
+from flopnet.protocol.envelope import Opened, message_id, open_envelope, seal
 from flopnet.protocol.errors import FlopnetError, MalformedMessage, PeerError, ProtocolTimeout
 from flopnet.protocol.host import Notice, P2PHost
 from flopnet.protocol.identity import Identity, peer_id_from_public_key
@@ -42,13 +58,18 @@ from flopnet.protocol.messages import (
     AnnouncementRangeRequest,
     Claim,
     Lease,
+    LeaseRelease,
     Refusal,
+    ReleaseAck,
     Submission,
     SubmissionReceipt,
     TaskAnnouncement,
     Verdict,
     VerdictRequest,
 )
+
+if TYPE_CHECKING:
+    from flopnet.node.controller import Controller
 
 log = logging.getLogger(__name__)
 IDLE_POLL_S = 0.2
@@ -82,6 +103,8 @@ class WorkerStats:
     resyncs: int = 0
     resent: int = 0  # finished submissions sent again (after a restart or a failed send)
     bans: int = 0  # peers that told us they banned us
+    released: int = 0  # leases handed back unfinished (paused, model failures)
+    model_restarts: int = 0
     refusals: dict[str, int] = field(default_factory=dict)  # claim refusals by code
     last_verdict: str = ""
     recent: list[dict[str, object]] = field(default_factory=list)
@@ -97,15 +120,19 @@ class Worker:
         host: P2PHost,
         model: ModelClient,
         outbox: Outbox,
+        *,
+        control: Controller | None = None,
+        board: TaskBoard | None = None,
     ) -> None:
         self.config = config
         self.outbox = outbox
-        self._in_flight: set[bytes] = set()  # lease ids being submitted right now
+        self._in_flight: set[bytes] = set()  # lease ids being generated or submitted right now
         self.net = config.network
         self.identity = identity
         self.host = host
         self.model = model
         self.stats = WorkerStats()
+        self.timings = Timings()  # generation (decode + proofs) seconds per batch
         self._offers: dict[str, _Offer] = {}
         self._trackers: dict[str, SeqTracker] = {}
         self._wakeup = trio.Event()
@@ -114,6 +141,13 @@ class Worker:
         host.on_notice.append(self.on_notice)
         self.busy = False
         self.phase = "idle"  # idle, generating, submitting, awaiting_verdict
+        self.control = control
+        self.board = board if board is not None else TaskBoard()
+        self._generation: trio.CancelScope | None = None  # the generation in progress
+        self._stop_reason = ""  # set by stop_generating until the leases in hand are handed back
+        self._restart_wanted = False
+        if control is not None:
+            control.stop_hooks.append(self.stop_generating)
         # Our display name and team go to each validator that credits us (if we have set one).
         self.profile = ProfileSharer(
             host, identity, self.net.network_id, lambda: load_profile(config.data_dir)
@@ -183,7 +217,7 @@ class Worker:
                 break
 
     async def run(self) -> None:
-        """Claim, generate, submit, forever; first send what a crash left unsent."""
+        """Claim, generate, submit, forever."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._resync_loop)
             nursery.start_soon(self._resend_loop)
@@ -192,18 +226,21 @@ class Worker:
     async def _resend_loop(self) -> None:
         """Send again every finished submission that was never judged while its lease holds
         (a validator answers a resend with the same receipt, so a duplicate costs nothing);
-        leases held but never finished are given up (they lapse at the publisher)."""
+        leases held but never finished (a crash mid-generation) are handed back."""
         while True:
             now = time.time()
             for pending in self.outbox.pending():
                 if pending.lease_id in self._in_flight:
                     continue
-                lease = open_envelope(pending.lease, self.net.network_id, expected=Lease).expect(
-                    Lease
-                )
-                deadline = lease.expires_at + lease_grace(lease.expires_at - lease.issued_at)
-                if pending.submission is None or now > deadline:
-                    self.outbox.judged(pending.lease_id)  # nothing to send, or too late
+                opened = open_envelope(pending.lease, self.net.network_id, expected=Lease)
+                lease = opened.expect(Lease)
+                if pending.submission is None:
+                    if now < lease.expires_at:
+                        await self._release([opened], "restarted")
+                    self.outbox.judged(pending.lease_id)  # handed back, or lapsed already
+                    continue
+                if now > lease.expires_at + lease_grace(lease.expires_at - lease.issued_at):
+                    self.outbox.judged(pending.lease_id)  # too late for any validator
                     continue
                 self.stats.resent += 1
                 log.info("sending again the unjudged submission for %s", lease.task_id)
@@ -215,55 +252,221 @@ class Worker:
                 )
             await trio.sleep(RESEND_EVERY_S)
 
+    @property
+    def batch_size(self) -> int:
+        """Leases generated together (the contributor may change it while the node runs)."""
+        return self.control.settings.batch_size if self.control else self.config.batch_size
+
+    def _may_claim(self) -> bool:
+        return self.control is None or self.control.may_claim()
+
+    def stop_generating(self, reason: str = "paused") -> None:
+        """Stop the generation in progress and hand back every lease not yet submitted
+        (called by the control on "pause now", and before a model restart)."""
+        self._stop_reason = reason
+        if self._generation is not None:
+            self._generation.cancel()
+            # The model process is stopped mid-sample (it serves one request at a time and
+            # would otherwise finish it); it is started again before the next generation.
+            if self.model.interrupt():
+                self._restart_wanted = True
+        self._wakeup.set()
+
+    def restart_model_soon(self) -> None:
+        """Restart the model process before the next generation (new devices, say)."""
+        self._restart_wanted = True
+        self._wakeup.set()
+
+    async def _restart_model(self) -> None:
+        self._restart_wanted = False
+        self.stats.model_restarts += 1
+        try:
+            if self.control is not None:
+                with self.control.hold("restarting the model process"):
+                    await self.model.restart()
+            else:
+                await self.model.restart()
+        except ModelError as exc:
+            self.stats.errors += 1
+            log.error("the model process did not restart: %s", exc)
+            self._restart_wanted = True
+            await trio.sleep(ERROR_BACKOFF_S)
+
+    async def _wait_change(self, timeout: float) -> None:
+        """Sleep until an announcement, a control change or ``timeout``."""
+        self._wakeup = trio.Event()
+        events = [self._wakeup] + ([self.control.changed()] if self.control else [])
+        with trio.move_on_after(timeout):
+            async with trio.open_nursery() as nursery:
+
+                async def first(event: trio.Event) -> None:
+                    await event.wait()
+                    nursery.cancel_scope.cancel()
+
+                for event in events:
+                    nursery.start_soon(first, event)
+
     async def _work_loop(self) -> None:
         while True:
+            self._stop_reason = ""  # nothing is in hand here
+            if self._restart_wanted:
+                await self._restart_model()
+                continue
+            if not self._may_claim():
+                if self.control is not None:
+                    self.control.finished()  # a finishing node has nothing left: now paused
+                await self._wait_change(1.0)
+                continue
             leases = await self._claim_batch()
             if not leases:
-                self._wakeup = trio.Event()
-                with trio.move_on_after(1.0):
-                    await self._wakeup.wait()
+                await self._wait_change(1.0)
                 continue
             self.busy = True
             try:
-                await self._work_or_fall_back(leases)
+                await self._run_leases(
+                    [open_envelope(lb, self.net.network_id, expected=Lease) for lb in leases]
+                )
             finally:
                 self.busy = False
                 self.phase = "idle"
 
-    async def _work_or_fall_back(self, leases: list[bytes]) -> None:
-        """Run the leases as one batch; if our model fails on the batch (out of memory at that
-        size, say), run them one by one, so the leases are not simply lost."""
+    async def _run_leases(self, leases: list[Opened]) -> None:
+        """Generate and submit the leases; a lease not finished when this returns (handed back,
+        failed, cancelled) leaves the outbox, where a finished one stays until it is judged."""
         try:
-            await self._work_or_retry_alone(leases)
+            await self._generate_and_submit(leases)
         finally:
-            for lease_bytes in leases:
-                lease = open_envelope(lease_bytes, self.net.network_id, expected=Lease)
-                lease_id = lease.expect(Lease).lease_id
+            for opened in leases:
+                lease_id = opened.expect(Lease).lease_id
                 self._in_flight.discard(lease_id)
-                self.outbox.abandon(lease_id)  # never finished: it lapses at the publisher
+                self.outbox.abandon(lease_id)
 
-    async def _work_or_retry_alone(self, leases: list[bytes]) -> None:
-        try:
-            await self._work(leases)
+    async def _generate_and_submit(self, leases: list[Opened]) -> None:
+        """Generate the leases' samples (together), then submit each and keep its verdict.
+
+        A stop ("pause now") before or during generation hands the leases back; a lease our
+        model cannot generate (it failed on the batch, then on the lease alone) is handed back
+        too, so its sample is re-offered at once instead of lapsing.
+        """
+        if self._stop_reason:
+            await self._release(leases, self._stop_reason)
             return
-        except FlopnetError as exc:
+        started = time.perf_counter()
+        now = time.time()
+        for opened in leases:
+            self.board.move(opened.expect(Lease).lease_id.hex(), "generating", now)
+        self.phase = "generating"
+        with trio.CancelScope() as scope:
+            self._generation = scope
+            try:
+                results = await self._generate([o.expect(Lease) for o in leases])
+            finally:
+                self._generation = None
+        if scope.cancelled_caught:
+            await self._release(leases, self._stop_reason or "paused")
+            return
+        elapsed = time.perf_counter() - started
+        done = [(o, g) for o, g in zip(leases, results, strict=True) if g is not None]
+        failed = [o for o, g in zip(leases, results, strict=True) if g is None]
+        if failed:
+            await self._release(failed, "model_failed")
+        if not done:
+            return
+        self.stats.generation_seconds += elapsed
+        self.timings.observe("generation", elapsed)
+        for _, gen in done:
+            self.timings.observe("proof_build", gen.proof_s)
+        self.stats.generations += len(done)
+        self.stats.batches += 1
+        self.stats.tokens_generated += sum(len(g.token_ids) for _, g in done)
+        now = time.time()
+        for opened, gen in done:
+            self.board.generated(
+                opened.expect(Lease).lease_id.hex(),
+                now,
+                output=gen.text,
+                tokens=len(gen.token_ids),
+                proofs=len(gen.proofs),
+                finish_reason=gen.finish_reason,
+                decode_s=gen.prefill_s + gen.decode_s,
+                proof_s=gen.proof_s,
+            )
+        self.phase = "submitting"
+        async with trio.open_nursery() as nursery:
+            for opened, gen in done:
+                lease = opened.expect(Lease)
+                sealed = self._seal(opened.raw, gen, elapsed)
+                self.outbox.finished(lease.lease_id, sealed)  # durable before it is sent
+                nursery.start_soon(
+                    self._deliver_and_settle, lease, sealed, elapsed, len(gen.token_ids)
+                )
+
+    async def _generate(self, leases: Sequence[Lease]) -> list[Generated | None]:
+        """One sample per lease: the batch together, then (if our model fails on the batch,
+        out of memory at that size, say) one by one. None for a lease the model failed on."""
+        cheat = self.config.cheat  # None but in a devnet's cheater workers
+        requests = [cheat_request(cheat, GenerateRequest.of_lease(lease)) for lease in leases]
+        try:
+            if len(requests) == 1:
+                gens = [await self.model.generate(requests[0])]
+            else:
+                gens = list(await self.model.generate_batch(requests))
+            if cheat is not None and self.model.info is not None:
+                gens = [cheat_output(cheat, g, self.model.info.vocab_size) for g in gens]
+            return list(gens)
+        except ModelError as exc:
             self.stats.errors += 1
             log.warning("batch of %d: %s: %s", len(leases), type(exc).__name__, exc)
             if isinstance(exc, ModelUnavailable):
-                # Our model process died or hung: restart it; the leases lapse and re-open.
+                # Our model process died or hung: restart it before the next generation.
+                self._restart_wanted = True
+                return [None] * len(leases)
+            if len(leases) == 1:
                 await trio.sleep(ERROR_BACKOFF_S)
-                with contextlib.suppress(ModelError):
-                    await self.model.restart()
-                return
-            if not isinstance(exc, ModelError) or len(leases) == 1:
-                await trio.sleep(ERROR_BACKOFF_S)
-                return
-        for lease_bytes in leases:
+                return [None]
+        out: list[Generated | None] = []
+        for request in requests:
             try:
-                await self._work([lease_bytes])
-            except FlopnetError as exc:
+                out.append(await self.model.generate(request))
+            except ModelError as exc:
                 self.stats.errors += 1
                 log.warning("lease alone: %s: %s", type(exc).__name__, exc)
+                out.append(None)
+                if isinstance(exc, ModelUnavailable):
+                    self._restart_wanted = True
+        return out
+
+    async def _release(self, leases: Sequence[Opened], reason: str) -> None:
+        """Hand leases back to their publishers with a signed release (best effort: a release
+        that does not arrive leaves the lease to lapse, as before)."""
+        for opened in leases:
+            lease = opened.expect(Lease)
+            release = LeaseRelease(
+                version=1,
+                lease_id=lease.lease_id,
+                task_id=lease.task_id,
+                sample_index=lease.sample_index,
+                reason=reason,
+                released_at=time.time(),
+            )
+            note = f"handed back ({reason})"
+            try:
+                reply = await self.host.call(
+                    peer_id_from_public_key(opened.signer), RELEASE, release
+                )
+                if isinstance(reply.message, Refusal):
+                    note = f"release refused: {reply.message.code}: {reply.message.reason}"
+                elif not reply.expect(ReleaseAck).reopened:
+                    note = f"handed back ({reason}); the publisher had settled it already"
+            except FlopnetError as exc:
+                note = f"release not delivered ({exc}); the lease will lapse"
+                log.warning("releasing %s: %s", lease.task_id, exc)
+            self.stats.released += 1
+            self.board.move(lease.lease_id.hex(), "released", time.time(), note=note)
+            offer = self._offers.get(lease.task_id)
+            if offer is not None:  # not straight back to it: let another worker take it
+                offer.not_before = time.time() + TAKEN_BACKOFF_S
+            log.info("lease on %s: %s", lease.task_id, note)
 
     async def _claim_batch(self) -> list[bytes]:
         """Leases on up to ``batch_size`` distinct tasks (claims are cheap; generation is not)."""
@@ -271,7 +474,8 @@ class Worker:
         tried: set[str] = set()
         # Announcements arrive one by one: give a batch a moment to fill before claiming.
         gather_until = time.monotonic() + BATCH_GATHER_S
-        while self.config.batch_size > 1 and self._ready() < self.config.batch_size:
+        batch_size = self.batch_size
+        while batch_size > 1 and self._ready() < batch_size:
             left = gather_until - time.monotonic()
             if left <= 0 or not self._ready():
                 break
@@ -279,7 +483,9 @@ class Worker:
             with trio.move_on_after(left):
                 await self._wakeup.wait()
         refusals = 0
-        while len(leases) < self.config.batch_size and refusals < self.pacer.refusals_per_round:
+        while len(leases) < batch_size and refusals < self.pacer.refusals_per_round:
+            if not self._may_claim():
+                break  # paused meanwhile: what is claimed runs (or is handed back), no more
             task_id = self._pick(exclude=tried)
             if task_id is None:
                 break
@@ -354,39 +560,20 @@ class Worker:
         self.stats.leases += 1
         self._in_flight.add(lease.lease_id)  # ours to finish; the resend loop keeps off it
         self.outbox.claimed(lease.lease_id, opened.raw, lease.expires_at)
+        self.board.claimed(
+            TaskEntry(
+                lease_id=lease.lease_id.hex(),
+                task_id=lease.task_id,
+                task_type=lease.task_type,
+                sample_index=lease.sample_index,
+                publisher=offer.publisher_peer,
+                validator=peer_id_from_public_key(lease.validator),
+                claimed_at=time.time(),
+                expires_at=lease.expires_at,
+                prompt_ids=tuple(lease.prompt_ids),
+            )
+        )
         return opened.raw
-
-    async def _work(self, leases: list[bytes]) -> None:
-        """Generate the leases' samples together, then submit each and wait for its verdict."""
-        opened = [
-            open_envelope(lb, self.net.network_id, expected=Lease).expect(Lease) for lb in leases
-        ]
-        started = time.perf_counter()
-        self.phase = "generating"
-        cheat = self.config.cheat  # None but in a devnet's cheater workers
-        requests = [cheat_request(cheat, GenerateRequest.of_lease(lease)) for lease in opened]
-        try:
-            if len(requests) == 1:
-                gens = [await self.model.generate(requests[0])]
-            else:
-                gens = await self.model.generate_batch(requests)
-        except ModelError as exc:
-            raise type(exc)(f"generation failed: {exc}") from None
-        if cheat is not None and self.model.info is not None:
-            gens = [cheat_output(cheat, g, self.model.info.vocab_size) for g in gens]
-        elapsed = time.perf_counter() - started
-        self.stats.generation_seconds += elapsed
-        self.stats.generations += len(gens)
-        self.stats.batches += 1
-        self.stats.tokens_generated += sum(len(g.token_ids) for g in gens)
-        self.phase = "submitting"
-        async with trio.open_nursery() as nursery:
-            for lease_bytes, lease, gen in zip(leases, opened, gens, strict=True):
-                sealed = self._seal(lease_bytes, gen, elapsed)
-                self.outbox.finished(lease.lease_id, sealed)  # durable before it is sent
-                nursery.start_soon(
-                    self._deliver_and_settle, lease, sealed, elapsed, len(gen.token_ids)
-                )
 
     def _seal(self, lease_bytes: bytes, gen: Generated, elapsed: float) -> bytes:
         submission = Submission(
@@ -411,6 +598,7 @@ class Worker:
         except FlopnetError as exc:
             self.stats.errors += 1
             log.warning("task %s: %s: %s", lease.task_id, type(exc).__name__, exc)
+            self.board.move(lease.lease_id.hex(), "failed", time.time(), note=str(exc)[:300])
             self._offers.get(lease.task_id, _Offer("", 0)).not_before = (
                 time.time() + ERROR_BACKOFF_S
             )
@@ -424,8 +612,16 @@ class Worker:
         if isinstance(reply.message, Refusal):
             self.outbox.judged(lease.lease_id)  # a refusal is final: sending again won't help
             raise PeerError(f"the validator refused the submission: {reply.message.reason}")
-        if reply.expect(SubmissionReceipt).submission_id != message_id(sealed):
+        receipt = reply.expect(SubmissionReceipt)
+        if receipt.submission_id != message_id(sealed):
             raise MalformedMessage("the receipt is for another submission")
+        self.board.move(
+            lease.lease_id.hex(),
+            "submitted",
+            time.time(),
+            submission_id=receipt.submission_id.hex(),
+            queue_position=receipt.queue_position,
+        )
         self.phase = "awaiting_verdict"
         verdict = await self._await_verdict(validator_peer, lease, message_id(sealed))
         self.outbox.judged(lease.lease_id)
@@ -436,6 +632,16 @@ class Worker:
             await self.profile.share(lease.validator)
         else:
             self.stats.rejected += 1
+        self.board.move(
+            lease.lease_id.hex(),
+            "verdict",
+            time.time(),
+            accepted=verdict.accepted,
+            reasons=tuple(verdict.reasons),
+            answer_score=verdict.answer_score,
+            flops=verdict.flops,
+            ledger_seq=verdict.ledger_seq,
+        )
         self.stats.last_verdict = "; ".join(verdict.reasons)[:300]
         self.stats.recent = [
             {
@@ -481,4 +687,14 @@ class Worker:
 
     def snapshot(self) -> dict[str, object]:
         """Counters for the API."""
-        return counters(self.stats, phase=self.phase, known_tasks=len(self._offers))
+        return counters(
+            self.stats,
+            phase=self.phase,
+            known_tasks=len(self._offers),
+            batch_size=self.batch_size,
+            tokens_per_s=round(self.stats.tokens_generated / self.stats.generation_seconds, 2)
+            if self.stats.generation_seconds
+            else 0.0,
+            in_flight=len(self.board.in_flight()),
+            stages=self.board.by_stage(),
+        )
