@@ -182,7 +182,7 @@ class Voids:
         cred_sql, cred_params = _in("c.signer", validators)
         soft = conn.execute(
             "SELECT DISTINCT c.signer, c.seq, c.contributor, c.timestamp, c.flops, "
-            "c.generated_tokens FROM invalidations i JOIN credits c "
+            "c.generated_tokens FROM invalidations i CROSS JOIN credits c "
             "ON c.signer = i.credit_signer AND c.seq = i.credit_seq "
             "AND c.contributor = i.contributor "
             "AND c.timestamp <= i.timestamp AND c.timestamp > i.timestamp - ? "
@@ -270,12 +270,17 @@ def leaderboard(
     now: float | None = None,
     lock_window: float = DEFAULT_LOCK_WINDOW_S,
     details: bool = True,
+    sums: dict[float | None, Sums] | None = None,
+    voids: Voids | None = None,
 ) -> list[Standing]:
     """Contributors ranked by credited FLOPs, then key (which orders like the peer id), from
     entries of ``validators`` (all stored signers if None) with timestamps at or after ``since``.
 
     With ``details`` each row also gets its pending/final split (by ``lock_window`` at ``now``),
-    its 24 h / 7 d / all-time FLOPs and its latest signed profile.
+    its 24 h / 7 d / all-time FLOPs and its latest signed profile. Callers that rank several
+    windows of one unchanged store may share ``voids`` and ``sums`` (every contributor's
+    :func:`credited` sums by window start, a window that holds every credit keyed None): they
+    are read and filled here.
     """
     if validators is not None and not validators:
         return []
@@ -289,8 +294,12 @@ def leaderboard(
         return None if start is None or first is None or start <= first else start
 
     since = effective(since)
-    voids = Voids(store, lock_window, signers)
-    ranked = credited(window_sums(store, since, signers), voids.sums(since))
+    shared: dict[float | None, Sums] = {} if sums is None else sums
+    voids = Voids(store, lock_window, signers) if voids is None else voids
+    ranked = shared.get(since)
+    if ranked is None:
+        ranked = credited(window_sums(store, since, signers), voids.sums(since))
+        shared[since] = ranked
     top = heapq.nsmallest(max(0, int(limit)), ranked.items(), key=lambda kv: (-kv[1][0], kv[0]))
     contributors = [c for c, _ in top]
     formulas = _formulas(store, contributors, signers)
@@ -313,16 +322,18 @@ def leaderboard(
     subset = contributors if len(contributors) <= _DETAIL_FILTER_MAX else None
     # Windows that start where the ranked one does (24 h ranked with a 24 h lock window) are
     # already summed, for every contributor.
-    known: dict[float | None, Sums] = {since: ranked}
+    known: dict[float | None, Sums] = dict(shared)  # and sums of the shown rows only
 
     def flops_since(start: float | None) -> dict[bytes, int]:
         start = effective(start)
-        sums = known.get(start)
-        if sums is None:
+        found = known.get(start)
+        if found is None:
             raw = window_sums(store, start, signers, subset)
-            sums = credited(raw, voids.sums(start, subset))
-            known[start] = sums
-        return {c: v[0] for c, v in sums.items()}
+            found = credited(raw, voids.sums(start, subset))
+            known[start] = found
+            if subset is None:
+                shared[start] = found
+        return {c: v[0] for c, v in found.items()}
 
     pending_start = now - lock_window if since is None else max(since, now - lock_window)
     pending = flops_since(pending_start)

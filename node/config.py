@@ -299,6 +299,7 @@ class NodeConfig:
     max_leases_per_worker: int = 8
     newcomer_leases: int = 1  # publisher: leases a worker without accepted work may hold
     judge: JudgeSettings = field(default_factory=JudgeSettings)  # validator: llm_judge tasks
+    manifest_path: Path | None = None  # the signed manifest file, served by the web leaderboard
 
     def __post_init__(self) -> None:
         if self.backend not in ("auto", "hf", "vllm"):

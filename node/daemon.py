@@ -376,6 +376,10 @@ async def run_node(config: NodeConfig) -> None:
             nursery.start_soon(_check_reachability, host, config, network_state)
             token = load_or_create_token(config.data_dir)
             app = build_app(token, {"/status": status, "/leaderboard": leaderboard})
+            # The public web leaderboard at /web/ (no token: it shows the public ledger only).
+            from flopnet.web.server import mount_web
+
+            mount_web(app, config.data_dir / LEDGER_FILE, config.manifest_path, config.data_dir)
             api_url = await nursery.start(serve_api, app, config.api_port)
             write_node_info(
                 config.data_dir,

@@ -42,7 +42,7 @@ def daily_chart(days: list[tuple[int, int]], label: str) -> str:
     last = units.day(days[-1][0]) if days else ""
     return (
         f'<svg class="chart" role="img" aria-label="{label}" viewBox="0 0 {WIDTH} {HEIGHT}" '
-        f'width="{WIDTH}" height="{HEIGHT}" data-chart="daily">'
+        f'width="{WIDTH}" height="{HEIGHT}" data-chart="daily" data-days="{len(days)}">'
         f'<line x1="0" y1="{BASE}" x2="{WIDTH}" y2="{BASE}" class="axis"/>'
         + "".join(bars)
         + f'<text x="0" y="{HEIGHT - 1}" class="tick">{first}</text>'

@@ -45,7 +45,8 @@ ACTIVE_DAYS = (7, 50)  # Folding@home counts contributors active over 7 and 50 d
 RANK_ROWS = 100  # contributors per ranking page
 CREDIT_ROWS = 500  # credit entries per contributor page
 VOIDINGS_SHOWN = 50  # most recent invalidations on the main page
-CHART_DAYS = 60  # days of the credit charts
+NETWORK_CHART_DAYS = 30  # days of the network's credit chart (its sums read every contributor)
+CHART_DAYS = 90  # days of a contributor's credit chart
 
 Credited = Sums  # contributor -> [flops, accepted, rejected, tokens, voided, voided flops]
 
@@ -168,6 +169,7 @@ class Snapshot:
     _credited: dict[float | None, Credited] = field(default_factory=dict)
     _first: float | None = None
     _voided_rows: list[tuple[bytes, int, bytes, float, int, int]] | None = None
+    _latest: dict[bytes, float | None] | None = None
 
     @classmethod
     def open(
@@ -257,8 +259,45 @@ class Snapshot:
         )
 
     def active(self, days: int) -> int:
-        """Contributors with credited (accepted, not voided) work in the last ``days`` days."""
-        return sum(1 for r in self.credited(self.as_of - days * DAY).values() if r[1] > 0)
+        """Contributors with credited (accepted, not voided) work in the last ``days`` days.
+
+        From each contributor's latest accepted credit (one index seek each), not from window
+        sums, which would read every day of the window; only contributors with voided credit
+        are looked at further."""
+        start = self.as_of - days * DAY
+        voided = {(r[0], r[1]) for r in self.voided_rows()}
+        suspects = {r[2] for r in self.voided_rows()}
+        n = 0
+        for contributor, latest in self._latest_accepted().items():
+            if latest is None or latest < start:
+                continue
+            if contributor not in suspects or self._credited_since(contributor, start, voided):
+                n += 1
+        return n
+
+    def _latest_accepted(self) -> dict[bytes, float | None]:
+        if self._latest is None:
+            sig = _marks(len(self.signers))
+            rows = self.store.connection.execute(
+                "SELECT t.contributor, (SELECT c.timestamp FROM credits c INDEXED BY "
+                "credits_contributor WHERE c.contributor = t.contributor AND c.accepted AND "
+                f"c.signer IN ({sig}) ORDER BY c.timestamp DESC LIMIT 1) FROM (SELECT DISTINCT "
+                f"contributor FROM credit_totals WHERE signer IN ({sig})) t",
+                [*self.signers, *self.signers],
+            )
+            self._latest = {bytes(c): t for c, t in rows} if self.chains else {}
+        return self._latest
+
+    def _credited_since(
+        self, contributor: bytes, start: float, voided: set[tuple[bytes, int]]
+    ) -> bool:
+        rows = self.store.connection.execute(
+            "SELECT signer, seq FROM credits INDEXED BY credits_contributor WHERE contributor = ? "
+            f"AND accepted AND timestamp >= ? AND signer IN ({_marks(len(self.signers))}) "
+            "ORDER BY timestamp DESC",
+            [contributor, start, *self.signers],
+        )
+        return any((bytes(s), q) not in voided for s, q in rows)
 
     # -- voided credits ------------------------------------------------------------------------
 
@@ -279,7 +318,7 @@ class Snapshot:
                     out[(row[0], row[1])] = tuple(row)  # type: ignore[assignment]
         for row in conn.execute(
             "SELECT c.signer, c.seq, c.contributor, c.timestamp, c.flops, c.generated_tokens "
-            "FROM invalidations i JOIN credits c ON c.signer = i.credit_signer "
+            "FROM invalidations i CROSS JOIN credits c ON c.signer = i.credit_signer "
             "AND c.seq = i.credit_seq AND c.contributor = i.contributor "
             "AND c.timestamp <= i.timestamp AND c.timestamp > i.timestamp - ? "
             f"WHERE i.severity = 'soft' AND c.accepted AND i.signer IN ({sig}) "
@@ -346,7 +385,8 @@ class Snapshot:
             return []
         who = "" if contributor is None else " AND i.contributor = ?"
         rows = self.store.connection.execute(
-            "SELECT i.signer, i.seq, i.timestamp, e.envelope FROM invalidations i JOIN entries e "
+            "SELECT i.signer, i.seq, i.timestamp, e.envelope FROM invalidations i "
+            "CROSS JOIN entries e "
             f"ON e.signer = i.signer AND e.seq = i.seq WHERE i.signer IN "
             f"({_marks(len(self.signers))}){who} ORDER BY i.timestamp DESC, i.signer, i.seq DESC"
             + ("" if limit is None else f" LIMIT {int(limit)}"),
@@ -383,6 +423,8 @@ class Snapshot:
                 limit=offset + limit,
                 now=self.as_of,
                 lock_window=self.lock_window,
+                sums=self._credited,
+                voids=self.voids,
             )[offset:]
             if self.chains
             else []
@@ -402,7 +444,7 @@ class Snapshot:
             active={d: self.active(d) for d in ACTIVE_DAYS},
             flops_24h=self.totals(self.start("24h")).flops,
             flops_7d=self.totals(self.start("7d")).flops,
-            daily=self.daily(),
+            daily=self.daily(days=NETWORK_CHART_DAYS),
             voidings=self.voidings(),
         )
 

@@ -173,6 +173,20 @@ def make_app(ledger: Ledger) -> Starlette:
     return app
 
 
+def mount_web(
+    app: Starlette, ledger_path: Path, manifest_path: Path | None, data_dir: Path
+) -> bool:
+    """Mount the web leaderboard at ``/web/`` of a daemon's API app; False without a manifest
+    (given, in the data dir or beside it)."""
+    from flopnet.node.local import find_manifest
+
+    manifest_path = manifest_path or find_manifest(data_dir)
+    if manifest_path is None:
+        return False
+    app.mount("/web", make_app(Ledger.load(ledger_path, manifest_path)))
+    return True
+
+
 def _etags(header: str) -> set[str]:
     return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
 

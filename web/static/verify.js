@@ -16,7 +16,6 @@
   const DAY = 86400;
   const RAC_HALF_LIFE = 7 * DAY;
   const ACTIVE_DAYS = [7, 50];
-  const CHART_DAYS = 60;
   const VOIDINGS_SHOWN = 50;
   const PREFIXES = ["", "k", "M", "G", "T", "P", "E", "Z", "Y"];
   const utf8 = new TextDecoder("utf-8", { fatal: true });
@@ -580,9 +579,9 @@
     return Math.max(0, Math.floor(sum * (Math.LN2 / (RAC_HALF_LIFE / DAY)) + 0.5));
   }
 
-  function daily(model, ctx, c) {
+  function daily(model, ctx, c, days) {
     const today = Math.floor(ctx.asOf / DAY);
-    const first = today - CHART_DAYS + 1;
+    const first = today - days + 1;
     const out = new Map();
     for (let d = first; d <= today; d++) out.set(d, 0n);
     for (const cr of model.credits) {
@@ -764,7 +763,7 @@
         if (els.length !== 1) throw new Tampered("the page shows " + els.length + " values for " + k);
         expect(els[0], v);
       }
-      checkChart(document.querySelector("main svg[data-chart]"), daily(model, ctx, null), expect);
+      checkChart(model, ctx, null);
 
       const { table, rows } = listRows("ranking");
       const offset = Number(table.dataset.offset);
@@ -828,7 +827,7 @@
       const racEl = document.querySelectorAll('main [data-k="c.rac"]');
       if (racEl.length !== 1) throw new Tampered("the page shows " + racEl.length + " RAC values");
       expect(racEl[0], rac(model, ctx, c), { tolerance: true });
-      checkChart(document.querySelector("main svg[data-chart]"), daily(model, ctx, c), expect);
+      checkChart(model, ctx, c);
       const windows = listRows("windows");
       if (windows.rows.length !== 4) throw new Tampered("the page shows " + windows.rows.length + " windows");
       for (const tr of windows.rows) {
@@ -903,8 +902,12 @@
     return checked;
   }
 
-  function checkChart(svg, days, expect) {
+  function checkChart(model, ctx, c) {
+    const svg = document.querySelector("main svg[data-chart]");
     if (!svg) throw new Tampered("the chart is missing");
+    const n = Number(svg.dataset.days);
+    if (!(n >= 1 && n <= 366)) throw new Tampered("the chart spans " + svg.dataset.days + " days");
+    const days = daily(model, ctx, c, n);
     const bars = Array.from(svg.querySelectorAll("rect"));
     const want = Array.from(days.entries());
     if (bars.length !== want.length) throw new Tampered("the chart shows " + bars.length + " days, not " + want.length);
@@ -920,7 +923,6 @@
         throw new Tampered("chart bar " + FORMATS.day(day) + " is drawn at the wrong height");
       bar.dataset.checked = "1";
     });
-    void expect;
   }
 
   // -- main -------------------------------------------------------------------------------------
