@@ -49,6 +49,19 @@ class Header:
     formulas: list[str]
 
 
+NUMERIC_HEADS = {"#", "entries", "head seq", "FLOPs", "pending", "final", "voided", "tasks"}
+NUMERIC_HEADS |= {"rejected", "RAC", "members", "24 h", "7 d", "tokens", "voided tasks"}
+
+
+def thead(*labels: str) -> str:
+    """A table head; numeric columns are marked for right alignment."""
+    cells = "".join(
+        f'<th class="n">{esc(label)}</th>' if label in NUMERIC_HEADS else f"<th>{esc(label)}</th>"
+        for label in labels
+    )
+    return f"<thead><tr>{cells}</tr></thead>"
+
+
 def esc(text: object) -> str:
     """Text for HTML content or a quoted attribute."""
     return html.escape(str(text), quote=True)
@@ -132,9 +145,9 @@ def ledger_section(header: Header, root: str) -> str:
     dumps = " · ".join(f'<a href="{root}{d}">{esc(d.split("/")[1])}</a>' for d in paths.DUMPS)
     return (
         '<section id="ledger"><h2>The ledger behind these numbers</h2>'
-        '<table data-list="chains"><thead><tr><th>validator</th><th>entries</th>'
-        "<th>head seq</th><th>head hash</th><th>head time</th></tr>"
-        f"</thead><tbody>{rows}</tbody></table>{behind}"
+        '<table data-list="chains">'
+        + thead("validator", "entries", "head seq", "head hash", "head time")
+        + f"<tbody>{rows}</tbody></table>{behind}"
         f'<p>Network manifest (signed by the founder): <a href="{root}{paths.MANIFEST}">'
         f"manifest.bin</a>. Raw signed entries: <code>ledger/&lt;validator key&gt;/&lt;first "
         f"seq&gt;.bin</code>, {paths.CHUNK} per file, each a 4-byte big-endian length and the "
@@ -211,9 +224,20 @@ def board_page(header: Header, board: Board) -> str:
         + "</section>"
         f"<section><h2>Contributors by credited FLOPs, {esc(label)}</h2>"
         f'<table data-list="ranking" data-offset="{board.offset}" data-limit="{RANK_ROWS}" '
-        f'data-total="{board.ranked}"><thead><tr><th>#</th><th>contributor</th><th>team</th>'
-        "<th>FLOPs</th><th>pending</th><th>final</th><th>voided</th><th>tasks</th>"
-        "<th>rejected</th><th>RAC</th></tr></thead><tbody>"
+        f'data-total="{board.ranked}">'
+        + thead(
+            "#",
+            "contributor",
+            "team",
+            "FLOPs",
+            "pending",
+            "final",
+            "voided",
+            "tasks",
+            "rejected",
+            "RAC",
+        )
+        + "<tbody>"
         + "".join(rows)
         + "</tbody></table>"
         + pager
@@ -258,9 +282,11 @@ def voidings_section(voidings: Iterable[Voiding], root: str) -> str:
     return (
         "<section><h2>Voided credit</h2><p>A failed audit voids the contributor's pending "
         "credit (<em>hard</em>) or one credit (<em>soft</em>); final credit is never voided.</p>"
-        '<table data-list="voidings"><thead><tr><th>time</th><th>contributor</th>'
-        "<th>severity</th><th>reason</th><th>entry</th></tr></thead>"
-        f"<tbody>{rows}</tbody></table></section>"
+        '<table data-list="voidings">'
+        + thead("time", "contributor", "severity", "reason", "entry")
+        + f"<tbody>{rows}</tbody></table>"
+        + ("" if rows else '<p class="fine">None.</p>')
+        + "</section>"
     )
 
 
@@ -335,15 +361,16 @@ def contributor_page(header: Header, c: Contributor) -> str:
         "</dl>"
         + daily_chart(c.daily, "credited FLOPs per day")
         + "</section><section><h2>By window</h2>"
-        '<table data-list="windows"><thead><tr><th>window</th><th>FLOPs</th><th>voided</th>'
-        "<th>tasks</th><th>rejected</th><th>voided tasks</th><th>tokens</th></tr></thead>"
+        '<table data-list="windows">'
+        + thead("window", "FLOPs", "voided", "tasks", "rejected", "voided tasks", "tokens")
+        + ""
         f"<tbody>{''.join(rows)}</tbody></table></section>"
         "<section><h2>Every credit entry</h2><p>Newest first; each names the validator's "
         "chain, its sequence number and the hash of the signed entry.</p>"
         f'<table data-list="credits" data-offset="{(c.page - 1) * CREDIT_ROWS}" '
-        f'data-limit="{CREDIT_ROWS}" data-total="{c.credit_count}"><thead><tr><th>time</th>'
-        "<th>entry</th><th>hash</th><th>task</th><th>FLOPs</th><th>tokens</th><th>state</th>"
-        f"<th>note</th></tr></thead><tbody>{credits}</tbody></table>{pager}</section>"
+        f'data-limit="{CREDIT_ROWS}" data-total="{c.credit_count}">'
+        + thead("time", "entry", "hash", "task", "FLOPs", "tokens", "state", "note")
+        + f"<tbody>{credits}</tbody></table>{pager}</section>"
     )
     title = c.display_name or peer
     attrs = {"c": c.contributor.hex(), "credit-page": str(c.page)}
@@ -373,8 +400,10 @@ def teams_page(header: Header, teams: list[dict[str, Any]]) -> str:
     )
     main = (
         "<section><p>A contributor's team is the one named in their latest signed profile.</p>"
-        '<table data-list="teams"><thead><tr><th>#</th><th>team</th><th>members</th>'
-        "<th>FLOPs</th><th>pending</th><th>final</th><th>24 h</th><th>7 d</th><th>tasks</th>"
-        f"<th>tokens</th></tr></thead><tbody>{rows}</tbody></table></section>"
+        '<table data-list="teams">'
+        + thead(
+            "#", "team", "members", "FLOPs", "pending", "final", "24 h", "7 d", "tasks", "tokens"
+        )
+        + f"<tbody>{rows}</tbody></table></section>"
     )
     return shell(header, "Teams", "", "teams", main, {})

@@ -85,9 +85,7 @@ class WebCache:
             return ("fixed",)
         if path.startswith("dumps/"):
             return ("day", int(now // 86400))
-        if path.startswith("ledger/"):
-            return ("heads", heads)
-        return ("heads", heads)
+        return ("heads", heads)  # pages and chain files
 
     def fresh(self, cached: Cached, key: tuple[Any, ...], path: str, now: float) -> bool:
         if cached.key != key:
