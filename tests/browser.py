@@ -91,11 +91,17 @@ def start_chromium() -> Any:
 
 def check_page(driver: Any, url: str, timeout: float = 240.0) -> dict[str, Any]:
     """Open ``url`` and wait for the page's own check to end; its state and status line."""
+    from selenium.common.exceptions import TimeoutException
+
+    driver.set_script_timeout(timeout)
     driver.get(url)
     deadline = time.monotonic() + timeout
     state = ""
     while time.monotonic() < deadline:
-        state = driver.execute_script("return document.body.dataset.verify || ''")
+        try:
+            state = driver.execute_script("return document.body.dataset.verify || ''")
+        except TimeoutException:
+            continue  # the page's own check holds its thread; ask again
         if state in STATES:
             break
         time.sleep(0.1)

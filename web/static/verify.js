@@ -509,6 +509,11 @@
   // -- the ledger's rules (ledger/policy.py, ledger/leaderboard.py) ------------------------------
 
   function applyVoids(model, lock) {
+    model.byC = new Map(); // each contributor's credits, so per-row sums need not scan them all
+    for (const credit of model.credits) {
+      if (!model.byC.has(credit.c)) model.byC.set(credit.c, []);
+      model.byC.get(credit.c).push(credit);
+    }
     const byContributor = new Map();
     for (const inv of model.invalidations) {
       if (!byContributor.has(inv.c)) byContributor.set(inv.c, []);
@@ -575,7 +580,7 @@
   function rac(model, ctx, c) {
     const k = Math.LN2 / RAC_HALF_LIFE;
     let sum = 0;
-    for (const cr of model.credits) if (cr.c === c && cr.accepted && !cr.voided) sum += Number(cr.flops) * Math.exp((cr.t - ctx.asOf) * k);
+    for (const cr of model.byC.get(c) || []) if (cr.accepted && !cr.voided) sum += Number(cr.flops) * Math.exp((cr.t - ctx.asOf) * k);
     return Math.max(0, Math.floor(sum * (Math.LN2 / (RAC_HALF_LIFE / DAY)) + 0.5));
   }
 
@@ -584,8 +589,8 @@
     const first = today - days + 1;
     const out = new Map();
     for (let d = first; d <= today; d++) out.set(d, 0n);
-    for (const cr of model.credits) {
-      if (!cr.accepted || cr.voided || (c !== null && cr.c !== c)) continue;
+    for (const cr of c === null ? model.credits : model.byC.get(c) || []) {
+      if (!cr.accepted || cr.voided) continue;
       const d = Math.floor(cr.t / DAY);
       if (out.has(d)) out.set(d, out.get(d) + cr.flops);
     }
@@ -814,7 +819,7 @@
       const prof = profileOf(model, c);
       const all = windowSums(model, null).get(c) || ZERO;
       const p = (windowSums(model, pendingStart(ctx, null)).get(c) || ZERO).flops;
-      const mine = model.credits.filter((cr) => cr.c === c);
+      const mine = (model.byC.get(c) || []).slice();
       const single = {
         "c.name": prof.name, "c.team": prof.team, "c.total": all.flops, "c.pending": p,
         "c.final": all.flops - p, "c.credits": mine.length,
