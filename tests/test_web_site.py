@@ -239,3 +239,20 @@ def test_importing_the_web_command_stays_cheap() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_network_without_entries_has_a_site(tmp_path: Path) -> None:
+    from web_ledgers import FOUNDER
+
+    from flopnet.node.config import NetworkParams, create_network
+
+    params = NetworkParams(network_id="x", validators=(V1.public_key.hex(),))
+    create_network(FOUNDER, "empty", params, tmp_path / "network.manifest")
+    (tmp_path / "v").mkdir()
+    LedgerStore(tmp_path / "v" / "ledger.sqlite").close()
+    ledger = Ledger.load(tmp_path / "v" / "ledger.sqlite", tmp_path / "network.manifest")
+    with ledger.snapshot() as snap:
+        every = list(site_paths(snap))
+        index = (render(snap, "index.html") or b"").decode()
+    assert "index.html" in every and [p for p in every if p.endswith(".bin")] == [paths.MANIFEST]
+    assert 'data-k="n.flops" data-v="0"' in index and "None.</p>" in index
