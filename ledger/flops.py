@@ -53,6 +53,16 @@ def flops_for(formula: str, n_params: int, prompt_tokens: int, generated_tokens:
 # positions; embedding lookups, norms, activations and biases are not counted.
 MATMUL_FORMULA = "matmul-v1"
 
+# Each formula version in words, published with the leaderboard beside the numbers it gives.
+FORMULA_TEXT = {
+    FLOP_FORMULA: "2 x N x (P + G): two FLOPs per model parameter N for each of the P prompt and "
+    "G generated tokens.",
+    MATMUL_FORMULA: "2 x body x n + 2 x head x G + attention x n x (n + 1), n = P + G - 1 "
+    "positions: the body's matmul parameters on every processed position, the LM head on each "
+    "generated token, both attention matmuls over the causal positions (exact integers from the "
+    "model config; embeddings, norms and activations are not counted).",
+}
+
 
 @dataclass(frozen=True)
 class ModelShape:

@@ -28,10 +28,16 @@ from flopnet.ledger.policy import DEFAULT_LOCK_WINDOW_S
 from flopnet.ledger.store import LedgerStore
 from flopnet.protocol.identity import peer_id_from_public_key
 
-WINDOWS: dict[str, float | None] = {"24h": 86400.0, "7d": 7 * 86400.0, "all": None}
+WINDOWS: dict[str, float | None] = {
+    "24h": 86400.0,
+    "7d": 7 * 86400.0,
+    "30d": 30 * 86400.0,
+    "all": None,
+}
 _DETAIL_FILTER_MAX = 500  # above this many contributors, sum the windows for everyone instead
 
-Sums = dict[bytes, list[int]]  # contributor -> [flops, accepted, rejected, tokens, voided]
+# contributor -> [flops, accepted, rejected, tokens, voided credits, voided flops]
+Sums = dict[bytes, list[int]]
 
 
 @dataclass(frozen=True)
@@ -176,7 +182,7 @@ class Voids:
         cred_sql, cred_params = _in("c.signer", validators)
         soft = conn.execute(
             "SELECT DISTINCT c.signer, c.seq, c.contributor, c.timestamp, c.flops, "
-            "c.generated_tokens FROM invalidations i JOIN credits c "
+            "c.generated_tokens FROM invalidations i CROSS JOIN credits c "
             "ON c.signer = i.credit_signer AND c.seq = i.credit_seq "
             "AND c.contributor = i.contributor "
             "AND c.timestamp <= i.timestamp AND c.timestamp > i.timestamp - ? "
@@ -237,10 +243,12 @@ def _add(sums: dict[bytes, list[int]], key: bytes, amounts: tuple[int, int, int]
         row[i] += value
 
 
-def _credited(raw: dict[bytes, list[int]], voided: VoidSums) -> Sums:
-    """Exact [flops, accepted, rejected, tokens, voided] per contributor after voiding."""
+def credited(raw: dict[bytes, list[int]], voided: VoidSums) -> Sums:
+    """Exact [flops, accepted, rejected, tokens, voided credits, voided flops] per contributor
+    after voiding, from :func:`window_sums` and :meth:`Voids.sums` of the same window."""
     out: Sums = {
-        c: [(hi << 32) + lo, acc, rej, tokens, 0] for c, (hi, lo, acc, rej, tokens) in raw.items()
+        c: [(hi << 32) + lo, acc, rej, tokens, 0, 0]
+        for c, (hi, lo, acc, rej, tokens) in raw.items()
     }
     for contributor, (flops, count, tokens) in voided.items():
         row = out.get(contributor)
@@ -249,6 +257,7 @@ def _credited(raw: dict[bytes, list[int]], voided: VoidSums) -> Sums:
             row[1] -= count
             row[3] -= tokens
             row[4] += count
+            row[5] += flops
     return out
 
 
@@ -261,12 +270,17 @@ def leaderboard(
     now: float | None = None,
     lock_window: float = DEFAULT_LOCK_WINDOW_S,
     details: bool = True,
+    sums: dict[float | None, Sums] | None = None,
+    voids: Voids | None = None,
 ) -> list[Standing]:
     """Contributors ranked by credited FLOPs, then key (which orders like the peer id), from
     entries of ``validators`` (all stored signers if None) with timestamps at or after ``since``.
 
     With ``details`` each row also gets its pending/final split (by ``lock_window`` at ``now``),
-    its 24 h / 7 d / all-time FLOPs and its latest signed profile.
+    its 24 h / 7 d / all-time FLOPs and its latest signed profile. Callers that rank several
+    windows of one unchanged store may share ``voids`` and ``sums`` (every contributor's
+    :func:`credited` sums by window start, a window that holds every credit keyed None): they
+    are read and filled here.
     """
     if validators is not None and not validators:
         return []
@@ -280,8 +294,12 @@ def leaderboard(
         return None if start is None or first is None or start <= first else start
 
     since = effective(since)
-    voids = Voids(store, lock_window, signers)
-    ranked = _credited(window_sums(store, since, signers), voids.sums(since))
+    shared: dict[float | None, Sums] = {} if sums is None else sums
+    voids = Voids(store, lock_window, signers) if voids is None else voids
+    ranked = shared.get(since)
+    if ranked is None:
+        ranked = credited(window_sums(store, since, signers), voids.sums(since))
+        shared[since] = ranked
     top = heapq.nsmallest(max(0, int(limit)), ranked.items(), key=lambda kv: (-kv[1][0], kv[0]))
     contributors = [c for c, _ in top]
     formulas = _formulas(store, contributors, signers)
@@ -297,23 +315,25 @@ def leaderboard(
             final_flops=flops,
             tasks_voided=n_voided,
         )
-        for c, (flops, accepted, rejected, tokens, n_voided) in top
+        for c, (flops, accepted, rejected, tokens, n_voided, _) in top
     ]
     if not details or not rows:
         return rows
     subset = contributors if len(contributors) <= _DETAIL_FILTER_MAX else None
     # Windows that start where the ranked one does (24 h ranked with a 24 h lock window) are
     # already summed, for every contributor.
-    known: dict[float | None, Sums] = {since: ranked}
+    known: dict[float | None, Sums] = dict(shared)  # and sums of the shown rows only
 
     def flops_since(start: float | None) -> dict[bytes, int]:
         start = effective(start)
-        sums = known.get(start)
-        if sums is None:
+        found = known.get(start)
+        if found is None:
             raw = window_sums(store, start, signers, subset)
-            sums = _credited(raw, voids.sums(start, subset))
-            known[start] = sums
-        return {c: v[0] for c, v in sums.items()}
+            found = credited(raw, voids.sums(start, subset))
+            known[start] = found
+            if subset is None:
+                shared[start] = found
+        return {c: v[0] for c, v in found.items()}
 
     pending_start = now - lock_window if since is None else max(since, now - lock_window)
     pending = flops_since(pending_start)
@@ -506,17 +526,29 @@ CSV_COLUMNS = (
 
 def to_csv(standings: list[Standing]) -> str:
     """CSV with a header row; FLOPs as exact integers, formulas joined by ``;``."""
+    return to_csv_rows(to_json(standings))
+
+
+def csv_safe(value: Any) -> Any:
+    """A contributor-chosen string that no spreadsheet reads as a formula."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def to_csv_rows(rows: list[dict[str, Any]]) -> str:
+    """:func:`to_json` rows as CSV (see :func:`to_csv`)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
-    for row in to_json(standings):
+    for json_row in rows:
+        row = dict(json_row)
         row["flop_formulas"] = ";".join(row["flop_formulas"])
         rate = row["acceptance_rate"]
         row["acceptance_rate"] = "" if rate is None else f"{rate:.6f}"
         for key in ("display_name", "team"):
             # Names are chosen by contributors: never let one be read as a spreadsheet formula.
-            if row[key][:1] in ("=", "+", "-", "@", "\t", "\r"):
-                row[key] = "'" + row[key]
+            row[key] = csv_safe(row[key])
         writer.writerow([row[c] for c in CSV_COLUMNS])
     return buffer.getvalue()
 

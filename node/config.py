@@ -309,6 +309,7 @@ class NodeConfig:
     # A token-free Prometheus listener, only if asked for (127.0.0.1 unless told otherwise).
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    manifest_path: Path | None = None  # the signed manifest file, served by the web leaderboard
 
     def __post_init__(self) -> None:
         from flopnet.node.worker.cheats import CHEATS

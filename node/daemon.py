@@ -455,7 +455,16 @@ async def run_node(config: NodeConfig) -> None:
             nursery.start_soon(discovery.run)
             nursery.start_soon(_check_reachability, host, config, network_state)
             token = load_or_create_token(config.data_dir)
-            app = build_api(token, endpoints(view, registry), version=_software_version())
+            # The public web leaderboard at /web/ (no token: it shows the public ledger only).
+            from flopnet.web.server import web_mount
+
+            web = web_mount(config.data_dir / LEDGER_FILE, config.manifest_path, config.data_dir)
+            app = build_api(
+                token,
+                endpoints(view, registry),
+                mounts=[web] if web is not None else [],
+                version=_software_version(),
+            )
             api_url = await nursery.start(serve_api, app, config.api_port)
             metrics_url = None
             if config.metrics_port is not None:

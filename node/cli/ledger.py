@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from flopnet.node.cli.web import add_web_commands, run_web
 from flopnet.node.local import best_ledger, find_manifest, ledgers_in
 from flopnet.protocol.errors import ConfigError
 
@@ -51,8 +52,12 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Na
     replicate.add_argument("--listen-ip", default="127.0.0.1")
     replicate.add_argument("--batch", type=int, default=2048, help="entries per range request")
 
-    board = sub.add_parser("leaderboard", help="contributors ranked by credited FLOPs")
+    board = sub.add_parser(
+        "leaderboard",
+        help="contributors ranked by credited FLOPs; `serve` or `build` the web leaderboard",
+    )
     add_leaderboard_arguments(board)
+    add_web_commands(board)
     return {"ledger": _run, "leaderboard": run_leaderboard}
 
 
@@ -69,7 +74,7 @@ def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> None:
     fmt.add_argument("--json", action="store_true", help="JSON rows instead of a table")
     fmt.add_argument("--csv", action="store_true", help="CSV instead of a table")
     parser.add_argument(
-        "--window", choices=("24h", "7d", "all"), default="all", help="rank by this window"
+        "--window", choices=("24h", "7d", "30d", "all"), default="all", help="rank by this window"
     )
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument(
@@ -126,7 +131,10 @@ def _lock_window(args: argparse.Namespace, net: NetworkParams | None) -> float:
 
 
 def run_leaderboard(args: argparse.Namespace) -> int:
-    """``flopnet leaderboard [--json | --csv] [--window 24h|7d|all]``."""
+    """``flopnet leaderboard [--json | --csv] [--window 24h|7d|30d|all]``; ``serve``/``build``
+    go to :mod:`flopnet.node.cli.web`."""
+    if getattr(args, "board_command", None):
+        return run_web(args)
     import json
     import time
 

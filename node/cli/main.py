@@ -225,6 +225,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         roles=tuple(dict.fromkeys(args.role)),
         data_dir=args.data_dir,
         network=NetworkParams.load(args.manifest),
+        manifest_path=args.manifest,
         listen_port=args.port,
         listen_ip=args.listen_ip,
         bootstrap=tuple(args.bootstrap),
