@@ -153,6 +153,15 @@ def after_audit(state: AuditState | None, passed: bool) -> AuditState:
     return AuditState(0, s.audits + 1, s.failures + 1)
 
 
+def after_passes(state: AuditState | None, passes: int) -> AuditState:
+    """The record after ``passes`` audits in a row that all passed: what ``passes`` calls of
+    :func:`after_audit` give, at once (a checkpoint's or a simulation's many audits)."""
+    if passes < 0:
+        raise LedgerError(f"a count of passed audits cannot be negative: {passes}")
+    s = state or AuditState()
+    return AuditState(s.consecutive_valid + passes, s.audits + passes, s.failures)
+
+
 def audit_states(results: Iterable[tuple[bytes, bool]]) -> dict[bytes, AuditState]:
     """Every contributor's record from (contributor, passed) audit results in chain order."""
     states: dict[bytes, AuditState] = {}
@@ -190,6 +199,12 @@ class AuditBook:
     def record(self, contributor: bytes, passed: bool) -> AuditState:
         """Record an audit's result (after its ``audit`` entry is durable)."""
         state = after_audit(self.states.get(contributor), passed)
+        self.states[contributor] = state
+        return state
+
+    def record_passes(self, contributor: bytes, passes: int) -> AuditState:
+        """Record ``passes`` audits in a row that passed (see :func:`after_passes`)."""
+        state = after_passes(self.states.get(contributor), passes)
         self.states[contributor] = state
         return state
 

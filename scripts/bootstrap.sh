@@ -31,8 +31,8 @@ fi
 fingerprint() {
   {
     sha256sum pyproject.toml
-    find __init__.py __main__.py py.typed protocol proof verifiers ledger node tui testing \
-      -not -path '*/__pycache__*' \( -name '*.py' -o -name '*.tcss' -o -name 'py.typed' \) | sort
+    find __init__.py __main__.py py.typed protocol proof verifiers ledger node tui testing sim \
+      -not -path '*/__pycache__*' \( -name '*.py' -o -name '*.tcss' -o -name '*.json' -o -name 'py.typed' \) | sort
   } | sha256sum | cut -c1-64
 }
 want=$(fingerprint)

@@ -133,6 +133,7 @@ EXTENSION_MODULES: tuple[str, ...] = (
     "flopnet.node.cli.proof",
     "flopnet.node.cli.profile",
     "flopnet.node.cli.hardware",
+    "flopnet.node.cli.simulate",
 )
 
 
