@@ -9,6 +9,7 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,8 @@ class Publisher:
         self.name = f"publisher-{index}"
         self.rng = rng
         self.samples = cfg.samples_per_task
-        self.backlog = backlog
+        self.backlog = min(backlog, cfg.task_limit) if cfg.task_limit else backlog
+        self.limit = cfg.task_limit
         self.book = LeaseBook(
             lease_seconds=cfg.lease_seconds,
             max_active_per_worker=cfg.max_leases_per_worker,
@@ -51,7 +53,7 @@ class Publisher:
         self.announcements = 0  # task announcements gossiped (opens and re-opens)
 
     def top_up(self, draw: Callable[[], TaskSet]) -> None:
-        while len(self.tasks) < self.backlog:
+        while len(self.tasks) < self.backlog and not (self.limit and self._next >= self.limit):
             task_id = f"p{self.index}-t{self._next}"
             self._next += 1
             self.book.add_task(task_id, self.samples)
@@ -59,6 +61,10 @@ class Publisher:
             self._position[task_id] = len(self.tasks)
             self.tasks.append(task_id)
             self.announcements += 1
+
+    def exhausted(self) -> bool:
+        """Every task of a limited set is done (never, for a backlog topped up for ever)."""
+        return bool(self.limit) and self._next >= self.limit and not self.tasks
 
     def pick(self) -> str:
         """A task announced and not finished, at random (as a worker picks among its offers)."""
@@ -91,6 +97,7 @@ class Submission:
     submitted_at: float
     outcomes: Outcomes
     unaudited_pass: bool
+    done: Any  # the SimPy event of its verdict
 
 
 @dataclass

@@ -23,6 +23,7 @@ class SimConfig:
     publishers: int = 4
     task_sets: tuple[str, ...] = ("math", "code")
     samples_per_task: int = 4
+    task_limit: int = 0  # tasks per publisher in all (0: a backlog topped up for ever)
     gpu_mix: tuple[tuple[str, float], ...] = (("h200x8", 0.8), ("b200x8", 0.2))
     validator_gpu: str = "h200x8"
     validator_mfu: float = 0.4  # share of the dense fp8 peak a validator's prefill reaches
@@ -45,6 +46,7 @@ class SimConfig:
     lease_seconds: float = 1800.0
     max_leases_per_worker: int = 8
     newcomer_leases: int = 1
+    wait_verdict: bool = True  # a worker asks for its verdict before it claims again
     proof_model: str = "small"  # the measured model whose proof outcomes stand in for R1's
     # One simulated sample stands for `sample_scale` real ones of the same worker (0: the
     # smallest scale that keeps the run within `sample_budget` simulated samples).

@@ -79,7 +79,9 @@ class Simulation:
         self.rng = random.Random(root.getrandbits(64))
         self.workload = Workload(cfg, random.Random(root.getrandbits(64)))
         self.table = ProofTable(cfg.proof_model)
-        self.refused_classes = sorted({n for n, _ in cfg.gpu_mix if not fits(GPU_CLASSES[n])})
+        self.refused_classes = sorted(
+            {n for n, _ in cfg.gpu_mix if GPU_CLASSES[n].runs_r1 and not fits(GPU_CLASSES[n])}
+        )
         usable = [(n, s) for n, s in cfg.gpu_mix if n not in self.refused_classes and s > 0]
         if not usable:
             raise ConfigError(f"no GPU class of the mix can run R1: {self.refused_classes}")
@@ -88,7 +90,8 @@ class Simulation:
         self.validators = [Validator.make(i, cfg, capacity) for i in range(cfg.validator_count)]
         self.validator_keys = sorted(v.key for v in self.validators)
         self.by_key = {v.key: v for v in self.validators}
-        slots = max(1, math.ceil(64 / self.scale))
+        streams = max(GPU_CLASSES[n].streams for n, _ in usable)
+        slots = max(1, math.ceil(streams / self.scale))
         backlog = max(
             2000, math.ceil(2 * cfg.workers * slots / cfg.publishers / cfg.samples_per_task)
         )
@@ -105,7 +108,8 @@ class Simulation:
         self.lease_waits: list[tuple[float, float, bool]] = []  # (time, wait, newcomer)
         self.late = 0
         self.hourly: list[dict[str, float]] = []
-        self.wall_s = 0.0
+        self.wall_s = self.cpu_s = 0.0
+        self.finished_at: float | None = None  # when a limited task set was all done
 
     def _make_workers(self, usable: list[tuple[str, float]], root: random.Random) -> list[Worker]:
         cfg, rng = self.cfg, random.Random(root.getrandbits(64))
@@ -127,7 +131,7 @@ class Simulation:
     # -- running -----------------------------------------------------------------------------
 
     def run(self) -> Simulation:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         env, cfg = self.env, self.cfg
         for v in self.validators:
             env.process(self._validate(v))
@@ -143,6 +147,7 @@ class Simulation:
             if w.online:
                 w.online_s += cfg.duration_s - w.online_since
         self.wall_s = time.perf_counter() - started
+        self.cpu_s = time.process_time() - cpu
         return self
 
     def _clock(self) -> Proc:
@@ -189,6 +194,9 @@ class Simulation:
                 if wait > 0:
                     yield env.timeout(wait)
                 w.pacer.sent(p.name, env.now)
+                if not p.tasks:
+                    refusals += 1  # nothing announced: as task_done
+                    continue
                 task_id = p.pick()
                 decision = p.book.claim(task_id, w.key, env.now)
                 if isinstance(decision, Denied):
@@ -239,7 +247,11 @@ class Simulation:
             w.samples += 1
             w.cheated += cheat
             w.gpu_seconds += self.scale * generated * cost / w.gpu.output_tokens_per_s
-            self._submit(w, publisher, grant, lease_id, task_set.prompt_tokens, generated, kind)
+            verdict = self._submit(
+                w, publisher, grant, lease_id, task_set.prompt_tokens, generated, kind
+            )
+            if cfg.wait_verdict:
+                yield verdict  # the worker asks for its verdict before it claims again
             cycle = self.slots * self.scale * generated * cost / w.gpu.output_tokens_per_s
             rest = cycle - (env.now - asked)
             if rest > 0:
@@ -254,7 +266,7 @@ class Simulation:
         prompt: int,
         generated: int,
         kind: CheatKind | None,
-    ) -> None:
+    ) -> Any:
         task_id = grant.task_id
         row = self.table.row(HONEST if kind is None else kind.row)
         _, unaudited_pass = row.draw(self.rng)
@@ -271,12 +283,14 @@ class Simulation:
             self.env.now,
             row,
             unaudited_pass,
+            self.env.event(),
         )
         v = self.by_key[validator_for(task_id, grant.sample_index, self.validator_keys)]
         v.queue.append(sub)
         v.max_queue = max(v.max_queue, len(v.queue))
         if v.wake is not None and not v.wake.triggered:  # type: ignore[attr-defined]
             v.wake.succeed()  # type: ignore[attr-defined]
+        return sub.done
 
     def _validate(self, v: Validator) -> Proc:
         """The validator's loop: the schedule picks, the audit book draws, the judgement's
@@ -322,6 +336,9 @@ class Simulation:
             if sub.publisher.book.settle(sub.lease_id, passed, env.now) is not None and passed:
                 sub.publisher.finish(sub.task_id)
                 sub.publisher.top_up(self.workload.task_set)
+            sub.done.succeed()
+            if self.finished_at is None and all(p.exhausted() for p in self.publishers):
+                self.finished_at = env.now
 
     def _swarm(self, k: int, at: float) -> Proc:
         """A Sybil swarm: fresh identities that hoard leases or send garbage for a day."""

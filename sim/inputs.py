@@ -44,11 +44,8 @@ class GpuClass:
     output_tokens_per_s: float  # whole machine, decoding many sequences at once
     dense_fp8_tflops: float  # per GPU, without sparsity: what a validator's prefill can use
     source: str
-
-    @property
-    def streams(self) -> int:
-        """Sequences decoded at once (the hardware plan caps a GPU batch at 64)."""
-        return 64
+    streams: int = 64  # sequences decoded at once (the hardware plan caps a GPU batch at 64)
+    runs_r1: bool = True  # checked against the hardware plan (a measured stand-in is not)
 
 
 GPU_CLASSES: dict[str, GpuClass] = {

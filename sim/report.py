@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +70,8 @@ def report(sim: Simulation) -> dict[str, Any]:
         "config": {**dataclasses.asdict(cfg), "sample_scale": scale},
         "run": {
             "wall_seconds": round(sim.wall_s, 2),
+            "cpu_seconds": round(sim.cpu_s, 2),
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
             "simulated_samples": samples,
             "real_samples_represented": samples * scale,
             "simulated_samples_per_wall_second": round(samples / max(sim.wall_s, 1e-9)),
@@ -285,7 +288,8 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
     lines = [
         f"{doc['config']['workers']:,} workers x {doc['config']['days']} days: "
         f"{run['simulated_samples']:,} simulated samples (scale {doc['config']['sample_scale']}: "
-        f"{run['real_samples_represented']:,} real) in {run['wall_seconds']} s",
+        f"{run['real_samples_represented']:,} real) in {run['wall_seconds']} s "
+        f"({run['cpu_seconds']} s of CPU)",
         f"online on average: {net['online_mean']}; "
         f"real samples/day {net['real_samples_per_day']:,}",
         f"lease wait p50/p99: {doc['leases']['wait_seconds']['p50']} / "
