@@ -42,6 +42,15 @@ def anchor(store: LedgerStore, signer: bytes) -> tuple[int, bytes] | None:
     return None if row is None else (int(row[0]), bytes(row[1]))
 
 
+def anchored_audit_book(store: LedgerStore, signer: bytes) -> dict[bytes, AuditState]:
+    """The audit records a chain joined at a checkpoint starts from (empty from genesis)."""
+    base = anchor(store, signer)
+    kept = None if base is None else stored_state(store, signer, base[0])
+    if kept is None:
+        return {}
+    return {a.contributor: a.state() for a in decode_state(kept).audits}
+
+
 def stored_state(store: LedgerStore, signer: bytes, seq: int) -> bytes | None:
     """The state bytes kept for ``signer``'s checkpoint entry ``seq``."""
     row = store.connection.execute(

@@ -230,6 +230,7 @@ def audit_problems(
     policy: AuditPolicy,
     credits: dict[bytes, bool],
     hard_invalidated: set[bytes],
+    initial: dict[bytes, AuditState] | None = None,
 ) -> list[tuple[int, str]]:
     """(seq, message) for every audit entry inconsistent with the chain before it or the policy.
 
@@ -239,10 +240,11 @@ def audit_problems(
     earlier entries give, and the rate the manifest's policy gives for that record; it must
     audit a submission the validator credited, with the same outcome; a failed audit must come
     with a hard invalidation. (Which submissions were drawn for audit cannot be checked: the draw
-    is keyed by the validator's secret.)
+    is keyed by the validator's secret.) ``initial`` holds the records before the first entry
+    given (a chain joined at a checkpoint starts from its state's audit book).
     """
     problems: list[tuple[int, str]] = []
-    states: dict[bytes, AuditState] = {}
+    states: dict[bytes, AuditState] = dict(initial or {})
     for r in records:
         state = states.get(r.contributor)
         where = f"entry seq {r.seq}: audit of {r.contributor[:6].hex()}"

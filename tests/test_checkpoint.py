@@ -31,6 +31,7 @@ from flopnet.ledger.kinds import HARD, KIND_CHECKPOINT, AuditBody, InvalidationB
 from flopnet.ledger.leaderboard import leaderboard
 from flopnet.ledger.store import LedgerStore
 from flopnet.protocol.errors import MalformedMessage
+from flopnet.protocol.identity import Identity
 
 V1 = VALIDATOR.public_key
 VALIDATORS = {V1, OTHER_VALIDATOR.public_key}
@@ -237,3 +238,60 @@ def test_ledger_verify_catches_a_checkpoint_that_misstates_the_chain(tmp_path: P
         assert [p.code for p in problems] == ["checkpoint"]
         assert "give a state with SHA-256" in problems[0].message
         assert hashlib.sha256(inflated.encode()).digest() == inflated.body().state_sha256
+
+
+def test_flopnet_ledger_checkpoint_and_verify_of_a_joined_copy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A validator appends a checkpoint from the command line; a copy joined at it passes
+    `flopnet ledger verify`, audit entries included (their records start from the state's)."""
+    from flopnet.node.cli.main import main
+    from flopnet.node.config import NetworkParams, create_network
+    from flopnet.protocol.identity import KEY_FILE
+
+    founder = Identity(b"\x63" * 32)
+    params = NetworkParams(network_id="assigned", validators=(V1.hex(),), audit_rate_floor=0.05)
+    net = create_network(founder, "cptest", params, tmp_path / "network.manifest")
+    node = tmp_path / "validator"
+    node.mkdir()
+    (node / KEY_FILE).write_bytes(VALIDATOR.seed)
+    (node / KEY_FILE).chmod(0o600)
+    nid = net.network_id
+    with LedgerStore(node / "ledger.sqlite") as store:
+        for i in range(4):
+            body = credit(ALICE, i)
+            audit = AuditBody(ALICE.public_key, body.submission_id, True, 1.0, i, ("ok",))
+            store.append_local_batch(
+                VALIDATOR, nid, [("credit", body), ("audit", audit)], now=T0 + i
+            )
+    assert (
+        main(
+            [
+                "ledger",
+                "checkpoint",
+                "--data-dir",
+                str(node),
+                "--manifest",
+                str(tmp_path / "network.manifest"),
+            ]
+        )
+        == 0
+    )
+    assert "checkpoint appended at seq 8" in capsys.readouterr().out
+    with LedgerStore(node / "ledger.sqlite") as store:
+        body = credit(ALICE, 9)
+        audit = AuditBody(ALICE.public_key, body.submission_id, True, 1.0, 4, ("ok",))
+        store.append_local_batch(VALIDATOR, nid, [("credit", body), ("audit", audit)], now=T0 + 9)
+        entry, state = latest_checkpoint(store, V1) or (b"", b"")
+        after = store.entries(V1, 9, 100)
+    joined = tmp_path / "joined"
+    joined.mkdir()
+    with LedgerStore(joined / "ledger.sqlite") as copy:
+        adopt_checkpoint(copy, entry, state, nid, {V1})
+        assert copy.ingest_range(after, nid, {V1}).error is None
+    manifest = str(tmp_path / "network.manifest")
+    for where in (node, joined):
+        code = main(["ledger", "verify", "--data-dir", str(where), "--manifest", manifest])
+        out = capsys.readouterr().out
+        assert code == 0, out
+        assert "OK" in out
