@@ -30,13 +30,13 @@ from flopnet.node.cli.devnet import VALIDATOR_DIR, Devnet, DevnetOptions  # noqa
 from flopnet.node.local import LEDGER_FILE  # noqa: E402
 
 
-def run_devnet(workers: int, tasks: int, max_new_tokens: int) -> dict[str, Any]:
+def run_devnet(workers: int, tasks: int, max_new_tokens: int, separate: bool) -> dict[str, Any]:
     opts = DevnetOptions(
         workers=workers,
         tasks=tasks,
         max_new_tokens=max_new_tokens,
-        separate_publisher=True,
-        timeout=2400.0,
+        separate_publisher=separate,
+        timeout=1500.0,
     )
     devnet = Devnet(opts)
     started = time.time()
@@ -176,10 +176,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=28)
     parser.add_argument("--tasks", type=int, default=112)
     parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument(
+        "--together", action="store_true", help="publisher and validator in one process"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/calibration.json")
     args = parser.parse_args()
     started = stamp()
-    real = run_devnet(args.workers, args.tasks, args.max_new_tokens)
+    real = run_devnet(args.workers, args.tasks, args.max_new_tokens, not args.together)
     sim = simulate(real)
     result = {
         "benchmark": "calibration",
