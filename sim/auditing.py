@@ -88,5 +88,7 @@ class AuditStream:
             passed = outcomes.draw(self.rng)[0]
             self.book.record(contributor, passed)
             if not passed:
-                return audits, True
+                # Its record is back at zero: every later submission of the sample is audited
+                # (rate 1) and fails as this one did; the validator pays for each of them.
+                return audits + left, True
         return audits, False
