@@ -47,7 +47,10 @@ def headline(budget: int) -> None:
     load = os.getloadavg()
     doc = _simulate(workers=10_000, days=7.0, sample_budget=budget, keep=("timeline",))
     doc["measured"] = {"started": started, "load_average_at_start": load, "machine": _machine()}
-    (RESULTS / "scale_10k_7d.json").write_text(json.dumps(doc, indent=1) + "\n")
+    name = (
+        "scale_10k_7d.json" if budget == 1_000_000 else f"scale_10k_7d_budget{budget // 1000}k.json"
+    )
+    (RESULTS / name).write_text(json.dumps(doc, indent=1) + "\n")
     print(json.dumps(doc["run"]))
 
 
@@ -115,6 +118,8 @@ def plots() -> None:
             fig.savefig(PLOTS / f"cheat_vs_floor_{round(fraction * 100)}.png", dpi=110)
             plt.close(fig)
     big = RESULTS / "scale_10k_7d.json"
+    if not big.exists():
+        big = RESULTS / "scale_10k_7d_budget100k.json"
     if big.exists():
         doc = json.loads(big.read_text())
         timeline = doc.get("timeline") or []

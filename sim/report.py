@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from flopnet.sim.engine import Simulation
 
 MONTH = 30 * DAY
-# A checkpoint row per contributor (docs/protocol.md, ledger checkpoints).
-CHECKPOINT_ROW_BYTES = 84
+# A contributor in a checkpoint state: a credit row (73 bytes) and an audit row (44 bytes).
+CHECKPOINT_ROW_BYTES = 117
 
 
 def percentiles(values: list[float], qs: tuple[float, ...] = (0.5, 0.9, 0.99)) -> dict[str, float]:
@@ -217,7 +217,7 @@ def _bandwidth(
     everyone (received from up to D mesh peers); submissions go worker -> validator."""
     cfg, sizes = sim.cfg, measured()
     nodes = online_mean + cfg.validator_count + cfg.publishers
-    heads_per_s = cfg.validators / 5.0  # a head every 5 s per validator (node/ledger_sync.py)
+    heads_per_s = cfg.validator_count / 5.0  # a head every 5 s per validator (node/ledger_sync.py)
     heartbeats_per_s = nodes / HEARTBEAT_INTERVAL_S
     announcements_per_s = sum(p.announcements for p in sim.publishers) * sim.scale / cfg.duration_s
     entries_per_s = entries_per_day / DAY
