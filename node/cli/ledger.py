@@ -215,6 +215,7 @@ def _network_id(args: argparse.Namespace, net: NetworkParams | None) -> str:
 
 def _verify(args: argparse.Namespace) -> int:
     from flopnet.ledger.chain import signer_name
+    from flopnet.ledger.joining import anchor
     from flopnet.ledger.store import LedgerStore
 
     ledgers = ledgers_in(args.data_dir)
@@ -238,8 +239,10 @@ def _verify(args: argparse.Namespace) -> int:
                 if net is not None:
                     found.extend(_audit_problems(store, signer, net))
                 status = "OK" if not found else f"{len(found)} problem(s)"
+                start = anchor(store, signer)
+                held = "" if start is None else f", held from its checkpoint at seq {start[0]}"
                 print(
-                    f"  chain of {signer_name(signer)}: {head[0] + 1} entries, head seq "
+                    f"  chain of {signer_name(signer)}: {head[0] + 1} entries{held}, head seq "
                     f"{head[0]} ({head[1][:6].hex()}): {status}"
                 )
                 for message in found:
