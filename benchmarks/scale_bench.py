@@ -145,7 +145,8 @@ def plots() -> None:
         plt.close(fig)
     calibration = RESULTS / "calibration.json"
     if calibration.exists():
-        c = json.loads(calibration.read_text())["comparison"]
+        whole = json.loads(calibration.read_text())
+        c, processes = whole["comparison"], whole["real"]["node_processes"]
         keys = [k for k, v in c.items() if v["real"] and v["simulated"] is not None]
         fig, ax = plt.subplots(figsize=(7, 4))
         ax.bar([i - 0.2 for i in range(len(keys))], [1.0] * len(keys), 0.4, label="real")
@@ -158,7 +159,7 @@ def plots() -> None:
         ax.axhspan(0.8, 1.2, color="green", alpha=0.1, label="within 20 %")
         ax.set_xticks(range(len(keys)), keys, rotation=15, fontsize=8)
         ax.set_ylabel("simulated / real")
-        ax.set_title("30-process devnet against its simulation")
+        ax.set_title(f"A {processes}-process devnet against its simulation")
         ax.legend()
         fig.tight_layout()
         fig.savefig(PLOTS / "calibration.png", dpi=110)
