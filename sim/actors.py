@@ -98,6 +98,7 @@ class Submission:
     outcomes: Outcomes
     unaudited_pass: bool
     done: Any  # the SimPy event of its verdict
+    weight: int  # real submissions it stands for: the scale, or 1 for a Sybil's one forgery
 
 
 @dataclass

@@ -284,6 +284,7 @@ class Simulation:
             row,
             unaudited_pass,
             self.env.event(),
+            1 if w.sybil else self.scale,
         )
         v = self.by_key[validator_for(task_id, grant.sample_index, self.validator_keys)]
         v.queue.append(sub)
@@ -315,22 +316,22 @@ class Simulation:
                 audits, failed, passed = 0, False, False
                 self.late += 1
             else:
-                audits, failed = v.stream.check(w.key, self.scale, row)
+                audits, failed = v.stream.check(w.key, sub.weight, row)
                 passed = not failed and sub.unaudited_pass
-            service = audits * flops / v.flops_per_s + (self.scale - audits) * INSPECT_S
+            service = audits * flops / v.flops_per_s + (sub.weight - audits) * INSPECT_S
             v.busy_s += service
             yield env.timeout(service)
-            v.entries[KIND_CREDIT] += 1
-            v.real_credits += self.scale
+            v.entries[KIND_CREDIT] += sub.weight  # every count here is of real entries
+            v.real_credits += sub.weight
             v.audited += audits
             w.audits += audits
             v.entries[KIND_AUDIT] += audits
             if failed:
                 w.failed_audits += 1
-                v.entries[KIND_INVALIDATION] += 1
+                v.entries[KIND_INVALIDATION] += audits  # each failed audit invalidates
                 w.account.invalidate(env.now, cfg.lock_window_s)
             if passed:
-                w.account.credit(env.now, flops * self.scale, cfg.lock_window_s)
+                w.account.credit(env.now, flops * sub.weight, cfg.lock_window_s)
             else:
                 w.rejected += 1
             if sub.publisher.book.settle(sub.lease_id, passed, env.now) is not None and passed:

@@ -53,11 +53,8 @@ def report(sim: Simulation) -> dict[str, Any]:
     for v in sim.validators:
         entries.update(v.entries)
     sizes = measured()
-    # Credits and invalidations counted per simulated sample stand for `scale` real ones; audit
-    # entries are already counted per real audit.
-    real_entries_per_day = {
-        k: n * (1 if k == KIND_AUDIT else scale) / days for k, n in entries.items()
-    }
+    # The validators count real entries (a simulated sample's credits are its weight).
+    real_entries_per_day = {k: n / days for k, n in entries.items()}
     entry_bytes = {
         KIND_CREDIT: sizes.credit,
         KIND_AUDIT: sizes.audit,
