@@ -159,8 +159,13 @@ def inference_flops(config: Any, prompt_tokens: int, generated_tokens: int) -> i
     F = 2·body·n + 2·head·G + attention·n·(n+1), the last term summing QKᵀ and AV over every
     causal position (2·d·i FLOPs per head and matmul at position i).
     """
+    return shape_flops(model_shape(config), prompt_tokens, generated_tokens)
+
+
+def shape_flops(shape: ModelShape, prompt_tokens: int, generated_tokens: int) -> int:
+    """:func:`inference_flops` from a shape computed once (a caller crediting many samples of
+    one model, such as the simulation, need not re-read the config per sample)."""
     p = _count("prompt_tokens", prompt_tokens)
     g = _count("generated_tokens", generated_tokens)
-    shape = model_shape(config)
     n = max(0, p + g - 1)
     return 2 * shape.body_params * n + 2 * shape.head_params * g + shape.attention * n * (n + 1)

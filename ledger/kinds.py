@@ -20,6 +20,11 @@ KIND_CREDIT = "credit"
 KIND_INVALIDATION = "invalidation"
 KIND_AUDIT = "audit"
 KIND_PROFILE = "profile"
+KIND_CHECKPOINT = "checkpoint"
+
+# A checkpoint state (ledger/checkpoint.py) travels beside its entry in one 4 MiB reply.
+MAX_STATE_BYTES = 4 * 1024 * 1024 - 64 * 1024
+MIN_STATE_BYTES = 86  # header, formula count and row counts of an empty state
 
 HARD = "hard"
 SOFT = "soft"
@@ -104,11 +109,24 @@ def _check_profile(body: Record, network_id: str) -> None:
     open_profile(body, network_id)
 
 
+@dataclass(frozen=True)
+class CheckpointBody(Record):
+    """The body of a ``checkpoint`` entry: the SHA-256 of the chain's state (credit sums and
+    audit book, :mod:`flopnet.ledger.checkpoint`) over its entries up to ``covers_seq``, the
+    entry before this one, with the state's size."""
+
+    covers_seq: int = bounded(min=0)
+    state_sha256: bytes = bounded(len=32)
+    contributors: int = bounded(min=0, max=MAX_STATE_BYTES // 44)
+    state_bytes: int = bounded(min=MIN_STATE_BYTES, max=MAX_STATE_BYTES)
+
+
 ENTRY_BODIES: dict[str, type[Record]] = {
     KIND_CREDIT: CreditBody,
     KIND_INVALIDATION: InvalidationBody,
     KIND_AUDIT: AuditBody,
     KIND_PROFILE: ProfileBody,
+    KIND_CHECKPOINT: CheckpointBody,
 }
 
 # Checks beyond a body's record bounds, by kind: (body, network id) -> None or MalformedMessage.

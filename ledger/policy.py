@@ -167,6 +167,15 @@ def after_audit(state: AuditState | None, passed: bool) -> AuditState:
     return AuditState(0, s.audits + 1, s.failures + 1)
 
 
+def after_passes(state: AuditState | None, passes: int) -> AuditState:
+    """The record after ``passes`` audits in a row that all passed: what ``passes`` calls of
+    :func:`after_audit` give, at once (a checkpoint's or a simulation's many audits)."""
+    if passes < 0:
+        raise LedgerError(f"a count of passed audits cannot be negative: {passes}")
+    s = state or AuditState()
+    return AuditState(s.consecutive_valid + passes, s.audits + passes, s.failures)
+
+
 def audit_states(results: Iterable[tuple[bytes, bool]]) -> dict[bytes, AuditState]:
     """Every contributor's record from (contributor, passed) audit results in chain order."""
     states: dict[bytes, AuditState] = {}
@@ -207,6 +216,12 @@ class AuditBook:
         self.states[contributor] = state
         return state
 
+    def record_passes(self, contributor: bytes, passes: int) -> AuditState:
+        """Record ``passes`` audits in a row that passed (see :func:`after_passes`)."""
+        state = after_passes(self.states.get(contributor), passes)
+        self.states[contributor] = state
+        return state
+
 
 # ---------------------------------------------------------------------------------------------
 # Checking a validator's audit entries (anyone can, from its chain and the manifest)
@@ -229,6 +244,7 @@ def audit_problems(
     policy: AuditPolicy,
     credits: dict[bytes, bool],
     hard_invalidated: set[bytes],
+    initial: dict[bytes, AuditState] | None = None,
 ) -> list[tuple[int, str]]:
     """(seq, message) for every audit entry inconsistent with the chain before it or the policy.
 
@@ -238,10 +254,11 @@ def audit_problems(
     earlier entries give, and the rate the manifest's policy gives for that record; it must
     audit a submission the validator credited, with the same outcome; a failed audit must come
     with a hard invalidation. (Which submissions were drawn for audit cannot be checked: the draw
-    is keyed by the validator's secret.)
+    is keyed by the validator's secret.) ``initial`` holds the records before the first entry
+    given (a chain joined at a checkpoint starts from its state's audit book).
     """
     problems: list[tuple[int, str]] = []
-    states: dict[bytes, AuditState] = {}
+    states: dict[bytes, AuditState] = dict(initial or {})
     for r in records:
         state = states.get(r.contributor)
         where = f"entry seq {r.seq}: audit of {r.contributor[:6].hex()}"

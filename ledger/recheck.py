@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from flopnet.ledger.chain import (
+    GENESIS_PREV,
     ChainProblem,
     EntryError,
     decode_body,
@@ -16,7 +17,9 @@ from flopnet.ledger.chain import (
     signer_name,
     verify_chain,
 )
+from flopnet.ledger.checkpoint import baseline_sums, decode_state
 from flopnet.ledger.derived import Sums, derive
+from flopnet.ledger.joining import anchor, checkpoint_problems, stored_state
 from flopnet.ledger.schema import DERIVED_TABLES
 from flopnet.protocol.envelope import open_envelope
 from flopnet.protocol.errors import MalformedMessage
@@ -36,11 +39,29 @@ def verify_store(store: LedgerStore, network_id: str) -> list[ChainProblem]:
         signed = _verified_signed_heads(conn, network_id, problems)
         for signer in sorted(set(store.signers()) | set(signed)):
             sums = Sums()
+            start = anchor(store, signer)
+            if start is not None:
+                # Joined at a checkpoint: the chain starts there, the sums at its state's.
+                kept = stored_state(store, signer, start[0])
+                if kept is not None:
+                    try:
+                        sums = baseline_sums(decode_state(kept))
+                    except MalformedMessage as exc:
+                        message = f"the adopted checkpoint state is malformed: {exc}"
+                        problems.append(ChainProblem(signer, start[0], None, "checkpoint", message))
             envelopes = _audited_envelopes(conn, signer, network_id, problems, sums)
             problems.extend(
-                verify_chain(envelopes, network_id, signer, expected_head=signed.get(signer))
+                verify_chain(
+                    envelopes,
+                    network_id,
+                    signer,
+                    expected_head=signed.get(signer),
+                    start_seq=0 if start is None else start[0],
+                    start_prev=GENESIS_PREV if start is None else start[1],
+                )
             )
             problems.extend(_check_sums(conn, signer, sums))
+            problems.extend(checkpoint_problems(store, signer, network_id))
         for table, kind in DERIVED_TABLES.items():
             orphans = conn.execute(
                 f"SELECT d.signer, d.seq FROM {table} d LEFT JOIN entries e "

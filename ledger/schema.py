@@ -14,7 +14,7 @@ from flopnet.ledger.derived import Sums
 from flopnet.protocol.errors import LedgerError
 from flopnet.protocol.messages import CreditBody
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 SCHEMA_V1 = """
 CREATE TABLE entries (
@@ -152,6 +152,23 @@ ALTER TABLE credits ADD COLUMN sample_index INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX credits_sample ON credits (signer, task_id, sample_index);
 """
 
+# Schema 5: checkpoints. A validator keeps the state behind each of its checkpoint entries (and
+# a node the states it adopted), and a chain joined at a checkpoint is anchored there: its
+# entries start at the checkpoint entry, whose state holds the sums of what came before.
+SCHEMA_V5 = """
+CREATE TABLE checkpoints (
+    signer BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    state BLOB NOT NULL,
+    PRIMARY KEY (signer, seq)
+);
+CREATE TABLE anchors (
+    signer BLOB PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    prev_hash BLOB NOT NULL
+);
+"""
+
 INSERT = {
     "entries": "INSERT INTO entries (signer, seq, hash, prev_hash, timestamp, kind, envelope) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -206,6 +223,9 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
         _script(conn, SCHEMA_V4)
         _backfill_samples(conn)
         version = 4
+    if version == 4:
+        _script(conn, SCHEMA_V5)
+        version = 5
     if version != SCHEMA_VERSION:
         raise LedgerError(
             f"{path} has ledger schema {version}; this version reads {SCHEMA_VERSION}"

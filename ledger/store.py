@@ -31,6 +31,7 @@ from flopnet.ledger.chain import (
     signer_name,
     verify_entry,
 )
+from flopnet.ledger.checkpoint import CheckpointState, baseline_sums
 from flopnet.ledger.derived import DAY, HOUR, QUARTER, Sums, derive
 from flopnet.ledger.policy import AuditRecord, Credit, Invalidation
 from flopnet.ledger.schema import INSERT, migrate, write_sums
@@ -287,7 +288,10 @@ class LedgerStore:
                 for v in verified:
                     if v.seq < expected:
                         stored_hash = batch.get(v.seq) or self.entry_hash(signer, v.seq)
-                        assert stored_hash is not None  # every seq below `expected` is held
+                        if stored_hash is None:
+                            # Below the checkpoint this chain was joined at: not held here.
+                            result.duplicates += 1
+                            continue
                         if stored_hash == v.hash:
                             result.duplicates += 1
                             continue
@@ -327,6 +331,25 @@ class LedgerStore:
             (v.signer, v.seq, v.hash, v.raw, conflicts_with, reason, evidence.detected_at),
         )
         return evidence
+
+    def adopt(
+        self, entry: VerifiedEntry, state: CheckpointState, state_bytes: bytes, network_id: str
+    ) -> None:
+        """Start ``entry.signer``'s empty chain at a verified checkpoint entry: the entry, the
+        anchor, the kept state and its sums, in one commit (see ``ledger.joining``)."""
+        with self._write():
+            if self._head_row(entry.signer) is not None:
+                raise LedgerError(f"{signer_name(entry.signer)}'s chain is already stored")
+            self._insert_all([entry], network_id)
+            self._conn.execute(
+                "INSERT INTO anchors (signer, seq, prev_hash) VALUES (?, ?, ?)",
+                (entry.signer, entry.seq, entry.prev_hash),
+            )
+            self._conn.execute(
+                "INSERT INTO checkpoints (signer, seq, state) VALUES (?, ?, ?)",
+                (entry.signer, entry.seq, state_bytes),
+            )
+            write_sums(self._conn, entry.signer, baseline_sums(state))
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -30,9 +30,9 @@ fi
 # What the install depends on: the project file (dependencies), and the list of package files
 # (the links of the editable install).
 deps_print=$(sha256sum pyproject.toml | cut -c1-64)
-files_print=$(find __init__.py __main__.py py.typed protocol proof verifiers ledger node tui testing web \
+files_print=$(find __init__.py __main__.py py.typed protocol proof verifiers ledger node tui testing web sim \
     -not -path '*/__pycache__*' \( -name '*.py' -o -name '*.tcss' -o -name 'py.typed' \
-    -o -name '*.js' -o -name '*.css' -o -name '*.txt' \) \
+    -o -name '*.js' -o -name '*.css' -o -name '*.txt' -o -name '*.json' \) \
     | sort | sha256sum | cut -c1-64)
 want="$deps_print $files_print"
 # The trained model `make devnet` runs (SmolLM2-135M-Instruct, Apache-2.0) ships as a GGUF file

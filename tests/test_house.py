@@ -20,7 +20,7 @@ import pytest
 import flopnet
 
 REPO = Path(__file__).resolve().parents[1]
-ROOMS = ("protocol", "proof", "verifiers", "ledger", "node", "tui", "testing", "web")
+ROOMS = ("protocol", "proof", "verifiers", "ledger", "node", "tui", "testing", "web", "sim")
 PYTHON_TREES = (*ROOMS, "tests", "benchmarks", "scripts")
 
 

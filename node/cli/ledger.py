@@ -42,6 +42,13 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Na
     dump.add_argument("--lock-window", type=float, help="seconds (default: manifest's, or 24 h)")
     dump.add_argument("--as-of", type=float, help="Unix time to compute the export at")
 
+    checkpoint = actions.add_parser(
+        "checkpoint",
+        help="append a checkpoint of this validator's own chain (its state so far, signed)",
+    )
+    checkpoint.add_argument("--data-dir", type=Path, required=True, help="the validator's data dir")
+    checkpoint.add_argument("--manifest", type=Path, help="network manifest (default: data dir's)")
+
     replicate = actions.add_parser(
         "replicate", help="run a replica: fetch, verify, store and serve the validators' chains"
     )
@@ -179,7 +186,29 @@ def _run(args: argparse.Namespace) -> int:
         return _verify(args)
     if command == "dump":
         return _dump(args)
+    if command == "checkpoint":
+        return _checkpoint(args)
     return _replicate(args)
+
+
+def _checkpoint(args: argparse.Namespace) -> int:
+    from flopnet.ledger.joining import append_checkpoint
+    from flopnet.ledger.store import LedgerStore
+    from flopnet.node.local import LEDGER_FILE
+    from flopnet.protocol.identity import KEY_FILE, load_or_create_identity
+
+    net = _network(args, args.data_dir)
+    if net is None:
+        raise ConfigError("no network manifest found: give --manifest")
+    if not (args.data_dir / KEY_FILE).exists():
+        raise ConfigError(f"no node identity in {args.data_dir}")
+    identity = load_or_create_identity(args.data_dir)
+    if identity.public_key not in net.validator_keys:
+        raise ConfigError("this node is not a validator of the network: it keeps no chain")
+    with LedgerStore(args.data_dir / LEDGER_FILE) as store:
+        seq, state = append_checkpoint(store, identity, net.network_id)
+    print(f"checkpoint appended at seq {seq}: {len(state):,} bytes of state")
+    return 0
 
 
 def _network_id(args: argparse.Namespace, net: NetworkParams | None) -> str:
@@ -194,6 +223,7 @@ def _network_id(args: argparse.Namespace, net: NetworkParams | None) -> str:
 
 def _verify(args: argparse.Namespace) -> int:
     from flopnet.ledger.chain import signer_name
+    from flopnet.ledger.joining import anchor
     from flopnet.ledger.store import LedgerStore
 
     ledgers = ledgers_in(args.data_dir)
@@ -217,8 +247,10 @@ def _verify(args: argparse.Namespace) -> int:
                 if net is not None:
                     found.extend(_audit_problems(store, signer, net))
                 status = "OK" if not found else f"{len(found)} problem(s)"
+                start = anchor(store, signer)
+                held = "" if start is None else f", held from its checkpoint at seq {start[0]}"
                 print(
-                    f"  chain of {signer_name(signer)}: {head[0] + 1} entries, head seq "
+                    f"  chain of {signer_name(signer)}: {head[0] + 1} entries{held}, head seq "
                     f"{head[0]} ({head[1][:6].hex()}): {status}"
                 )
                 for message in found:
@@ -244,11 +276,14 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _audit_problems(store: LedgerStore, signer: bytes, net: NetworkParams) -> list[str]:
     """The signer's audit entries checked against its chain and the manifest's audit policy."""
+    from flopnet.ledger.joining import anchored_audit_book
     from flopnet.ledger.policy import AuditPolicy, audit_problems
 
     credits, hard = store.audit_context(signer)
     policy = AuditPolicy(floor=net.audit_rate_floor)
-    return [m for _seq, m in audit_problems(store.audit_records(signer), policy, credits, hard)]
+    records = store.audit_records(signer)
+    initial = anchored_audit_book(store, signer)
+    return [m for _seq, m in audit_problems(records, policy, credits, hard, initial)]
 
 
 def _dump(args: argparse.Namespace) -> int:

@@ -192,6 +192,7 @@ EXTENSION_MODULES: tuple[str, ...] = (
     "flopnet.node.cli.audit",
     "flopnet.node.cli.status",
     "flopnet.node.cli.credits",
+    "flopnet.node.cli.simulate",
 )
 
 

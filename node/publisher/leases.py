@@ -19,12 +19,17 @@ A pure state machine (no clock, no I/O): callers pass ``now``. The rules it keep
   paused, say): the sample re-opens at once, with no lapse charged; the worker waits
   ``release_cooldown_s`` before its next lease, so claim-and-release cannot churn the publisher's
   announcements.
+
+Every decision costs time independent of the book's history (an expiry heap, the lease holders
+kept apart), and a task whose samples are all done can be retired, so a publisher (or the
+simulation, :mod:`flopnet.sim`) running for months keeps only its open work in memory.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
+import heapq
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -104,10 +109,17 @@ class LeaseBook:
     _by_task: dict[str, list[int]] = field(default_factory=dict)
     _by_lease: dict[bytes, tuple[str, int]] = field(default_factory=dict)
     _by_worker_lease: dict[bytes, bytes] = field(default_factory=dict)  # lease -> its worker
+    _task_leases: dict[str, list[bytes]] = field(default_factory=dict)  # to forget on retire
     _standing: dict[bytes, Standing] = field(default_factory=dict)
-    # (task, worker) pairs whose submission was rejected: that worker may not lease the task again,
+    # Workers holding at least one lease: the newcomers' share is summed over these only.
+    _holders: dict[bytes, Standing] = field(default_factory=dict)
+    # (expires_at, order, key, lease_id) of every recorded lease; entries whose sample moved on
+    # are skipped when they come up, so expiring costs the leases due, not the whole book.
+    _expiry: list[tuple[float, int, tuple[str, int], bytes]] = field(default_factory=list)
+    _order: int = 0
+    # task -> workers whose submission for it was rejected: they may not lease the task again,
     # so a cheater cannot keep a task busy forever.
-    _failed: set[tuple[str, bytes]] = field(default_factory=set)
+    _failed: dict[str, set[bytes]] = field(default_factory=dict)
     _done: int = 0
 
     def add_task(self, task_id: str, samples: int) -> None:
@@ -119,7 +131,10 @@ class LeaseBook:
 
     def standing(self, worker: bytes) -> Standing:
         """A worker's record (a fresh one for a worker never seen)."""
-        return self._standing.setdefault(worker, Standing())
+        s = self._standing.get(worker)
+        if s is None:  # not setdefault: that builds a Standing on every call
+            s = self._standing[worker] = Standing()
+        return s
 
     def quota(self, worker: bytes) -> int:
         """How many leases the worker may hold at once: earned by accepted results, lost by
@@ -136,20 +151,37 @@ class LeaseBook:
         return max(self.newcomer_floor, math.ceil(self.newcomer_share * not_done))
 
     def _newcomer_active(self) -> int:
-        return sum(s.active for s in self._standing.values() if s.newcomer)
+        return sum(s.active for s in self._holders.values() if s.newcomer)
+
+    def _hold(self, worker: bytes, delta: int) -> None:
+        s = self.standing(worker)
+        s.active += delta
+        if s.active > 0:
+            self._holders[worker] = s
+        else:
+            self._holders.pop(worker, None)
 
     def expire(self, now: float) -> list[tuple[str, int]]:
         """Re-open every lease whose deadline (plus the grace) has passed; the workers whose
-        leases lapsed cool down. Returns the re-opened samples."""
+        leases lapsed cool down. Returns the re-opened samples, in deadline order."""
         reopened = []
-        for key, sample in self._samples.items():
-            if sample.state is SampleState.LEASED and sample.expires_at + self.grace_seconds <= now:
-                if sample.worker is not None:
-                    s = self.standing(sample.worker)
-                    s.lapsed += 1
-                    s.cooldown_until = max(s.cooldown_until, now + self.lapse_cooldown_s)
-                self._release(sample)
-                reopened.append(key)
+        heap = self._expiry
+        while heap and heap[0][0] + self.grace_seconds <= now:
+            expires_at, _, key, lease_id = heapq.heappop(heap)
+            sample = self._samples.get(key)
+            if (
+                sample is None
+                or sample.state is not SampleState.LEASED
+                or sample.lease_id != lease_id
+                or sample.expires_at != expires_at
+            ):
+                continue  # settled, re-issued or retired since
+            if sample.worker is not None:
+                s = self.standing(sample.worker)
+                s.lapsed += 1
+                s.cooldown_until = max(s.cooldown_until, now + self.lapse_cooldown_s)
+            self._release(sample)
+            reopened.append(key)
         return reopened
 
     def claim(self, task_id: str, worker: bytes, now: float) -> Grant | Denied:
@@ -159,7 +191,7 @@ class LeaseBook:
         indices = self._by_task.get(task_id)
         if not indices:
             return Denied("unknown_task", f"no task {task_id!r}")
-        if (task_id, worker) in self._failed:
+        if worker in self._failed.get(task_id, ()):
             return Denied("failed_before", "this worker's earlier submission for the task failed")
         s = self.standing(worker)
         if s.cooldown_until > now:
@@ -198,7 +230,13 @@ class LeaseBook:
         sample.attempts += 1
         self._by_lease[lease_id] = (grant.task_id, grant.sample_index)
         self._by_worker_lease[lease_id] = worker
-        self.standing(worker).active += 1
+        self._task_leases.setdefault(grant.task_id, []).append(lease_id)
+        self._order += 1
+        heapq.heappush(
+            self._expiry,
+            (grant.expires_at, self._order, (grant.task_id, grant.sample_index), lease_id),
+        )
+        self._hold(worker, 1)
 
     def settle(
         self, lease_id: bytes, accepted: bool, now: float | None = None
@@ -214,8 +252,8 @@ class LeaseBook:
         if key is None:
             return None
         worker = self._by_worker_lease.get(lease_id)
-        sample = self._samples[key]
-        if sample.state is SampleState.DONE:
+        sample = self._samples.get(key)
+        if sample is None or sample.state is SampleState.DONE:
             return None
         current = sample.lease_id == lease_id
         if worker is not None:
@@ -228,14 +266,14 @@ class LeaseBook:
                     s.cooldown_until = max(s.cooldown_until, now + self.lapse_cooldown_s)
         if accepted:
             if sample.state is SampleState.LEASED and sample.worker is not None:
-                self.standing(sample.worker).active -= 1
+                self._hold(sample.worker, -1)
             sample.state, sample.lease_id, sample.worker = SampleState.DONE, lease_id, worker
             self._done += 1
             return key
         if not current:
             return None  # the lease expired and was re-issued; the newer lease decides
         if sample.worker is not None:
-            self._failed.add((key[0], sample.worker))
+            self._failed.setdefault(key[0], set()).add(sample.worker)
         self._release(sample)
         return key
 
@@ -265,13 +303,32 @@ class LeaseBook:
 
     def _release(self, sample: _Sample) -> None:
         if sample.state is SampleState.LEASED and sample.worker is not None:
-            self.standing(sample.worker).active -= 1
+            self._hold(sample.worker, -1)
         sample.state, sample.lease_id, sample.worker, sample.expires_at = (
             SampleState.OPEN,
             None,
             None,
             0.0,
         )
+
+    def retire(self, task_id: str) -> bool:
+        """Forget a task whose samples are all done (its leases, refusals and samples), so the
+        book holds only open work; a later claim on it is ``unknown_task``. Returns whether the
+        task was retired (False while a sample is open or leased, or for an unknown task)."""
+        indices = self._by_task.get(task_id)
+        if not indices or any(
+            self._samples[(task_id, i)].state is not SampleState.DONE for i in indices
+        ):
+            return False
+        for i in indices:
+            del self._samples[(task_id, i)]
+        self._done -= len(indices)
+        del self._by_task[task_id]
+        for lease_id in self._task_leases.pop(task_id, ()):
+            self._by_lease.pop(lease_id, None)
+            self._by_worker_lease.pop(lease_id, None)
+        self._failed.pop(task_id, None)
+        return True
 
     def open_tasks(self) -> list[str]:
         """Task ids with at least one open sample, in insertion order."""

@@ -39,7 +39,11 @@ class ClaimPacer:
     _publishers: dict[str, _Publisher] = field(default_factory=dict)
 
     def _of(self, publisher: str) -> _Publisher:
-        return self._publishers.setdefault(publisher, _Publisher())
+        # Not setdefault: that would build a _Publisher (and its Backoff) on every call.
+        p = self._publishers.get(publisher)
+        if p is None:
+            p = self._publishers[publisher] = _Publisher()
+        return p
 
     def wait(self, publisher: str, now: float) -> float:
         """Seconds until a claim may go to ``publisher`` (0 when it may go now)."""
