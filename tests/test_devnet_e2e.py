@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,26 +36,38 @@ def flopnet(*args: str, timeout: float = 540) -> subprocess.CompletedProcess[str
 
 
 def devnet(tmp_path: Path, *extra: str) -> tuple[int, dict[str, Any]]:
-    result = flopnet(
-        "devnet",
-        "--headless",
-        "--model",
-        "tiny",
-        "--workers",
-        "2",
-        "--tasks",
-        "6",
-        "--max-new-tokens",
-        "48",
-        "--json",
-        "--data-dir",
-        str(tmp_path),
-        "--timeout",
-        "400",
-        *extra,
-    )
+    small = ("--model", "tiny", "--workers", "2", "--tasks", "6", "--max-new-tokens", "48")
+    where = ("--data-dir", str(tmp_path), "--timeout", "400")
+    result = flopnet("devnet", "--headless", "--json", *small, *where, *extra)
     assert result.stdout.strip(), f"no JSON on stdout; stderr:\n{result.stderr}"
     return result.returncode, json.loads(result.stdout)
+
+
+@contextlib.contextmanager
+def running(options: DevnetOptions) -> Iterator[Devnet]:
+    """A started devnet, stopped however the block ends."""
+    net = Devnet(options)
+    try:
+        net.start()
+        yield net
+    finally:
+        net.stop()
+
+
+def settle(net: Devnet, tasks: int, allow_dead: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Wait (up to 240 s) until every task is validated; the summary, checked for ``tasks``."""
+    finished = net.wait_done(240, allow_dead=allow_dead)
+    net.capture_status()
+    summary = net.summary(finished)
+    assert finished, summary
+    assert summary["tasks_validated"] == tasks
+    return summary
+
+
+def kill(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a node's process group (the daemon and its model child) and reap it."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def reaches_phase(data_dir: Path, phase: str, timeout: float = 120.0) -> bool:
@@ -184,21 +197,13 @@ def test_devnet_survives_a_worker_killed_mid_lease(tmp_path: Path) -> None:
     options = DevnetOptions(
         workers=3, tasks=6, max_new_tokens=160, data_dir=tmp_path, lease_seconds=5, timeout=300
     )
-    net = Devnet(options)
-    try:
-        net.start()
+    with running(options) as net:
         victim = net.workers[0]
         # Killed while generating: its lease must expire and go to another worker. (Killed
         # after its receipt, its durable submission would still be validated and credited.)
         assert reaches_phase(victim.data_dir, "generating"), "the victim never held a lease"
-        os.killpg(victim.process.pid, signal.SIGKILL)  # the daemon and its model child
-        finished = net.wait_done(240, allow_dead=frozenset({victim.name}))
-        net.capture_status()
-    finally:
-        net.stop()
-    summary = net.summary(finished)
-    assert finished, summary
-    assert summary["tasks_validated"] == 6
+        kill(victim.process)
+        settle(net, 6, allow_dead=frozenset({victim.name}))
     publisher = net.final_status["validator"]["publisher"]
     assert publisher["samples_reopened"] >= 1, publisher  # the dead worker's lease was re-issued
     assert publisher["leases_issued"] >= 7
@@ -208,23 +213,14 @@ def test_validator_killed_after_receipts_loses_nothing(tmp_path: Path) -> None:
     options = DevnetOptions(
         workers=2, tasks=6, max_new_tokens=96, data_dir=tmp_path, lease_seconds=15, timeout=300
     )
-    net = Devnet(options)
-    try:
-        net.start()
+    with running(options) as net:
         assert reaches_phase(net.workers[0].data_dir, "awaiting_verdict"), (
             "no worker ever waited for a verdict"
         )
         validator = next(p for p in net.procs if p.kind == "validator")
-        os.killpg(validator.process.pid, signal.SIGKILL)  # mid-queue: receipts already given
-        validator.process.wait()
+        kill(validator.process)  # mid-queue: receipts already given
         net.restart(validator.name)
-        finished = net.wait_done(240)
-        net.capture_status()
-    finally:
-        net.stop()
-    summary = net.summary(finished)
-    assert finished, summary
-    assert summary["tasks_validated"] == 6
+        summary = settle(net, 6)
     validator_key = load_or_create_identity(tmp_path / "validator").public_key
     with LedgerStore(tmp_path / "validator" / "ledger.sqlite") as store:
         assert store.verify_all(summary["network_id"]) == []
@@ -263,32 +259,23 @@ def test_worker_killed_before_its_submission_is_judged_resends_it(tmp_path: Path
     options = DevnetOptions(
         workers=1, tasks=3, max_new_tokens=48, data_dir=tmp_path, lease_seconds=90, timeout=300
     )
-    net = Devnet(options)
-    try:
-        net.start()
+    with running(options) as net:
         worker = net.workers[0]
         validator = next(p for p in net.procs if p.kind == "validator")
         assert reaches_phase(worker.data_dir, "generating"), "the worker never held a lease"
         # Freeze the validator: the finished submission cannot be judged (nor, most often,
         # even sent) before the worker dies.
         os.killpg(validator.process.pid, signal.SIGSTOP)
-        deadline = time.time() + 120
-        while not (owed := finished_unjudged(worker.data_dir)) and time.time() < deadline:
-            time.sleep(0.05)
-        assert owed, "the worker never finished its lease"
-        os.killpg(worker.process.pid, signal.SIGKILL)
-        worker.process.wait()
-        os.killpg(validator.process.pid, signal.SIGCONT)
-        net.restart(worker.name)
-        finished = net.wait_done(240)
-        net.capture_status()
-    finally:
-        with contextlib.suppress(ProcessLookupError):
+        try:
+            deadline = time.time() + 120
+            while not (owed := finished_unjudged(worker.data_dir)) and time.time() < deadline:
+                time.sleep(0.05)
+            assert owed, "the worker never finished its lease"
+            kill(worker.process)
+        finally:
             os.killpg(validator.process.pid, signal.SIGCONT)
-        net.stop()
-    summary = net.summary(finished)
-    assert finished, summary
-    assert summary["tasks_validated"] == 3
+        net.restart(worker.name)
+        settle(net, 3)
     with LedgerStore(tmp_path / "validator" / "ledger.sqlite") as store:
         credited = {
             bytes(r[0])
@@ -306,23 +293,14 @@ def test_worker_killed_mid_generation_hands_its_leases_back_on_restart(tmp_path:
     options = DevnetOptions(
         workers=1, tasks=3, max_new_tokens=400, data_dir=tmp_path, lease_seconds=600, timeout=300
     )
-    net = Devnet(options)
-    try:
-        net.start()
+    with running(options) as net:
         worker = net.workers[0]
         assert reaches_phase(worker.data_dir, "generating"), "the worker never held a lease"
-        os.killpg(worker.process.pid, signal.SIGKILL)
-        worker.process.wait()
+        kill(worker.process)
         held = finished_unjudged(worker.data_dir, "claimed")
         assert held, "the worker held no unfinished lease when it was killed"
         net.restart(worker.name)
-        finished = net.wait_done(240)  # well inside the leases' ten minutes
-        net.capture_status()
-    finally:
-        net.stop()
-    summary = net.summary(finished)
-    assert finished, summary
-    assert summary["tasks_validated"] == 3
+        settle(net, 3)  # within 240 s, well inside the leases' ten minutes
     publisher = next(s for s in net.final_status.values() if s.get("publisher"))
     assert publisher["publisher"]["leases_released"] >= len(held)
     assert finished_unjudged(worker.data_dir, "claimed") == []

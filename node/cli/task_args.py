@@ -18,8 +18,9 @@ if TYPE_CHECKING:
 SOURCES_DEST = "task_sources"
 
 
-class _SourceAction(argparse.Action):
-    """``--tasks-file``: append a new source (its ``--map`` may follow)."""
+class _SourcesAction(argparse.Action):
+    """``--tasks-file`` (``const="file"``: append a new source) and ``--map`` (``const="map"``:
+    the field mapping of the ``--tasks-file`` just before it)."""
 
     def __call__(
         self,
@@ -29,26 +30,15 @@ class _SourceAction(argparse.Action):
         option_string: str | None = None,
     ) -> None:
         sources = list(getattr(namespace, SOURCES_DEST, None) or [])
-        sources.append([values, None])
-        setattr(namespace, SOURCES_DEST, sources)
-
-
-class _MapAction(argparse.Action):
-    """``--map``: the field mapping of the ``--tasks-file`` just before it."""
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: str | Sequence[Any] | None,
-        option_string: str | None = None,
-    ) -> None:
-        sources = getattr(namespace, SOURCES_DEST, None)
-        if not sources:
+        if self.const == "file":
+            sources.append([values, None])
+        elif not sources:
             parser.error("--map must follow the --tasks-file it applies to")
-        if sources[-1][1] is not None:
+        elif sources[-1][1] is not None:
             parser.error(f"--tasks-file {sources[-1][0]} has two --map options")
-        sources[-1][1] = values
+        else:
+            sources[-1][1] = values
+        setattr(namespace, SOURCES_DEST, sources)
 
 
 def add_task_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,7 +48,8 @@ def add_task_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--tasks-file",
-        action=_SourceAction,
+        action=_SourcesAction,
+        const="file",
         dest=SOURCES_DEST,
         metavar="[output-prediction:]PATH",
         help="a task file (DeepScaleR, MATH-500, HumanEval, MBPP, LeetCode, Codeforces, "
@@ -67,7 +58,8 @@ def add_task_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--map",
-        action=_MapAction,
+        action=_SourcesAction,
+        const="map",
         dest="_map",  # stored on the source before it
         metavar="ROLE=FIELD,...",
         help="field mapping of the preceding --tasks-file, e.g. problem=question,answer=gt; "
