@@ -8,12 +8,16 @@ asserts, the HumanEval-style one as ``check(candidate)``; each hack meets both.
 
 from __future__ import annotations
 
+import gzip
+import json
 import shutil
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import SHARED_DATA
 
+from flopnet.node.tasks.code_tasks import humaneval_task
 from flopnet.verifiers.registry import Verifiers, VerifyOptions
 from flopnet.verifiers.result import Result
 
@@ -209,6 +213,24 @@ def test_the_tests_helpers_are_the_tasks(verifiers: Verifiers) -> None:
     assert verifiers.verify(task, fenced(lying)).score == 0.0
     without = {k: v for k, v in task.items() if k != "test_helpers"}
     assert verifiers.verify(without, fenced(lying)).score == 1.0  # the gap, stated
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "HumanEval.jsonl.gz").exists(), reason="no shared data")
+def test_humaneval_tasks_carry_the_prompts_helpers(verifiers: Verifiers) -> None:
+    # HumanEval 32, 38 and 50 check the answer with a helper of the prompt; loaded as network
+    # tasks they carry it as test_helpers, so redefining it in the answer gains nothing.
+    with gzip.open(SHARED_DATA / "HumanEval.jsonl.gz", "rt") as handle:
+        records = [json.loads(line) for line in handle]
+    helpers = {32: "poly(xs, x):\n    return 0", 38: "encode_cyclic(s):\n    return s"}
+    helpers[50] = "encode_shift(s):\n    return s"
+    for index, helper in helpers.items():
+        record = records[index]
+        task = {"task_type": "code", **humaneval_task("HumanEval", index, record).verifier}
+        honest = record["prompt"] + record["canonical_solution"]
+        entry = record["entry_point"]
+        lying = f"def {helper}\ndef {entry}(*args, **kwargs):\n    return args[0]"
+        assert verifiers.verify(task, fenced(honest)).score == 1.0, index
+        assert verifiers.verify(task, fenced(lying)).score == 0.0, index
 
 
 # -- stdin/stdout tests: the output is compared here, whatever the program does -----------------

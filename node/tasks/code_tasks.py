@@ -65,6 +65,9 @@ def humaneval_task(stem: str, index: int, record: Mapping[str, Any]) -> Task:
     spec = {
         "tests": text(record["test"], "test", MAX_VERIFIER_BYTES),
         "entry_point": text(record["entry_point"], "entry_point", 256),
+        # The prompt's own helpers (poly in 32, encode_cyclic in 38, encode_shift in 50) are
+        # the tests': run before them, so an answer cannot redefine what checks it.
+        "test_helpers": prompt,
         "language": "python",
     }
     return _checked(Task(make_task_id(stem, index, problem), "code", problem, "", spec))
