@@ -60,6 +60,10 @@ from flopnet.proof.sampling import SamplingParams, replay_sampling, sample_token
 from flopnet.proof.stream import ProofStream  # noqa: E402
 from flopnet.proof.toploc import ToplocThresholds, verify_proofs  # noqa: E402
 
+# The math instruction, as a task carries it (kept here: this script runs without msgpack, which
+# the task package needs).
+GPU_DIRECTIVE = "Please reason step by step, and put your final answer within \\boxed{}."
+
 LEASE = SamplingParams(temperature=0.6, top_p=0.95)
 # (model on the GPU, stand-in for --dry-run)
 MODELS = (("qwen2.5-7b-shape", "tiny"), ("deepseek-v3-16b-shape", "deepseek-v3-tiny"))
@@ -113,7 +117,7 @@ def prompts(count: int, tok: ByteTokenizer, offset: int = 0) -> list[list[int]]:
         text = f"Compute {37 * i + 11} * {13 * i + 7} and explain each step of the work. " * (
             1 + i % 3
         )
-        out.append(tok.encode(format_r1_prompt(text), add_bos=True))
+        out.append(tok.encode(format_r1_prompt(text, directive=GPU_DIRECTIVE), add_bos=True))
     return out
 
 

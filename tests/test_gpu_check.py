@@ -39,3 +39,19 @@ def test_the_cpu_validator_holds_the_device_models_weights(gpu_check: ModuleType
     honest = gpu_check.honest_checks(worker, {"cpu": validator}, "deepseek-v3-tiny", 2, 40)
     assert honest["cpu"]["samples"] == 2
     assert honest["cpu"]["failed_samples"] == {"recommended": 0, "paper": 0}
+
+
+def test_the_check_loads_without_msgpack() -> None:
+    """The device machine has torch and transformers but not our other dependencies: the
+    script's flopnet imports must not reach msgpack (through the task package's codec)."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    code = (
+        "import runpy, sys; sys.modules['msgpack'] = None; "
+        f"runpy.run_path({str(script)!r}, run_name='gpu_check'); "
+        "print(sorted(m for m in sys.modules if m.startswith('flopnet.node.tasks')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("[]")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from flopnet.node.model.tokenizer import ASSISTANT, THINK_OPEN, USER, Tokenizer
-from flopnet.node.tasks.prompts import MATH_DIRECTIVE
 from flopnet.protocol.errors import ConfigError
 
 # The instruction texts per task type and language live with the tasks
@@ -43,10 +42,12 @@ def user_message(problem: str, directive: str) -> str:
 
 
 def encode_prompt(
-    tokenizer: Tokenizer, model: str, problem: str, *, directive: str = MATH_DIRECTIVE
+    tokenizer: Tokenizer, model: str, problem: str, *, directive: str | None = None
 ) -> list[int]:
     """The prompt token ids of one task for the network's ``model``: the model's chat template
-    around the user message for chat models, R1's format (with BOS) otherwise."""
+    around the user message for chat models, R1's format (with BOS) otherwise (``directive``:
+    the math instruction unless given)."""
+    directive = math_directive() if directive is None else directive
     if uses_chat_template(model):
         chat = getattr(tokenizer, "chat_prompt_ids", None)
         if chat is None:
@@ -56,7 +57,15 @@ def encode_prompt(
     return tokenizer.encode(format_r1_prompt(problem, directive=directive), add_bos=True)
 
 
-def format_r1_prompt(problem: str, *, directive: str = MATH_DIRECTIVE) -> str:
+def math_directive() -> str:
+    """The default instruction (imported here: the GPU check loads this module without the
+    task package, whose wire codec needs msgpack)."""
+    from flopnet.node.tasks.prompts import MATH_DIRECTIVE
+
+    return MATH_DIRECTIVE
+
+
+def format_r1_prompt(problem: str, *, directive: str | None = None) -> str:
     """One-turn R1 chat prompt, as R1's chat template renders it with ``add_generation_prompt``.
 
     The template's leading ``{{bos_token}}`` is left to the tokenizer
@@ -64,4 +73,5 @@ def format_r1_prompt(problem: str, *, directive: str = MATH_DIRECTIVE) -> str:
     The ``<think>\\n`` suffix is what the updated R1 template appends to force the reasoning
     block to open.
     """
+    directive = math_directive() if directive is None else directive
     return f"{USER}{user_message(problem, directive)}{ASSISTANT}{RESPONSE_PREFIX}"
