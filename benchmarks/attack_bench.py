@@ -13,7 +13,7 @@ with no attack. Per scenario:
 * ``per_attacker_cpu_s``: the validator's CPU and disk above the baseline's, per CPU second the
   attacker spent (from the attack process's own rusage).
 
-    python benchmarks/attack_bench.py [--seconds 30] [--tasks 60] [--out FILE]
+    python benchmarks/attack_bench.py [--seconds 30] [--tasks 200] [--out FILE]
 
 Writes ``benchmarks/results/attacks.json``. The machine is shared: the load average at each
 scenario's start is recorded beside its numbers.
