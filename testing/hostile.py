@@ -20,7 +20,7 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,6 +168,22 @@ async def _claim(host: P2PHost, target: Target, task_id: str, outcome: Outcome) 
     return opened.raw
 
 
+async def _swarm(
+    target: Target,
+    identities: int,
+    outcome: Outcome,
+    run: Callable[[P2PHost, list[str]], Awaitable[None]],
+) -> Outcome:
+    """Run ``run(host, tasks)`` for each of ``identities`` fresh peers, over the announced tasks."""
+    async with hostile_peers(target, identities, outcome) as hosts:
+        tasks = await announced_tasks(hosts[0], target)
+        async with trio.open_nursery() as nursery:
+            for host in hosts:
+                nursery.start_soon(run, host, tasks)
+    outcome.seconds = outcome.elapsed()
+    return outcome
+
+
 async def hoard(target: Target, identities: int, seconds: float) -> Outcome:
     """Sybil lease hoarding: fresh identities claim every task they can, as fast as they can,
     and never submit (the attack that once took every open task and got honest workers banned)."""
@@ -189,13 +205,7 @@ async def hoard(target: Target, identities: int, seconds: float) -> Outcome:
                 outcome.max_leases_held = max(outcome.max_leases_held, live)
             await trio.sleep(0)
 
-    async with hostile_peers(target, identities, outcome) as hosts:
-        tasks = await announced_tasks(hosts[0], target)
-        async with trio.open_nursery() as nursery:
-            for host in hosts:
-                nursery.start_soon(run, host, tasks)
-    outcome.seconds = outcome.elapsed()
-    return outcome
+    return await _swarm(target, identities, outcome, run)
 
 
 def forged_lease(attacker: Identity, target: Target, task_id: str = "forged") -> bytes:
@@ -280,13 +290,7 @@ async def garbage(target: Target, identities: int, seconds: float) -> Outcome:
                 data = garbage_submission(host.identity, lease_bytes, target.network_id)
                 await _submit(host, target, data, outcome)
 
-    async with hostile_peers(target, identities, outcome) as hosts:
-        tasks = await announced_tasks(hosts[0], target)
-        async with trio.open_nursery() as nursery:
-            for host in hosts:
-                nursery.start_soon(run, host, tasks)
-    outcome.seconds = outcome.elapsed()
-    return outcome
+    return await _swarm(target, identities, outcome, run)
 
 
 async def replay_gossip(target: Target, seconds: float, rate: float) -> Outcome:

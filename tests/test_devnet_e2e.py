@@ -303,4 +303,6 @@ def test_worker_killed_mid_generation_hands_its_leases_back_on_restart(tmp_path:
         settle(net, 3)  # within 240 s, well inside the leases' ten minutes
     publisher = next(s for s in net.final_status.values() if s.get("publisher"))
     assert publisher["publisher"]["leases_released"] >= len(held)
+    # The restarted worker's task board shows what it handed back (the TUI's Tasks screen).
+    assert net.final_status[worker.name]["worker"]["stages"]["released"] >= len(held)
     assert finished_unjudged(worker.data_dir, "claimed") == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 import subprocess
 import sys
 import tomllib
@@ -123,3 +124,17 @@ def test_the_architecture_page_names_every_module_in_its_room() -> None:
             if path.stem != "__init__" and f"`{path.stem}`" not in row:
                 missing.append(f"{folder}{path.name}")
     assert not missing, "docs/architecture.md's rooms table lacks: " + ", ".join(missing)
+
+
+def test_the_api_page_lists_every_endpoint_and_no_other() -> None:
+    from types import SimpleNamespace
+
+    from flopnet.node.endpoints import endpoints
+
+    declared = {
+        f"`{e.method} {e.path}`"
+        for e in endpoints(SimpleNamespace(p=SimpleNamespace()), None)  # type: ignore[arg-type]
+    }
+    page = (REPO / "docs" / "api.md").read_text()
+    listed = set(re.findall(r"^\| (`[A-Z]+ /[^`]*`) \|", page, re.M))
+    assert listed == declared, f"missing: {declared - listed}; not served: {listed - declared}"

@@ -234,6 +234,8 @@ class Worker:
                     continue
                 opened = open_envelope(pending.lease, self.net.network_id, expected=Lease)
                 lease = opened.expect(Lease)
+                if self.board.get(lease.lease_id.hex()) is None:
+                    self._show(opened)  # the TUI shows what a restart found
                 if pending.submission is None:
                     if now < lease.expires_at:
                         await self._release([opened], "restarted")
@@ -241,6 +243,8 @@ class Worker:
                     continue
                 if now > lease.expires_at + lease_grace(lease.expires_at - lease.issued_at):
                     self.outbox.judged(pending.lease_id)  # too late for any validator
+                    note = "finished before a restart, too late to send after it"
+                    self.board.move(lease.lease_id.hex(), "failed", now, note=note)
                     continue
                 self.stats.resent += 1
                 log.info("sending again the unjudged submission for %s", lease.task_id)
@@ -560,20 +564,25 @@ class Worker:
         self.stats.leases += 1
         self._in_flight.add(lease.lease_id)  # ours to finish; the resend loop keeps off it
         self.outbox.claimed(lease.lease_id, opened.raw, lease.expires_at)
+        self._show(opened)
+        return opened.raw
+
+    def _show(self, opened: Opened) -> None:
+        """Put a lease on the task board (claimed now, or found in the outbox after a restart)."""
+        lease = opened.expect(Lease)
         self.board.claimed(
             TaskEntry(
                 lease_id=lease.lease_id.hex(),
                 task_id=lease.task_id,
                 task_type=lease.task_type,
                 sample_index=lease.sample_index,
-                publisher=offer.publisher_peer,
+                publisher=peer_id_from_public_key(opened.signer),
                 validator=peer_id_from_public_key(lease.validator),
                 claimed_at=time.time(),
                 expires_at=lease.expires_at,
                 prompt_ids=tuple(lease.prompt_ids),
             )
         )
-        return opened.raw
 
     def _seal(self, lease_bytes: bytes, gen: Generated, elapsed: float) -> bytes:
         submission = Submission(
