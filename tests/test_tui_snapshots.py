@@ -1,5 +1,5 @@
-"""SVG snapshots of every screen at 80x24 (the smallest supported terminal) and of the
-busiest ones at 160x48, over the seeded devnet data with a fixed clock
+"""SVG snapshots of every screen at 80x24 (the smallest supported terminal) and at 160x48,
+over the seeded devnet data with a fixed clock
 (pytest-textual-snapshot; after a deliberate change: ``pytest --snapshot-update``)."""
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ LARGE = (160, 48)
 # (node shown, keys pressed, sizes)
 CASES: dict[str, tuple[str, tuple[str, ...], tuple[tuple[int, int], ...]]] = {
     "dashboard_gpus": ("worker-1", ("d",), (SMALL, LARGE)),
-    "dashboard_devnet": ("validator", ("d",), (SMALL,)),
-    "tasks": ("worker-1", ("t",), (SMALL,)),
+    "dashboard_devnet": ("validator", ("d",), (SMALL, LARGE)),
+    "tasks": ("worker-1", ("t",), (SMALL, LARGE)),
     "task_detail": ("worker-1", ("t", "enter"), (SMALL, LARGE)),
     "why_no_credit": ("cheater-1", ("w",), (SMALL, LARGE)),
-    "network": ("worker-1", ("n",), (SMALL,)),
-    "leaderboard": ("worker-1", ("l",), (SMALL,)),
-    "logs": ("validator", ("o", "i"), (SMALL,)),
-    "setup_health": ("worker-1", ("s",), (SMALL,)),
+    "network": ("worker-1", ("n",), (SMALL, LARGE)),
+    "leaderboard": ("worker-1", ("l",), (SMALL, LARGE)),
+    "logs": ("validator", ("o", "i"), (SMALL, LARGE)),
+    "setup_health": ("worker-1", ("s",), (SMALL, LARGE)),
     "validator": ("validator", ("v",), (SMALL, LARGE)),
-    "control_dialog": ("worker-1", ("c",), (SMALL,)),
+    "control_dialog": ("worker-1", ("c",), (SMALL, LARGE)),
 }
 
 
