@@ -1,7 +1,8 @@
 """The daemon's API endpoints: which document each path serves, and the commands.
 
 Declared once (:class:`~flopnet.node.api_schema.Endpoint`): the API checks every request
-against these declarations and builds ``/openapi.json`` from them; ``docs/api.md`` lists them (a test keeps it true).
+against these declarations and builds ``/openapi.json`` from them; ``docs/api.md`` lists them
+(a test keeps it true).
 Reads come from :class:`~flopnet.node.view.NodeView`; commands go to the
 :class:`~flopnet.node.controller.Controller` (a node without the worker role has nothing to
 pause: 409).

@@ -292,3 +292,22 @@ def test_a_rejected_worker_cools_down() -> None:
     denied = book.claim("b", W1, 20.0)
     assert isinstance(denied, Denied) and denied.code == "cooling_down"
     grant(book, "b", W1, 36.0, b"2")
+
+
+def test_progress_per_task_set() -> None:
+    from flopnet.node.tasks import task_set_of
+
+    assert task_set_of("arith-0-3") == "arith"
+    assert task_set_of("rllm_test_codeforces-12-python-0a1b2c3d4e") == "rllm_test_codeforces"
+    assert task_set_of("my-file-7-0a1b2c3d4e") == "my-file"
+    assert task_set_of("odd") == "odd"
+    book = LeaseBook(lease_seconds=100)
+    book.add_task("a-0-x", samples=2)
+    book.add_task("b-0-y", samples=1)
+    grant = book.claim("a-0-x", b"\x01" * 32, 0.0)
+    assert isinstance(grant, Grant)
+    book.record_lease(grant, b"l", b"\x01" * 32)
+    assert book.counts_by(task_set_of) == {
+        "a": {"open": 1, "leased": 1, "done": 0},
+        "b": {"open": 1, "leased": 0, "done": 0},
+    }

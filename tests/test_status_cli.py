@@ -38,7 +38,14 @@ def test_summary_lines_of_each_role() -> None:
                 "uptime_s": 12.4,
                 "peers": ["a", "b"],
                 "state": {"badge": "working", "why": "generating 1 task"},
-                "publisher": {"tasks": 6, "samples": {"done": 6, "leased": 1, "open": 0}},
+                "publisher": {
+                    "tasks": 6,
+                    "samples": {"done": 6, "leased": 1, "open": 0},
+                    "task_sets": {
+                        "arith": {"done": 4, "leased": 0, "open": 0},
+                        "HumanEval": {"done": 2, "leased": 1, "open": 0},
+                    },
+                },
                 "validator": {"accepted": 6, "rejected": 1, "queued": 0},
                 "worker": {"phase": "idle", "accepted": 3, "rejected": 0, "released": 1},
             },
@@ -47,6 +54,7 @@ def test_summary_lines_of_each_role() -> None:
     assert text.startswith("node: working - generating 1 task")
     assert "publisher, validator, worker  12D3KooWabc  2 peers  up 12s  network devnet-1234" in text
     assert "publisher: 6 tasks, 6 done, 1 leased, 0 open" in text
+    assert "    HumanEval: 2/3 samples done\n    arith: 4/4 samples done" in text
     assert "validator: 0 queued, 6 accepted, 1 rejected" in text
     assert "worker: idle, 3 accepted, 0 rejected, 1 handed back" in text
     assert describe({"name": "x", "ok": False, "error": "gone"}) == "x: gone"
@@ -99,6 +107,8 @@ def test_status_of_a_real_node(tmp_path: Path) -> None:
         r = status("--data-dir", str(data_dir), "--json")
         document = json.loads(r.stdout)
         assert r.returncode == 0 and document["nodes"][0]["status"]["peer_id"] == peer_id
+        publisher = document["nodes"][0]["status"]["publisher"]
+        assert publisher["task_sets"] == {"arith": {"open": 3, "leased": 0, "done": 0}}
 
         # A wrong token is refused by the node: that is not a healthy answer.
         token = data_dir / "api.token"

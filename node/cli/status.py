@@ -90,6 +90,11 @@ def describe(node: dict[str, Any]) -> str:
             f"  publisher: {publisher.get('tasks', 0)} tasks, {samples.get('done', 0)} done, "
             f"{samples.get('leased', 0)} leased, {samples.get('open', 0)} open"
         )
+        sets = publisher.get("task_sets") or {}
+        if len(sets) > 1:  # one set says no more than the line above
+            for name, counts in sorted(sets.items()):
+                total = sum(counts.values())
+                lines.append(f"    {name}: {counts.get('done', 0)}/{total} samples done")
     return "\n".join(lines)
 
 

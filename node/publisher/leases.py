@@ -31,7 +31,7 @@ import enum
 import hashlib
 import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 
@@ -343,6 +343,14 @@ class LeaseBook:
         out = {state.value: 0 for state in SampleState}
         for sample in self._samples.values():
             out[sample.state.value] += 1
+        return out
+
+    def counts_by(self, group: Callable[[str], str]) -> dict[str, dict[str, int]]:
+        """:meth:`counts` per group of tasks (``group(task_id)``: a task set, say)."""
+        out: dict[str, dict[str, int]] = {}
+        for (task_id, _), sample in self._samples.items():
+            counts = out.setdefault(group(task_id), {state.value: 0 for state in SampleState})
+            counts[sample.state.value] += 1
         return out
 
     def all_done(self) -> bool:

@@ -21,7 +21,7 @@ from flopnet.node.model.tokenizer import Tokenizer
 from flopnet.node.publisher.announcements import AnnouncementLog
 from flopnet.node.publisher.leases import Denied, Grant, LeaseBook, validator_for
 from flopnet.node.publisher.store import PublisherStore
-from flopnet.node.tasks import Task, task_spec, user_message
+from flopnet.node.tasks import Task, task_set_of, task_spec, user_message
 from flopnet.protocol.catalog import lease_grace, tasks_topic
 from flopnet.protocol.envelope import Opened, seal
 from flopnet.protocol.guard import Violation
@@ -281,10 +281,11 @@ class Publisher:
             self._queue_announcements([key[0]])
 
     def snapshot(self) -> dict[str, object]:
-        """Counters for the API."""
+        """Counters for the API (samples open, leased and done overall and per task set)."""
         return {
             "tasks": len(self.tasks),
             "samples": self.book.counts(),
+            "task_sets": self.book.counts_by(task_set_of),
             "all_done": self.book.all_done(),
             "announced": self.stats.announced,
             "announce_head": self.log.head,

@@ -15,6 +15,7 @@ from flopnet.node.tasks.base import (
     Task,
     UnusableRecord,
     task_from_spec,
+    task_set_of,
     task_spec,
 )
 from flopnet.node.tasks.builtin import builtin_tasks
@@ -46,6 +47,7 @@ __all__ = [
     "parse_map",
     "parse_source",
     "task_from_spec",
+    "task_set_of",
     "task_spec",
     "user_message",
 ]

@@ -141,6 +141,16 @@ def make_task_id(stem: str, index: int, problem: str, *parts: str) -> str:
     return "-".join((stem, str(index), *parts, digest))[:MAX_TASK_ID]
 
 
+def task_set_of(task_id: str) -> str:
+    """The task set a task id names: its stem, before the first all-digit part (the record's
+    index in :func:`make_task_id`); ``arith-3-…`` is in ``arith``."""
+    parts = task_id.split("-")
+    for i, part in enumerate(parts[1:], start=1):
+        if part.isdigit():
+            return "-".join(parts[:i])
+    return parts[0]
+
+
 def check_task(task: Task) -> Task:
     """``task`` if it fits every wire cap (spec, user message); UnusableRecord otherwise."""
     from flopnet.node.tasks.prompts import user_message
