@@ -4,10 +4,11 @@
 
 1. End to end. A real devnet (``flopnet.node.cli.devnet.Devnet``: publisher+validator and one
    worker as OS processes on 127.0.0.1, each node with its own model child, 1 torch thread) runs
-   each ``--models`` model over the built-in arithmetic tasks. Credited tokens per second = the
-   generated tokens of every accepted credit (from the validator's traces), divided by the
-   window from the start of the first generation (``received_at - generation_s`` of the earliest
-   trace) to the last verdict (``checked_at``); a second window starts when every node is up.
+   each ``--models`` model over the built-in arithmetic tasks (``tiny``: 8 tasks, a trained
+   model: 4; 256 new tokens at most). Credited tokens per second = the generated tokens of
+   every accepted credit (from the validator's traces), divided by the window from the start of
+   the first generation (``received_at - generation_s`` of the earliest trace) to the last
+   verdict (``checked_at``); a second window starts when every node is up.
    Against it: raw tokens per second of the same model in this process, after the devnet has
    stopped: ``HFBackend.generate`` (1 torch thread, no proofs, no network, no validation) over
    the very leases of the run (their prompt ids, seeds, sampling and ``max_new_tokens``), so the
@@ -238,6 +239,7 @@ def in_process(model: str, samples: list[Sample], rounds: int, manifest: Path) -
     best: dict[str, list[float]] = {
         k: [math.inf] * n for k in ("raw", "proven", "audit", "inspect")
     }
+    raw_cpu = [math.inf] * n
     same_tokens = 0
     first = samples[0].lease
     with torch.inference_mode():
@@ -251,7 +253,7 @@ def in_process(model: str, samples: list[Sample], rounds: int, manifest: Path) -
             for i, s in enumerate(samples):
                 lease, sub = s.lease, s.submission
                 params = SamplingParams(temperature=lease.temperature, top_p=lease.top_p)
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 gen = backend.generate(
                     list(lease.prompt_ids),
                     seed=lease.seed,
@@ -259,6 +261,7 @@ def in_process(model: str, samples: list[Sample], rounds: int, manifest: Path) -
                     max_new_tokens=lease.max_new_tokens,
                 )
                 t1 = time.perf_counter()
+                raw_cpu[i] = min(raw_cpu[i], time.process_time() - c0)
                 child.generate(GenerateRequest.of_lease(lease))
                 t2 = time.perf_counter()
                 request = AuditRequest(
@@ -284,6 +287,7 @@ def in_process(model: str, samples: list[Sample], rounds: int, manifest: Path) -
         "seconds_total": {k: round(sum(v), 4) for k, v in best.items()},
         "seconds_per_sample": {k: summary_stats(v) for k, v in best.items()},
         "raw_tokens_per_s": round(tokens / sum(best["raw"]), 2),
+        "raw_cpu_s_per_token": round(sum(raw_cpu) / tokens, 6),
         "proven_tokens_per_s": round(tokens / sum(best["proven"]), 2),
     }
 
@@ -308,6 +312,7 @@ def e2e(model: str, tasks: int, max_new_tokens: int, rounds: int, tmp: Path) -> 
     raw_tps = local["raw_tokens_per_s"]
     credited_tps = credited_tokens / pipeline_s
     worker = (run["status"].get("worker-1") or {}).get("worker") or {}
+    cpu_worker = run["cpu_work_s"]["worker-1"]
     # Per-task costs in the devnet (seconds, as the nodes measured them).
     audit_s = [t.prefill_s for t in traces if t.audited]
     verify_s = [t.verify_s for t in traces]
@@ -353,6 +358,10 @@ def e2e(model: str, tasks: int, max_new_tokens: int, rounds: int, tmp: Path) -> 
             "raw_backend_tokens_per_s": raw_tps,
             "ratio": round(credited_tps / raw_tps, 4),
             "ratio_from_ready": round(credited_tokens / from_ready_s / raw_tps, 4),
+            # Load-independent view: the worker's process tree (daemon + model child) CPU per
+            # credited token over the work window, against the raw backend's CPU per token.
+            "worker_cpu_s_per_credited_token": round(cpu_worker / credited_tokens, 6),
+            "cpu_ratio": round(local["raw_cpu_s_per_token"] * credited_tokens / cpu_worker, 4),
             "goal": GOAL_E2E_RATIO,
         },
         "in_process": local,
@@ -733,10 +742,10 @@ def main() -> None:
     """Run the three parts and write the JSON document."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
-    parser.add_argument("--models", default="tiny,smollm2-135m")
-    parser.add_argument("--tasks", type=int, help="devnet tasks per model (default 10, quick 3)")
+    parser.add_argument("--models", help="devnet models (default tiny,smollm2-135m; quick tiny)")
+    parser.add_argument("--tasks", type=int, help="devnet tasks (default: tiny 8, others 4)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--rounds", type=int, help="in-process rounds (default 2, quick 1)")
+    parser.add_argument("--rounds", type=int, help="in-process rounds (default: tiny 2, others 1)")
     parser.add_argument("--traces", type=int, help="traces in the store (default 100,000)")
     parser.add_argument("--long-traces", type=int, help="R1-length traces (default 10,000)")
     parser.add_argument("--only", choices=("e2e", "export"), help="run one part")
@@ -745,11 +754,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     quick = args.quick
-    tasks = args.tasks or (3 if quick else 10)
-    rounds = args.rounds or (1 if quick else 2)
     traces = args.traces or (5_000 if quick else 100_000)
     long_traces = args.long_traces if args.long_traces is not None else (500 if quick else 10_000)
-    models = [m for m in args.models.split(",") if m] if not quick else ["tiny"]
+    default_models = "tiny" if quick else "tiny,smollm2-135m"
+    models = [m for m in (args.models or default_models).split(",") if m]
     report: dict[str, Any] = {
         "benchmark": "dataset (issue 16)",
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -767,7 +775,14 @@ def main() -> None:
         tmp = Path(tmp_name)
         if args.only in (None, "e2e"):
             report["e2e"] = {
-                model: e2e(model, tasks, args.max_new_tokens, rounds, tmp) for model in models
+                model: e2e(
+                    model,
+                    args.tasks or (3 if quick else 8 if model == "tiny" else 4),
+                    args.max_new_tokens,
+                    args.rounds or (2 if model == "tiny" and not quick else 1),
+                    tmp,
+                )
+                for model in models
             }
         if args.only in (None, "export"):
             report["export"] = {
