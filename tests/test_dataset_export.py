@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from flopnet.ledger.policy import AuditPolicy
@@ -55,7 +56,9 @@ class ScoreBook:
         return Result(score, score >= 1.0, (f"scored {score}",), rules=ALL_RULES_PASS)
 
 
-def test_sft_and_preference_sets_take_final_credit_only(tmp_path: Path) -> None:
+def test_sft_and_preference_sets_take_final_credit_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     net = create_network(
         FOUNDER,
         "dataset",
@@ -188,6 +191,25 @@ def test_sft_and_preference_sets_take_final_credit_only(tmp_path: Path) -> None:
         assert pair["chosen"] != pair["rejected"]
     card = (tmp_path / "pref" / "README.md").read_text()
     assert "3 rows" in card and "final and was never voided" in card
+
+    # The same store, queried: flopnet traces.
+    from flopnet.node.cli.main import main
+
+    def traces(*args: str) -> str:
+        capsys.readouterr()
+        assert main(["traces", "--data-dir", str(tmp_path), "--as-of", str(later), *args]) == 0
+        return capsys.readouterr().out
+
+    assert traces("--counts") == "arith\tfinal\t6\narith\tvoid\t4\n"
+    mine = [
+        json.loads(line) for line in traces("--json", "--contributor", CHEATER.peer_id).splitlines()
+    ]
+    assert len(mine) == 4 and {row["state"] for row in mine} == {"void"}
+    good = traces("--json", "--state", "final", "--min-score", "1").splitlines()
+    assert len(good) == 3 and all(json.loads(line)["answer_score"] == 1.0 for line in good)
+    table = traces("--task", TASKS[0].task_id).splitlines()
+    assert len(table) == 3 and table[0].startswith("task") and "final" in table[1]
+    assert traces("--audited", "--rejected", "--limit", "0").count("rejected") == 1
 
 
 def test_pending_credit_is_not_yet_trustworthy(tmp_path: Path) -> None:

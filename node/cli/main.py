@@ -189,6 +189,7 @@ EXTENSION_MODULES: tuple[str, ...] = (
     "flopnet.node.cli.profile",
     "flopnet.node.cli.hardware",
     "flopnet.node.cli.export",
+    "flopnet.node.cli.traces",
     "flopnet.node.cli.audit",
     "flopnet.node.cli.status",
     "flopnet.node.cli.credits",

@@ -141,14 +141,14 @@ def make_task_id(stem: str, index: int, problem: str, *parts: str) -> str:
     return "-".join((stem, str(index), *parts, digest))[:MAX_TASK_ID]
 
 
+_TASK_SET = re.compile(r"^(.*?)-\d+(?:-|$)")
+
+
 def task_set_of(task_id: str) -> str:
-    """The task set a task id names: its stem, before the first all-digit part (the record's
-    index in :func:`make_task_id`); ``arith-3-…`` is in ``arith``."""
-    parts = task_id.split("-")
-    for i, part in enumerate(parts[1:], start=1):
-        if part.isdigit():
-            return "-".join(parts[:i])
-    return parts[0]
+    """The task set a task id names (loaders name tasks ``<set>-<index>[-...]``, see
+    :func:`make_task_id`): ``arith-3-…`` is in ``arith``."""
+    match = _TASK_SET.match(task_id)
+    return match.group(1) if match else task_id
 
 
 def check_task(task: Task) -> Task:

@@ -12,7 +12,6 @@ is pending, final or void is not stored: it is read from the ledger when a datas
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import astuple, dataclass, fields
@@ -21,19 +20,11 @@ from typing import Any
 
 from flopnet.node.config import NetworkParams
 from flopnet.node.model.prompt import response_for_verifier
-from flopnet.node.tasks import Task, user_message
+from flopnet.node.tasks import Task, task_set_of, user_message
 from flopnet.node.validator.judgement import ProofOutcome
 from flopnet.protocol.errors import ConfigError
 from flopnet.protocol.messages import CreditBody, Lease, Submission
 from flopnet.verifiers.result import Result
-
-_TASK_SET = re.compile(r"^(.*?)-\d+(?:-|$)")
-
-
-def task_set_of(task_id: str) -> str:
-    """The task set a task id belongs to (loaders name tasks ``<set>-<index>[-...]``)."""
-    match = _TASK_SET.match(task_id)
-    return match.group(1) if match else task_id
 
 
 @dataclass(frozen=True)
