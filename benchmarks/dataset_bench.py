@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import math
 import os
@@ -49,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -223,6 +225,13 @@ def run_devnet(model: str, tasks: int, max_new_tokens: int, data_dir: Path) -> d
     }
 
 
+def _timed(fn: Callable[..., object], *args: Any) -> float:
+    """Seconds one call takes."""
+    started = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - started
+
+
 def in_process(model: str, samples: list[Sample], rounds: int, manifest: Path) -> dict[str, Any]:
     """The same leases through the backend in this process: raw generation, proven generation,
     the validator's audit and its unaudited inspection; seconds per sample, best of rounds."""
@@ -253,6 +262,11 @@ def in_process(model: str, samples: list[Sample], rounds: int, manifest: Path) -
             for i, s in enumerate(samples):
                 lease, sub = s.lease, s.submission
                 params = SamplingParams(temperature=lease.temperature, top_p=lease.top_p)
+                request = AuditRequest(
+                    GenerateRequest.of_lease(lease), tuple(sub.token_ids), tuple(sub.proofs)
+                )
+                if r % 2:  # every other round the proven generation goes first
+                    proven_s = _timed(child.generate, GenerateRequest.of_lease(lease))
                 c0, t0 = time.process_time(), time.perf_counter()
                 gen = backend.generate(
                     list(lease.prompt_ids),
@@ -260,20 +274,20 @@ def in_process(model: str, samples: list[Sample], rounds: int, manifest: Path) -
                     params=params,
                     max_new_tokens=lease.max_new_tokens,
                 )
-                t1 = time.perf_counter()
+                raw_s = time.perf_counter() - t0
                 raw_cpu[i] = min(raw_cpu[i], time.process_time() - c0)
-                child.generate(GenerateRequest.of_lease(lease))
-                t2 = time.perf_counter()
-                request = AuditRequest(
-                    GenerateRequest.of_lease(lease), tuple(sub.token_ids), tuple(sub.proofs)
-                )
-                child.audit(request)
-                t3 = time.perf_counter()
-                child.inspect(InspectRequest(tuple(sub.token_ids), lease.max_new_tokens))
-                t4 = time.perf_counter()
-                for key, dt in (("raw", t1 - t0), ("proven", t2 - t1), ("audit", t3 - t2)):
+                if not r % 2:
+                    proven_s = _timed(child.generate, GenerateRequest.of_lease(lease))
+                audit_s = _timed(child.audit, request)
+                inspect = InspectRequest(tuple(sub.token_ids), lease.max_new_tokens)
+                inspect_s = _timed(child.inspect, inspect)
+                for key, dt in (
+                    ("raw", raw_s),
+                    ("proven", proven_s),
+                    ("audit", audit_s),
+                    ("inspect", inspect_s),
+                ):
                     best[key][i] = min(best[key][i], dt)
-                best["inspect"][i] = min(best["inspect"][i], t4 - t3)
                 if r == 0 and tuple(gen.token_ids) == tuple(sub.token_ids):
                     same_tokens += 1
     child.close()
@@ -307,6 +321,13 @@ def e2e(model: str, tasks: int, max_new_tokens: int, rounds: int, tmp: Path) -> 
     pipeline_s = last - first_gen
     from_ready_s = last - run["ready_at"]
     gen_s = [t.generation_s for t in traces]
+    # The worker's idle time between samples: from handing one in to starting the next, and
+    # whether the next began only after the previous verdict was written.
+    pairs = list(itertools.pairwise(traces))
+    starts = [b.received_at - b.generation_s for _a, b in pairs]
+    idle = [s - a.received_at for (a, _b), s in zip(pairs, starts, strict=True)]
+    validation = [t.checked_at - t.received_at for t in traces]
+    after_verdict = sum(s >= a.checked_at for (a, _b), s in zip(pairs, starts, strict=True))
     log(f"devnet {model}: {len(accepted)}/{len(traces)} credited; in-process rounds")
     local = in_process(model, samples, rounds, data_dir / MANIFEST_FILE)
     raw_tps = local["raw_tokens_per_s"]
@@ -352,6 +373,9 @@ def e2e(model: str, tasks: int, max_new_tokens: int, rounds: int, tmp: Path) -> 
             "credited_tokens_per_s": round(credited_tps, 2),
             "credited_tokens_per_s_from_ready": round(credited_tokens / from_ready_s, 2),
             "worker_generation_busy_share": round(sum(gen_s) / pipeline_s, 4),
+            "worker_idle_between_samples_s": summary_stats(idle),
+            "submission_to_verdict_s": summary_stats(validation),
+            "next_generation_after_previous_verdict": f"{after_verdict}/{len(pairs)}",
             "worker_tokens_per_generation_s": round(
                 sum(t.output_tokens for t in traces) / sum(gen_s), 2
             ),
@@ -745,7 +769,7 @@ def main() -> None:
     parser.add_argument("--models", help="devnet models (default tiny,smollm2-135m; quick tiny)")
     parser.add_argument("--tasks", type=int, help="devnet tasks (default: tiny 8, others 4)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--rounds", type=int, help="in-process rounds (default: tiny 2, others 1)")
+    parser.add_argument("--rounds", type=int, help="in-process rounds (default: tiny 3, others 2)")
     parser.add_argument("--traces", type=int, help="traces in the store (default 100,000)")
     parser.add_argument("--long-traces", type=int, help="R1-length traces (default 10,000)")
     parser.add_argument("--only", choices=("e2e", "export"), help="run one part")
@@ -779,7 +803,7 @@ def main() -> None:
                     model,
                     args.tasks or (3 if quick else 8 if model == "tiny" else 4),
                     args.max_new_tokens,
-                    args.rounds or (2 if model == "tiny" and not quick else 1),
+                    args.rounds or (1 if quick else 3 if model == "tiny" else 2),
                     tmp,
                 )
                 for model in models
