@@ -28,7 +28,6 @@ class Violation(enum.Enum):
     REPLAY = "replay"
     RATE_LIMIT = "rate_limit"
     TIMEOUT = "timeout"
-    IMPATIENT = "impatient"  # claims again at once after being told to wait
 
     @property
     def cost(self) -> float:
@@ -44,7 +43,6 @@ _COSTS = {
     Violation.REPLAY: 10.0,
     Violation.RATE_LIMIT: 2.0,
     Violation.TIMEOUT: 5.0,
-    Violation.IMPATIENT: 2.0,
 }
 
 

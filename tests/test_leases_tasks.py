@@ -311,22 +311,3 @@ def test_progress_per_task_set() -> None:
         "a": {"open": 1, "leased": 1, "done": 0},
         "b": {"open": 1, "leased": 0, "done": 0},
     }
-
-
-def test_claiming_again_at_once_after_being_told_to_wait_is_charged() -> None:
-    from flopnet.node.publisher.leases import IMPATIENT_S, Etiquette
-    from flopnet.node.worker.pacing import ClaimPacer
-
-    etiquette = Etiquette()
-    me, other = b"\x01" * 32, b"\x02" * 32
-    assert not etiquette.refused(me, "task_taken", 0.0)  # not a "wait": never charged
-    assert not etiquette.refused(me, "cooling_down", 0.0)  # the first time: just told
-    assert etiquette.refused(me, "cooling_down", 0.1)  # asked again at once
-    assert not etiquette.refused(other, "too_many_leases", 0.1)  # another worker's count
-    assert not etiquette.refused(me, "newcomers_full", 0.11 + IMPATIENT_S)
-    # An honest worker's pacer never asks that soon after any of these refusals.
-    pacer = ClaimPacer()
-    for code in ("too_many_leases", "newcomers_full", "cooling_down"):
-        for _ in range(8):
-            pause = pacer.refused("pub", code, 0.0)
-            assert pause >= 2 * IMPATIENT_S

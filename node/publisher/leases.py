@@ -356,33 +356,3 @@ class LeaseBook:
     def all_done(self) -> bool:
         """True when every sample of every task is done."""
         return bool(self._samples) and self._done == len(self._samples)
-
-
-# Refusals that tell a worker to wait, whatever the task (``node.worker.pacing`` backs off on
-# them: at least half a second at first, doubling).
-WAIT_REFUSALS = frozenset({"too_many_leases", "newcomers_full", "cooling_down"})
-IMPATIENT_S = 0.25  # a claim this soon after being told to wait is charged
-_TOLD_KEPT = 100_000  # workers remembered (oldest forgotten first)
-
-
-@dataclass
-class Etiquette:
-    """Who claims again at once after being told to wait (pure: callers pass ``now``).
-
-    An honest worker's pacer waits at least half a second after such a refusal; a Sybil swarm
-    asking in a loop is answered from memory, but each answer still costs a signature check and
-    a stream. :meth:`refused` says when a refusal should also cost the sender score points, so
-    that such a loop ends in a ban (announced) within seconds.
-    """
-
-    _told: dict[bytes, float] = field(default_factory=dict)
-
-    def refused(self, worker: bytes, code: str, now: float) -> bool:
-        """Record a refusal to ``worker``; True when it came too soon after the last "wait"."""
-        if code not in WAIT_REFUSALS:
-            return False
-        last = self._told.pop(worker, None)
-        self._told[worker] = now
-        if len(self._told) > _TOLD_KEPT:
-            del self._told[next(iter(self._told))]
-        return last is not None and now - last < IMPATIENT_S

@@ -19,7 +19,7 @@ from flopnet.node.config import NodeConfig
 from flopnet.node.model.prompt import encode_prompt
 from flopnet.node.model.tokenizer import Tokenizer
 from flopnet.node.publisher.announcements import AnnouncementLog
-from flopnet.node.publisher.leases import Denied, Etiquette, Grant, LeaseBook, validator_for
+from flopnet.node.publisher.leases import Denied, Grant, LeaseBook, validator_for
 from flopnet.node.publisher.store import PublisherStore
 from flopnet.node.tasks import Task, task_set_of, task_spec, user_message
 from flopnet.protocol.catalog import lease_grace, tasks_topic
@@ -86,7 +86,6 @@ class Publisher:
         )
         for task in tasks:
             self.book.add_task(task.task_id, self.net.samples_per_task)
-        self.etiquette = Etiquette()  # claims again at once after "wait" cost score points
         self.stats = PublisherStats()
         self.log = AnnouncementLog()
         self._to_announce: list[str] = []
@@ -195,8 +194,6 @@ class Publisher:
         self._expire(now)  # so a re-open during a claim is counted and announced too
         decision = self.book.claim(claim.task_id, opened.signer, now)
         if isinstance(decision, Denied):
-            if self.etiquette.refused(opened.signer, decision.code, now):
-                await self.host.penalize(peer_id, Violation.IMPATIENT)
             return self._refuse(decision.code, decision.reason)
         if not self._validators:
             return self._refuse("no_validator", "the network lists no validator")
