@@ -184,11 +184,16 @@ async def _swarm(
     return outcome
 
 
-async def hoard(target: Target, identities: int, seconds: float) -> Outcome:
-    """Sybil lease hoarding: fresh identities claim every task they can, as fast as they can,
-    and never submit (the attack that once took every open task and got honest workers banned)."""
-    outcome = Outcome("hoard")
-    held: list[tuple[float, bytes]] = []  # (expires_at, lease) of every lease we hold
+async def _claim_rounds(
+    target: Target,
+    identities: int,
+    outcome: Outcome,
+    seconds: float,
+    on_lease: Callable[[P2PHost, bytes], Awaitable[None]],
+    pause: float,
+) -> Outcome:
+    """Each identity claims round after round over the announced tasks (in its own order) until
+    ``seconds`` are up, handing every lease it gets to ``on_lease``."""
 
     async def run(host: P2PHost, tasks: list[str]) -> None:
         tasks = random.sample(tasks, len(tasks))  # the identities spread over the tasks
@@ -198,14 +203,26 @@ async def hoard(target: Target, identities: int, seconds: float) -> Outcome:
                     return
                 lease_bytes = await _claim(host, target, task_id, outcome)
                 if lease_bytes is not None:
-                    lease = open_envelope(lease_bytes, target.network_id, expected=Lease)
-                    held.append((lease.expect(Lease).expires_at, lease_bytes))
-                now = time.time()
-                live = sum(1 for expires, _ in held if expires > now)
-                outcome.max_leases_held = max(outcome.max_leases_held, live)
-            await trio.sleep(0)
+                    await on_lease(host, lease_bytes)
+            await trio.sleep(pause)
 
     return await _swarm(target, identities, outcome, run)
+
+
+async def hoard(target: Target, identities: int, seconds: float) -> Outcome:
+    """Sybil lease hoarding: fresh identities claim every task they can, as fast as they can,
+    and never submit (the attack that once took every open task and got honest workers banned)."""
+    outcome = Outcome("hoard")
+    held: list[tuple[float, bytes]] = []  # (expires_at, lease) of every lease we hold
+
+    async def hold(host: P2PHost, lease_bytes: bytes) -> None:
+        lease = open_envelope(lease_bytes, target.network_id, expected=Lease)
+        held.append((lease.expect(Lease).expires_at, lease_bytes))
+        now = time.time()
+        live = sum(1 for expires, _ in held if expires > now)
+        outcome.max_leases_held = max(outcome.max_leases_held, live)
+
+    return await _claim_rounds(target, identities, outcome, seconds, hold, pause=0.0)
 
 
 def forged_lease(attacker: Identity, target: Target, task_id: str = "forged") -> bytes:
@@ -281,20 +298,11 @@ async def garbage(target: Target, identities: int, seconds: float) -> Outcome:
     validator an audit prefill, and the attacker nothing but an identity."""
     outcome = Outcome("garbage")
 
-    async def run(host: P2PHost, tasks: list[str]) -> None:
-        # Round after round over the tasks until the time is up (a rejected identity is
-        # refused its next claims, so most rounds are refusals).
-        while outcome.elapsed() < seconds:
-            for task_id in tasks:
-                if outcome.elapsed() >= seconds:
-                    return
-                lease_bytes = await _claim(host, target, task_id, outcome)
-                if lease_bytes is not None:
-                    data = garbage_submission(host.identity, lease_bytes, target.network_id)
-                    await _submit(host, target, data, outcome)
-            await trio.sleep(0.05)
+    async def submit(host: P2PHost, lease_bytes: bytes) -> None:
+        data = garbage_submission(host.identity, lease_bytes, target.network_id)
+        await _submit(host, target, data, outcome)
 
-    return await _swarm(target, identities, outcome, run)
+    return await _claim_rounds(target, identities, outcome, seconds, submit, pause=0.05)
 
 
 async def replay_gossip(target: Target, seconds: float, rate: float) -> Outcome:
