@@ -9,10 +9,12 @@
    every accepted credit (from the validator's traces), divided by the window from the start of
    the first generation (``received_at - generation_s`` of the earliest trace) to the last
    verdict (``checked_at``); a second window starts when every node is up.
-   Against it: raw tokens per second of the same model in this process, after the devnet has
-   stopped: ``HFBackend.generate`` (1 torch thread, no proofs, no network, no validation) over
-   the very leases of the run (their prompt ids, seeds, sampling and ``max_new_tokens``), so the
-   lengths are the same; the regenerated tokens are compared with the submitted ones.
+   Against it: the backend's raw tokens per second in the same run, the tokens of those leases
+   over ``HFBackend.generate``'s own prefill + decode seconds inside the worker's model child
+   (the worker API's ``decode_s``: no proofs, no IPC, no network, no validation). And a second
+   reference taken in this process after the devnet has stopped: ``HFBackend.generate`` (1 torch
+   thread) over the very leases of the run (prompt ids, seeds, sampling, ``max_new_tokens``), so
+   the lengths are the same; the regenerated tokens are compared with the submitted ones.
 2. Validator cost per task, as a share of the worker's. In the devnet (100 % auditing: the
    devnet's manifest floor is 1.0, and a new contributor is audited every time anyway): the
    worker's generation seconds, the validator's audit seconds (prefill + TOPLOC + replay, model
@@ -182,6 +184,18 @@ def devnet_samples(validator_dir: Path, network_id: str) -> list[Sample]:
     return out
 
 
+def worker_boards(data_dir: Path) -> list[dict[str, Any]]:
+    """The worker's finished leases as its API shows them: tokens, the backend's own
+    prefill + decode seconds in its model child (``decode_s``) and proof seconds."""
+    from flopnet.node.local import api_get, read_node_info
+
+    info = read_node_info(data_dir)
+    if info is None:
+        return []
+    rows = api_get(info, "/tasks?limit=500")["tasks"]
+    return [api_get(info, f"/tasks/{row['lease_id']}") for row in rows]
+
+
 def run_devnet(model: str, tasks: int, max_new_tokens: int, data_dir: Path) -> dict[str, Any]:
     """One devnet run to completion: its summary, work window, CPU and samples."""
     from flopnet.node.cli.devnet import Devnet, DevnetOptions, default_lease_seconds
@@ -198,6 +212,7 @@ def run_devnet(model: str, tasks: int, max_new_tokens: int, data_dir: Path) -> d
     devnet = Devnet(options)
     finished = False
     cpu: dict[str, float] = {}
+    boards: list[dict[str, Any]] = []
     load_during: list[float] = []
     try:
         devnet.start()
@@ -208,6 +223,7 @@ def run_devnet(model: str, tasks: int, max_new_tokens: int, data_dir: Path) -> d
         after = {p.name: tree_cpu(p.process.pid) for p in devnet.procs}
         cpu = {name: round(cpu_delta(before[name], after[name]), 3) for name in after}
         devnet.capture_status()
+        boards = worker_boards(devnet.workers[0].data_dir)
     finally:
         devnet.stop()
     summary = devnet.summary(finished)
@@ -222,6 +238,7 @@ def run_devnet(model: str, tasks: int, max_new_tokens: int, data_dir: Path) -> d
         "load_1m_during": [round(x, 2) for x in load_during],
         "samples": samples,
         "status": devnet.final_status,
+        "boards": boards,
     }
 
 
@@ -330,8 +347,14 @@ def e2e(model: str, tasks: int, max_new_tokens: int, rounds: int, tmp: Path) -> 
     after_verdict = sum(s >= a.checked_at for (a, _b), s in zip(pairs, starts, strict=True))
     log(f"devnet {model}: {len(accepted)}/{len(traces)} credited; in-process rounds")
     local = in_process(model, samples, rounds, data_dir / MANIFEST_FILE)
-    raw_tps = local["raw_tokens_per_s"]
     credited_tps = credited_tokens / pipeline_s
+    # The reference: the worker's own backend in the same run (HFBackend.generate's prefill +
+    # decode seconds in its model child, no proofs); and the same leases here, after the run.
+    board = [b for b in run["boards"] if b.get("accepted")]
+    board_tokens = sum(int(b["tokens"]) for b in board)
+    board_s = sum(float(b["decode_s"]) for b in board)
+    in_run_tps = board_tokens / board_s if board_s else math.nan
+    raw_tps = local["raw_tokens_per_s"]
     worker = (run["status"].get("worker-1") or {}).get("worker") or {}
     cpu_worker = run["cpu_work_s"]["worker-1"]
     # Per-task costs in the devnet (seconds, as the nodes measured them).
@@ -379,9 +402,13 @@ def e2e(model: str, tasks: int, max_new_tokens: int, rounds: int, tmp: Path) -> 
             "worker_tokens_per_generation_s": round(
                 sum(t.output_tokens for t in traces) / sum(gen_s), 2
             ),
-            "raw_backend_tokens_per_s": raw_tps,
-            "ratio": round(credited_tps / raw_tps, 4),
-            "ratio_from_ready": round(credited_tokens / from_ready_s / raw_tps, 4),
+            "backend_tokens_per_s_in_run": round(in_run_tps, 2),
+            "backend_in_run_leases": len(board),
+            "proof_s_in_run": round(sum(float(b["proof_s"]) for b in board), 4),
+            "ratio": round(credited_tps / in_run_tps, 4),
+            "ratio_from_ready": round(credited_tokens / from_ready_s / in_run_tps, 4),
+            "raw_backend_tokens_per_s_after_run": raw_tps,
+            "ratio_to_after_run": round(credited_tps / raw_tps, 4),
             # Load-independent view: the worker's process tree (daemon + model child) CPU per
             # credited token over the work window, against the raw backend's CPU per token.
             "worker_cpu_s_per_credited_token": round(cpu_worker / credited_tokens, 6),
