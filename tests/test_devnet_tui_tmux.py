@@ -42,6 +42,6 @@ def test_make_devnet_opens_the_tui_and_reaches_all_validated(tmp_path: Path) -> 
             time.sleep(1.0)
             screen = tmux("capture-pane", "-p", "-t", session)
         assert "MAKE-EXITED-0" in screen, screen
-        assert "2/2 tasks validated" in screen
+        assert "2/2 samples validated" in screen, screen
     finally:
         tmux("kill-session", "-t", session)

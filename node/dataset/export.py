@@ -197,7 +197,11 @@ def _table(kind: str, rows: list[dict[str, Any]]) -> Any:
             ("chosen_submission", text),
             ("rejected_submission", text),
         ]
-    return pa.Table.from_pylist(rows, schema=pa.schema(columns))
+    # Column by column: several times faster than pa.Table.from_pylist over dicts.
+    return pa.table(
+        {name: pa.array([row[name] for row in rows], type=kind) for name, kind in columns},
+        schema=pa.schema(columns),
+    )
 
 
 def card(kind: str, fmt: str, rows: list[dict[str, Any]], collected: Collected) -> str:

@@ -79,13 +79,14 @@ class Trace:
 
     def as_json(self) -> dict[str, Any]:
         """Plain JSON values, the JSON-encoded lists decoded."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out = dict(self.__dict__)  # every field (a plain dataclass: no slots)
         for name in ("proof_reasons", "answer_reasons", "rules"):
             out[name] = json.loads(out[name])
         return out
 
 
 COLUMNS = tuple(f.name for f in fields(Trace))
+_BOOL_COLUMNS = tuple(i for i, f in enumerate(fields(Trace)) if f.type == "bool")
 # Field annotations are strings here (postponed evaluation): their SQLite column types.
 _TYPES = {"int": "INTEGER", "float": "REAL", "str": "TEXT", "bool": "INTEGER"}
 SCHEMA = (
@@ -123,11 +124,10 @@ def read_traces(path: Path) -> Iterator[Trace]:
             return
         rows = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM traces ORDER BY checked_at")
         for row in rows:
-            values = dict(zip(COLUMNS, row, strict=True))
-            for f in fields(Trace):
-                if f.type == "bool":
-                    values[f.name] = bool(values[f.name])
-            yield Trace(**values)
+            values = list(row)
+            for i in _BOOL_COLUMNS:  # SQLite keeps them as integers
+                values[i] = bool(values[i])
+            yield Trace(*values)
     except sqlite3.Error as exc:
         raise ConfigError(f"cannot read traces from {path}: {exc}") from None
     finally:
