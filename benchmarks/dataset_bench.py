@@ -37,7 +37,6 @@ Writes ``benchmarks/results/dataset.json``: machine, date, load averages, every 
 from __future__ import annotations
 
 import argparse
-import functools
 import itertools
 import json
 import math
@@ -74,6 +73,9 @@ from flopnet.protocol.identity import Identity
 from flopnet.protocol.manifest import MANIFEST_FILE
 from flopnet.protocol.messages import CreditBody, Lease, Submission
 from flopnet.verifiers.result import Result
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ledger_bench import _FastIdentity
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_E2E_RATIO = 0.90
@@ -447,18 +449,6 @@ def e2e(model: str, tasks: int, max_new_tokens: int, rounds: int, tmp: Path) -> 
 
 
 # -- figure 3: a trace store and its export --------------------------------------------------------
-
-
-class _FastIdentity(Identity):
-    """An Identity that decodes its key once (``Identity`` re-derives it for every signature)."""
-
-    @functools.cached_property
-    def _key(self) -> Any:  # type: ignore[override]
-        return Identity._key.fget(self)  # type: ignore[attr-defined]
-
-    @functools.cached_property
-    def public_key(self) -> bytes:  # type: ignore[override]
-        return Identity.public_key.fget(self)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
