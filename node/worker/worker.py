@@ -19,9 +19,10 @@ import logging
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -110,6 +111,18 @@ class WorkerStats:
     recent: list[dict[str, object]] = field(default_factory=list)
 
 
+class Acknowledged:
+    """Tells a task's starter, once, that its submission was acknowledged (or failed)."""
+
+    def __init__(self, task_status: Any) -> None:
+        self._status: Any | None = task_status
+
+    def __call__(self) -> None:
+        if self._status is not None:
+            status, self._status = self._status, None
+            status.started()
+
+
 class Worker:
     """Claims up to ``batch_size`` tasks at a time and runs them together on the local model."""
 
@@ -140,7 +153,11 @@ class Worker:
         self.pacer = ClaimPacer()
         host.on_notice.append(self.on_notice)
         self.busy = False
-        self.phase = "idle"  # idle, generating, submitting, awaiting_verdict
+        self._phase = "idle"  # idle, generating, submitting (see the phase property)
+        # Leases submitted (or being submitted) whose verdicts are awaited in the background,
+        # while the worker generates the next batch.
+        self._settling: set[bytes] = set()
+        self._background: trio.Nursery | None = None
         self.control = control
         self.board = board if board is not None else TaskBoard()
         self._generation: trio.CancelScope | None = None  # the generation in progress
@@ -216,9 +233,21 @@ class Worker:
                 tracker.contiguous = max(tracker.contiguous, batch.head_seq)
                 break
 
+    @property
+    def phase(self) -> str:
+        """idle, generating, submitting, or awaiting_verdict (idle with verdicts to come)."""
+        if self._phase == "idle" and self._settling:
+            return "awaiting_verdict"
+        return self._phase
+
+    @phase.setter
+    def phase(self, value: str) -> None:
+        self._phase = value
+
     async def run(self) -> None:
         """Claim, generate, submit, forever."""
         async with trio.open_nursery() as nursery:
+            self._background = nursery  # verdicts are awaited here, beside the next batch
             nursery.start_soon(self._resync_loop)
             nursery.start_soon(self._resend_loop)
             await self._work_loop()
@@ -317,7 +346,7 @@ class Worker:
                 await self._restart_model()
                 continue
             if not self._may_claim():
-                if self.control is not None:
+                if self.control is not None and not self._settling:
                     self.control.finished()  # a finishing node has nothing left: now paused
                 await self._wait_change(1.0)
                 continue
@@ -342,7 +371,8 @@ class Worker:
         finally:
             for opened in leases:
                 lease_id = opened.expect(Lease).lease_id
-                self._in_flight.discard(lease_id)
+                if lease_id not in self._settling:  # else its verdict is awaited, still ours
+                    self._in_flight.discard(lease_id)
                 self.outbox.abandon(lease_id)
 
     async def _generate_and_submit(self, leases: list[Opened]) -> None:
@@ -396,13 +426,25 @@ class Worker:
                 proof_s=gen.proof_s,
             )
         self.phase = "submitting"
+        # Each submission is sent and its receipt awaited here; its verdict is awaited in the
+        # background, so the model starts the next batch at once instead of idling until the
+        # validator has judged this one.
+        background = self._background
+        assert background is not None, "run() starts the background nursery"
         async with trio.open_nursery() as nursery:
             for opened, gen in done:
                 lease = opened.expect(Lease)
                 sealed = self._seal(opened.raw, gen, elapsed)
                 self.outbox.finished(lease.lease_id, sealed)  # durable before it is sent
                 nursery.start_soon(
-                    self._deliver_and_settle, lease, sealed, elapsed, len(gen.token_ids)
+                    partial(
+                        background.start,
+                        self._deliver_and_settle,
+                        lease,
+                        sealed,
+                        elapsed,
+                        len(gen.token_ids),
+                    )
                 )
 
     async def _generate(self, leases: Sequence[Lease]) -> list[Generated | None]:
@@ -496,6 +538,8 @@ class Worker:
             tried.add(task_id)
             publisher = self._offers[task_id].publisher_peer
             await trio.sleep(self.pacer.wait(publisher, time.time()))  # spaced, never a flood
+            if task_id not in self._offers:
+                continue  # settled meanwhile (a verdict awaited in the background closed it)
             try:
                 lease_bytes = await self._claim(task_id)
             except FlopnetError as exc:
@@ -597,13 +641,21 @@ class Worker:
         return seal(submission, self.identity, self.net.network_id)
 
     async def _deliver_and_settle(
-        self, lease: Lease, sealed: bytes, elapsed: float, tokens: int
+        self,
+        lease: Lease,
+        sealed: bytes,
+        elapsed: float,
+        tokens: int,
+        task_status: Any = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Submit one sample and keep its verdict; errors are counted, never end the batch.
-        A send that fails stays in the outbox, and the resend loop tries it again."""
+        ``task_status`` is told once the submission is acknowledged (or failed). A send that
+        fails stays in the outbox, and the resend loop tries it again."""
         self._in_flight.add(lease.lease_id)
+        self._settling.add(lease.lease_id)
+        acknowledged = Acknowledged(task_status)
         try:
-            await self._deliver(lease, sealed, elapsed, tokens)
+            await self._deliver(lease, sealed, elapsed, tokens, acknowledged)
         except FlopnetError as exc:
             self.stats.errors += 1
             log.warning("task %s: %s: %s", lease.task_id, type(exc).__name__, exc)
@@ -613,8 +665,17 @@ class Worker:
             )
         finally:
             self._in_flight.discard(lease.lease_id)
+            self._settling.discard(lease.lease_id)
+            acknowledged()
 
-    async def _deliver(self, lease: Lease, sealed: bytes, elapsed: float, tokens: int) -> None:
+    async def _deliver(
+        self,
+        lease: Lease,
+        sealed: bytes,
+        elapsed: float,
+        tokens: int,
+        acknowledged: Callable[[], None],
+    ) -> None:
         # The lease's validator key is the peer asked, and the host checks who signed the answer.
         validator_peer = peer_id_from_public_key(lease.validator)
         reply = await self.host.call(validator_peer, SUBMIT, sealed)
@@ -631,7 +692,7 @@ class Worker:
             submission_id=receipt.submission_id.hex(),
             queue_position=receipt.queue_position,
         )
-        self.phase = "awaiting_verdict"
+        acknowledged()  # the batch may end: the verdict is awaited in the background
         verdict = await self._await_verdict(validator_peer, lease, message_id(sealed))
         self.outbox.judged(lease.lease_id)
         if verdict.accepted:
