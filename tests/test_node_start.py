@@ -92,3 +92,59 @@ def test_network_init_pins_the_weights_and_a_node_with_them_starts(tmp_path: Pat
     finally:
         node.terminate()
         node.wait(timeout=30)
+
+
+_BROKEN_WORKER = """
+import sys
+if __name__ == "__main__":
+    import trio
+    import flopnet.node.worker.worker as worker
+
+    async def broken(self):
+        await trio.sleep(1)
+        raise KeyError("a bug of ours")
+
+    worker.Worker.run = broken  # a bug in one part of the daemon, simulated
+    from flopnet.node.cli.main import main
+
+    sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.timeout(180)
+def test_a_bug_in_the_worker_stops_the_node_with_a_plain_error_and_its_traceback_logged(
+    tmp_path: Path,
+) -> None:
+    """The whole daemon exits (status 70, so a supervisor restarts it) instead of living on
+    half shut down; the traceback is in node.log, one plain line says where."""
+    create_network(FOUNDER, "broken", NetworkParams(network_id="pending"), tmp_path / "m")
+    script = tmp_path / "broken_worker.py"
+    script.write_text(_BROKEN_WORKER)
+    data = tmp_path / "worker"
+    node = subprocess.run(
+        [
+            FLOPNET[0],
+            str(script),
+            "node",
+            "--role",
+            "worker",
+            "--data-dir",
+            str(data),
+            "--manifest",
+            str(tmp_path / "m"),
+            "--torch-threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert node.returncode == 70, node.stderr
+    last = node.stderr.strip().splitlines()[-1]
+    assert last == (
+        "flopnet: error: internal error, the node stopped (KeyError: 'a bug of ours'); "
+        f"the traceback is in {data / 'node.log'}"
+    )
+    logged = (data / "node.log").read_text()
+    assert "CRITICAL flopnet.node: the node stopped on an internal error" in logged
+    assert "KeyError: 'a bug of ours'" in logged

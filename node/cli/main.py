@@ -264,8 +264,38 @@ def _cmd_node(args: argparse.Namespace) -> int:
         metrics_host=args.metrics_host,
     )
     setup_logging(config.data_dir, env.log_level)
-    trio.run(run_node, config)
+    try:
+        trio.run(run_node, config)
+    except (FlopnetError, OSError, KeyboardInterrupt):
+        raise
+    except BaseExceptionGroup as group:
+        if group.split((FlopnetError, OSError))[1] is None:
+            raise  # our own errors only: main() reports them plainly
+        return _internal_error(group, config.data_dir)
+    except Exception as exc:
+        return _internal_error(exc, config.data_dir)
     return 0
+
+
+def _internal_error(exc: BaseException, data_dir: Path) -> int:
+    """A bug of ours ended the node: the traceback goes to the node's log (where an operator
+    and a bug report find it), one plain line to stderr, and the exit status says "software
+    error" (70), so a supervisor restarts the node; the outbox keeps its acknowledged work."""
+    import logging
+
+    from flopnet.node.local import LOG_FILE
+
+    logging.getLogger("flopnet.node").critical(
+        "the node stopped on an internal error", exc_info=exc
+    )
+    leaves = _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    first = next((e for e in leaves if not isinstance(e, (FlopnetError, OSError))), leaves[0])
+    print(
+        f"flopnet: error: internal error, the node stopped ({type(first).__name__}: {first}); "
+        f"the traceback is in {data_dir / LOG_FILE}",
+        file=sys.stderr,
+    )
+    return 70
 
 
 def _gpu_list(text: str | None) -> tuple[int, ...] | None:

@@ -205,7 +205,7 @@ class ModelService:
         if self._conn is not None:
             with contextlib.suppress(OSError, ValueError):
                 self._conn.send(None)
-        if self._process is not None:
+        if self._process is not None and self._process.pid is not None:  # started
             self._process.join(timeout=5)
             if self._process.is_alive():
                 self._process.kill()
