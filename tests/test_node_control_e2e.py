@@ -2,10 +2,11 @@
 
 One devnet (a publisher+validator and three workers for two tasks, so one worker is idle;
 every node sees two GPUs through a fake NVML on PYTHONPATH) serves all of this file: the API's
-answers and errors, server-sent events, pause now (the paused worker's lease is handed back
-with a signed release and taken by another worker within seconds, not after the lease's two
-minutes), finish then pause, resume, nothing lost or credited twice, receipts checked against
-the validator's chain, the GPU choice restarting the model process, and ``flopnet status``.
+answers and errors, server-sent events, a sample's output streaming while it is generated,
+pause now (the paused worker's lease is handed back with a signed release and taken by another
+worker within seconds, not after the lease's two minutes), finish then pause, resume, nothing
+lost or credited twice, receipts checked against the validator's chain, the GPU choice
+restarting the model process, and ``flopnet status``.
 The real-GPU check was not run here.
 """
 
@@ -112,8 +113,17 @@ def test_pause_now_hands_the_lease_to_another_worker_then_finish_and_resume(
                 return worker, found[0]
         return None
 
-    # Pause now, while a worker generates: its lease goes back with a signed release.
     one, lease = wait_for(generating, 240, "a worker generating")
+
+    # Its output streams: the API shows the text so far while the lease is still generating.
+    def streaming() -> dict[str, Any] | None:
+        task = one.get(f"/tasks/{lease['lease_id']}")
+        assert task["stage"] == "generating", "the sample ended before any output streamed"
+        return task if task["output"] else None
+
+    partial = wait_for(streaming, 60, "the output streaming")
+    assert 0 < partial["tokens"] < 128 and partial["output"].strip(), partial
+    # Pause now, while the worker generates: its lease goes back with a signed release.
     answer = one.send("POST", "/control/pause", {"mode": "now"})
     assert answer.status_code == 200 and answer.json()["effective"]["badge"] == "paused (manual)"
     released_at = time.time()

@@ -19,12 +19,13 @@ from textual.widgets import DataTable, Input, RichLog, Static
 from tuikit import CLOCK, seed_docs, seeded_app
 
 from flopnet.node.api import build_api, load_or_create_token, serve_api
-from flopnet.node.api_schema import Call, Endpoint, Param
+from flopnet.node.api_schema import ApiError, Call, Endpoint, Param
 from flopnet.node.control import Settings
 from flopnet.node.controller import Controller
 from flopnet.node.events import EventBus
 from flopnet.node.sse import event_stream
 from flopnet.node.state import node_badge
+from flopnet.node.worker.board import TaskBoard, TaskEntry
 from flopnet.tui.app import FlopnetApp
 from flopnet.tui.client import NodeTarget, attach_targets
 from flopnet.tui.screens.control import ControlScreen, parse_gpus
@@ -367,3 +368,82 @@ def test_the_tui_imports_neither_torch_nor_libp2p_nor_the_node() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[] []"
+
+
+def test_a_task_view_follows_its_output_as_it_streams(tmp_path: Path) -> None:
+    """The worker's real task board behind a real API: deltas appended while the lease is
+    generating reach the open task view through the event stream, in order."""
+    data_dir = tmp_path / "worker-1"
+    data_dir.mkdir()
+    node = LiveNode(data_dir)
+    lease = "ab" * 16
+    board_ready = threading.Event()
+    parts: dict[str, Any] = {}
+
+    def endpoints() -> list[Endpoint]:
+        board: TaskBoard = parts["board"]
+
+        def task(call: Call) -> Any:
+            entry = board.get(call.path["lease_id"])
+            if entry is None:
+                raise ApiError(404, "no such lease", "lease_id")
+            return {**entry.detail(), "prompt": "What is 2+2?", "measures": []}
+
+        extra = [
+            Endpoint("GET", "/tasks/{lease_id}", "task", task),
+            Endpoint(
+                "GET",
+                "/tasks",
+                "tasks",
+                lambda c: {"tasks": [e.summary() for e in board.entries()]},
+            ),
+        ]
+        return extra + [e for e in LiveNode.endpoints(node) if e.path != "/tasks"]
+
+    async def serve() -> None:
+        node.bus = EventBus()
+        node.control = Controller(data_dir, Settings(), node.bus)
+        bus = node.bus
+        board = TaskBoard(lambda entry: bus.publish("task", entry.summary()))
+        board.claimed(TaskEntry(lease, "arith-0-1", "math", 0, "p", "v", CLOCK, CLOCK + 60))
+        board.move(lease, "generating", CLOCK)
+        parts.update(board=board, token=trio.lowlevel.current_trio_token())
+        async with trio.open_nursery() as nursery:
+            parts["scope"] = nursery.cancel_scope
+            url = await nursery.start(
+                serve_api, build_api(load_or_create_token(data_dir), endpoints()), 0
+            )
+            (data_dir / "node.json").write_text(json.dumps({"api_url": url}))
+            board_ready.set()
+
+    thread = threading.Thread(target=trio.run, args=(serve,), daemon=True)
+    thread.start()
+    assert board_ready.wait(30)
+
+    def stream(tokens: int, text: str) -> None:
+        trio.from_thread.run_sync(
+            parts["board"].streamed, lease, tokens, text, trio_token=parts["token"]
+        )
+
+    async def main() -> None:
+        app = FlopnetApp(attach_targets(data_dir), "live")
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.current.connected and app.current.status)
+            await app.push_screen(TaskDetailScreen(lease))
+            await pilot.pause()
+            await until(pilot, lambda: "(not generated yet)" in text_of(app, "#task-detail"))
+            stream(4, "Two plus")
+            await until(
+                pilot, lambda: "Two plus ▍ (4 tokens so far)" in text_of(app, "#task-detail")
+            )
+            stream(9, " two is four.")
+            await until(
+                pilot,
+                lambda: "Two plus two is four. ▍ (9 tokens so far)" in text_of(app, "#task-detail"),
+            )
+
+    try:
+        run(main())
+    finally:
+        trio.from_thread.run_sync(parts["scope"].cancel, trio_token=parts["token"])
+        thread.join(10)

@@ -100,8 +100,8 @@ class NodeData:
             del lines[:-MAX_LOG_LINES]
         elif kind == "system":
             self._add_sample(data)
-        elif kind == "task":
-            self._update_task(data)
+        elif kind == "task" and self._update_task(data):
+            return set()  # its output grew: the row now says all there is to say
         return stale
 
     def _add_sample(self, sample: dict[str, Any]) -> None:
@@ -123,13 +123,16 @@ class NodeData:
             mem_total = gpu.get("mem_total") or 0
             push(f"gpu{i}_mem_pct", 100.0 * gpu.get("mem_used", 0) / mem_total if mem_total else 0)
 
-    def _update_task(self, row: dict[str, Any]) -> None:
+    def _update_task(self, row: dict[str, Any]) -> bool:
+        """Put the event's row in the tasks document; True if only its output grew (a
+        streaming update: same stage), which makes no other document stale."""
         tasks = self.docs.get("tasks")
         if not isinstance(tasks, dict):
-            return
+            return False
         rows = tasks.setdefault("tasks", [])
         for i, existing in enumerate(rows):
             if existing.get("lease_id") == row.get("lease_id"):
                 rows[i] = row
-                return
+                return existing.get("stage") == row.get("stage") == "generating"
         rows.insert(0, row)
+        return False

@@ -87,8 +87,9 @@ class NodeScreen(Screen[None]):
         app = self.flop_app
         data = app.current
         header = self.query("#header")
-        if header:
-            header.first(NodeHeader).show(data, app.title_text, len(app.nodes), app.index)
+        if not header:
+            return  # not composed yet (a live event while the screen is pushed): on_mount draws
+        header.first(NodeHeader).show(data, app.title_text, len(app.nodes), app.index)
         self.show(data)
 
     def show(self, data: NodeData) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from flopnet.node.model.streaming import OutputCallback
 from flopnet.proof.completion import CompletionCheck
 from flopnet.proof.measures import ChunkCheck
 from flopnet.protocol.errors import FlopnetError
@@ -166,9 +167,13 @@ class ModelClient(Protocol):
 
     async def restart(self) -> ModelInfo: ...
 
-    async def generate(self, request: GenerateRequest) -> Generated: ...
+    async def generate(
+        self, request: GenerateRequest, on_output: OutputCallback | None = None
+    ) -> Generated: ...
 
-    async def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[Generated]: ...
+    async def generate_batch(
+        self, requests: Sequence[GenerateRequest], on_output: OutputCallback | None = None
+    ) -> list[Generated]: ...
 
     async def audit(self, request: AuditRequest) -> AuditMeasures: ...
 

@@ -37,6 +37,7 @@ from flopnet.node.model.calls import (
     ModelInternalError,
 )
 from flopnet.node.model.hf_backend import Generation, GenerationRequest, HFBackend
+from flopnet.node.model.streaming import STREAM_EVERY_S, OutputCallback, OutputStream
 from flopnet.proof.completion import check_completion
 from flopnet.proof.sampling import SamplingParams, replay_shortfalls
 from flopnet.proof.stream import ProofStream
@@ -62,6 +63,9 @@ class ModelChild:
             if device is not None and device.type != "cpu"
             else None
         )
+        # Where a generation's text deltas go while it runs (set by serve: the pipe).
+        self.progress: OutputCallback | None = None
+        self.stream_every_s = STREAM_EVERY_S
 
     @classmethod
     def load(cls, spec: LoadSpec) -> ModelChild:
@@ -138,16 +142,37 @@ class ModelChild:
             proof_s=proof_s,
         )
 
+    def _output_stream(self, rows: int) -> OutputStream | None:
+        if self.progress is None or not getattr(self.backend, "streams_tokens", False):
+            return None
+        tokenizer = self.backend.tokenizer
+        return OutputStream(
+            rows,
+            tokenizer.decode,
+            self.progress,
+            skip=frozenset({tokenizer.eos_id}),
+            every_s=self.stream_every_s,
+        )
+
+    def _decode_kwargs(self, proofs: ProofStream, output: OutputStream | None) -> dict[str, Any]:
+        kwargs = proofs.backend_kwargs()
+        if output is not None:
+            kwargs["on_token"] = output.on_token
+        return kwargs
+
     def generate(self, request: GenerateRequest) -> Generated:
-        """One sample, proven."""
+        """One sample, proven; its text is sent through :attr:`progress` as it grows."""
         stream = ProofStream(self._proof_pool)
+        output = self._output_stream(1)
         gen = self.backend.generate(
             request.prompt_ids,
             seed=request.seed,
             params=_params(request),
             max_new_tokens=request.max_new_tokens,
-            **stream.backend_kwargs(),
+            **self._decode_kwargs(stream, output),
         )
+        if output is not None:
+            output.close()
         t0 = time.perf_counter()  # what proof building adds after decoding: the last chunk
         proofs = stream.proofs(0, gen.hidden)
         result: Generated = self._generated(gen, proofs, gen.decode_s, time.perf_counter() - t0)
@@ -167,7 +192,10 @@ class ModelChild:
         ]
         t0 = time.perf_counter()
         stream = ProofStream(self._proof_pool)
-        gens = self.backend.generate_batch(rows, **stream.backend_kwargs())
+        output = self._output_stream(len(rows))
+        gens = self.backend.generate_batch(rows, **self._decode_kwargs(stream, output))
+        if output is not None:
+            output.close()
         decode_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         proofs = stream.all_proofs([gen.hidden for gen in gens])
@@ -293,6 +321,7 @@ class ModelChild:
 
     def serve(self, conn: Connection) -> None:
         """Answer requests until the pipe closes or ``None`` arrives."""
+        self.progress = lambda deltas: conn.send(("progress", list(deltas)))
         with torch.inference_mode():
             while True:
                 try:

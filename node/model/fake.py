@@ -30,6 +30,7 @@ from flopnet.node.model.calls import (
     ModelInfo,
     ModelInputError,
 )
+from flopnet.node.model.streaming import OutputCallback, OutputDelta
 from flopnet.proof.completion import check_completion
 from flopnet.proof.measures import NO_MATCH_ERROR, ChunkCheck
 from flopnet.proof.params import CHUNK, PROOF_BYTES, TOPK
@@ -157,13 +158,33 @@ class FakeModel:
 
     # -- ModelClient ---------------------------------------------------------------------------
 
-    async def generate(self, request: GenerateRequest) -> Generated:
+    async def generate(
+        self, request: GenerateRequest, on_output: OutputCallback | None = None
+    ) -> Generated:
         self._enter("generate")
-        return self._sample(request)
+        return self._stream([self._sample(request)], on_output)[0]
 
-    async def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[Generated]:
+    async def generate_batch(
+        self, requests: Sequence[GenerateRequest], on_output: OutputCallback | None = None
+    ) -> list[Generated]:
         self._enter("generate_batch")
-        return [self._sample(r) for r in requests]
+        return self._stream([self._sample(r) for r in requests], on_output)
+
+    def _stream(self, gens: list[Generated], on_output: OutputCallback | None) -> list[Generated]:
+        """Hand the samples' texts over a chunk of tokens at a time, as the model process
+        does while it decodes (the pieces join to each sample's text)."""
+        if on_output is None:
+            return gens
+        longest = max((len(g.token_ids) for g in gens), default=0)
+        for start in range(0, longest, CHUNK):
+            deltas = []
+            for row, gen in enumerate(gens):
+                piece = self.decode(gen.token_ids[start : start + CHUNK])
+                if start < len(gen.token_ids):
+                    text = (" " if start and piece else "") + piece
+                    deltas.append(OutputDelta(row, min(start + CHUNK, len(gen.token_ids)), text))
+            on_output(deltas)
+        return gens
 
     def _measure(self, request: AuditRequest) -> AuditMeasures:
         sample, tokens = request.sample, request.token_ids

@@ -32,6 +32,8 @@ PROOF_CHUNK = CHUNK
 
 # (row of the batch, chunk index, bf16 states [PROOF_CHUNK, hidden]) -> None
 ChunkCallback = Callable[[int, int, torch.Tensor], None]
+# (row of the batch, the token just sampled) -> None
+TokenCallback = Callable[[int, int], None]
 
 
 @dataclass
@@ -113,6 +115,9 @@ def _lm_head(model: nn.Module) -> nn.Module:
 class HFBackend:
     """A model built from a :class:`ModelSpec`, with seeded generation and validator prefill."""
 
+    # Its generate calls take ``on_token`` (the vLLM backend hands over whole samples only).
+    streams_tokens = True
+
     def __init__(
         self,
         spec: ModelSpec,
@@ -179,6 +184,7 @@ class HFBackend:
         params: SamplingParams,
         max_new_tokens: int,
         on_chunk: ChunkCallback | None = None,
+        on_token: TokenCallback | None = None,
     ) -> Generation:
         """Decode up to ``max_new_tokens`` tokens with the seeded sampler; stops after eos.
 
@@ -186,6 +192,7 @@ class HFBackend:
         ``token_ids`` (it is a proven position) but left out of ``text``. ``on_chunk`` receives
         each full chunk of :data:`PROOF_CHUNK` states while decoding continues (proofs can be
         built meanwhile, off the decoding thread); the last, partial chunk is left to the caller.
+        ``on_token(0, token)`` sees each token as it is sampled (the output streams to the TUI).
         """
         if not prompt_ids:
             raise ConfigError("prompt is empty")
@@ -207,6 +214,8 @@ class HFBackend:
                     on_chunk(0, i // PROOF_CHUNK, _chunk_states(hidden, i))
                 tok = sample_token(out.logits[0, -1].float().cpu(), seed, i, params)
                 tokens.append(tok)
+                if on_token is not None:
+                    on_token(0, tok)
                 if tok == self.eos_id:
                     finish = "eos"
                     break
@@ -229,7 +238,10 @@ class HFBackend:
         )
 
     def generate_batch(
-        self, requests: Sequence[GenerationRequest], on_chunk: ChunkCallback | None = None
+        self,
+        requests: Sequence[GenerationRequest],
+        on_chunk: ChunkCallback | None = None,
+        on_token: TokenCallback | None = None,
     ) -> list[Generation]:
         """Decode several requests together, each as :meth:`generate` would on its own.
 
@@ -285,6 +297,8 @@ class HFBackend:
                         on_chunk(row, i // PROOF_CHUNK, _chunk_states(hidden[row], i))
                     tok = sample_token(logits[row], req.seed, i, req.params)
                     tokens[row].append(tok)
+                    if on_token is not None:
+                        on_token(row, tok)
                     step[row, 0] = tok
                     if tok == self.eos_id:
                         finish[row] = "eos"

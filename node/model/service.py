@@ -15,6 +15,7 @@ import importlib.util
 import logging
 import multiprocessing
 import threading
+import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
@@ -33,6 +34,7 @@ from flopnet.node.model.calls import (
     ModelInfo,
     ModelUnavailable,
 )
+from flopnet.node.model.streaming import OutputCallback, OutputDelta
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 300.0
@@ -117,30 +119,38 @@ class ModelService:
             backend == "auto" and importlib.util.find_spec("vllm") is not None
         )
 
-    def _recv(self, timeout: float) -> Any:
+    def _recv(self, timeout: float, on_output: OutputCallback | None = None) -> Any:
         conn = self._conn  # read once: a restart may replace it
         if conn is None:
             raise ModelUnavailable("the model process is not running")
-        if not conn.poll(timeout):
-            # Its answer may still come and would then be read as the next one's: restart it.
-            raise ModelUnavailable(f"the model process did not answer within {timeout}s")
-        try:
-            status, value = conn.recv()
-        except (EOFError, OSError):
-            raise ModelUnavailable("the model process died") from None
-        if status != "ok":
-            assert isinstance(value, ModelError)
-            raise value
-        return value
+        deadline = time.monotonic() + timeout
+        while True:
+            if not conn.poll(max(0.0, deadline - time.monotonic())):
+                # Its answer may still come and would be read as the next one's: restart it.
+                raise ModelUnavailable(f"the model process did not answer within {timeout}s")
+            try:
+                status, value = conn.recv()
+            except (EOFError, OSError):
+                raise ModelUnavailable("the model process died") from None
+            if status == "progress":  # a generation's text so far; the answer comes later
+                if on_output is not None:
+                    _hand_to_trio(on_output, value)
+                continue
+            if status != "ok":
+                assert isinstance(value, ModelError)
+                raise value
+            return value
 
-    def _call(self, op: str, payload: Any, timeout: float) -> Any:
+    def _call(
+        self, op: str, payload: Any, timeout: float, on_output: OutputCallback | None = None
+    ) -> Any:
         with self._lock:
             if self._conn is None or self._process is None or not self._process.is_alive():
                 raise ModelUnavailable("the model process is not running")
             self._op = op
             try:
                 self._conn.send((op, payload))
-                return self._recv(timeout)
+                return self._recv(timeout, on_output)
             finally:
                 self._op = None
 
@@ -160,17 +170,29 @@ class ModelService:
         """Whether the model process is running."""
         return self._process is not None and self._process.is_alive()
 
-    async def _ask(self, op: str, payload: Any, timeout: float = CALL_TIMEOUT_S) -> Any:
-        return await _run_sync(self._call, op, payload, timeout, abandon_on_cancel=True)
+    async def _ask(
+        self,
+        op: str,
+        payload: Any,
+        timeout: float = CALL_TIMEOUT_S,
+        on_output: OutputCallback | None = None,
+    ) -> Any:
+        return await _run_sync(self._call, op, payload, timeout, on_output, abandon_on_cancel=True)
 
-    async def generate(self, request: GenerateRequest) -> Generated:
-        """One sample with its proofs."""
-        result: Generated = await self._ask("generate", request)
+    async def generate(
+        self, request: GenerateRequest, on_output: OutputCallback | None = None
+    ) -> Generated:
+        """One sample with its proofs; ``on_output`` (called in trio) gets its text as it grows."""
+        result: Generated = await self._ask("generate", request, on_output=on_output)
         return result
 
-    async def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[Generated]:
-        """Several samples decoded together."""
-        result: list[Generated] = await self._ask("generate_batch", list(requests))
+    async def generate_batch(
+        self, requests: Sequence[GenerateRequest], on_output: OutputCallback | None = None
+    ) -> list[Generated]:
+        """Several samples decoded together (``on_output``: their texts as they grow)."""
+        result: list[Generated] = await self._ask(
+            "generate_batch", list(requests), on_output=on_output
+        )
         return result
 
     async def audit(self, request: AuditRequest) -> AuditMeasures:
@@ -213,3 +235,14 @@ class ModelService:
         if self._conn is not None:
             self._conn.close()
         self._conn = self._process = None
+
+
+def _hand_to_trio(on_output: OutputCallback, deltas: list[OutputDelta]) -> None:
+    """Run the caller's callback in trio (it touches the daemon's state), from the thread that
+    waits on the pipe. A caller that went away (cancelled, its thread abandoned) misses it."""
+    try:
+        trio.from_thread.run_sync(on_output, deltas)
+    except (trio.Cancelled, trio.RunFinishedError):
+        pass
+    except Exception:
+        log.exception("the output callback failed (the generation goes on)")

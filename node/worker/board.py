@@ -145,6 +145,19 @@ class TaskBoard:
         self._changed(entry)
         return entry
 
+    def streamed(self, lease_id: str, tokens: int, text: str) -> TaskEntry | None:
+        """A generating lease's output grew (the model process streams it): ``text`` is
+        appended, ``tokens`` is the count so far. The stage stays; the change is published."""
+        entry = self._entries.get(lease_id)
+        if entry is None or entry.stage != "generating":
+            return None  # a late delta after the sample was handed over, or a dropped lease
+        room = MAX_TEXT_KEPT - len(entry.output)
+        if room > 0:
+            entry.output += text[:room]
+        entry.tokens = tokens
+        self._changed(entry)
+        return entry
+
     def generated(
         self,
         lease_id: str,

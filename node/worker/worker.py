@@ -35,6 +35,7 @@ from flopnet.node.model.calls import (
     ModelError,
     ModelUnavailable,
 )
+from flopnet.node.model.streaming import OutputCallback, OutputDelta
 from flopnet.node.profile import ProfileSharer, load_profile
 from flopnet.node.publisher.announcements import SeqTracker
 from flopnet.node.worker.board import TaskBoard, TaskEntry
@@ -454,9 +455,9 @@ class Worker:
         requests = [cheat_request(cheat, GenerateRequest.of_lease(lease)) for lease in leases]
         try:
             if len(requests) == 1:
-                gens = [await self.model.generate(requests[0])]
+                gens = [await self.model.generate(requests[0], self._streamer(leases))]
             else:
-                gens = list(await self.model.generate_batch(requests))
+                gens = list(await self.model.generate_batch(requests, self._streamer(leases)))
             if cheat is not None and self.model.info is not None:
                 gens = [cheat_output(cheat, g, self.model.info.vocab_size) for g in gens]
             return list(gens)
@@ -471,9 +472,12 @@ class Worker:
                 await trio.sleep(ERROR_BACKOFF_S)
                 return [None]
         out: list[Generated | None] = []
-        for request in requests:
+        for lease, request in zip(leases, requests, strict=True):
+            entry = self.board.get(lease.lease_id.hex())
+            if entry is not None:  # what the failed batch streamed is not this sample's text
+                entry.output, entry.tokens = "", 0
             try:
-                out.append(await self.model.generate(request))
+                out.append(await self.model.generate(request, self._streamer([lease])))
             except ModelError as exc:
                 self.stats.errors += 1
                 log.warning("lease alone: %s: %s", type(exc).__name__, exc)
@@ -481,6 +485,18 @@ class Worker:
                 if isinstance(exc, ModelUnavailable):
                     self._restart_wanted = True
         return out
+
+    def _streamer(self, leases: Sequence[Lease]) -> OutputCallback:
+        """Where the model process's text deltas go: each row's lease on the task board (the
+        API's ``/tasks/{id}`` and the TUI's task view show the output as it grows)."""
+        lease_ids = [lease.lease_id.hex() for lease in leases]
+
+        def on_output(deltas: Sequence[OutputDelta]) -> None:
+            for delta in deltas:
+                if 0 <= delta.row < len(lease_ids):
+                    self.board.streamed(lease_ids[delta.row], delta.tokens, delta.text)
+
+        return on_output
 
     async def _release(self, leases: Sequence[Opened], reason: str) -> None:
         """Hand leases back to their publishers with a signed release (best effort: a release

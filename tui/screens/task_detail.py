@@ -60,6 +60,8 @@ def detail_text(task: dict[str, Any], now: float) -> Text:
     out.append("\nOutput\n", "bold underline")
     output = task.get("output") or ""
     out.append(output if output else "(not generated yet)", "" if output else "dim")
+    if task.get("stage") == "generating" and output:
+        out.append(f" ▍ ({task.get('tokens', 0)} tokens so far)", "dim")
     return out
 
 
@@ -67,7 +69,7 @@ class TaskDetailScreen(NodeScreen):
     """One lease in full; it follows the lease's events while it is open."""
 
     CSS_PATH = "task_detail.tcss"
-    NEEDS = ("status",)
+    NEEDS = ("status", "tasks")  # a row's stage or token count moving: read the lease again
     BINDINGS: ClassVar = [Binding("escape", "close", "Back")]
 
     def __init__(self, lease_id: str) -> None:
@@ -91,16 +93,27 @@ class TaskDetailScreen(NodeScreen):
 
     def show(self, data: NodeData) -> None:
         task = self.task_doc or _seeded(data, self.lease_id)
-        widget = self.query_one("#task-detail", Static)
+        found = self.query("#task-detail")
+        if not found:
+            return  # its body is not mounted yet: the reload after mount draws it
+        widget = found.first(Static)
+        scroll = self.query_one("#task-detail-scroll", VerticalScroll)
+        following = scroll.scroll_y >= scroll.max_scroll_y - 1  # at the end: stay there
         if task is None:
             widget.update(Text("no such task on this node (it may have been dropped)", "dim"))
         else:
             widget.update(detail_text(task, self.now()))
+            if following and task.get("stage") == "generating":
+                self.call_after_refresh(scroll.scroll_end, animate=False)
         for row in (data.doc("tasks") or {}).get("tasks") or []:
             if (
                 row.get("lease_id") == self.lease_id
                 and self.task_doc is not None
-                and row.get("stage") != self.task_doc.get("stage")
+                # a new stage, or the output grew while it is generated (it streams)
+                and (
+                    row.get("stage") != self.task_doc.get("stage")
+                    or row.get("tokens") != self.task_doc.get("tokens")
+                )
             ):
                 self.run_worker(self.reload(), exclusive=True, group="detail")
 
