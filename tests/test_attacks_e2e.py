@@ -1,7 +1,7 @@
 """A real devnet (separate processes on 127.0.0.1) under attack by hostile peers running in a
 process of their own (``python -m flopnet.testing.hostile``): honest work goes on, nothing the
-attackers send is stored or credited, no honest worker is banned, and the attackers' costs fall
-on them.
+attackers send is credited (forgeries are not even stored; garbage on real leases is audited and
+rejected), no honest worker is banned, and the attackers' costs fall on them.
 """
 
 from __future__ import annotations
@@ -62,9 +62,13 @@ def test_honest_work_goes_on_under_sybils_forgeries_and_floods(tmp_path: Path) -
             "forged": attack(net, "forged", "--seconds", "6", "--rate", "20"),
             "replay": attack(net, "replay", "--seconds", "12", "--rate", "100"),
             "heartbeats": attack(net, "heartbeats", "--seconds", "12", "--rate", "100"),
+            "garbage": attack(net, "garbage", "--identities", "4", "--seconds", "12"),
         }
         results = {name: outcome(net, name, proc) for name, proc in attacks.items()}
         assert net.wait_done(300), "honest work did not finish under attack"
+        # Every garbage submission that got a receipt is judged before the figures are read.
+        sent = results["garbage"]["receipts"]
+        assert wait_until(lambda: api_get(info, "/status")["validator"]["rejected"] >= sent, 120)
         net.capture_status()
     finally:
         net.stop()
@@ -93,6 +97,12 @@ def test_honest_work_goes_on_under_sybils_forgeries_and_floods(tmp_path: Path) -
     for name in ("replay", "heartbeats"):
         assert results[name]["published"] > 0, results[name]
     assert len(charged) >= 3, charged  # forger, replayer and flooder at least
+    # Garbage with well-formed proofs on real leases: stored (the lease is good), audited
+    # (newcomers are audited in full) and rejected, every one.
+    garbage = results["garbage"]
+    assert garbage["receipts"] >= 1, garbage
     validator = status["validator"]
-    # Nothing of theirs reached the ledger: every credit is an honest worker's.
-    assert validator["accepted"] == tasks and validator["rejected"] == 0, validator
+    # Nothing of theirs was credited: every credit is an honest worker's, every rejection the
+    # garbage senders'.
+    assert validator["accepted"] == tasks, validator
+    assert validator["rejected"] == garbage["receipts"], (validator, garbage)
