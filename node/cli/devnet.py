@@ -1,7 +1,9 @@
 """``flopnet devnet``: a real local network of separate processes on 127.0.0.1.
 
 One process is publisher + validator (or, with ``separate_publisher``, one each: the validator
-then holds no task set and fetches each task's spec from the publisher); each worker is its own
+then holds no task set and fetches each task's spec from the publisher); with ``validators`` > 1
+the others are validator-only processes (fetching specs from the publisher, each sample judged by
+the one ``validator_for`` names, every chain replicated to all); each worker is its own
 process (and each has its own model child process). Cheaters are workers whose model seed
 differs from the network's: a forged computation that the validator's TOPLOC check must reject.
 The devnet waits for every worker to connect before tasks are announced (so each worker,
@@ -74,6 +76,9 @@ class DevnetOptions:
     batch_size: int = 1  # each worker generates this many leases together
     pin_weights: bool = False  # hash the model's weights into the manifest (~5 s for tiny)
     separate_publisher: bool = False  # publisher and validator in two processes
+    # Validators in the manifest: the first is the one above (the publisher too, unless
+    # separate); the others are validator-2, validator-3, ... Each sample goes to one of them.
+    validators: int = 1
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -87,6 +92,8 @@ class DevnetOptions:
             raise ConfigError("--lease-seconds must be positive")
         if not 1 <= self.samples <= 64:
             raise ConfigError("--samples must be in 1..64")
+        if not 1 <= self.validators <= 8:
+            raise ConfigError("--validators must be in 1..8")
         from flopnet.node.model.trained import TRAINED_MODELS
 
         if self.cheaters and self.model in TRAINED_MODELS:
@@ -155,11 +162,14 @@ def prepare_model(model: str, dtype: str) -> float | None:
 
 
 def devnet_params(
-    opts: DevnetOptions, validator_key: str, publisher_key: str | None = None
+    opts: DevnetOptions,
+    validator_key: str,
+    publisher_key: str | None = None,
+    more_validators: tuple[str, ...] = (),
 ) -> NetworkParams:
-    """A devnet's network parameters: one validator, one publisher (the same node unless
-    ``publisher_key`` is another), and the proof policy ``recommended_policy(model, dtype)``
-    (calibrated for the embedded models)."""
+    """A devnet's network parameters: its validators (``validator_key`` first), one publisher
+    (the first validator's node unless ``publisher_key`` is another), and the proof policy
+    ``recommended_policy(model, dtype)`` (calibrated for the embedded models)."""
     return NetworkParams(
         network_id="assigned-by-manifest",  # the founder key decides the real id
         model=opts.model,
@@ -168,7 +178,7 @@ def devnet_params(
         lease_seconds=opts.lease_seconds,
         samples_per_task=opts.samples,
         publishers=(publisher_key or validator_key,),
-        validators=(validator_key,),
+        validators=(validator_key, *more_validators),
         **recommended_proof_params(opts.model, opts.dtype),
     )
 
@@ -242,15 +252,46 @@ class Devnet:
         (proc.data_dir / NODE_INFO_FILE).unlink(missing_ok=True)
         proc.process = _launch(proc.command, proc.data_dir)
         info = self._wait_info(proc, time.time() + NODE_START_TIMEOUT_S)
-        if proc.kind == "validator":
+        first = proc.name == VALIDATOR_DIR
+        if first:
             self.validator_info = info
-        if proc.kind == "publisher" or (proc.kind == "validator" and not self._separate):
+        if proc.kind == "publisher" or (first and not self._separate):
             self.publisher_info = info
         return info
 
     @property
     def _separate(self) -> bool:
         return self.options.separate_publisher
+
+    @property
+    def extra_validator_dirs(self) -> list[str]:
+        """The data dirs of the validators after the first (``--validators N``)."""
+        return [f"{VALIDATOR_DIR}-{i}" for i in range(2, self.options.validators + 1)]
+
+    @property
+    def validators(self) -> list[_Proc]:
+        """The validator processes, the first one first."""
+        return [p for p in self.procs if p.kind == "validator"]
+
+    def wait_replicated(self, timeout: float) -> bool:
+        """Wait until every validator holds every validator's chain up to the same head (the
+        summary reads one validator's ledger: with several, it must hold the others' credits)."""
+        deadline = time.time() + timeout
+        while True:
+            heads = []
+            for proc in self.validators:
+                info = read_node_info(proc.data_dir)
+                try:
+                    heads.append(
+                        dict(api_get(info, "/status"))["ledger"]["heads"] if info else None
+                    )
+                except Exception:
+                    heads.append(None)
+            if heads and heads[0] and all(h == heads[0] for h in heads):
+                return True
+            if time.time() >= deadline:
+                return False
+            time.sleep(POLL_S)
 
     def _wait_info(self, proc: _Proc, deadline: float) -> dict[str, Any]:
         while time.time() < deadline:
@@ -281,7 +322,11 @@ class Devnet:
         publisher_key = None
         if opts.separate_publisher:
             publisher_key = load_or_create_identity(self.root / PUBLISHER_DIR).public_key.hex()
-        params = devnet_params(opts, validator_key, publisher_key)
+        more = tuple(
+            load_or_create_identity(self.root / name).public_key.hex()
+            for name in self.extra_validator_dirs
+        )
+        params = devnet_params(opts, validator_key, publisher_key, more)
         if opts.pin_weights:
             from flopnet.node.model.models import model_weights_sha256
 
@@ -299,7 +344,7 @@ class Devnet:
             task_args += source.arguments()
         # A newcomer earns its leases; a devnet's own workers may fill a batch from the start.
         task_args += ["--newcomer-leases", str(opts.batch_size)]
-        peers_needed = opts.workers + opts.cheaters + len(opts.cheats)
+        peers_needed = opts.workers + opts.cheaters + len(opts.cheats) + len(more)
         if opts.separate_publisher:
             node_args = ["--role", "validator"]
             publisher_args = ["--role", "publisher", *task_args]
@@ -321,6 +366,12 @@ class Devnet:
             node_args += ["--wait-for-workers", str(peers_needed)]
         node_args += self._judge_args()
         validator = self._spawn(VALIDATOR_DIR, "validator", [*node_args, "--port", str(port)])
+        for name in self.extra_validator_dirs:
+            self._spawn(
+                name,
+                "validator",
+                ["--role", "validator", "--bootstrap", bootstrap, *self._judge_args()],
+            )
         publisher = validator
         if opts.separate_publisher:
             publisher = self._spawn(PUBLISHER_DIR, "publisher", publisher_args)
@@ -511,6 +562,8 @@ def run_devnet(options: DevnetOptions) -> dict[str, Any]:
             finished = devnet.wait_done(options.timeout)
             if finished:
                 devnet.wait_profiles()
+                if options.validators > 1:
+                    devnet.wait_replicated(60)
         else:
             from flopnet.tui.app import NodeTarget, run_tui
 

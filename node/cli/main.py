@@ -167,6 +167,13 @@ def _add_devnet(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="run the publisher in its own process; the validator fetches task specs from it",
     )
+    p.add_argument(
+        "--validators",
+        type=int,
+        default=1,
+        help="validators in the network (default 1); each sample is judged by one of them, and "
+        "every validator replicates the others' ledger chains",
+    )
 
 
 def _add_tui(sub: argparse._SubParsersAction) -> None:
@@ -339,6 +346,7 @@ def _cmd_devnet(args: argparse.Namespace) -> int:
         lease_seconds=args.lease_seconds or default_lease_seconds(args.model),
         bootstrap_node=args.bootstrap_node,
         separate_publisher=args.separate_publisher,
+        validators=args.validators,
     )
     summary = run_devnet(options)
     if args.json:
