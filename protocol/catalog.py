@@ -28,10 +28,14 @@ from flopnet.protocol.messages import (
     Verdict,
     VerdictRequest,
 )
-from flopnet.protocol.rpc import GossipBudget, Rpc
+from flopnet.protocol.rpc import GossipBudget, RequestBudget, Rpc
 
-# A worker claims an announced task from its publisher: a signed lease, or a refusal.
-CLAIM = Rpc("/flopnet/claim/1.0.0", Claim, (Lease, Refusal), timeout=10.0)
+# A worker claims an announced task from its publisher: a signed lease, or a refusal. An honest
+# worker claims a batch (at most its lease quota plus a few refusals) per generation and its
+# pacer keeps inside this budget; a claimer ignoring "wait" refusals is held to it, told to
+# slow down and charged beyond it (each request costs the publisher ~1 ms of stream handling).
+CLAIM_BUDGET = RequestBudget(rate_per_s=8.0, burst=64.0)
+CLAIM = Rpc("/flopnet/claim/1.0.0", Claim, (Lease, Refusal), timeout=10.0, budget=CLAIM_BUDGET)
 # The receipt comes back once the submission is stored: no waiting for the model.
 SUBMIT = Rpc("/flopnet/submit/1.0.0", Submission, (SubmissionReceipt, Refusal), timeout=30.0)
 # A verdict request waits up to VerdictRequest.wait_seconds (at most 60 s) for a pending verdict.

@@ -20,6 +20,7 @@ request and one response per stream.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import secrets
 import time
@@ -53,7 +54,14 @@ from flopnet.protocol.messages import (
     ReachabilityRequest,
     Refusal,
 )
-from flopnet.protocol.rpc import DEFAULT_GOSSIP_BUDGET, GossipBudget, Rpc, StreamLimits, refusal
+from flopnet.protocol.rpc import (
+    DEFAULT_GOSSIP_BUDGET,
+    GossipBudget,
+    RequestBudget,
+    Rpc,
+    StreamLimits,
+    refusal,
+)
 
 __all__ = ["HealthSettings", "P2PHost", "RpcHandler", "StreamLimits", "encode_frame"]
 
@@ -68,6 +76,9 @@ GOSSIP_PROTOCOLS = ("/meshsub/1.1.0", "/meshsub/1.0.0")
 # One-way notices: a node tells a peer why it is about to be cut off (a ban is never silent).
 NOTICE_PROTOCOL = "/flopnet/notice/1.0.0"
 NOTICE_TIMEOUT_S = 2.0
+# New inbound connections one IP address may open (per second, and a burst) before the
+# handshake is skipped and the connection closed unread.
+INBOUND_PER_ADDRESS = RequestBudget(rate_per_s=10.0, burst=64.0)
 # Identical gossip bytes from one author are handled once; more than this many repeats of
 # recent messages within the memory are a replay flood.
 GOSSIP_MEMORY = 4096
@@ -181,6 +192,16 @@ def _remote_peer_id(stream: Any) -> str:
     return str(stream.muxed_conn.peer_id)
 
 
+def _remote_address(raw_connection: Any) -> str | None:
+    """The IP address an inbound raw connection comes from (None if the transport cannot say)."""
+    get = getattr(raw_connection, "get_remote_address", None)
+    try:
+        remote = get() if get is not None else None
+    except Exception:
+        return None
+    return str(remote[0]) if remote else None
+
+
 class P2PHost:
     """One node's libp2p host, pubsub and protocol handlers.
 
@@ -217,6 +238,7 @@ class P2PHost:
         self._gossip_repeats: dict[str, int] = {}
         self._dht: Any = None
         self._nursery: trio.Nursery | None = None
+        self.inbound_refused = 0  # connections closed unread: their address was over its budget
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -259,6 +281,7 @@ class P2PHost:
 
         guard_pubsub_reads(pubsub, bad_gossip_stream)
         release_closed_inbound_connections(host.get_network())
+        self._gate_inbound_by_address(host.get_network())
         limits = RelayLimits(
             duration=3600, data=64 * 1024 * 1024, max_circuit_conns=64, max_reservations=64
         )
@@ -618,7 +641,8 @@ class P2PHost:
         self.handle(rpc.protocol_id, on_request, rpc.limits)
         if rpc.may_refuse:
             # Sealed once: a peer over its rate is told to slow down without costing a signature.
-            slow = refusal("rate_limited", f"over {self.guard.rate_per_s:g} requests/s: slow down")
+            rate = rpc.budget.rate_per_s if rpc.budget is not None else self.guard.rate_per_s
+            slow = refusal("rate_limited", f"over {rate:g} requests/s: slow down")
             self._slow_down[rpc.protocol_id] = seal(slow, self.identity, network_id)
 
     async def call(self, peer_id: str, rpc: Rpc, message: Record | bytes) -> Opened:
@@ -660,7 +684,14 @@ class P2PHost:
             if self.guard.is_banned(peer, now):
                 await _reset(stream)
                 return
-            if not self.guard.allow(peer, protocol_id, now):
+            budget = limits.budget
+            if not self.guard.allow(
+                peer,
+                protocol_id,
+                now,
+                rate=None if budget is None else budget.rate_per_s,
+                burst=None if budget is None else budget.burst,
+            ):
                 # Told, not silently dropped: an honest peer backs off; a flood is charged.
                 await self._answer_without_reading(stream, self._slow_down.get(protocol_id))
                 await self.penalize(peer, Violation.RATE_LIMIT)
@@ -736,6 +767,35 @@ class P2PHost:
             raise PeerError(f"{protocol_id} to {peer_id}: {type(exc).__name__}: {exc}") from None
 
     # -- abuse ---------------------------------------------------------------------------------
+
+    def _gate_inbound_by_address(self, swarm: Any) -> None:
+        """Close an inbound connection before its handshake when its address opens more than
+        :data:`INBOUND_PER_ADDRESS` allows.
+
+        A peer id is known only after the Noise handshake, which costs the listener as much as
+        the dialer: a banned or throwaway identity that reconnects in a loop would make us pay
+        a handshake per attempt. Honest nodes keep their connections; a burst covers a devnet's
+        nodes sharing 127.0.0.1 at start.
+        """
+        handle = swarm._handle_inbound_connection
+        guard = self.guard
+
+        async def gated(read_write_closer: Any, maddr: Any) -> None:
+            address = _remote_address(read_write_closer)
+            if address is not None and not guard.allow(
+                "address:" + address,
+                "inbound-connection",
+                time.time(),
+                rate=INBOUND_PER_ADDRESS.rate_per_s,
+                burst=INBOUND_PER_ADDRESS.burst,
+            ):
+                self.inbound_refused += 1
+                with contextlib.suppress(Exception):
+                    await read_write_closer.close()
+                return
+            await handle(read_write_closer, maddr)
+
+        swarm._handle_inbound_connection = gated
 
     def _install_ban_gate(self, host: Any) -> None:
         """Refuse connections to and from banned peers.

@@ -21,6 +21,17 @@ class StreamLimits:
     max_request: int
     max_response: int
     timeout: float = 10.0
+    # Requests one peer may open per second on this protocol, and its burst (None: the guard's
+    # stream budget). Over it the peer is told to slow down, unread, and charged.
+    budget: RequestBudget | None = None
+
+
+@dataclass(frozen=True)
+class RequestBudget:
+    """What one peer may ask of a stream protocol: a sustained rate and a burst (requests)."""
+
+    rate_per_s: float
+    burst: float
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,7 @@ class Rpc:
     request: type[Record]
     responses: tuple[type[Record], ...]
     timeout: float
+    budget: RequestBudget | None = None  # None: the guard's stream budget
 
     @property
     def limits(self) -> StreamLimits:
@@ -54,6 +66,7 @@ class Rpc:
             max_request=MAX_ENVELOPE_BYTES[self.request.TYPE],
             max_response=max(MAX_ENVELOPE_BYTES[r.TYPE] for r in self.responses),
             timeout=self.timeout,
+            budget=self.budget,
         )
 
     @property
