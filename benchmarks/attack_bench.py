@@ -11,9 +11,14 @@ with no attack. Per scenario:
 * ``validator_cpu_s`` and ``validator_disk_bytes``: what the validator's processes (daemon, model
   child, verifier children) spent in the window, and its data directory's growth;
 * ``per_attacker_cpu_s``: the validator's CPU and disk above the baseline's, per CPU second the
-  attacker spent (from the attack process's own rusage).
+  attacker spent (from the attack process's own rusage);
+* with ``--controls``, after each attack a control on a fresh devnet: a process that only burns
+  the CPU the attacker used (the same share of a core, over the same window) and talks to
+  nobody. On a machine whose cores the devnet already fills, an attacker's own CPU is taken from
+  honest work whatever the defence; ``share_vs_control`` (the attack's share over its control's)
+  is what the attack costs beyond that, which is what the protocol decides.
 
-    python benchmarks/attack_bench.py [--seconds 30] [--tasks 200] [--out FILE]
+    python benchmarks/attack_bench.py [--seconds 30] [--tasks 600] [--controls] [--out FILE]
 
 Writes ``benchmarks/results/attacks.json``. The machine is shared: the load average at each
 scenario's start is recorded beside its numbers.
@@ -26,6 +31,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -46,6 +52,17 @@ SCENARIOS: dict[str, list[str]] = {
     "heartbeats": ["--rate", "200"],
 }
 TICKS = os.sysconf("SC_CLK_TCK")
+# The control's CPU burner: busy for ``share`` of every 10 ms, for ``seconds``.
+_BURNER = """
+import sys, time
+share, seconds = float(sys.argv[1]), float(sys.argv[2])
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    busy = time.monotonic() + 0.01 * share
+    while time.monotonic() < busy:
+        pass
+    time.sleep(0.01 * (1 - share))
+"""
 
 
 def _tree(pid: int) -> list[int]:
@@ -124,6 +141,13 @@ def run_scenario(name: str, seconds: float, tasks: int, root: Path) -> dict[str,
         if name == "none":
             before = sample()
             time.sleep(seconds)
+        elif name.startswith("cpu:"):  # a control: burn a share of a core, talk to nobody
+            share = float(name.split(":", 2)[1])
+            burner = subprocess.Popen([sys.executable, "-c", _BURNER, str(share), str(seconds)])
+            before = sample()
+            _, _, usage = os.wait4(burner.pid, 0)
+            burner.returncode = 0
+            attacker_cpu = usage.ru_utime + usage.ru_stime
         else:
             out = net.root / "attack.json"
             command = [*flopnet_argv()[:2], "flopnet.testing.hostile", name]
@@ -167,9 +191,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="attack window per scenario")
     parser.add_argument(
-        "--tasks", type=int, default=200, help="tasks per devnet (more than a window)"
+        "--tasks", type=int, default=600, help="tasks per devnet (more than a window holds)"
     )
     parser.add_argument("--scenarios", nargs="*", default=list(SCENARIOS))
+    parser.add_argument("--controls", action="store_true", help="a CPU control after each attack")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     rows = []
@@ -178,11 +203,24 @@ def main() -> None:
             row = run_scenario(name, args.seconds, args.tasks, Path(tmp))
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "attack"}), flush=True)
+            if args.controls and row["attacker_cpu_s"] > 0:
+                share = min(1.0, row["attacker_cpu_s"] / max(row["window_s"], 1e-9))
+                control = run_scenario(f"cpu:{share:.3f}", row["window_s"], args.tasks, Path(tmp))
+                control["control_for"] = name
+                rows.append(control)
+                print(json.dumps({k: v for k, v in control.items() if k != "attack"}), flush=True)
     base = next((r for r in rows if r["scenario"] == "none"), None)
     for row in rows:
         if base is None or base["honest_tasks_per_s"] == 0:
             continue
         row["honest_share"] = round(row["honest_tasks_per_s"] / base["honest_tasks_per_s"], 3)
+    for row in rows:
+        control = next((c for c in rows if c.get("control_for") == row["scenario"]), None)
+        if control is not None and control.get("honest_share"):
+            row["share_vs_control"] = round(row["honest_share"] / control["honest_share"], 3)
+    for row in rows:
+        if base is None or base["honest_tasks_per_s"] == 0 or "control_for" in row:
+            continue
         if row["attacker_cpu_s"] > 0:
             extra_cpu = row["validator_cpu_s"] - base["validator_cpu_s"]
             extra_disk = row["validator_disk_bytes"] - base["validator_disk_bytes"]

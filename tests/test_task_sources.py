@@ -65,7 +65,8 @@ EXPECTED = {
     "deepscaler_train_math.json": (7474, 7470),
     "math500_test.jsonl": (500, 500),
     "mbpp.jsonl": (974, 974),
-    "rllm_test_leetcode.json": (200, 200),
+    # Python, and 199 of 200 ported to JavaScript, C++ and Rust (one returns a float).
+    "rllm_test_leetcode.json": (200, 200 + 199 * 3),
     "rllm_test_codeforces.json": (408, 408 * 4),
     "rllm_test_code_contests.json": (165, 165 * 4),
 }
@@ -120,17 +121,25 @@ def test_code_sources_have_a_task_per_language_with_verifier_fields() -> None:
     ]
     assert contests[0].verifier["time_limit"] == 4.0  # {'seconds': 2, 'nanos': 0}, Python
 
-    leetcode = load_tasks_file(DATA / "rllm_test_leetcode.json", limit=3)
-    assert [t.verifier["language"] for t in leetcode] == ["python"] * 3  # function tests
-    assert parse_tests(leetcode[0].verifier).kind == "check"
+    leetcode = load_tasks_file(DATA / "rllm_test_leetcode.json", limit=12)  # tasks
+    languages = ["python", "javascript", "cpp", "rust"]
+    assert [t.verifier["language"] for t in leetcode] == languages * 3
+    assert parse_tests(leetcode[0].verifier).kind == "check"  # Python: its own tests
     assert not leetcode[0].problem.startswith("Please solve the programming task")
     assert "class Solution" in leetcode[0].problem
+    cpp = leetcode[2]  # ported: the starter in C++, the calls as data
+    assert parse_tests(cpp.verifier).kind == "ported"
+    assert "Please complete the following C++ code precisely:\n```cpp\nclass Solution {" in (
+        cpp.problem
+    )
+    assert "```python" not in cpp.problem and "def " not in cpp.problem
 
     only = load_tasks_file(DATA / "rllm_test_codeforces.json", limit=4, languages=("cpp", "rust"))
     assert [t.verifier["language"] for t in only] == ["cpp", "rust"] * 2
-    # --languages chooses stdin/stdout languages; function tests stay Python.
+    # --languages chooses LeetCode's languages too.
     kept = load_tasks_file(DATA / "rllm_test_leetcode.json", limit=2, languages=("rust",))
-    assert [t.verifier["language"] for t in kept] == ["python"] * 2
+    assert [t.verifier["language"] for t in kept] == ["rust"] * 2
+    assert "pub fn " in kept[0].problem
 
 
 def test_stated_limits_in_both_statement_styles() -> None:

@@ -132,7 +132,7 @@ def test_stdio_references_pass_in_every_language_and_wrong_answers_fail(
 @pytest.mark.timeout(180)
 def test_leetcode_references_pass_and_a_wrong_solution_fails(verifiers: Verifiers) -> None:
     raw = json.loads((DATA / "rllm_test_leetcode.json").read_text())
-    tasks = load_tasks_file(DATA / "rllm_test_leetcode.json", limit=6)
+    tasks = load_tasks_file(DATA / "rllm_test_leetcode.json", limit=6, languages=("python",))
     items = [(spec(t), answer(raw[i]["solutions"], "python"), None) for i, t in enumerate(tasks)]
     items.append((spec(tasks[0]), answer(raw[1]["solutions"], "python"), None))  # the wrong one
     results = list(verifiers.verify_many(items))

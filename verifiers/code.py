@@ -41,6 +41,7 @@ from flopnet.verifiers.languages import (
     prepare,
     require_tool,
 )
+from flopnet.verifiers.ports import PORT_LANGUAGES, compare, program
 from flopnet.verifiers.pyrelay import AnswerProcess, relay
 from flopnet.verifiers.result import Result
 from flopnet.verifiers.sandbox import BOX, Box, Limits, Sandbox, SandboxConfig, open_sandbox
@@ -107,7 +108,36 @@ def check_code(
             return _relayed_tests(runner, box, block.code, tests, budget_s, reasons)
         if tests.needs_python:
             return _python_tests(box, block.code, tests, budget_s, [*reasons, NOT_HACK_PROOF])
+        if tests.kind == "ported":
+            return _ported_tests(box, lang, block.code, tests, budget_s, reasons)
         return _stdio_tests(box, lang, block.code, tests, budget_s, reasons)
+
+
+def _ported_tests(
+    box: Box, lang: Language, code: str, tests: CodeTests, budget_s: float, reasons: list[str]
+) -> Result:
+    """The answer built with the calls' harness and run once; each call's printed value is
+    compared here, outside the answer's process, as a plain value."""
+    assert tests.port is not None
+    signature, calls = tests.port
+    if lang.name not in PORT_LANGUAGES:
+        return Result(0.0, False, (*reasons, f"no function-call harness for {lang.name}"))
+    failed = prepare(box, lang, program(signature, calls, lang.name, code))
+    if failed is not None:
+        detail = failed.stderr.decode("utf-8", "replace").strip()[-300:]
+        return Result(0.0, False, (*reasons, f"build failed: {failed.describe()}", detail))
+    wall = min(budget_s, tests.time_limit_s * 2 + 2.0)
+    limits = Limits(
+        wall_s=wall,
+        cpu_s=math.ceil(wall),
+        memory_mb=tests.memory_mb,
+        output_bytes=16 * MiB,
+    )
+    run = box.run(list(lang.run), limits=limits)
+    outcomes = compare(run.stdout.decode("utf-8", "replace"), calls)
+    if not run.ok:
+        reasons = [*reasons, f"the program ended early: {run.describe()}"]
+    return score(outcomes, len(calls), [*reasons, f"language: {lang.name}"])
 
 
 def _python_limits(tests: CodeTests, budget_s: float) -> Limits:

@@ -8,7 +8,9 @@ Test formats accepted in ``task["tests"]`` (a JSON string of any of them works t
 * MBPP: a list of assert statements (or one string of them), with optional
   ``task["test_setup_code"]``;
 * stdin/stdout: a list of ``{"input", "output"}`` pairs (Codeforces) or
-  ``{"inputs": [...], "outputs": [...]}`` (CodeContests).
+  ``{"inputs": [...], "outputs": [...]}`` (CodeContests);
+* function calls in another language (a LeetCode problem ported to JavaScript, C++ or Rust):
+  ``{"signature": ..., "calls": [...]}`` (see :mod:`flopnet.verifiers.ports`).
 
 ``task["test_helpers"]`` (optional) is trusted source run with the tests before them, for helpers
 the tests call besides the answer: HumanEval's prompt defines ``poly`` for problem 32's test and
@@ -29,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from flopnet.protocol.errors import VerifierError
+from flopnet.verifiers.ports import Call, Signature, parse_spec
 from flopnet.verifiers.result import Result
 
 MAX_TESTS = 200
@@ -65,14 +68,17 @@ class CodeTests:
     stdio: tuple[tuple[str, str], ...] = ()
     time_limit_s: float = 5.0
     memory_mb: int = 1024
+    port: tuple[Signature, tuple[Call, ...]] | None = None  # kind "ported"
 
     @property
     def count(self) -> int:
+        if self.kind == "ported" and self.port is not None:
+            return len(self.port[1])
         return len(self.asserts) if self.kind == "asserts" else len(self.stdio) or 1
 
     @property
     def needs_python(self) -> bool:
-        return self.kind != "stdio"
+        return self.kind not in ("stdio", "ported")
 
 
 def _number(task: Mapping[str, object], key: str, default: float, lo: float, hi: float) -> float:
@@ -131,7 +137,9 @@ def parse_tests(task: Mapping[str, object]) -> CodeTests:
     if not isinstance(helpers, str):
         raise VerifierError("test_helpers must be a string")
     pairs = _stdio_pairs(tests)
-    if pairs is not None:
+    if isinstance(tests, Mapping) and "signature" in tests and "calls" in tests:
+        kind = CodeTests(kind="ported", port=parse_spec(tests))
+    elif pairs is not None:
         if not pairs:
             raise VerifierError("no stdio tests")
         limit = _number(task, "time_limit", 4.0, 0.25, 30.0)

@@ -3,9 +3,10 @@ check source), Codeforces and CodeContests (rllm: stdin/stdout pairs).
 
 A stdin/stdout problem becomes one task per language (Python, JavaScript, C++, Rust, as
 SYNTHETIC-1 posed its problems in each): the language is in the task id, in the prompt and in
-the verifier spec, so the code verifier builds and runs the answer in that language. Function
-tests are Python code calling the answer's function, so those tasks are posed in Python only
-(``--languages`` chooses the languages of stdin/stdout problems).
+the verifier spec, so the code verifier builds and runs the answer in that language. A LeetCode
+problem does too where it can be ported (its starter rendered in the language, its calls made by
+the verifier's harness: :mod:`flopnet.node.tasks.leetcode`); HumanEval's and MBPP's tests are
+Python code around the answer, so those are posed in Python only (``--languages`` chooses).
 Every spec is checked with the validator's own test parser before it is accepted.
 """
 
@@ -169,10 +170,7 @@ def rllm_code_tasks(
     tests = _decoded_tests(record["tests"])
     if isinstance(tests, Mapping) and "functional" in tests:
         check = text(tests["functional"], "tests.functional", MAX_VERIFIER_BYTES)
-        statement = _leetcode_statement(problem)
-        function = {"tests": {"functional": check}, "language": "python"}
-        task_id = make_task_id(stem, index, statement, "python")
-        return [_checked(Task(task_id, "code", statement, "", function))]
+        return _leetcode_tasks(stem, index, _leetcode_statement(problem), check, languages)
     pairs = stdio_pairs(tests)
     statement = problem.strip()
     out = []
@@ -180,6 +178,34 @@ def rllm_code_tasks(
         spec: dict[str, Any] = {"tests": pairs, "language": lang, **_limits(statement, lang)}
         task_id = make_task_id(stem, index, statement, lang)
         out.append(_checked(Task(task_id, "code", statement, "", spec)))
+    return out
+
+
+def _leetcode_tasks(
+    stem: str, index: int, statement: str, check: str, languages: Sequence[str]
+) -> list[Task]:
+    """A LeetCode problem in each of ``languages``: Python with its own tests, the others
+    ported (:mod:`flopnet.node.tasks.leetcode`) where its types and tests allow."""
+    from flopnet.node.tasks.leetcode import port_spec, ported_statement
+
+    out = []
+    if "python" in languages:
+        function = {"tests": {"functional": check}, "language": "python"}
+        task_id = make_task_id(stem, index, statement, "python")
+        out.append(_checked(Task(task_id, "code", statement, "", function)))
+    others = [lang for lang in languages if lang != "python"]
+    if not others:
+        return out
+    try:
+        spec = port_spec(statement, check)
+    except UnusableRecord:
+        if out:
+            return out  # Python only: the problem's types or tests have no port
+        raise
+    for lang in others:
+        ported = ported_statement(statement, spec, lang)
+        task_id = make_task_id(stem, index, statement, lang)
+        out.append(_checked(Task(task_id, "code", ported, "", {"tests": spec, "language": lang})))
     return out
 
 
