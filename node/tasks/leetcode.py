@@ -148,4 +148,3 @@ def ported_statement(statement: str, spec: dict[str, Any], language: str) -> str
     code = skeleton(signature, language)
     text = f"Please complete the following {NAMES[language]} code precisely:\n```{language}\n"
     return _STARTER.sub(lambda _: text + code + "\n```", statement, count=1)
-
