@@ -79,6 +79,9 @@ NOTICE_TIMEOUT_S = 2.0
 # New inbound connections one IP address may open (per second, and a burst) before the
 # handshake is skipped and the connection closed unread.
 INBOUND_PER_ADDRESS = RequestBudget(rate_per_s=10.0, burst=64.0)
+# A refused connection is held this long before it is closed (at most TARPIT_MAX at a time).
+TARPIT_S = 5.0
+TARPIT_MAX = 256
 # Identical gossip bytes from one author are handled once; more than this many repeats of
 # recent messages within the memory are a replay flood.
 GOSSIP_MEMORY = 4096
@@ -239,6 +242,7 @@ class P2PHost:
         self._dht: Any = None
         self._nursery: trio.Nursery | None = None
         self.inbound_refused = 0  # connections closed unread: their address was over its budget
+        self._tarpitted = 0  # of those, held open now (see _gate_inbound_by_address)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -775,7 +779,8 @@ class P2PHost:
         A peer id is known only after the Noise handshake, which costs the listener as much as
         the dialer: a banned or throwaway identity that reconnects in a loop would make us pay
         a handshake per attempt. Honest nodes keep their connections; a burst covers a devnet's
-        nodes sharing 127.0.0.1 at start.
+        nodes sharing 127.0.0.1 at start. A refused connection is held for :data:`TARPIT_S`
+        (a socket and a sleeping task each, at most :data:`TARPIT_MAX`) before it is closed.
         """
         handle = swarm._handle_inbound_connection
         guard = self.guard
@@ -790,6 +795,14 @@ class P2PHost:
                 burst=INBOUND_PER_ADDRESS.burst,
             ):
                 self.inbound_refused += 1
+                if self._tarpitted < TARPIT_MAX:
+                    # Held unread before it is closed: a dialer retrying in a loop waits on
+                    # each attempt instead of costing us an accept and a close a millisecond.
+                    self._tarpitted += 1
+                    try:
+                        await trio.sleep(TARPIT_S)
+                    finally:
+                        self._tarpitted -= 1
                 with contextlib.suppress(Exception):
                     await read_write_closer.close()
                 return

@@ -68,7 +68,7 @@ def add_task_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--languages",
         default=",".join(LANGUAGES),
-        help="languages code problems with stdin/stdout tests are posed in (default: all)",
+        help="languages LeetCode and stdin/stdout code problems are posed in (default: all)",
     )
 
 
