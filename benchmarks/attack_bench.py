@@ -222,11 +222,16 @@ def main() -> None:
         if base is None or base["honest_tasks_per_s"] == 0 or "control_for" in row:
             continue
         if row["attacker_cpu_s"] > 0:
-            extra_cpu = row["validator_cpu_s"] - base["validator_cpu_s"]
-            extra_disk = row["validator_disk_bytes"] - base["validator_disk_bytes"]
+            # Against the attack's own control when there is one (the same window and the same
+            # CPU taken from the devnet), else against the baseline scaled to the window.
+            control = next((c for c in rows if c.get("control_for") == row["scenario"]), base)
+            scale = row["window_s"] / control["window_s"]
+            extra_cpu = row["validator_cpu_s"] - control["validator_cpu_s"] * scale
+            extra_disk = row["validator_disk_bytes"] - control["validator_disk_bytes"] * scale
             row["per_attacker_cpu_s"] = {
                 "validator_cpu_s": round(extra_cpu / row["attacker_cpu_s"], 3),
                 "validator_disk_bytes": round(extra_disk / row["attacker_cpu_s"]),
+                "compared_with": control["scenario"],
             }
     result = {
         "machine": {
