@@ -47,6 +47,7 @@ from flopnet.protocol.libp2p_fixes import (
     cheapen_gossip_records,
     guard_pubsub_reads,
     release_closed_inbound_connections,
+    skip_recent_message_replay,
 )
 from flopnet.protocol.messages import (
     MAX_ENVELOPE_BYTES,
@@ -262,6 +263,7 @@ class P2PHost:
         from libp2p.tools.anyio_service import background_trio_service
 
         cheapen_gossip_records()
+        skip_recent_message_replay()
         batch_yamux_window_updates()
         key_pair = create_new_key_pair(self.identity.seed)
         host = _new_libp2p_host(key_pair, self.health, mdns=self.mdns)

@@ -106,6 +106,30 @@ def cheapen_gossip_records() -> None:
     pubsub._flopnet_cheap_records = True  # type: ignore[attr-defined]
 
 
+def skip_recent_message_replay() -> None:
+    """Do not hand a newly subscribed peer the whole message cache of the topic (process-wide,
+    idempotent).
+
+    Symptom: py-libp2p 0.8 replays every message of a topic's cache window to each peer that
+    subscribes (or reconnects and subscribes again), one write per message. Profiled on a
+    30-process devnet of one 2-core machine, where starved peers' connections flapped, this
+    replay was 18 % of every worker daemon's CPU (py-spy), and the daemons together took both
+    cores. Nothing of ours needs it: announcements are fetched from the publisher's log by
+    sequence number (a heartbeat carries its head), ledger entries by range from the chains'
+    heads, and a heartbeat is only worth its latest value.
+    """
+    from libp2p.pubsub import pubsub
+
+    if getattr(pubsub, "_flopnet_no_replay", False):
+        return
+
+    async def no_replay(self: Any, peer_id: Any, topic: str) -> None:
+        return None
+
+    pubsub.Pubsub._replay_recent_messages = no_replay  # type: ignore[method-assign]
+    pubsub._flopnet_no_replay = True  # type: ignore[attr-defined]
+
+
 def reuse_own_record(
     build: Callable[[Any], tuple[bytes, bool]], clock: Callable[[], float] = time.monotonic
 ) -> Callable[[Any], tuple[bytes, bool]]:

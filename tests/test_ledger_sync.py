@@ -213,7 +213,8 @@ def test_two_nodes_replicate_backlog_and_live_entries(tmp_path: Path) -> None:
             await wait_for(lambda: replica.store.head(K1) == v1.store.head(K1))
             assert replica.same_chains(v1)
             assert replica.store.verify_all(NET) == []
-            assert replica.store.signed_head(K1) is not None  # heads were heard and kept
+            # Heads are heard (the validator gossips its own every head_interval) and kept.
+            await wait_for(lambda: replica.store.signed_head(K1) is not None)
             snapshot = replica.sync.snapshot()
             assert snapshot["behind"] == {} and snapshot["equivocation_evidence"] == 0
 
