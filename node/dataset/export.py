@@ -148,39 +148,13 @@ def write_rows(kind: str, rows: list[dict[str, Any]], fmt: str, out: Path) -> Pa
         return path
     if fmt != "parquet":
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = data / "train-00000-of-00001.parquet"
     tmp = path.with_name(path.name + ".tmp")
-    table = _table(kind, rows)
-    # Dictionary encoding pays for short repeated values (task sets, models, keys); long unique
-    # texts gain nothing from it and cost a hash each before the writer gives up on them.
-    dictionary = [
-        f.name
-        for f in table.schema
-        if f.name not in _NO_DICTIONARY and not pa.types.is_nested(f.type)
-    ]
-    pq.write_table(table, tmp, compression="zstd", use_dictionary=dictionary)
+    pq.write_table(_table(kind, rows), tmp, compression="zstd")
     os.replace(tmp, path)
     return path
-
-
-_NO_DICTIONARY = frozenset(
-    {
-        "submission_id",
-        "task_id",
-        "problem",
-        "prompt",
-        "gold",
-        "response",
-        "reasoning",
-        "answer",
-        "ledger_hash",
-        "chosen_submission",
-        "rejected_submission",
-    }
-)
 
 
 def _table(kind: str, rows: list[dict[str, Any]]) -> Any:
