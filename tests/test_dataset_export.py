@@ -19,13 +19,11 @@ from typing import Any
 
 import pytest
 import trio
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from flopnet.ledger.policy import AuditPolicy
 from flopnet.ledger.store import LedgerStore
 from flopnet.node.config import NetworkParams, NodeConfig, create_network
-from flopnet.node.dataset.export import export, split_reasoning_column
+from flopnet.node.dataset.export import export
 from flopnet.node.dataset.select import split_reasoning
 from flopnet.node.model.calls import GenerateRequest
 from flopnet.node.model.fake import FakeModel
@@ -175,7 +173,6 @@ def test_sft_and_preference_sets_take_final_credit_only(
     # The cheater's credit is void: the audited ones, the unaudited one, and the forgery.
     assert [s for (c, *_), s in state.items() if c == cheater] == ["void"] * 4
     assert {row["audited"] for row in raw if row["contributor"] == cheater} == {True, False}
-    assert all((r["reasoning"], r["answer"]) == split_reasoning(r["response"]) for r in raw)
 
     export(tmp_path, "sft", "parquet", tmp_path / "sft", now=later)
     sft = datasets.load_dataset("parquet", data_dir=str(tmp_path / "sft"))["train"]
@@ -240,21 +237,3 @@ def test_pending_credit_is_not_yet_trustworthy(tmp_path: Path) -> None:
     voided = [Marked(good, CreditState.VOID), Marked(bad, CreditState.FINAL)]
     assert sft_rows(voided) == [] and preference_pairs(voided) == []
     assert split_reasoning("<think>\nno end") == ("no end", "")
-
-
-_PIECES = st.sampled_from(
-    ["<think>", "</think>", "\n", " ", "\t", "a", "é", "x y", "\u2003", "<", ">"]
-)
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.lists(_PIECES, max_size=12).map("".join), max_size=8))
-def test_the_columnwise_split_is_the_per_row_split(responses: list[str]) -> None:
-    """Parquet export splits reasoning from answer for a whole column in Arrow; every row must
-    come out as ``split_reasoning`` makes it (tags anywhere, several closing tags, whitespace,
-    Unicode)."""
-    import pyarrow as pa
-
-    reasoning, answer = split_reasoning_column(pa.array(responses, type=pa.string()))
-    expected = [split_reasoning(r) for r in responses]
-    assert list(zip(reasoning.to_pylist(), answer.to_pylist(), strict=True)) == expected

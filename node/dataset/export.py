@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -36,7 +35,6 @@ from flopnet.node.dataset.select import (
 from flopnet.node.local import INBOX_FILE, best_ledger, find_ledgers, find_manifest
 from flopnet.node.validator.traces import Trace, read_traces
 from flopnet.protocol.errors import ConfigError
-from flopnet.verifiers.extract import THINK_CLOSE, THINK_OPEN
 
 KINDS = ("raw", "sft", "preference")
 FORMATS = ("parquet", "jsonl")
@@ -119,11 +117,10 @@ def _first(traces: dict[str, Trace], name: str) -> str:
     return str(next((getattr(t, name) for t in traces.values()), ""))
 
 
-def rows_of(kind: str, marked: Sequence[Marked], *, split: bool = True) -> list[dict[str, Any]]:
-    """The rows of one dataset kind (raw rows without ``split`` leave reasoning and answer to
-    the Parquet writer, which splits the whole column at once)."""
+def rows_of(kind: str, marked: Sequence[Marked]) -> list[dict[str, Any]]:
+    """The rows of one dataset kind."""
     if kind == "raw":
-        return raw_rows(marked, split=split)
+        return raw_rows(marked)
     if kind == "sft":
         return sft_rows(marked)
     if kind == "preference":
@@ -201,39 +198,10 @@ def _table(kind: str, rows: list[dict[str, Any]]) -> Any:
             ("rejected_submission", text),
         ]
     # Column by column: several times faster than pa.Table.from_pylist over dicts.
-    split_here = kind == "raw" and bool(rows) and "reasoning" not in rows[0]
-    arrays = {
-        name: pa.array([row[name] for row in rows], type=kind)
-        for name, kind in columns
-        if not (split_here and name in ("reasoning", "answer"))
-    }
-    if split_here:
-        arrays["reasoning"], arrays["answer"] = split_reasoning_column(arrays["response"])
-    return pa.table({name: arrays[name] for name, _ in columns}, schema=pa.schema(columns))
-
-
-# What ``select.split_reasoning`` does, for a whole column in Arrow's kernels (RE2: linear time):
-# an optional opening tag and the newlines after it dropped, then everything up to the last
-# closing tag is the reasoning and what follows it the answer; no closing tag, no answer.
-_OPENING = "^(?:" + re.escape(THINK_OPEN) + ")?\n*"
-_SPLIT = "(?s)^(?P<reasoning>.*)" + re.escape(THINK_CLOSE) + "(?P<answer>.*)$"
-
-
-def split_reasoning_column(response: Any) -> tuple[Any, Any]:
-    """(reasoning, answer) columns of a column of responses (``select.split_reasoning``'s
-    result for every row, computed without a Python string per row)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    body = pc.replace_substring_regex(
-        response, pattern=_OPENING, replacement="", max_replacements=1
+    return pa.table(
+        {name: pa.array([row[name] for row in rows], type=kind) for name, kind in columns},
+        schema=pa.schema(columns),
     )
-    parts = pc.extract_regex(body, pattern=_SPLIT)
-    closed = pc.is_valid(parts)
-    empty = pa.scalar("", pa.string())
-    reasoning = pc.if_else(closed, pc.struct_field(parts, "reasoning"), body)
-    answer = pc.if_else(closed, pc.struct_field(parts, "answer"), empty)
-    return pc.utf8_trim_whitespace(reasoning), pc.utf8_trim_whitespace(answer)
 
 
 def card(kind: str, fmt: str, rows: list[dict[str, Any]], collected: Collected) -> str:
@@ -310,7 +278,7 @@ def export(
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")
     collected = collect(data_dir, now=now)
-    rows = rows_of(kind, collected.marked, split=fmt != "parquet")
+    rows = rows_of(kind, collected.marked)
     try:
         out.mkdir(parents=True, exist_ok=True)
         path = write_rows(kind, rows, fmt, out)

@@ -64,15 +64,13 @@ def passes_rules(trace: Trace) -> bool:
     return all(flags.get(rule) is True for rule in RULES)
 
 
-def raw_rows(marked: Iterable[Marked], *, split: bool = True) -> list[dict[str, object]]:
-    """Every trace with its state, audit mark and (``split``) the reasoning and answer split
-    out; without, the caller splits them (Parquet export does it column-wise, in Arrow)."""
+def raw_rows(marked: Iterable[Marked]) -> list[dict[str, object]]:
+    """Every trace with its state, audit mark and the reasoning and answer split out."""
     rows = []
     for m in marked:
+        reasoning, answer = split_reasoning(m.trace.response)
         row = m.trace.as_json()
-        row["state"] = m.state.value
-        if split:
-            row["reasoning"], row["answer"] = split_reasoning(m.trace.response)
+        row.update(state=m.state.value, reasoning=reasoning, answer=answer)
         rows.append(row)
     return rows
 
