@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -56,6 +57,30 @@ class Node:
                 method, self.url + path, content=content, headers=self.headers, timeout=10
             )
         return httpx.request(method, self.url + path, json=body, headers=self.headers, timeout=10)
+
+
+class TaskEvents:
+    """A node's ``task`` events, read from its event stream on a thread until stopped."""
+
+    def __init__(self, node: Node) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(node,), daemon=True)
+        self._thread.start()
+
+    def _read(self, node: Node) -> None:
+        params = {"kinds": "task"}
+        with httpx.stream(
+            "GET", node.url + "/events", headers=node.headers, params=params, timeout=None
+        ) as stream:
+            for line in stream.iter_lines():
+                if self._stop.is_set():
+                    return
+                if line.startswith("data:"):
+                    self.events.append(json.loads(line[5:]))
+
+    def stop(self) -> None:
+        self._stop.set()  # the thread ends at the next line (a keep-alive comes every few s)
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
@@ -113,17 +138,25 @@ def test_pause_now_hands_the_lease_to_another_worker_then_finish_and_resume(
                 return worker, found[0]
         return None
 
+    watchers = [TaskEvents(w) for w in workers]  # every task event from here on
     one, lease = wait_for(generating, 240, "a worker generating")
 
-    # Its output streams: the API shows the text so far while the lease is still generating.
-    def streaming() -> dict[str, Any] | None:
-        task = one.get(f"/tasks/{lease['lease_id']}")
-        assert task["stage"] == "generating", "the sample ended before any output streamed"
-        return task if task["output"] else None
+    # Its output streams: while the lease is still generating its token count grows in the
+    # event stream (a sample may end between two polls of /tasks; its events stay).
+    def streamed() -> list[dict[str, Any]]:
+        watcher = watchers[workers.index(one)]
+        return [
+            e
+            for e in watcher.events
+            if e["lease_id"] == lease["lease_id"] and e["stage"] == "generating" and e["tokens"]
+        ]
 
-    partial = wait_for(streaming, 60, "the output streaming")
-    assert 0 < partial["tokens"] < 128 and partial["output"].strip(), partial
-    # Pause now, while the worker generates: its lease goes back with a signed release.
+    partial = wait_for(streamed, 60, "the output streaming")
+    assert 0 < partial[0]["tokens"] <= 128, partial
+    for watcher in watchers:
+        watcher.stop()
+    # Pause now, while a worker generates: its lease goes back with a signed release.
+    one, lease = wait_for(generating, 240, "a worker generating")
     answer = one.send("POST", "/control/pause", {"mode": "now"})
     assert answer.status_code == 200 and answer.json()["effective"]["badge"] == "paused (manual)"
     released_at = time.time()
@@ -254,7 +287,12 @@ def test_the_api_answers_documents_and_refuses_bad_requests_clearly(devnet: Devn
     assert {"state", "control", "worker", "model_process"} <= set(status)
     peers = one.get("/peers")
     assert peers["peers"] and all(p["peer_id"] != status["peer_id"] for p in peers["peers"])
-    assert any(p["latency_ms"] is not None for p in peers["peers"])
+    # Pings go round every few seconds: at least one peer has a measured latency soon.
+    wait_for(
+        lambda: any(p["latency_ms"] is not None for p in one.get("/peers")["peers"]),
+        30,
+        "a peer's latency",
+    )
     assert all(p["relayed"] is False for p in peers["peers"] if p["connected"])
     health = {c["check"]: c for c in one.get("/health")["checks"]}
     assert set(health) == {"identity", "manifest", "model", "gpus", "sandbox", "disk", "clock"}
