@@ -37,7 +37,7 @@ from flopnet.node.model.calls import (
     ModelInternalError,
 )
 from flopnet.node.model.hf_backend import Generation, GenerationRequest, HFBackend
-from flopnet.node.model.streaming import STREAM_EVERY_S, OutputCallback, OutputStream
+from flopnet.node.model.streaming import OutputCallback, OutputStream
 from flopnet.proof.completion import check_completion
 from flopnet.proof.sampling import SamplingParams, replay_shortfalls
 from flopnet.proof.stream import ProofStream
@@ -65,7 +65,6 @@ class ModelChild:
         )
         # Where a generation's text deltas go while it runs (set by serve: the pipe).
         self.progress: OutputCallback | None = None
-        self.stream_every_s = STREAM_EVERY_S
 
     @classmethod
     def load(cls, spec: LoadSpec) -> ModelChild:
@@ -151,7 +150,6 @@ class ModelChild:
             tokenizer.decode,
             self.progress,
             skip=frozenset({tokenizer.eos_id}),
-            every_s=self.stream_every_s,
         )
 
     def _decode_kwargs(self, proofs: ProofStream, output: OutputStream | None) -> dict[str, Any]:
