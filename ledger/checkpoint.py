@@ -276,3 +276,19 @@ def state_from_rows(
             )
         ),
     )
+
+
+# A validator checkpoints its chain once a day (chain time) when entries came since the last
+# one; a joiner asks for one at least JOIN_TAIL_S old, the longest window whose single credits
+# it needs after the checkpoint (the 7-day leaderboard; the lock window is shorter).
+CHECKPOINT_INTERVAL_S = 86400.0
+JOIN_TAIL_S = 7 * 86400.0
+
+
+def checkpoint_due(now: float, interval_s: float, since: float | None, entries_since: int) -> bool:
+    """Whether a validator appends a checkpoint now: ``interval_s`` after ``since`` (its last
+    checkpoint's time, or its first entry's), if entries came after the last one. A chain with
+    no entry (``since`` None) or ``interval_s`` 0 (off) never is."""
+    if since is None or interval_s <= 0 or entries_since < 1:
+        return False
+    return now - since >= interval_s

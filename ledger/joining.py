@@ -2,7 +2,10 @@
 and then fetches only the entries after it, and a node with the whole chain re-derives each.
 
 * :func:`append_checkpoint` - a validator's next entry commits to its chain's state so far;
-* :func:`latest_checkpoint` - (entry envelope, state bytes) to hand a joining node;
+* :func:`latest_checkpoint` - (entry envelope, state bytes) of the latest one kept;
+* :func:`checkpoint_for_joiner` - the latest one old enough for a joining node;
+* :func:`keep_checkpoint_state` - a replica derives a replicated checkpoint's state, checks it
+  and keeps it (so any node holding the chain serves checkpoints);
 * :func:`adopt_checkpoint` - verify a checkpoint entry and its state (signature, signer, the
   head it covers, the SHA-256, the counts) and anchor an empty chain at it;
 * :func:`state_at` - a chain's state over its entries up to a seq, from the store's rows (for an
@@ -17,7 +20,14 @@ import hashlib
 import sqlite3
 from typing import TYPE_CHECKING
 
-from flopnet.ledger.chain import ChainProblem, EntryError, entry_name, signer_name, verify_entry
+from flopnet.ledger.chain import (
+    ChainProblem,
+    EntryError,
+    VerifiedEntry,
+    entry_name,
+    signer_name,
+    verify_entry,
+)
 from flopnet.ledger.checkpoint import (
     CheckpointError,
     CheckpointState,
@@ -59,8 +69,15 @@ def stored_state(store: LedgerStore, signer: bytes, seq: int) -> bytes | None:
     return None if row is None else bytes(row[0])
 
 
-def state_at(store: LedgerStore, signer: bytes, covers_seq: int) -> CheckpointState:
-    """The chain's state over entries ``0..covers_seq`` from the store's derived rows."""
+def state_at(
+    store: LedgerStore, signer: bytes, covers_seq: int, *, from_kept: bool = False
+) -> CheckpointState:
+    """The chain's state over entries ``0..covers_seq`` from the store's derived rows.
+
+    It starts from the anchor's adopted state (or genesis); with ``from_kept``, from the latest
+    state kept for an earlier checkpoint instead (each was checked against the entries when it
+    was kept), so a validator's next checkpoint costs only the entries since its last one.
+    ``flopnet ledger verify`` leaves it off: it re-derives every state from the entries."""
     conn = store.connection
     head = store.entry_hash(signer, covers_seq)
     if head is None:
@@ -69,9 +86,17 @@ def state_at(store: LedgerStore, signer: bytes, covers_seq: int) -> CheckpointSt
     audits: dict[bytes, AuditState] = {}
     start = 0
     base = anchor(store, signer)
+    if base is not None and covers_seq < base[0]:
+        raise LedgerError(f"{signer_name(signer)}'s chain is held from seq {base[0]} only")
+    if from_kept:
+        # A checkpoint entry at seq K covers 0..K-1: any K <= covers_seq + 1 is a start.
+        kept = conn.execute(
+            "SELECT seq FROM checkpoints WHERE signer = ? AND seq <= ? ORDER BY seq DESC LIMIT 1",
+            (signer, covers_seq + 1),
+        ).fetchone()
+        if kept is not None and (base is None or int(kept[0]) >= base[0]):
+            base = (int(kept[0]), b"")
     if base is not None:
-        if covers_seq < base[0]:
-            raise LedgerError(f"{signer_name(signer)}'s chain is held from seq {base[0]} only")
         adopted = stored_state(store, signer, base[0])
         assert adopted is not None
         state = decode_state(adopted)
@@ -118,7 +143,7 @@ def append_checkpoint(
     head = store.head(signer)
     if head is None:
         raise LedgerError("a checkpoint needs at least one entry before it")
-    state = state_at(store, signer, head[0])
+    state = state_at(store, signer, head[0], from_kept=True)
     data = state.encode()
     seq, _, _ = store.append_local(identity, network_id, KIND_CHECKPOINT, state.body(), now=now)
     with store.connection:
@@ -129,6 +154,26 @@ def append_checkpoint(
     return seq, data
 
 
+def checkpoint_progress(store: LedgerStore, signer: bytes) -> tuple[float | None, int]:
+    """(the time of the last checkpoint kept of ``signer``'s chain, or of its first entry;
+    entries after it)."""
+    conn = store.connection
+    last = conn.execute(
+        "SELECT e.seq, e.timestamp FROM entries e JOIN checkpoints c "
+        "ON e.signer = c.signer AND e.seq = c.seq WHERE c.signer = ? ORDER BY c.seq DESC LIMIT 1",
+        (signer,),
+    ).fetchone()
+    head = store.head(signer)
+    if head is None:
+        return None, 0
+    if last is not None:
+        return float(last[1]), head[0] - int(last[0])
+    first = conn.execute(
+        "SELECT seq, timestamp FROM entries WHERE signer = ? ORDER BY seq LIMIT 1", (signer,)
+    ).fetchone()
+    return float(first[1]), head[0] - int(first[0]) + 1
+
+
 def latest_checkpoint(store: LedgerStore, signer: bytes) -> tuple[bytes, bytes] | None:
     """(entry envelope, state bytes) of the latest checkpoint kept for ``signer``'s chain."""
     row = store.connection.execute(
@@ -137,6 +182,52 @@ def latest_checkpoint(store: LedgerStore, signer: bytes) -> tuple[bytes, bytes] 
         (signer,),
     ).fetchone()
     return None if row is None else (bytes(row[1]), bytes(row[0]))
+
+
+def checkpoint_for_joiner(
+    store: LedgerStore, signer: bytes, min_age_s: float
+) -> tuple[bytes, bytes] | None:
+    """(entry envelope, state bytes) of the latest kept checkpoint of ``signer``'s chain made at
+    least ``min_age_s`` (chain time) before the chain's head, or None.
+
+    A joiner holds no entries before its checkpoint, so it asks for one old enough that every
+    window it needs the single credits of (the lock window, the 7-day leaderboard) lies after it.
+    """
+    head = store.connection.execute(
+        "SELECT timestamp FROM entries WHERE signer = ? ORDER BY seq DESC LIMIT 1", (signer,)
+    ).fetchone()
+    if head is None:
+        return None
+    row = store.connection.execute(
+        "SELECT c.state, e.envelope FROM checkpoints c JOIN entries e "
+        "ON e.signer = c.signer AND e.seq = c.seq WHERE c.signer = ? AND e.timestamp <= ? "
+        "ORDER BY c.seq DESC LIMIT 1",
+        (signer, float(head[0]) - min_age_s),
+    ).fetchone()
+    return None if row is None else (bytes(row[1]), bytes(row[0]))
+
+
+def keep_checkpoint_state(store: LedgerStore, entry: VerifiedEntry) -> None:
+    """A replicated checkpoint entry was stored: derive its state from the entries held, check it
+    against the entry's SHA-256 and keep it, so this node serves it to joiners too.
+
+    Raises :class:`CheckpointError` when the state the entries give is not the one signed (a
+    validator signing a false summary of its own chain: ``ledger verify`` reports it too)."""
+    body = entry.body
+    if not isinstance(body, CheckpointBody):
+        raise CheckpointError(f"{entry_name(entry.seq, entry.hash)} is not a checkpoint")
+    data = state_at(store, entry.signer, body.covers_seq, from_kept=True).encode()
+    if hashlib.sha256(data).digest() != body.state_sha256:
+        raise CheckpointError(
+            f"{entry_name(entry.seq, entry.hash)} of {signer_name(entry.signer)}: the entries "
+            "held give another state than the one it signs"
+        )
+    verify_state(body, data, signer=entry.signer, seq=entry.seq, prev_hash=entry.prev_hash)
+    with store.connection:
+        store.connection.execute(
+            "INSERT OR REPLACE INTO checkpoints (signer, seq, state) VALUES (?, ?, ?)",
+            (entry.signer, entry.seq, data),
+        )
 
 
 def verify_checkpoint(

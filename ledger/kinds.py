@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from flopnet.protocol.codec import Record, bounded
 from flopnet.protocol.envelope import open_envelope
 from flopnet.protocol.errors import MalformedMessage
-from flopnet.protocol.messages import MAX_ENVELOPE_BYTES, ContributorProfile, CreditBody
+from flopnet.protocol.messages import (
+    MAX_CHECKPOINT_STATE_BYTES,
+    MAX_ENVELOPE_BYTES,
+    ContributorProfile,
+    CreditBody,
+)
 
 KIND_CREDIT = "credit"
 KIND_INVALIDATION = "invalidation"
@@ -23,7 +28,7 @@ KIND_PROFILE = "profile"
 KIND_CHECKPOINT = "checkpoint"
 
 # A checkpoint state (ledger/checkpoint.py) travels beside its entry in one 4 MiB reply.
-MAX_STATE_BYTES = 4 * 1024 * 1024 - 64 * 1024
+MAX_STATE_BYTES = MAX_CHECKPOINT_STATE_BYTES
 MIN_STATE_BYTES = 86  # header, formula count and row counts of an empty state
 
 HARD = "hard"

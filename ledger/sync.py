@@ -13,6 +13,14 @@ How a node learns what it misses:
   (every ``catch_up_interval`` while a signed head says we are behind), which finds chains
   whose validator is offline or not connected to us, and heads whose gossip was lost.
 
+Joining without the history: a chain of which nothing is stored starts with a checkpoint
+fetch (``Fetch.checkpoint``), asked first of the peers known to hold the most of it. The joining
+phase ends when a checkpoint is adopted, or once every peer has been asked and one that holds the
+chain had no checkpoint old enough or could not serve one (then ranges from seq 0 follow: the
+history is the way in). Peers that hold nothing of the chain do not end it (they are asked again
+later: a node that meets workers before it meets a validator still joins at a checkpoint), nor do
+peers that serve a checkpoint that does not verify.
+
 A peer that fails a fetch is left alone for a while (doubling from ``retry_after`` up to
 ``max_backoff``), and one fetch per chain is in flight at a time, so ranges are stored in order.
 """
@@ -27,12 +35,14 @@ from flopnet.protocol.messages import MAX_LEDGER_RANGE
 
 @dataclass(frozen=True)
 class Fetch:
-    """Ask ``peer`` for ``signer``'s entries ``from_seq`` .. ``from_seq + limit - 1``."""
+    """Ask ``peer`` for ``signer``'s entries ``from_seq`` .. ``from_seq + limit - 1``, or, with
+    ``checkpoint``, for the latest checkpoint it holds of that chain."""
 
     signer: bytes
     peer: str
     from_seq: int
     limit: int
+    checkpoint: bool = False
 
 
 @dataclass
@@ -44,6 +54,9 @@ class _Chain:
     failures: dict[str, int] = field(default_factory=dict)
     conflict: tuple[int, str] | None = None  # (seq, peer): a signed head we hold differently
     in_flight: Fetch | None = None
+    joining: bool = False  # nothing stored yet: a checkpoint is tried first
+    checkpoint_asked: set[str] = field(default_factory=set)
+    history_only: bool = False  # a peer asked holds the chain but gave no checkpoint
 
 
 class SyncPlanner:
@@ -60,6 +73,7 @@ class SyncPlanner:
         retry_after: float = 1.0,
         max_backoff: float = 30.0,
         max_in_flight: int = 4,
+        join_from_checkpoint: bool = True,
     ) -> None:
         if not 1 <= batch <= MAX_LEDGER_RANGE:
             raise ValueError(f"batch must be in 1..{MAX_LEDGER_RANGE}")
@@ -69,7 +83,9 @@ class SyncPlanner:
         self.retry_after = retry_after
         self.max_backoff = max_backoff
         self.max_in_flight = max_in_flight
-        self._chains = {v: _Chain() for v in sorted(validators) if v != own}
+        self._chains = {
+            v: _Chain(joining=join_from_checkpoint) for v in sorted(validators) if v != own
+        }
 
     def heard(self, signer: bytes, seq: int, peer: str) -> None:
         """A validator-signed head or entry with ``seq`` reached us from ``peer`` (its author)."""
@@ -108,6 +124,13 @@ class SyncPlanner:
         self, signer: bytes, chain: _Chain, head: int, peers: list[str], now: float
     ) -> Fetch | None:
         usable = [p for p in peers if chain.not_before.get(p, 0.0) <= now]
+        if chain.joining:
+            if head >= 0:
+                chain.joining = False  # a chain is stored (adopted, or held from before)
+            else:
+                fetch = self._next_checkpoint(signer, chain, usable, now)
+                if chain.joining:
+                    return fetch
         if chain.conflict is not None:
             seq, peer = chain.conflict
             if peer in usable:
@@ -127,14 +150,57 @@ class SyncPlanner:
         peer = min(stale, key=lambda p: (chain.probed_at.get(p, float("-inf")), p))
         return Fetch(signer, peer, head + 1, self.batch)
 
-    def done(self, fetch: Fetch, now: float, *, peer_head: int | None, ok: bool) -> None:
+    def _next_checkpoint(
+        self, signer: bytes, chain: _Chain, usable: list[str], now: float
+    ) -> Fetch | None:
+        """The joining phase: a checkpoint fetch, or None while there is nobody to ask, or None
+        with the phase ended (ranges from seq 0 are planned instead)."""
+        # A peer that held nothing of the chain is asked again later (it may be syncing it).
+        interval = self.catch_up_interval if chain.known_head >= 0 else self.probe_interval
+        unasked = [
+            p
+            for p in usable
+            if p not in chain.checkpoint_asked
+            and now - chain.probed_at.get(p, float("-inf")) >= interval
+        ]
+        if chain.history_only and not unasked:
+            chain.joining = False
+            chain.probed_at.clear()  # checkpoint asks do not delay the first range probes
+            return None
+        if not unasked:
+            return None
+        best = max(unasked, key=lambda p: (chain.peer_heads.get(p, -1), p))
+        return Fetch(signer, best, 0, 1, checkpoint=True)
+
+    def done(
+        self,
+        fetch: Fetch,
+        now: float,
+        *,
+        peer_head: int | None,
+        ok: bool,
+        adopted: bool = False,
+        bad: bool = False,
+    ) -> None:
         """A fetch ended: ``ok`` with the responder's head of the chain (-1: it holds none), or
-        failed (unreachable, timed out, served something that did not verify)."""
+        failed (unreachable, timed out, served something that did not verify). For a checkpoint
+        fetch, ``adopted`` says whether its checkpoint now anchors our chain, and ``bad`` that the
+        peer served one that does not verify (it is not asked again, and does not end joining:
+        a liar must not push us onto the whole history)."""
         chain = self._chains.get(fetch.signer)
         if chain is None:
             return
         if chain.in_flight == fetch:
             chain.in_flight = None
+        if fetch.checkpoint:
+            if adopted:
+                chain.joining = False
+            elif bad:
+                chain.checkpoint_asked.add(fetch.peer)
+            elif not ok or (peer_head is not None and peer_head >= 0):
+                # It holds the chain without a checkpoint old enough, or does not serve them.
+                chain.checkpoint_asked.add(fetch.peer)
+                chain.history_only = True
         if ok:
             chain.failures.pop(fetch.peer, None)
             chain.not_before.pop(fetch.peer, None)
@@ -155,6 +221,7 @@ class SyncPlanner:
             chain.probed_at.pop(peer, None)
             chain.not_before.pop(peer, None)
             chain.failures.pop(peer, None)
+            chain.checkpoint_asked.discard(peer)
 
     def behind(self, local: Mapping[bytes, int]) -> dict[bytes, tuple[int, int]]:
         """Chains where someone is known to hold more than we do: signer -> (ours, theirs)."""

@@ -310,6 +310,11 @@ class NodeConfig:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     manifest_path: Path | None = None  # the signed manifest file, served by the web leaderboard
+    # Joining: verify each validator's chain from its first entry instead of adopting a signed
+    # checkpoint and fetching only the entries after it.
+    full_history: bool = False
+    # Validator: append a checkpoint of its chain this often (seconds; 0: never).
+    checkpoint_interval: float = 86400.0
 
     def __post_init__(self) -> None:
         from flopnet.node.worker.cheats import CHEATS
@@ -343,6 +348,8 @@ class NodeConfig:
             Schedule.parse(self.pause_schedule)  # a ConfigError that says what is wrong
         if self.gpus is not None:
             check_gpus(list(self.gpus), None)
+        if not (0 <= self.checkpoint_interval <= 366 * 86400.0):
+            raise ConfigError("--checkpoint-interval must be 0 (never) to 366 days in seconds")
 
     def control_settings(self, saved: Settings | None) -> Settings:
         """The worker's settings at start: those saved by API commands, except what the command

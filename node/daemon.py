@@ -50,6 +50,7 @@ from flopnet.node.worker.board import TaskBoard, TaskEntry
 from flopnet.protocol.catalog import (
     ANNOUNCEMENTS,
     CLAIM,
+    LEDGER_CHECKPOINT,
     LEDGER_GOSSIP,
     LEDGER_RANGE,
     PROFILE,
@@ -311,9 +312,17 @@ async def run_node(config: NodeConfig) -> None:
             )
 
         ledger_sync = LedgerSync(
-            host, store, identity, net.network_id, net.validator_keys, on_entry=on_replicated
+            host,
+            store,
+            identity,
+            net.network_id,
+            net.validator_keys,
+            on_entry=on_replicated,
+            join_from_checkpoint=not config.full_history,
+            checkpoint_interval=config.checkpoint_interval,
         )
         host.serve(LEDGER_RANGE, ledger_sync.handle_range)
+        host.serve(LEDGER_CHECKPOINT, ledger_sync.handle_checkpoint)
         host.serve(PROFILE, ledger_sync.handle_profile)
 
         if "validator" in roles:

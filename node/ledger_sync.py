@@ -7,8 +7,15 @@ verified (signature, body, signer in the manifest, link to the stored chain) by
 that matters: a node killed during a sync resumes from its stored heads.
 
 A validator also announces its own head on the ledger topic every ``head_interval`` seconds
-(and a node that misses gossip still catches up by probing its peers), and records signed
-contributor profiles it is handed over ``/flopnet/profile/1.0.0``.
+(and a node that misses gossip still catches up by probing its peers), appends a checkpoint of
+its chain once a day, and records signed contributor profiles it is handed over
+``/flopnet/profile/1.0.0``.
+
+Joining: a chain of which nothing is stored starts from a checkpoint (``ledger.joining``) fetched
+over ``/flopnet/ledger-checkpoint/1.0.0`` and verified before it is adopted, unless
+``join_from_checkpoint`` is off (``--full-history``). Every node keeps the state of each
+checkpoint it replicates, derived from its own entries and checked against the signed SHA-256,
+and so serves checkpoints as well as ranges.
 """
 
 from __future__ import annotations
@@ -24,20 +31,34 @@ from flopnet.ledger.chain import (
     EntryError,
     VerifiedEntry,
     entry_name,
-    read_entry_unverified,
     signer_name,
 )
-from flopnet.ledger.kinds import KIND_PROFILE, ProfileBody, open_profile
+from flopnet.ledger.checkpoint import (
+    CHECKPOINT_INTERVAL_S,
+    JOIN_TAIL_S,
+    CheckpointError,
+    checkpoint_due,
+)
+from flopnet.ledger.joining import (
+    adopt_checkpoint,
+    append_checkpoint,
+    checkpoint_for_joiner,
+    checkpoint_progress,
+    keep_checkpoint_state,
+)
+from flopnet.ledger.kinds import KIND_CHECKPOINT, KIND_PROFILE, ProfileBody, open_profile
 from flopnet.ledger.store import EquivocationError, LedgerStore, RangeResult
 from flopnet.ledger.sync import Fetch, SyncPlanner
-from flopnet.protocol.catalog import LEDGER_RANGE, ledger_topic
+from flopnet.protocol.catalog import LEDGER_CHECKPOINT, LEDGER_RANGE, ledger_topic
 from flopnet.protocol.envelope import Opened, open_envelope, seal
-from flopnet.protocol.errors import FlopnetError, MalformedMessage, PeerError
+from flopnet.protocol.errors import FlopnetError, LedgerError, MalformedMessage, PeerError
 from flopnet.protocol.guard import Violation
 from flopnet.protocol.host import P2PHost
 from flopnet.protocol.identity import Identity
 from flopnet.protocol.messages import (
     MAX_ENVELOPE_BYTES,
+    LedgerCheckpoint,
+    LedgerCheckpointRequest,
     LedgerEntry,
     LedgerHead,
     LedgerRange,
@@ -65,6 +86,11 @@ class SyncStats:
     fetch_failures: int = 0
     rejected: int = 0  # entries that failed verification
     equivocations: int = 0
+    checkpoints_served: int = 0
+    checkpoints_adopted: int = 0  # chains joined at a checkpoint
+    checkpoints_kept: int = 0  # replicated checkpoints whose state we derived and keep
+    checkpoints_made: int = 0  # of our own chain (validators)
+    false_checkpoints: int = 0  # signed states our copy of the entries contradicts
 
 
 class LedgerSync:
@@ -83,6 +109,9 @@ class LedgerSync:
         head_interval: float = 5.0,
         probe_interval: float = 30.0,
         tick: float = 0.5,
+        join_from_checkpoint: bool = True,
+        checkpoint_min_age: float = JOIN_TAIL_S,
+        checkpoint_interval: float = CHECKPOINT_INTERVAL_S,
     ) -> None:
         self.host = host
         self.store = store
@@ -93,11 +122,14 @@ class LedgerSync:
         self.head_interval = head_interval
         self.tick = tick
         self.is_validator = identity.public_key in self.validators
+        self.checkpoint_min_age = checkpoint_min_age
+        self.checkpoint_interval = checkpoint_interval
         self.planner = SyncPlanner(
             self.validators,
             own=identity.public_key,
             batch=batch,
             probe_interval=probe_interval,
+            join_from_checkpoint=join_from_checkpoint,
         )
         self.stats = SyncStats()
         self._wake = trio.Event()
@@ -146,6 +178,9 @@ class LedgerSync:
         """Count and report an ingest: ``ok``, ``bad`` (an entry failed verification: whoever
         served it is at fault) or ``retry`` (it did not follow our stored head)."""
         self.stats.duplicates += result.duplicates
+        for entry in result.stored:
+            if entry.kind == KIND_CHECKPOINT:
+                self._keep_checkpoint(entry)
         if self.on_entry is not None:
             for entry in result.stored:
                 try:
@@ -190,6 +225,38 @@ class LedgerSync:
             head_seq=-1 if head is None else head[0],
         )
 
+    def _keep_checkpoint(self, entry: VerifiedEntry) -> None:
+        """Derive, check and keep a replicated checkpoint's state (so we serve it too)."""
+        try:
+            keep_checkpoint_state(self.store, entry)
+            self.stats.checkpoints_kept += 1
+        except CheckpointError as exc:
+            # The validator signed a summary its own entries contradict: evidence, kept in the
+            # chain (the entry is stored); `flopnet ledger verify` names it too.
+            self.stats.false_checkpoints += 1
+            log.error("false checkpoint: %s", exc)
+        except (LedgerError, MalformedMessage) as exc:
+            log.warning("cannot derive the state of checkpoint %d: %s", entry.seq, exc)
+
+    async def handle_checkpoint(self, peer_id: str, opened: Opened) -> LedgerCheckpoint:
+        """Serve a ``ledger_checkpoint_request``: the latest checkpoint we keep of the chain made
+        at least ``min_age_s`` before our head (entry and state empty when there is none)."""
+        request = opened.expect(LedgerCheckpointRequest)
+        found = None
+        head = None
+        if request.signer in self.validators:
+            head = self.store.head(request.signer)
+            found = checkpoint_for_joiner(self.store, request.signer, request.min_age_s)
+        self.stats.checkpoints_served += found is not None
+        entry, state = found or (b"", b"")
+        return LedgerCheckpoint(
+            version=1,
+            signer=request.signer,
+            entry=entry,
+            state=state,
+            head_seq=-1 if head is None else head[0],
+        )
+
     async def handle_profile(self, peer_id: str, opened: Opened) -> LedgerEntry | Refusal:
         """Record a contributor's signed profile in our chain (validators only); answers the
         ledger entry that holds it, or a refusal."""
@@ -225,13 +292,13 @@ class LedgerSync:
         await self._publish(envelope)
 
     async def publish_head(self) -> None:
-        """Gossip our chain's head, signed, so replicas notice what they miss."""
+        """Gossip our chain's head, signed, so replicas notice what they miss. It carries the time
+        of the announcement, not of the head entry: the same head signed again would be the same
+        bytes, which peers count as a replay (an idle validator was banned after 20)."""
         head = self.store.head(self.identity.public_key)
         if head is None:
             return
-        (last,) = self.store.entries(self.identity.public_key, head[0], 1)
-        timestamp = read_entry_unverified(last).entry.timestamp
-        message = LedgerHead(version=1, seq=head[0], hash=head[1], timestamp=timestamp)
+        message = LedgerHead(version=1, seq=head[0], hash=head[1], timestamp=time.time())
         await self._publish(seal(message, self.identity, self.network_id))
 
     # -- the sync loop -----------------------------------------------------------------------
@@ -271,10 +338,31 @@ class LedgerSync:
     async def _head_loop(self) -> None:
         while True:
             try:
+                await self.maybe_checkpoint()
+            except Exception:
+                log.exception("checkpointing our chain")
+            try:
                 await self.publish_head()
             except Exception:
                 log.exception("announcing our ledger head")
             await trio.sleep(self.head_interval)
+
+    async def maybe_checkpoint(self, now: float | None = None) -> int | None:
+        """Append (and gossip) a checkpoint of our own chain when one is due; its seq, or None.
+        Derived from our last checkpoint's kept state and the entries since (milliseconds)."""
+        me = self.identity.public_key
+        if self.checkpoint_interval <= 0:
+            return None
+        since, entries_since = checkpoint_progress(self.store, me)
+        now = time.time() if now is None else now
+        if not checkpoint_due(now, self.checkpoint_interval, since, entries_since):
+            return None
+        seq, state = append_checkpoint(self.store, self.identity, self.network_id, now=now)
+        self.stats.checkpoints_made += 1
+        log.info("checkpoint at seq %d: %d bytes of state", seq, len(state))
+        (entry,) = self.store.entries(me, seq, 1)
+        await self._publish(entry)
+        return seq
 
     async def _request(self, fetch: Fetch) -> LedgerRange:
         """One range request; raises MalformedMessage or another FlopnetError."""
@@ -289,32 +377,80 @@ class LedgerSync:
             raise MalformedMessage("a ledger range for another chain")
         return reply
 
+    async def _fetch_checkpoint(self, fetch: Fetch) -> tuple[bool, int | None, bool]:
+        """Fetch a checkpoint and adopt it if it verifies: (ok, the peer's head, adopted).
+        Raises MalformedMessage (or CheckpointError) for a reply or checkpoint that is bad."""
+        request = LedgerCheckpointRequest(
+            version=1, signer=fetch.signer, min_age_s=self.checkpoint_min_age
+        )
+        opened = await self.host.call(fetch.peer, LEDGER_CHECKPOINT, request)
+        if isinstance(opened.message, Refusal):
+            raise PeerError(f"ledger checkpoint refused: {opened.message.reason}")
+        reply = opened.expect(LedgerCheckpoint)
+        if reply.signer != fetch.signer:
+            raise MalformedMessage("a checkpoint of another chain")
+        if not reply.entry:
+            if reply.state:
+                raise MalformedMessage("a checkpoint state without its entry")
+            return True, reply.head_seq, False
+        if self.store.head(fetch.signer) is not None:
+            return True, reply.head_seq, False  # gossip stored its start meanwhile
+        signer, seq = adopt_checkpoint(
+            self.store, reply.entry, reply.state, self.network_id, {fetch.signer}
+        )
+        self.stats.checkpoints_adopted += 1
+        log.info(
+            "joined %s's chain at its checkpoint seq %d (from %s; %d bytes of state)",
+            signer_name(signer),
+            seq,
+            fetch.peer,
+            len(reply.state),
+        )
+        return True, reply.head_seq, True
+
     async def _fetch(self, fetch: Fetch) -> None:
-        """Fetch ``fetch``'s range and keep going while the peer has more, with the next range
-        always requested before the current one is verified and stored (the peer prepares and
-        sends it meanwhile). Never raises: a failing peer is backed off, the node goes on."""
-        ok, peer_head = False, None
+        """Fetch ``fetch``'s checkpoint, or its range and on while the peer has more, with the
+        next range always requested before the current one is verified and stored (the peer
+        prepares and sends it meanwhile). Never raises: a failing peer is backed off."""
+        ok, peer_head, adopted, bad = False, None, False, False
         try:
-            async with trio.open_nursery() as nursery:
-                # Errors are handled inside the nursery: leaving it, they would come out wrapped
-                # in an ExceptionGroup (trio's strict groups) that no handler here matches.
+            if fetch.checkpoint:
                 try:
-                    ok, peer_head = await self._fetch_from(nursery, fetch)
-                except MalformedMessage as exc:
-                    log.warning("ledger range from %s: %s", fetch.peer, exc)
-                    await self.host.penalize(fetch.peer, Violation.MALFORMED)
+                    ok, peer_head, adopted = await self._fetch_checkpoint(fetch)
+                except (MalformedMessage, CheckpointError, EntryError) as exc:
+                    log.warning("ledger checkpoint from %s: %s", fetch.peer, exc)
+                    bad = True
+                    await self.host.penalize(fetch.peer, Violation.BAD_SIGNATURE)
                 except FlopnetError as exc:
-                    name = signer_name(fetch.signer)
-                    log.info("ledger range from %s for %s: %s", fetch.peer, name, exc)
-                finally:
-                    nursery.cancel_scope.cancel()  # a request still in flight is not needed
+                    log.info("ledger checkpoint from %s: %s", fetch.peer, exc)
+            else:
+                ok, peer_head = await self._fetch_ranges(fetch)
         except Exception:  # a bug here must not take the node down with it
-            log.exception("ledger range from %s", fetch.peer)
+            log.exception("ledger fetch from %s", fetch.peer)
             ok = False
         if not ok:
             self.stats.fetch_failures += 1
-        self.planner.done(fetch, time.monotonic(), peer_head=peer_head, ok=ok)
+        now = time.monotonic()
+        self.planner.done(fetch, now, peer_head=peer_head, ok=ok, adopted=adopted, bad=bad)
         self._wake.set()
+
+    async def _fetch_ranges(self, fetch: Fetch) -> tuple[bool, int | None]:
+        """The ranges of :meth:`_fetch`: (success, the peer's head of the chain)."""
+        ok, peer_head = False, None
+        async with trio.open_nursery() as nursery:
+            # Errors are handled inside the nursery: leaving it, they would come out wrapped in
+            # an ExceptionGroup (trio's strict groups) that no handler here matches.
+            try:
+                ok, peer_head = await self._fetch_from(nursery, fetch)
+            except MalformedMessage as exc:
+                log.warning("ledger range from %s: %s", fetch.peer, exc)
+                await self.host.penalize(fetch.peer, Violation.MALFORMED)
+            except FlopnetError as exc:
+                name = signer_name(fetch.signer)
+                log.info("ledger range from %s for %s: %s", fetch.peer, name, exc)
+            finally:
+                nursery.cancel_scope.cancel()  # a request still in flight is not needed
+        return ok, peer_head
 
     async def _fetch_from(self, nursery: trio.Nursery, fetch: Fetch) -> tuple[bool, int | None]:
         """The fetch loop of :meth:`_fetch`: (success, the peer's head of the chain)."""

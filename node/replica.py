@@ -14,13 +14,18 @@ from flopnet.node.config import NetworkParams
 from flopnet.node.ledger_sync import LedgerSync
 from flopnet.node.liveness import keep_connected
 from flopnet.node.local import LEDGER_FILE, flopnet_argv
-from flopnet.protocol.catalog import LEDGER_GOSSIP, LEDGER_RANGE, ledger_topic
+from flopnet.protocol.catalog import LEDGER_CHECKPOINT, LEDGER_GOSSIP, LEDGER_RANGE, ledger_topic
 from flopnet.protocol.host import P2PHost
 from flopnet.protocol.identity import load_or_create_identity
 
 
 def replica_command(
-    data_dir: Path, manifest: Path, bootstrap: tuple[str, ...] = (), batch: int | None = None
+    data_dir: Path,
+    manifest: Path,
+    bootstrap: tuple[str, ...] = (),
+    batch: int | None = None,
+    *,
+    full_history: bool = False,
 ) -> list[str]:
     """The command line of a replica process (``flopnet ledger replicate ...``)."""
     command = [*flopnet_argv(), "ledger", "replicate"]
@@ -29,6 +34,8 @@ def replica_command(
         command += ["--bootstrap", addr]
     if batch is not None:
         command += ["--batch", str(batch)]
+    if full_history:
+        command.append("--full-history")
     return command
 
 
@@ -39,6 +46,7 @@ async def run_replica(
     port: int,
     listen_ip: str,
     batch: int,
+    full_history: bool = False,
 ) -> None:
     """Sync and serve the validators' chains until SIGTERM/SIGINT.
 
@@ -47,8 +55,17 @@ async def run_replica(
     identity = load_or_create_identity(data_dir)
     host = P2PHost(identity, network_id=net.network_id, listen_ip=listen_ip)
     with LedgerStore(data_dir / LEDGER_FILE) as store:
-        sync = LedgerSync(host, store, identity, net.network_id, net.validator_keys, batch=batch)
+        sync = LedgerSync(
+            host,
+            store,
+            identity,
+            net.network_id,
+            net.validator_keys,
+            batch=batch,
+            join_from_checkpoint=not full_history,
+        )
         host.serve(LEDGER_RANGE, sync.handle_range)
+        host.serve(LEDGER_CHECKPOINT, sync.handle_checkpoint)
         async with host.running(port), trio.open_nursery() as nursery:
             await host.subscribe(ledger_topic(net.network_id), sync.on_ledger_gossip, LEDGER_GOSSIP)
             for addr in bootstrap:

@@ -16,6 +16,8 @@ from flopnet.protocol.messages import (
     ContributorProfile,
     Lease,
     LeaseRelease,
+    LedgerCheckpoint,
+    LedgerCheckpointRequest,
     LedgerEntry,
     LedgerRange,
     LedgerRangeRequest,
@@ -50,6 +52,14 @@ ANNOUNCEMENTS = Rpc(
 LEDGER_RANGE = Rpc(
     "/flopnet/ledger-range/1.0.0", LedgerRangeRequest, (LedgerRange, Refusal), timeout=30.0
 )
+# Joining without the history: the latest checkpoint a node holds of a validator's chain (its
+# signed entry and state, up to 4 MiB); the joiner then range-syncs only the entries after it.
+LEDGER_CHECKPOINT = Rpc(
+    "/flopnet/ledger-checkpoint/1.0.0",
+    LedgerCheckpointRequest,
+    (LedgerCheckpoint, Refusal),
+    timeout=60.0,
+)
 # A contributor hands its signed profile to a validator, which records it in its chain and
 # answers with that ledger entry.
 PROFILE = Rpc("/flopnet/profile/1.0.0", ContributorProfile, (LedgerEntry, Refusal), timeout=10.0)
@@ -67,6 +77,7 @@ RPCS: tuple[Rpc, ...] = (
     VERDICT,
     ANNOUNCEMENTS,
     LEDGER_RANGE,
+    LEDGER_CHECKPOINT,
     PROFILE,
     TASK_SPEC,
     RELEASE,

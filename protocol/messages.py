@@ -172,7 +172,7 @@ class LedgerHead(Record):
     version: int = bounded(min=1, max=1)
     seq: int = bounded(min=0)
     hash: bytes = bounded(**HASH)
-    timestamp: float = bounded(min=0.0)
+    timestamp: float = bounded(min=0.0)  # when announced: each announcement is new bytes
 
 
 @dataclass(frozen=True)
@@ -369,6 +369,36 @@ class LedgerRange(Record):
     head_seq: int = bounded(min=-1)
 
 
+# A checkpoint's state fits one envelope with its entry (ledger/checkpoint.py's format).
+MAX_CHECKPOINT_STATE_BYTES = 4 * 1024 * 1024 - 64 * 1024
+
+
+@dataclass(frozen=True)
+class LedgerCheckpointRequest(Record):
+    """Ask any node for the latest checkpoint it holds of a validator's chain (joining)."""
+
+    TYPE: ClassVar[str] = "ledger_checkpoint_request"
+    version: int = bounded(min=1, max=1)
+    signer: bytes = bounded(**KEY)
+    # Made at least this long (chain time) before the responder's head: the joiner needs the
+    # single entries of its longest window after the checkpoint.
+    min_age_s: float = bounded(min=0.0, max=366 * 86400.0)
+
+
+@dataclass(frozen=True)
+class LedgerCheckpoint(Record):
+    """A validator's signed checkpoint entry, verbatim, and the state it commits to by SHA-256
+    (both empty when the responder holds none old enough); the responder's head of that chain.
+    The receiver verifies both before adopting them."""
+
+    TYPE: ClassVar[str] = "ledger_checkpoint"
+    version: int = bounded(min=1, max=1)
+    signer: bytes = bounded(**KEY)
+    entry: bytes = bounded(max_len=80 * 1024)  # a ledger_entry's cap
+    state: bytes = bounded(max_len=MAX_CHECKPOINT_STATE_BYTES)
+    head_seq: int = bounded(min=-1)
+
+
 MESSAGE_TYPES: dict[str, type[Record]] = {
     cls.TYPE: cls
     for cls in (
@@ -391,6 +421,8 @@ MESSAGE_TYPES: dict[str, type[Record]] = {
         ReachabilityReply,
         LedgerRangeRequest,
         LedgerRange,
+        LedgerCheckpointRequest,
+        LedgerCheckpoint,
         TaskSpecRequest,
         TaskSpec,
         LeaseRelease,
@@ -419,6 +451,8 @@ MAX_ENVELOPE_BYTES: dict[str, int] = {
     ReachabilityReply.TYPE: 4 * 1024,
     LedgerRangeRequest.TYPE: 1024,
     LedgerRange.TYPE: 4 * 1024 * 1024,  # a range is cut to fit, whatever its entry count
+    LedgerCheckpointRequest.TYPE: 1024,
+    LedgerCheckpoint.TYPE: 4 * 1024 * 1024,
     TaskSpecRequest.TYPE: 1024,
     TaskSpec.TYPE: MAX_TASK_SPEC_BYTES,
     LeaseRelease.TYPE: 1024,

@@ -18,6 +18,7 @@ from flopnet.ledger.store import LedgerStore
 from flopnet.ledger.sync import Fetch, SyncPlanner
 from flopnet.node.ledger_sync import LedgerSync
 from flopnet.protocol.catalog import (
+    LEDGER_CHECKPOINT,
     LEDGER_RANGE,
     PROFILE,
     ledger_topic,
@@ -97,7 +98,9 @@ def test_planner_fetches_from_the_peer_that_has_more() -> None:
 
 
 def test_planner_probes_peers_for_chains_nobody_announced() -> None:
-    planner = SyncPlanner([K1], batch=50, probe_interval=30.0, catch_up_interval=1.0)
+    planner = SyncPlanner(
+        [K1], batch=50, probe_interval=30.0, catch_up_interval=1.0, join_from_checkpoint=False
+    )
     (probe,) = planner.plan({}, ["b", "a"], now=0.0)
     assert probe == Fetch(K1, "a", 0, 50)  # never asked: probe, lowest id first
     planner.done(probe, 0.1, peer_head=-1, ok=True)
@@ -109,7 +112,9 @@ def test_planner_probes_peers_for_chains_nobody_announced() -> None:
 
 
 def test_planner_catches_up_through_a_relay_when_the_validator_is_not_connected() -> None:
-    planner = SyncPlanner([K1], batch=10, catch_up_interval=1.0, probe_interval=60.0)
+    planner = SyncPlanner(
+        [K1], batch=10, catch_up_interval=1.0, probe_interval=60.0, join_from_checkpoint=False
+    )
     planner.heard(K1, 40, "validator")  # gossip relayed to us; the author is not connected
     (probe,) = planner.plan({K1: -1}, ["relay"], now=0.0)
     assert probe == Fetch(K1, "relay", 0, 10)
@@ -163,6 +168,7 @@ class Node:
         self.host = P2PHost(identity, network_id=NET)
         self.store = LedgerStore(path)
         self.stored: list[bytes] = []
+        kwargs.setdefault("checkpoint_interval", 0.0)  # checkpoints only where a test asks
         self.sync = LedgerSync(
             self.host,
             self.store,
@@ -173,6 +179,7 @@ class Node:
             **kwargs,  # type: ignore[arg-type]
         )
         self.host.serve(LEDGER_RANGE, self.sync.handle_range)
+        self.host.serve(LEDGER_CHECKPOINT, self.sync.handle_checkpoint)
         self.host.serve(PROFILE, self.sync.handle_profile)
 
     async def start(self, nursery: trio.Nursery) -> None:

@@ -58,6 +58,11 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Na
     replicate.add_argument("--port", type=int, default=0, help="libp2p TCP port (0: any)")
     replicate.add_argument("--listen-ip", default="127.0.0.1")
     replicate.add_argument("--batch", type=int, default=2048, help="entries per range request")
+    replicate.add_argument(
+        "--full-history",
+        action="store_true",
+        help="verify each chain from its first entry (default: join at a signed checkpoint)",
+    )
 
     board = sub.add_parser(
         "leaderboard",
@@ -326,6 +331,13 @@ def _replicate(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or env_settings().data_root
     net = NetworkParams.load(args.manifest)
     trio.run(
-        run_replica, data_dir, net, tuple(args.bootstrap), args.port, args.listen_ip, args.batch
+        run_replica,
+        data_dir,
+        net,
+        tuple(args.bootstrap),
+        args.port,
+        args.listen_ip,
+        args.batch,
+        args.full_history,
     )
     return 0

@@ -100,6 +100,18 @@ def _add_node(sub: argparse._SubParsersAction) -> None:
         default=1,
         help="publisher: active leases a worker without accepted work may hold (trust is earned)",
     )
+    p.add_argument(
+        "--full-history",
+        action="store_true",
+        help="join by verifying every validator's chain from its first entry (default: from "
+        "its latest signed checkpoint a week old, then only the entries after it)",
+    )
+    p.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        default=86400.0,
+        help="validator: seconds between checkpoints of its chain (default a day; 0: never)",
+    )
     p.add_argument("--cheat", default=None, help=argparse.SUPPRESS)  # devnet cheaters only
     p.add_argument(
         "--cheat-model-seed",
@@ -269,6 +281,8 @@ def _cmd_node(args: argparse.Namespace) -> int:
         ),
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        full_history=args.full_history,
+        checkpoint_interval=args.checkpoint_interval,
     )
     setup_logging(config.data_dir, env.log_level)
     try:
