@@ -74,6 +74,7 @@ class SyncPlanner:
         max_backoff: float = 30.0,
         max_in_flight: int = 4,
         join_from_checkpoint: bool = True,
+        checkpoint_retry: float = 5.0,
     ) -> None:
         if not 1 <= batch <= MAX_LEDGER_RANGE:
             raise ValueError(f"batch must be in 1..{MAX_LEDGER_RANGE}")
@@ -83,6 +84,7 @@ class SyncPlanner:
         self.retry_after = retry_after
         self.max_backoff = max_backoff
         self.max_in_flight = max_in_flight
+        self.checkpoint_retry = checkpoint_retry
         self._chains = {
             v: _Chain(joining=join_from_checkpoint) for v in sorted(validators) if v != own
         }
@@ -155,8 +157,9 @@ class SyncPlanner:
     ) -> Fetch | None:
         """The joining phase: a checkpoint fetch, or None while there is nobody to ask, or None
         with the phase ended (ranges from seq 0 are planned instead)."""
-        # A peer that held nothing of the chain is asked again later (it may be syncing it).
-        interval = self.catch_up_interval if chain.known_head >= 0 else self.probe_interval
+        # A peer that held nothing of the chain is asked again later (it may be syncing it):
+        # soon while a signed head says the chain exists, else at the anti-entropy pace.
+        interval = self.checkpoint_retry if chain.known_head >= 0 else self.probe_interval
         unasked = [
             p
             for p in usable

@@ -133,6 +133,7 @@ class LedgerSync:
         )
         self.stats = SyncStats()
         self._wake = trio.Event()
+        self._checkpoint_blocked_until = 0.0
 
     # -- gossip ------------------------------------------------------------------------------
 
@@ -355,9 +356,17 @@ class LedgerSync:
             return None
         since, entries_since = checkpoint_progress(self.store, me)
         now = time.time() if now is None else now
+        if now < self._checkpoint_blocked_until:
+            return None
         if not checkpoint_due(now, self.checkpoint_interval, since, entries_since):
             return None
-        seq, state = append_checkpoint(self.store, self.identity, self.network_id, now=now)
+        try:
+            seq, state = append_checkpoint(self.store, self.identity, self.network_id, now=now)
+        except CheckpointError as exc:
+            # e.g. more contributors than a state holds: said once an interval, not every 5 s.
+            log.error("cannot checkpoint our chain: %s", exc)
+            self._checkpoint_blocked_until = now + self.checkpoint_interval
+            return None
         self.stats.checkpoints_made += 1
         log.info("checkpoint at seq %d: %d bytes of state", seq, len(state))
         (entry,) = self.store.entries(me, seq, 1)

@@ -54,11 +54,15 @@ LEDGER_RANGE = Rpc(
 )
 # Joining without the history: the latest checkpoint a node holds of a validator's chain (its
 # signed entry and state, up to 4 MiB); the joiner then range-syncs only the entries after it.
+# A joiner asks each peer once per chain (again every 5 s while the peer holds none of it yet):
+# a budget above that keeps a 200-byte request from buying 4 MiB of upload at 50 a second.
+CHECKPOINT_BUDGET = RequestBudget(rate_per_s=2.0, burst=64.0)
 LEDGER_CHECKPOINT = Rpc(
     "/flopnet/ledger-checkpoint/1.0.0",
     LedgerCheckpointRequest,
     (LedgerCheckpoint, Refusal),
     timeout=60.0,
+    budget=CHECKPOINT_BUDGET,
 )
 # A contributor hands its signed profile to a validator, which records it in its chain and
 # answers with that ledger entry.

@@ -193,6 +193,12 @@ def _false_positives(sim: Simulation) -> dict[str, Any]:
     # One-sided 95% upper bound of the per-audit rate from the stored honest samples.
     upper = 1 - 0.05 ** (1 / n) if measured_failures == 0 else None
     per_month_audits = audits / months if months else 0.0
+    # The second opinion (float32) must fail too before an honest worker is punished; with the
+    # two checks' noise independent, the per-audit loss is bounded by the product of the bounds.
+    second = sim.table.second_opinions
+    second_fails = sum(not ok for ok in second)
+    second_upper = 1 - 0.05 ** (1 / len(second)) if second and second_fails == 0 else None
+    loss_bound = upper * second_upper if upper is not None and second_upper is not None else None
     return {
         "honest_worker_months": round(months, 2),
         "honest_failed_audits": failed,
@@ -203,6 +209,17 @@ def _false_positives(sim: Simulation) -> dict[str, Any]:
         "per_audit_rate_95pct_upper_bound": round(upper, 5) if upper is not None else None,
         "monthly_loss_probability_at_that_bound": (
             round(1 - (1 - upper) ** per_month_audits, 4) if upper is not None else None
+        ),
+        "second_opinion_samples": len(second),
+        "second_opinion_overturned": sum(second),
+        "second_opinion_fail_95pct_upper_bound": (
+            round(second_upper, 5) if second_upper is not None else None
+        ),
+        "per_audit_loss_bound_with_second_opinion": (
+            round(loss_bound, 5) if loss_bound is not None else None
+        ),
+        "monthly_loss_probability_with_second_opinion": (
+            round(1 - (1 - loss_bound) ** per_month_audits, 4) if loss_bound is not None else None
         ),
     }
 

@@ -174,6 +174,20 @@ def test_sft_and_preference_sets_take_final_credit_only(
     assert [s for (c, *_), s in state.items() if c == cheater] == ["void"] * 4
     assert {row["audited"] for row in raw if row["contributor"] == cheater} == {True, False}
 
+    # Split between processes (what a large export does on its own): the same rows, a file per
+    # process, and the one file of the export before it removed from the directory.
+    split = export(tmp_path, "raw", "parquet", tmp_path / "raw", now=later, jobs=3)
+    files = sorted(p.name for p in (tmp_path / "raw" / "data").iterdir())
+    assert files == [f"train-0000{i}-of-00003.parquet" for i in range(3)]
+    assert split["rows"] == 10 and split["by_task_type"] == summary["by_task_type"]
+    again = datasets.load_dataset("parquet", data_dir=str(tmp_path / "raw"))["train"]
+    assert sorted(again.to_list(), key=lambda r: r["submission_id"]) == sorted(
+        raw.to_list(), key=lambda r: r["submission_id"]
+    )
+    assert "10 rows, selected from 10 checked traces (6 final, 4 void)" in " ".join(
+        (tmp_path / "raw" / "README.md").read_text().split()
+    )
+
     export(tmp_path, "sft", "parquet", tmp_path / "sft", now=later)
     sft = datasets.load_dataset("parquet", data_dir=str(tmp_path / "sft"))["train"]
     assert sft.num_rows == 3  # one per prompt: the honest correct samples

@@ -19,7 +19,7 @@ from flopnet.sim.auditing import AuditStream
 from flopnet.sim.config import SimConfig
 from flopnet.sim.engine import Simulation, fits
 from flopnet.sim.inputs import CHEAT_KINDS, GPU_CLASSES, R1_CONFIG
-from flopnet.sim.proofs import ProofTable, measurements
+from flopnet.sim.proofs import Outcomes, ProofTable, measurements
 from flopnet.sim.report import report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,6 +111,28 @@ def test_the_proof_table_gives_the_benchmarks_detection_rates() -> None:
                 assert table.row(row["name"]).detection == pytest.approx(expected, abs=1e-3)
     for kind in CHEAT_KINDS.values():
         ProofTable("small").row(kind.row)  # every cheat kind names a measured row
+
+
+def test_a_failed_honest_audit_gets_the_validators_second_opinion() -> None:
+    # Every stored float32 re-check of a bf16 worker's tokens passes under the bf16 policy, put
+    # through the validator's own with_second_opinion: a first failure is overturned.
+    table = ProofTable("tiny")
+    second = measurements()["rows"]["tiny/float32"]["bf16 generation, fp32 check"]
+    assert len(table.second_opinions) == len(second["measurements"]) == 12
+    assert all(table.second_opinions)
+    assert ProofTable("tiny", "float32").second_opinions == ()  # no second opinion there
+    # An honest row whose first check failed (not in the data: built here) passes after it.
+    failing = Outcomes("honest", ((False, True),), overturned=1.0)
+    assert failing.draw(random.Random(1)) == (True, True) and failing.detection == 0.0
+    cheat = table.row("other weights")
+    assert cheat.overturned == 0.0 and cheat.detection == 1.0  # a cheat's failure stands
+    fp = _run(SMALL)["false_positives"]
+    assert fp["second_opinion_samples"] == fp["second_opinion_overturned"] == 6  # small
+    bound, first = (
+        fp["per_audit_loss_bound_with_second_opinion"],
+        fp["per_audit_rate_95pct_upper_bound"],
+    )
+    assert 0 < bound < first
 
 
 def test_the_packaged_measurements_are_the_benchmarks() -> None:

@@ -32,8 +32,9 @@ from flopnet.node.dataset.select import (
     raw_rows,
     sft_rows,
 )
+from flopnet.node.dataset.shards import PARALLEL_MIN_TRACES, remove_stale, write_raw_shards
 from flopnet.node.local import INBOX_FILE, best_ledger, find_ledgers, find_manifest
-from flopnet.node.validator.traces import Trace, read_traces
+from flopnet.node.validator.traces import Trace, count_traces, read_traces
 from flopnet.protocol.errors import ConfigError
 
 KINDS = ("raw", "sft", "preference")
@@ -41,14 +42,22 @@ FORMATS = ("parquet", "jsonl")
 
 
 @dataclass(frozen=True)
-class Collected:
-    """Traces marked with their states, and what the dataset card says about where from."""
+class Provenance:
+    """Where the traces' credit states were read, as the dataset card tells it."""
 
-    marked: list[Marked]
+    states: dict[tuple[bytes, int], CreditState]  # (validator, ledger seq) -> state
     network_id: str
     model: str
     heads: dict[str, dict[str, object]]
     lock_window: float
+
+
+@dataclass(frozen=True)
+class Collected:
+    """Traces marked with their states, and where from."""
+
+    marked: list[Marked]
+    provenance: Provenance
 
 
 def find_trace_files(data_dir: Path) -> list[Path]:
@@ -61,13 +70,32 @@ def find_trace_files(data_dir: Path) -> list[Path]:
 
 def collect(data_dir: Path, *, now: float | None = None) -> Collected:
     """Every trace under ``data_dir`` with its credit state (see the module docstring)."""
-    trace_files = find_trace_files(data_dir)
-    if not trace_files:
-        raise ConfigError(f"no validator's traces under {data_dir} (an inbox.sqlite)")
+    trace_files = _trace_files(data_dir)
     traces: dict[str, Trace] = {}
     for path in trace_files:
         for trace in read_traces(path):
             traces[trace.submission_id] = trace
+    prov = provenance(data_dir, now=now, first=next(iter(traces.values()), None))
+    marked = []
+    for trace in traces.values():
+        key = (bytes.fromhex(trace.validator), trace.ledger_seq)
+        # A trace whose credit the ledger does not hold (yet) is not trustworthy: pending.
+        marked.append(Marked(trace, prov.states.get(key, CreditState.PENDING)))
+    marked.sort(key=lambda m: m.trace.checked_at)
+    return Collected(marked, prov)
+
+
+def _trace_files(data_dir: Path) -> list[Path]:
+    trace_files = find_trace_files(data_dir)
+    if not trace_files:
+        raise ConfigError(f"no validator's traces under {data_dir} (an inbox.sqlite)")
+    return trace_files
+
+
+def provenance(data_dir: Path, *, now: float | None, first: Trace | None) -> Provenance:
+    """The credit state of every credit on the most complete ledger under ``data_dir``, and
+    the network, model and heads it was read from (``first``: a trace to name the network and
+    model by when no manifest is found)."""
     manifest = find_manifest(data_dir)
     validators: list[bytes] | None = None
     lock_window = DEFAULT_LOCK_WINDOW_S
@@ -98,23 +126,13 @@ def collect(data_dir: Path, *, now: float | None = None) -> Collected:
             if validators is None or signer in validators
         }
     states = credit_states(credits, invalidations, time.time() if now is None else now, lock_window)
-    marked = []
-    for trace in traces.values():
-        key = (bytes.fromhex(trace.validator), trace.ledger_seq)
-        # A trace whose credit the ledger does not hold (yet) is not trustworthy: pending.
-        marked.append(Marked(trace, states.get(key, CreditState.PENDING)))
-    marked.sort(key=lambda m: m.trace.checked_at)
-    return Collected(
-        marked,
-        network_id or _first(traces, "network_id"),
-        model or _first(traces, "model"),
+    return Provenance(
+        states,
+        network_id or (first.network_id if first is not None else ""),
+        model or (first.model if first is not None else ""),
         heads,
         lock_window,
     )
-
-
-def _first(traces: dict[str, Trace], name: str) -> str:
-    return str(next((getattr(t, name) for t in traces.values()), ""))
 
 
 def rows_of(kind: str, marked: Sequence[Marked]) -> list[dict[str, Any]]:
@@ -204,10 +222,16 @@ def _table(kind: str, rows: list[dict[str, Any]]) -> Any:
     )
 
 
-def card(kind: str, fmt: str, rows: list[dict[str, Any]], collected: Collected) -> str:
-    """The dataset card: what is in it, how it was selected, and where it came from."""
-    counts = Counter(str(row.get("task_type", "")) for row in rows)
-    states = Counter(m.state.value for m in collected.marked)
+def card(
+    kind: str,
+    fmt: str,
+    counts: Counter[str],
+    states: Counter[str],
+    prov: Provenance,
+) -> str:
+    """The dataset card: what is in it (rows per task type; the states of the traces it was
+    selected from), how it was selected, and where it came from."""
+    n_rows, n_traces = sum(counts.values()), sum(states.values())
     pattern = "data/*.parquet" if fmt == "parquet" else "data/*.jsonl"
     lines = [
         "---",
@@ -219,9 +243,9 @@ def card(kind: str, fmt: str, rows: list[dict[str, Any]], collected: Collected) 
         "---",
         f"# flopnet {kind} dataset",
         "",
-        f"Reasoning traces generated and checked on the flopnet network `{collected.network_id}`",
-        f"with the model `{collected.model}`: {len(rows)} rows, selected from "
-        f"{len(collected.marked)} checked traces "
+        f"Reasoning traces generated and checked on the flopnet network `{prov.network_id}`",
+        f"with the model `{prov.model}`: {n_rows} rows, selected from "
+        f"{n_traces} checked traces "
         f"({', '.join(f'{n} {s}' for s, n in sorted(states.items()))}).",
         "",
         "| task type | rows |",
@@ -250,39 +274,61 @@ def card(kind: str, fmt: str, rows: list[dict[str, Any]], collected: Collected) 
                 f"A pair per prompt: the best response at or above the threshold is chosen, the "
                 f"worst below {REJECTED_BELOW} rejected."
             )
-    if not rows:
+    if not n_rows:
         lines += [
             "",
             "No row qualified (the datasets loader cannot read an empty file; pyarrow can).",
         ]
     lines += [
         "",
-        f"Credit becomes final {collected.lock_window:g} s after it is written, unless voided.",
+        f"Credit becomes final {prov.lock_window:g} s after it is written, unless voided.",
         "",
         "## Ledger heads the states were read from",
         "",
         "| validator | seq | hash |",
         "|---|---|---|",
-        *(f"| {h['peer_id']} | {h['seq']} | `{h['hash']}` |" for h in collected.heads.values()),
+        *(f"| {h['peer_id']} | {h['seq']} | `{h['hash']}` |" for h in prov.heads.values()),
         "",
     ]
     return "\n".join(lines)
 
 
 def export(
-    data_dir: Path, kind: str, fmt: str, out: Path, *, now: float | None = None
+    data_dir: Path,
+    kind: str,
+    fmt: str,
+    out: Path,
+    *,
+    now: float | None = None,
+    jobs: int | None = None,
 ) -> dict[str, Any]:
-    """Write one dataset kind of ``data_dir``'s traces to ``out``; a summary of what was written."""
+    """Write one dataset kind of ``data_dir``'s traces to ``out``; a summary of what was written.
+
+    A raw Parquet export of many traces is split between ``jobs`` processes (default: one per
+    CPU from :data:`shards.PARALLEL_MIN_TRACES` traces on), a file each."""
     if kind not in KINDS:
         raise ConfigError(f"--kind must be one of {', '.join(KINDS)}")
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")
+    if jobs is not None and not 1 <= jobs <= 256:
+        raise ConfigError("--jobs must be in 1..256")
+    if kind == "raw" and fmt == "parquet":
+        paths = _trace_files(data_dir)
+        total = sum(count_traces(p) for p in paths)
+        if jobs is None:
+            jobs = (os.cpu_count() or 1) if total >= PARALLEL_MIN_TRACES else 1
+        if jobs > 1 and total > 1:
+            return _export_sharded(data_dir, paths, out, now=now, jobs=jobs)
     collected = collect(data_dir, now=now)
     rows = rows_of(kind, collected.marked)
+    counts = Counter(str(r.get("task_type", "")) for r in rows)
+    states = Counter(m.state.value for m in collected.marked)
     try:
         out.mkdir(parents=True, exist_ok=True)
         path = write_rows(kind, rows, fmt, out)
-        _write_atomic(out / "README.md", card(kind, fmt, rows, collected).encode())
+        remove_stale(out / "data", keep={path})
+        text = card(kind, fmt, counts, states, collected.provenance)
+        _write_atomic(out / "README.md", text.encode())
     except OSError as exc:
         raise ConfigError(f"cannot write the dataset to {out}: {exc.strerror or exc}") from None
     return {
@@ -291,5 +337,34 @@ def export(
         "rows": len(rows),
         "traces": len(collected.marked),
         "path": str(path),
-        "by_task_type": dict(Counter(str(r.get("task_type", "")) for r in rows)),
+        "by_task_type": dict(counts),
+    }
+
+
+def _export_sharded(
+    data_dir: Path, paths: list[Path], out: Path, *, now: float | None, jobs: int
+) -> dict[str, Any]:
+    """The raw Parquet export in ``jobs`` processes (:mod:`flopnet.node.dataset.shards`)."""
+    first = next(read_traces(paths[0]), None)
+    prov = provenance(data_dir, now=now, first=first)
+    try:
+        data = out / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        results = write_raw_shards(paths, prov.states, data, jobs)
+        counts: Counter[str] = Counter()
+        states: Counter[str] = Counter()
+        for r in results:
+            counts.update(r.by_task_type)
+            states.update(r.states)
+        _write_atomic(out / "README.md", card("raw", "parquet", counts, states, prov).encode())
+    except OSError as exc:
+        raise ConfigError(f"cannot write the dataset to {out}: {exc.strerror or exc}") from None
+    return {
+        "kind": "raw",
+        "format": "parquet",
+        "rows": sum(r.rows for r in results),
+        "traces": sum(states.values()),
+        "path": str(results[0].path),
+        "paths": [str(r.path) for r in results],
+        "by_task_type": dict(counts),
     }

@@ -87,6 +87,13 @@ class Trace:
 
 COLUMNS = tuple(f.name for f in fields(Trace))
 _BOOL_COLUMNS = tuple(i for i, f in enumerate(fields(Trace)) if f.type == "bool")
+
+
+def bool_columns() -> tuple[int, ...]:
+    """Indexes in :data:`COLUMNS` of the flags SQLite keeps as integers."""
+    return _BOOL_COLUMNS
+
+
 # Field annotations are strings here (postponed evaluation): their SQLite column types.
 _TYPES = {"int": "INTEGER", "float": "REAL", "str": "TEXT", "bool": "INTEGER"}
 SCHEMA = (
@@ -107,6 +114,22 @@ INSERT = (
 def row_of(trace: Trace) -> tuple[object, ...]:
     """The trace as a row of the ``traces`` table."""
     return astuple(trace)
+
+
+def count_traces(path: Path) -> int:
+    """How many traces a validator's inbox database holds (read-only; 0 without the table)."""
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+            has_table = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'traces'"
+            ).fetchone()
+            return (
+                0
+                if has_table is None
+                else int(conn.execute("SELECT count(*) FROM traces").fetchone()[0])
+            )
+    except sqlite3.Error as exc:
+        raise ConfigError(f"cannot read traces from {path}: {exc}") from None
 
 
 def read_traces(path: Path) -> Iterator[Trace]:
