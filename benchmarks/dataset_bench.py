@@ -759,6 +759,15 @@ def time_exports(root: Path, cli: bool) -> dict[str, Any]:
         shutil.rmtree(target, ignore_errors=True)
         out[kind] = row
         log(f"export {root.name} {kind}: {row}")
+    # The raw export in one process, in the same run: the split's gain, as a ratio.
+    target = root.parent / f"export-{root.name}-raw1"
+    t0 = time.perf_counter()
+    export(root, "raw", "parquet", target, now=as_of, jobs=1)
+    wall = time.perf_counter() - t0
+    shutil.rmtree(target, ignore_errors=True)
+    out["raw_one_process"] = {"seconds": round(wall, 3), "traces_per_s": round(n / wall, 1)}
+    out["raw_split_speedup"] = round(wall / out["raw"]["seconds"], 2)
+    log(f"export {root.name} raw in one process: {out['raw_one_process']}")
     return out
 
 

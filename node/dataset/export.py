@@ -32,7 +32,7 @@ from flopnet.node.dataset.select import (
     raw_rows,
     sft_rows,
 )
-from flopnet.node.dataset.shards import PARALLEL_MIN_TRACES, remove_stale, write_raw_shards
+from flopnet.node.dataset.shards import default_jobs, remove_stale, write_raw_shards
 from flopnet.node.local import INBOX_FILE, best_ledger, find_ledgers, find_manifest
 from flopnet.node.validator.traces import Trace, count_traces, read_traces
 from flopnet.protocol.errors import ConfigError
@@ -305,7 +305,7 @@ def export(
     """Write one dataset kind of ``data_dir``'s traces to ``out``; a summary of what was written.
 
     A raw Parquet export of many traces is split between ``jobs`` processes (default: one per
-    CPU from :data:`shards.PARALLEL_MIN_TRACES` traces on), a file each."""
+    CPU from 20,000 traces on: :func:`shards.default_jobs`), a file each."""
     if kind not in KINDS:
         raise ConfigError(f"--kind must be one of {', '.join(KINDS)}")
     if fmt not in FORMATS:
@@ -316,7 +316,7 @@ def export(
         paths = _trace_files(data_dir)
         total = sum(count_traces(p) for p in paths)
         if jobs is None:
-            jobs = (os.cpu_count() or 1) if total >= PARALLEL_MIN_TRACES else 1
+            jobs = default_jobs(paths, total)
         if jobs > 1 and total > 1:
             return _export_sharded(data_dir, paths, out, now=now, jobs=jobs)
     collected = collect(data_dir, now=now)
