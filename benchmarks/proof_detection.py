@@ -700,9 +700,12 @@ def run_model(
     out: Path,
     log: Callable[[str], None],
     cheats_only: tuple[int, int] | None = None,
+    bulk_only: bool = False,
+    bulk_samples: int | None = None,
 ) -> None:
     """Every row of one model, its results file rewritten after each row; ``cheats_only``
-    (samples, tokens) runs just the cheat rows at that size."""
+    (samples, tokens) runs just the cheat rows at that size, ``bulk_only`` just the large
+    honest batches (the bulk of the honest chunks)."""
     plan = PLANS[model]
     if cheats_only is not None:
         plan = Plan(honest=cheats_only, cheats=cheats_only, fp32=None, cheat_batch=cheats_only[0])
@@ -718,6 +721,10 @@ def run_model(
     variations = variations_for(model)
     base = [v for v in variations if v.batch_size < 8]
     bulk = [v for v in variations if v.batch_size >= 8]
+    if bulk_only:
+        n = h[0] if quick else max(h[0], bulk_samples or plan.bulk)
+        run_rows(make_ctx(model, "bfloat16", n, h[1]), bulk, cheats=False, log=log, on_row=keep)
+        return
     # The bulk of the honest chunks comes last: on a busy machine a run cut short still has
     # every cheat and every kind of variation.
     if cheats_only is None:
@@ -867,6 +874,13 @@ def main() -> None:
         help="run only the cheat rows at this size (results tagged _cheats)",
     )  # fmt: skip
     parser.add_argument(
+        "--bulk-only", action="store_true",
+        help="run only the large honest batches (results tagged _bulk)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--bulk-samples", type=int, help="samples per large honest batch row (default: the plan's)"
+    )
+    parser.add_argument(
         "--report", action="store_true",
         help="no generation: rescore every stored result under the recommended policies",
     )  # fmt: skip
@@ -879,7 +893,7 @@ def main() -> None:
 
     models = [m for m in args.models.split(",") if m]
     if args.report:
-        paths = [result_path(args.out_dir, m, t) for m in models for t in ("", "cheats")]
+        paths = [result_path(args.out_dir, m, t) for m in models for t in ("", "cheats", "bulk")]
         rows = rescore_rows([p for p in paths if p.exists()])
         summaries = [row_summary(r) for r in rows]
         print(markdown(summaries))
@@ -900,8 +914,17 @@ def main() -> None:
         n, t = (int(x) for x in args.cheats_only.split(","))
         only = (n, t)
     for model in models:
-        out = result_path(args.out_dir, model, "cheats" if only else "")
-        run_model(model, args.quick, out, log, cheats_only=only)
+        tag = "cheats" if only else "bulk" if args.bulk_only else ""
+        out = result_path(args.out_dir, model, tag)
+        run_model(
+            model,
+            args.quick,
+            out,
+            log,
+            cheats_only=only,
+            bulk_only=args.bulk_only,
+            bulk_samples=args.bulk_samples,
+        )
         log(f"wrote {out}")
 
 
