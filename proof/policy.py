@@ -145,10 +145,16 @@ _RECOMMENDED: dict[tuple[str, str], ProofPolicy] = {
     # (2026-12-02: batch 1 and 4, 16 samples, 77 chunks; the machine was too busy for more, and
     # these rows are not held out: see docs/proof.md). Real activations carry larger outliers
     # than seeded ones (honest chunk mantissa error 1.5 on average, 2.19 at worst) and a trained
-    # model's near-ties fall up to 0.49 short in the replay.
+    # model's near-ties fall up to 0.49 short in the replay. Held-out bulk rows (2026-12-02
+    # 12:30, batch 8 and 16 and a padded audit of 8, 288 samples, 1,305 chunks) then found one
+    # honest token outside the validator's top-p set (a nucleus boundary moved by bf16 noise:
+    # 1 of 160 tokens, the same sample in all three rows), so the replay allows what the
+    # calibration rule gives for that worst case (2 x 1/160, rounded up: 1.5 % of tokens).
+    # The price, measured: top-p and fake-eos cheats are caught less often per audit
+    # (docs/proof.md, "smollm2-135m").
     ("smollm2-135m", "bfloat16"): ProofPolicy(
         ToplocThresholds(20, 3.4, 3.0, 4, mant_err_mean_baseline=2.3),
-        max_replay_mismatch_fraction=0.0,
+        max_replay_mismatch_fraction=0.015,
         replay_tolerance=1.475,
     ),
 }
