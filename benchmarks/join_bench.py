@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from ledger_bench import DAY, build_chain, contributors, machine, stamp, validators  # noqa: E402
 
 from flopnet.ledger.joining import adopt_checkpoint, append_checkpoint, latest_checkpoint  # noqa: E402
-from flopnet.ledger.store import LedgerStore  # noqa: E402
+from flopnet.ledger.store import LedgerStore, peek_head  # noqa: E402
 
 NETWORK = "joinbench-0123456789abcdef"
 RANGE = 2048
@@ -73,20 +73,6 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _head(db: Path, signer: bytes) -> int:
-    import sqlite3
-
-    if not db.exists():
-        return -1
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5.0) as conn:
-            row = conn.execute("SELECT max(seq) FROM entries WHERE signer = ?", (signer,))
-            value = row.fetchone()[0]
-    except sqlite3.Error:
-        return -1
-    return -1 if value is None else int(value)
-
-
 def join_over_network(
     tmp: Path, server_dir: Path, manifest: Path, signer: bytes, head: int, full: bool, network: str
 ) -> dict[str, Any]:
@@ -106,7 +92,7 @@ def join_over_network(
         command = replica_command(tmp / name, manifest, (addr,), full_history=full)
         started = time.perf_counter()
         joiner = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
-        while _head(db, signer) < head:
+        while peek_head(db, signer) < head:
             if joiner.poll() is not None:
                 raise RuntimeError(f"the joining replica exited with {joiner.returncode}")
             if time.perf_counter() - started > 3600:
@@ -221,14 +207,7 @@ def main() -> None:
             }
             totals = [run.pop("_totals") for run in runs.values()]
             result = {
-                "benchmark": "join_network",
-                "machine": machine(),
-                "started": started,
-                "finished": stamp(),
-                "entries": total[0] + 1,
-                "contributors": 5000,
-                "span_days": SPAN_DAYS,
-                "tail_days": args.tail_days,
+                **_header("join_network", started, total[0] + 1, args.tail_days),
                 "checkpoint_seq": seq,
                 "checkpoint_state_bytes": len(state),
                 **runs,
@@ -256,14 +235,7 @@ def main() -> None:
             == joined.connection.execute(TOTALS).fetchall()
         )
     result = {
-        "benchmark": "join",
-        "machine": machine(),
-        "started": started,
-        "finished": stamp(),
-        "entries": total[0] + 1,
-        "contributors": 5000,
-        "span_days": SPAN_DAYS,
-        "tail_days": args.tail_days,
+        **_header("join", started, total[0] + 1, args.tail_days),
         "build_seconds": round(build_wall, 1),
         "checkpoint_append_seconds": round(cp_wall, 2),
         "checkpoint_state_bytes": len(state),
@@ -282,6 +254,20 @@ def main() -> None:
         "same_sums": same,
     }
     _write(args.out, result)
+
+
+def _header(name: str, started: dict[str, Any], entries: int, tail_days: float) -> dict[str, Any]:
+    """What both kinds of run record first: the benchmark, the machine, the chain."""
+    return {
+        "benchmark": name,
+        "machine": machine(),
+        "started": started,
+        "finished": stamp(),
+        "entries": entries,
+        "contributors": 5000,
+        "span_days": SPAN_DAYS,
+        "tail_days": tail_days,
+    }
 
 
 def _write(out: Path, result: dict[str, Any]) -> None:

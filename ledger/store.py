@@ -538,6 +538,20 @@ class LedgerStore:
         return verify_store(self, network_id)
 
 
+def peek_head(path: Path, signer: bytes) -> int:
+    """The highest seq of ``signer``'s chain in a ledger file another process may be writing,
+    read-only and without migrating it; -1 when there is none yet (or it cannot be read now)."""
+    if not path.exists():
+        return -1
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0) as conn:
+            row = conn.execute("SELECT max(seq) FROM entries WHERE signer = ?", (signer,))
+            value = row.fetchone()[0]
+    except sqlite3.Error:
+        return -1
+    return -1 if value is None else int(value)
+
+
 def _equivocation_error(evidence: Equivocation) -> EquivocationError:
     other = evidence.conflicts_with[:6].hex()
     what = (

@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import trio
 
@@ -50,6 +51,7 @@ from flopnet.ledger.kinds import KIND_CHECKPOINT, KIND_PROFILE, ProfileBody, ope
 from flopnet.ledger.store import EquivocationError, LedgerStore, RangeResult
 from flopnet.ledger.sync import Fetch, SyncPlanner
 from flopnet.protocol.catalog import LEDGER_CHECKPOINT, LEDGER_RANGE, ledger_topic
+from flopnet.protocol.codec import Record
 from flopnet.protocol.envelope import Opened, open_envelope, seal
 from flopnet.protocol.errors import FlopnetError, LedgerError, MalformedMessage, PeerError
 from flopnet.protocol.guard import Violation
@@ -65,9 +67,10 @@ from flopnet.protocol.messages import (
     LedgerRangeRequest,
     Refusal,
 )
-from flopnet.protocol.rpc import refusal
+from flopnet.protocol.rpc import Rpc, refusal
 
 log = logging.getLogger(__name__)
+_Reply = TypeVar("_Reply", LedgerRange, LedgerCheckpoint)
 # Room left in a ledger_range envelope for its other fields and the msgpack framing.
 _RANGE_OVERHEAD = 4096
 _INGEST_SLICE = 256
@@ -373,18 +376,23 @@ class LedgerSync:
         await self._publish(entry)
         return seq
 
+    async def _ask(self, fetch: Fetch, rpc: Rpc, request: Record, answer: type[_Reply]) -> _Reply:
+        """One request about ``fetch``'s chain; raises PeerError for a refusal, MalformedMessage
+        for an answer of another type or about another chain (or another FlopnetError)."""
+        opened = await self.host.call(fetch.peer, rpc, request)
+        if isinstance(opened.message, Refusal):
+            raise PeerError(f"{rpc.protocol_id} refused: {opened.message.reason}")
+        reply = opened.expect(answer)
+        if reply.signer != fetch.signer:
+            raise MalformedMessage(f"{rpc.protocol_id}: an answer about another chain")
+        return reply
+
     async def _request(self, fetch: Fetch) -> LedgerRange:
         """One range request; raises MalformedMessage or another FlopnetError."""
         request = LedgerRangeRequest(
             version=1, signer=fetch.signer, from_seq=fetch.from_seq, limit=fetch.limit
         )
-        opened = await self.host.call(fetch.peer, LEDGER_RANGE, request)
-        if isinstance(opened.message, Refusal):
-            raise PeerError(f"ledger range refused: {opened.message.reason}")
-        reply = opened.expect(LedgerRange)
-        if reply.signer != fetch.signer:
-            raise MalformedMessage("a ledger range for another chain")
-        return reply
+        return await self._ask(fetch, LEDGER_RANGE, request, LedgerRange)
 
     async def _fetch_checkpoint(self, fetch: Fetch) -> tuple[bool, int | None, bool]:
         """Fetch a checkpoint and adopt it if it verifies: (ok, the peer's head, adopted).
@@ -392,12 +400,7 @@ class LedgerSync:
         request = LedgerCheckpointRequest(
             version=1, signer=fetch.signer, min_age_s=self.checkpoint_min_age
         )
-        opened = await self.host.call(fetch.peer, LEDGER_CHECKPOINT, request)
-        if isinstance(opened.message, Refusal):
-            raise PeerError(f"ledger checkpoint refused: {opened.message.reason}")
-        reply = opened.expect(LedgerCheckpoint)
-        if reply.signer != fetch.signer:
-            raise MalformedMessage("a checkpoint of another chain")
+        reply = await self._ask(fetch, LEDGER_CHECKPOINT, request, LedgerCheckpoint)
         if not reply.entry:
             if reply.state:
                 raise MalformedMessage("a checkpoint state without its entry")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import time
 from dataclasses import replace
@@ -30,7 +29,7 @@ from flopnet.ledger.joining import (
 )
 from flopnet.ledger.kinds import AuditBody, CheckpointBody
 from flopnet.ledger.leaderboard import leaderboard
-from flopnet.ledger.store import LedgerStore
+from flopnet.ledger.store import LedgerStore, peek_head
 from flopnet.ledger.sync import Fetch, SyncPlanner
 from flopnet.node.config import NetworkParams, create_network
 from flopnet.node.replica import replica_command
@@ -285,18 +284,6 @@ def test_a_peer_serving_a_forged_state_is_charged_and_the_join_goes_on(tmp_path:
 # Replica processes
 
 
-def _head(db: Path, signer: bytes) -> int:
-    if not db.exists():
-        return -1
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1.0) as conn:
-            row = conn.execute("SELECT max(seq) FROM entries WHERE signer = ?", (signer,))
-            value = row.fetchone()[0]
-    except sqlite3.Error:
-        return -1
-    return -1 if value is None else int(value)
-
-
 @pytest.mark.timeout(180)
 def test_replica_processes_join_with_and_without_the_history(tmp_path: Path) -> None:
     validator = Identity(b"\x61" * 32)
@@ -341,7 +328,8 @@ def test_replica_processes_join_with_and_without_the_history(tmp_path: Path) -> 
             )
         assert wait_until(
             lambda: all(
-                _head(tmp_path / n / "ledger.sqlite", key) == total[0] for n in ("joined", "full")
+                peek_head(tmp_path / n / "ledger.sqlite", key) == total[0]
+                for n in ("joined", "full")
             ),
             120,
         ), [p.poll() for p in procs]
