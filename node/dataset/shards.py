@@ -66,7 +66,7 @@ def plan(paths: Sequence[Path], jobs: int) -> list[list[Part]]:
     last = {sid: (path, rowid) for path, rowid, sid in rows}
     skip = {(path, rowid) for path, rowid, sid in rows if last[sid] != (path, rowid)}
     slices: list[list[Part]] = []
-    size = -(-len(rows) // max(1, jobs))
+    size = max(1, -(-len(rows) // max(1, jobs)))  # no rows: no slices (range needs a step)
     for start in range(0, len(rows), size):
         chunk = rows[start : start + size]
         parts = []
