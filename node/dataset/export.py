@@ -76,11 +76,7 @@ def collect(data_dir: Path, *, now: float | None = None) -> Collected:
         for trace in read_traces(path):
             traces[trace.submission_id] = trace
     prov = provenance(data_dir, now=now, first=next(iter(traces.values()), None))
-    marked = []
-    for trace in traces.values():
-        key = (bytes.fromhex(trace.validator), trace.ledger_seq)
-        # A trace whose credit the ledger does not hold (yet) is not trustworthy: pending.
-        marked.append(Marked(trace, prov.states.get(key, CreditState.PENDING)))
+    marked = [Marked.of(trace, prov.states) for trace in traces.values()]
     marked.sort(key=lambda m: m.trace.checked_at)
     return Collected(marked, prov)
 

@@ -37,6 +37,13 @@ class Marked:
     trace: Trace
     state: CreditState
 
+    @classmethod
+    def of(cls, trace: Trace, states: Mapping[tuple[bytes, int], CreditState]) -> Marked:
+        """``trace`` with the state of its credit (keyed by validator and ledger seq); a credit
+        the ledger does not hold (yet) is not trustworthy: pending."""
+        key = (bytes.fromhex(trace.validator), trace.ledger_seq)
+        return cls(trace, states.get(key, CreditState.PENDING))
+
     @property
     def trustworthy(self) -> bool:
         """Credited, final, and never voided."""

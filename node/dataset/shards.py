@@ -21,7 +21,7 @@ from pathlib import Path
 
 from flopnet.ledger.policy import CreditState
 from flopnet.node.dataset.select import Marked, raw_rows
-from flopnet.node.validator.traces import COLUMNS, Trace, bool_columns
+from flopnet.node.validator.traces import COLUMNS, Trace, trace_of
 from flopnet.protocol.errors import ConfigError
 
 # Below this many traces one process is as fast as several (starting one costs about 0.4 s).
@@ -80,7 +80,6 @@ def plan(paths: Sequence[Path], jobs: int) -> list[list[Part]]:
 
 def _read(part: Part) -> list[Trace]:
     columns = ", ".join(COLUMNS)
-    flags = bool_columns()
     out = []
     try:
         with sqlite3.connect(f"file:{part.path}?mode=ro", uri=True) as conn:
@@ -89,11 +88,8 @@ def _read(part: Part) -> list[Trace]:
                 (part.lo, part.hi),
             )
             for rowid, *values in rows:
-                if rowid in part.skip:
-                    continue
-                for i in flags:  # SQLite keeps them as integers
-                    values[i] = bool(values[i])
-                out.append(Trace(*values))
+                if rowid not in part.skip:
+                    out.append(trace_of(values))
     except sqlite3.Error as exc:
         raise ConfigError(f"cannot read traces from {part.path}: {exc}") from None
     return out
@@ -107,10 +103,7 @@ def write_shard(parts: list[Part], states: States, target: Path) -> ShardResult:
 
     traces = [t for part in parts for t in _read(part)]
     traces.sort(key=lambda t: t.checked_at)
-    marked = [
-        Marked(t, states.get((bytes.fromhex(t.validator), t.ledger_seq), CreditState.PENDING))
-        for t in traces
-    ]
+    marked = [Marked.of(t, states) for t in traces]
     rows = raw_rows(marked)
     pq.write_table(_table("raw", rows), target, compression="zstd")
     return ShardResult(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -89,11 +89,6 @@ COLUMNS = tuple(f.name for f in fields(Trace))
 _BOOL_COLUMNS = tuple(i for i, f in enumerate(fields(Trace)) if f.type == "bool")
 
 
-def bool_columns() -> tuple[int, ...]:
-    """Indexes in :data:`COLUMNS` of the flags SQLite keeps as integers."""
-    return _BOOL_COLUMNS
-
-
 # Field annotations are strings here (postponed evaluation): their SQLite column types.
 _TYPES = {"int": "INTEGER", "float": "REAL", "str": "TEXT", "bool": "INTEGER"}
 SCHEMA = (
@@ -114,6 +109,14 @@ INSERT = (
 def row_of(trace: Trace) -> tuple[object, ...]:
     """The trace as a row of the ``traces`` table."""
     return astuple(trace)
+
+
+def trace_of(row: Sequence[Any]) -> Trace:
+    """A row of the ``traces`` table (its :data:`COLUMNS`, in order) as a trace."""
+    values = list(row)
+    for i in _BOOL_COLUMNS:  # SQLite keeps them as integers
+        values[i] = bool(values[i])
+    return Trace(*values)
 
 
 def count_traces(path: Path) -> int:
@@ -147,10 +150,7 @@ def read_traces(path: Path) -> Iterator[Trace]:
             return
         rows = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM traces ORDER BY checked_at")
         for row in rows:
-            values = list(row)
-            for i in _BOOL_COLUMNS:  # SQLite keeps them as integers
-                values[i] = bool(values[i])
-            yield Trace(*values)
+            yield trace_of(row)
     except sqlite3.Error as exc:
         raise ConfigError(f"cannot read traces from {path}: {exc}") from None
     finally:
