@@ -176,12 +176,7 @@ def checkpoint_progress(store: LedgerStore, signer: bytes) -> tuple[float | None
 
 def latest_checkpoint(store: LedgerStore, signer: bytes) -> tuple[bytes, bytes] | None:
     """(entry envelope, state bytes) of the latest checkpoint kept for ``signer``'s chain."""
-    row = store.connection.execute(
-        "SELECT c.state, e.envelope FROM checkpoints c JOIN entries e "
-        "ON e.signer = c.signer AND e.seq = c.seq WHERE c.signer = ? ORDER BY c.seq DESC LIMIT 1",
-        (signer,),
-    ).fetchone()
-    return None if row is None else (bytes(row[1]), bytes(row[0]))
+    return checkpoint_for_joiner(store, signer, 0.0)
 
 
 def checkpoint_for_joiner(
