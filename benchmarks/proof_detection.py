@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import statistics
 import sys
 import time
@@ -57,6 +58,7 @@ from flopnet.proof.aggregate import audits_for_confidence, audits_to_separate
 from flopnet.proof.calibrate import calibrate
 from flopnet.proof.policy import ProofPolicy, decide, recommended_policy
 from flopnet.proof.sampling import SamplingParams, replay_check
+from flopnet.proof.tally import TALLY_WINDOW, ReplayBook, audits_to_flag, tally_failure
 from flopnet.proof.toploc import ChunkCheck, ToplocThresholds, failing_chunks
 
 MODEL_SEED = 0
@@ -753,6 +755,64 @@ def replay_fraction(m: Measured, tolerance: float) -> float:
     return replay.mismatches / replay.checked if replay.checked else 0.0
 
 
+def validator_runs(
+    samples: Sequence[Measured],
+    policy: ProofPolicy,
+    *,
+    audits: int = TALLY_WINDOW,
+    trials: int = 1000,
+    seed: int = 0,
+) -> list[int | None]:
+    """The validator's decision over one contributor's audits, simulated: ``trials`` runs of
+    ``audits`` audits drawn from ``samples``; for each, the audit at which the contributor is
+    first punished (the audit fails on its own, or its replay tally does), or None."""
+    prepared = []
+    for m in samples:
+        replay = replay_check(list(m.shortfalls), policy.replay_tolerance)
+        alone = decide(m.checks, replay, policy, m.completion).passed
+        prepared.append((alone, replay.checked, replay.mismatches))
+    rng = random.Random(seed)
+    firsts: list[int | None] = []
+    for _ in range(trials):
+        book, first = ReplayBook(policy.honest_replay_rate), None
+        for n in range(1, audits + 1):
+            alone, tokens, mismatches = rng.choice(prepared)
+            history = book.history(b"c")
+            tally = None if history is None else history.plus(tokens, mismatches)
+            if not alone or (
+                tally is not None and tally_failure(tally, policy.honest_replay_rate) is not None
+            ):
+                first = n
+                break
+            book.record(b"c", tokens, mismatches, True)
+        firsts.append(first)
+    return firsts
+
+
+def tally_honest(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """Honest contributors under the validator's whole decision (per audit and replay tally):
+    the share of simulated runs of 32 audits that punish them, per honest row and pooled."""
+    out = []
+    for model, dtype in sorted({(r.model, r.manifest_dtype) for r in rows}):
+        policy = recommended_policy(model, dtype)
+        honest = [
+            r for r in rows if r.kind == "honest" and (r.model, r.manifest_dtype) == (model, dtype)
+        ]
+        groups = [(r.name, r.measured) for r in honest if r.measured]
+        groups.append(("all honest rows", [m for _, ms in groups for m in ms]))
+        for name, samples in groups:
+            if not samples:
+                continue
+            runs = validator_runs(samples, policy)
+            out.append({
+                "model": model, "manifest_dtype": dtype, "honest": name,
+                "samples": len(samples), "runs": len(runs),
+                "runs_punished": sum(f is not None for f in runs),
+                "honest_replay_rate": policy.honest_replay_rate,
+            })  # fmt: skip
+    return out
+
+
 def aggregation(rows: Sequence[Row]) -> list[dict[str, Any]]:
     """For every cheat that one audit does not always catch: how many audits of one
     contributor reach 99 % (any failed audit; and the average statistic over its audits against
@@ -769,6 +829,7 @@ def aggregation(rows: Sequence[Row]) -> list[dict[str, Any]]:
             "model": row.model,
             "manifest_dtype": row.manifest_dtype,
             "cheat": row.name,
+            "samples": len(row.measured),
             "caught_per_audit": rate,
             "audits_for_99pct_any_failure": audits_for_confidence(rate),
         }
@@ -786,6 +847,11 @@ def aggregation(rows: Sequence[Row]) -> list[dict[str, Any]]:
                 entry[f"audits_for_99pct_average_{stat}"] = sep.audits
                 entry[f"average_{stat}_limit"] = round(sep.limit, 4)
                 entry[f"average_{stat}_detection"] = round(sep.detection, 4)
+        runs = validator_runs(row.measured, policy)
+        entry["audits_for_99pct_validator_with_tally"] = audits_to_flag(runs)
+        entry[f"caught_within_{TALLY_WINDOW}_audits_validator_with_tally"] = round(
+            sum(f is not None for f in runs) / len(runs), 4
+        )
         out.append(entry)
     return out
 
@@ -897,14 +963,25 @@ def main() -> None:
         rows = rescore_rows([p for p in paths if p.exists()])
         summaries = [row_summary(r) for r in rows]
         print(markdown(summaries))
-        print(json.dumps(totals(summaries, 0.0)))
-        for entry in aggregation(rows):
-            print(json.dumps(entry))
-        for model, dtype in sorted({(r.model, r.manifest_dtype) for r in rows}):
-            print(json.dumps(split_half(rows, model, dtype)))
-        routing = [(r.model, r.manifest_dtype, r.name, r.routing) for r in rows if r.routing]
-        for entry in routing:
-            print(json.dumps(entry))
+        report = {
+            "benchmark": "proof_detection_report",
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "inputs": [p.name for p in paths if p.exists()],
+            "totals": totals(summaries, 0.0),
+            "aggregation": aggregation(rows),
+            "tally_honest": tally_honest(rows),
+            "split_half": [
+                split_half(rows, model, dtype)
+                for model, dtype in sorted({(r.model, r.manifest_dtype) for r in rows})
+            ],
+            "routing": [(r.model, r.manifest_dtype, r.name, r.routing) for r in rows if r.routing],
+        }
+        for key in ("aggregation", "tally_honest", "split_half", "routing"):
+            for entry in report[key]:
+                print(json.dumps(entry))
+        out = args.out_dir / f"proof_detection_report_{'_'.join(models)}.json"
+        out.write_text(json.dumps(report, indent=1) + "\n")
+        log(f"wrote {out}")
         return
     for model in models:
         if model not in PLANS:

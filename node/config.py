@@ -64,6 +64,8 @@ class NetworkParams:
     replay_tolerance: float = 0.1
     # Fraction of generated tokens that may fail the sampling replay.
     max_replay_mismatch_fraction: float = 0.05
+    # Honest ceiling of impossible tokens per token for the per-contributor tally; 0: no tally.
+    honest_replay_rate: float = 0.0
     publishers: tuple[str, ...] = ()  # hex Ed25519 public keys
     validators: tuple[str, ...] = ()
     lock_window_seconds: float = 86400.0
@@ -98,6 +100,7 @@ class NetworkParams:
             "mant_err_mean_baseline",
             "replay_tolerance",
             "max_replay_mismatch_fraction",
+            "honest_replay_rate",
         ):
             value = getattr(self, name)
             if (
@@ -107,8 +110,9 @@ class NetworkParams:
                 or value < 0
             ):
                 raise ConfigError(f"{name} must be a finite number >= 0, not {value!r}")
-        if self.max_replay_mismatch_fraction > 1:
-            raise ConfigError("max_replay_mismatch_fraction must be in [0, 1]")
+        for name in ("max_replay_mismatch_fraction", "honest_replay_rate"):
+            if getattr(self, name) > 1:
+                raise ConfigError(f"{name} must be in [0, 1]")
         if (self.proof_chunk, self.proof_topk) != (CHUNK, TOPK):
             # Workers and validators build and check proofs with the reference's 32/128 only.
             raise ConfigError("proof_chunk and proof_topk must be 32 and 128 (the TOPLOC format)")
@@ -167,6 +171,7 @@ class NetworkParams:
             "mant_err_mean_baseline",
             "replay_tolerance",
             "max_replay_mismatch_fraction",
+            "honest_replay_rate",
         ):
             out[key] = float(out[key])
         out["lock_window_seconds"] = float(out["lock_window_seconds"])

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 
 from flopnet.proof.policy import ProofPolicy
 from flopnet.proof.sampling import ReplayCheck
+from flopnet.proof.tally import honest_rate_ceiling
 from flopnet.proof.toploc import ChunkCheck, ToplocThresholds, pooled_mant_err
 
 __all__ = ["RULES", "UNBOUNDED_TOLERANCE", "Calibration", "Rule", "Suggestion", "calibrate"]
@@ -172,10 +173,21 @@ def calibrate(
         if m != "mant_err_mean_baseline"
     ]
     suggestions.append(_baseline_suggestion(checks, values, toploc, t))
+    # The per-contributor tally is needed only where one audit allows impossible tokens; its
+    # rate pools every honest replay (calibration variations share prompts, so this is the
+    # pooled bound, not a per-variation one: see proof.tally.honest_rate_ceiling).
+    mismatches = sum(r.mismatches for r in replays)
+    checked = sum(r.checked for r in replays)
+    honest_rate = (
+        round(honest_rate_ceiling([(mismatches, checked)]), 6)
+        if suggested["max_replay_mismatch_fraction"] > 0 and checked > 0
+        else 0.0
+    )
     policy = ProofPolicy(
         toploc=toploc,
         max_replay_mismatch_fraction=suggested["max_replay_mismatch_fraction"],
         replay_tolerance=suggested["replay_tolerance"],
+        honest_replay_rate=honest_rate,
     )
     return Calibration(
         chunks=len(chunks),

@@ -22,4 +22,6 @@ POLICY_PARAMS: dict[str, type] = {
     "mant_err_mean_baseline": float,
     "replay_tolerance": float,
     "max_replay_mismatch_fraction": float,
+    # Impossible tokens per token that honest work stays below (proof.tally); 0: no tally.
+    "honest_replay_rate": float,
 }

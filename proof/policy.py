@@ -21,6 +21,7 @@ from flopnet.proof.measures import (
     pooled_mant_err,
 )
 from flopnet.proof.params import POLICY_PARAMS
+from flopnet.proof.tally import ReplayTally, tally_failure
 from flopnet.protocol.errors import ConfigError
 
 
@@ -35,6 +36,9 @@ class ProofPolicy:
     toploc: ToplocThresholds
     max_replay_mismatch_fraction: float = 0.05
     replay_tolerance: float = DEFAULT_TOLERANCE
+    # The honest ceiling of impossible tokens per token, for the per-contributor tally
+    # (proof.tally); 0: no tally (a policy that allows no impossible token needs none).
+    honest_replay_rate: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -48,9 +52,12 @@ def decide(
     replay: ReplayCheck,
     policy: ProofPolicy,
     completion: CompletionCheck | None = None,
+    history: ReplayTally | None = None,
 ) -> ProofDecision:
-    """Fail if any TOPLOC chunk is outside its thresholds, too many tokens fail the replay, or
-    (when given) the output does not end as an honest generation ends."""
+    """Fail if any TOPLOC chunk is outside its thresholds, too many tokens fail the replay,
+    (when given) the output does not end as an honest generation ends, or (with ``history``,
+    the contributor's recent audits before this one) the replay tally of those audits and this
+    one is beyond honest work (:func:`proof.tally.tally_failure`)."""
     reasons: list[str] = []
     for index, why in failing_chunks(checks, policy.toploc):
         reasons.append(f"toploc chunk {index}: {why}")
@@ -65,9 +72,14 @@ def decide(
         )
     if completion is not None:
         reasons.extend(f"completion: {why}" for why in completion.reasons)
+    tally = None if history is None else history.plus(replay.checked, replay.mismatches)
+    if tally is not None:
+        condemned = tally_failure(tally, policy.honest_replay_rate)
+        if condemned is not None:
+            reasons.append(f"replay tally: {condemned}")
     if reasons:
         return ProofDecision(False, tuple(reasons))
-    return ProofDecision(True, _pass_reasons(checks, replay, policy, completion))
+    return ProofDecision(True, _pass_reasons(checks, replay, policy, completion, tally))
 
 
 def _pass_reasons(
@@ -75,6 +87,7 @@ def _pass_reasons(
     replay: ReplayCheck,
     policy: ProofPolicy,
     completion: CompletionCheck | None,
+    tally: ReplayTally | None,
 ) -> tuple[str, ...]:
     t = policy.toploc
     worst = max((c.exp_mismatches for c in checks), default=0)
@@ -102,6 +115,11 @@ def _pass_reasons(
         reasons.append(
             f"completion: {completion.tokens} tokens, {ending} "
             f"(max_new_tokens {completion.max_new_tokens})"
+        )
+    if tally is not None and policy.honest_replay_rate > 0:
+        reasons.append(
+            f"replay tally: {tally.mismatches}/{tally.tokens} tokens over the last "
+            f"{tally.audits} audit(s) (honest rate {policy.honest_replay_rate:g})"
         )
     return tuple(reasons)
 
@@ -135,10 +153,14 @@ _RECOMMENDED: dict[tuple[str, str], ProofPolicy] = {
     # differs between decode and prefill (0.5 % of token-layer pairs) moves a state by a whole
     # expert's contribution, so honest chunks reach 10 exponent mismatches and mantissa error
     # 2.36, and sampled tokens fall up to 0.41 short in the replay (dense models: 0.03).
+    # The replay tally's honest rate (proof.tally.honest_rate_ceiling over the detection
+    # benchmark's honest rows, 2026-12-02): twice the worst variation's rate (eager attention,
+    # 3 impossible tokens in 3,268), above the pooled 99.9 % bound (11 in 83,383 distinct tokens).
     ("deepseek-v3-tiny", "bfloat16"): ProofPolicy(
         ToplocThresholds(22, 3.65, 2.0, 4, mant_err_mean_baseline=0.65),
         max_replay_mismatch_fraction=0.015,
         replay_tolerance=1.24,
+        honest_replay_rate=0.00185,
     ),
     ("deepseek-v3-tiny", "float32"): _FP32_FLOORS,
     # The trained SmolLM2-135M-Instruct, from the honest rows of benchmarks/proof_detection.py
@@ -151,11 +173,14 @@ _RECOMMENDED: dict[tuple[str, str], ProofPolicy] = {
     # 1 of 160 tokens, the same sample in all three rows), so the replay allows what the
     # calibration rule gives for that worst case (2 x 1/160, rounded up: 1.5 % of tokens).
     # The price, measured: top-p and fake-eos cheats are caught less often per audit
-    # (docs/proof.md, "smollm2-135m").
+    # (docs/proof.md, "smollm2-135m"), which the per-contributor replay tally wins back over
+    # several audits. Its honest rate is the pooled 99.9 % bound (1 impossible token in 14,614
+    # distinct tokens), above twice the worst variation's rate.
     ("smollm2-135m", "bfloat16"): ProofPolicy(
         ToplocThresholds(20, 3.4, 3.0, 4, mant_err_mean_baseline=2.3),
         max_replay_mismatch_fraction=0.015,
         replay_tolerance=1.475,
+        honest_replay_rate=0.00065,
     ),
 }
 
@@ -190,6 +215,7 @@ def policy_from_params(params: Mapping[str, Any]) -> ProofPolicy:
         ),
         max_replay_mismatch_fraction=float(params["max_replay_mismatch_fraction"]),
         replay_tolerance=float(params["replay_tolerance"]),
+        honest_replay_rate=float(params["honest_replay_rate"]),
     )
 
 
@@ -204,4 +230,5 @@ def policy_params(policy: ProofPolicy) -> dict[str, int | float]:
         "mant_err_mean_baseline": float(t.mant_err_mean_baseline or 0.0),
         "replay_tolerance": float(policy.replay_tolerance),
         "max_replay_mismatch_fraction": float(policy.max_replay_mismatch_fraction),
+        "honest_replay_rate": float(policy.honest_replay_rate),
     }

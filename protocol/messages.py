@@ -277,9 +277,10 @@ class TaskSpec(Record):
     verifier: bytes = bounded(max_len=MAX_TASK_SPEC_BYTES - MAX_TEXT - 128 * 1024)
 
 
-# Version 2 added the proof policy's pooled baseline, sign limit and replay tolerance; a version 1
-# manifest (without them) is refused: found the network again with ``flopnet network init``.
-MANIFEST_VERSION = 2
+# Version 2 added the proof policy's pooled baseline, sign limit and replay tolerance, version 3
+# the replay tally's honest rate; an older manifest is refused: found the network again with
+# ``flopnet network init``.
+MANIFEST_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -315,6 +316,7 @@ class NetworkManifest(Record):
     mant_err_mean_baseline: float = bounded(min=0.0)  # of the pooled check; 0: no pooled check
     replay_tolerance: float = bounded(min=0.0)  # score units a sampled token may fall short by
     max_replay_mismatch_fraction: float = bounded(min=0.0, max=1.0)
+    honest_replay_rate: float = bounded(min=0.0, max=1.0)  # per-contributor tally; 0: none
     publishers: tuple[bytes, ...] = bounded(max_items=256, item=KEY)
     validators: tuple[bytes, ...] = bounded(max_items=256, item=KEY)
     lock_window_seconds: float = bounded(min=0.0)

@@ -67,6 +67,7 @@ def proof_params(draw: st.DrawFn) -> dict[str, Any]:
         "mant_err_mean_baseline": draw(st.floats(0.0, mean)),
         "replay_tolerance": draw(finite),
         "max_replay_mismatch_fraction": draw(st.floats(0.0, 1.0)),
+        "honest_replay_rate": draw(st.floats(0.0, 1.0)),
     }
 
 
@@ -160,6 +161,8 @@ def test_any_valid_policy_survives_the_manifest(params: dict[str, Any]) -> None:
         {"mant_err_mean_baseline": 10.5},  # above max_mant_err_mean 10
         {"max_replay_mismatch_fraction": 1.01},
         {"max_replay_mismatch_fraction": -0.0001},
+        {"honest_replay_rate": 1.5},
+        {"honest_replay_rate": math.nan},
     ],
 )
 def test_bad_policy_values_are_refused(bad: dict[str, Any]) -> None:
@@ -190,8 +193,8 @@ def test_manifest_bounds_refuse_a_bad_policy_signed_by_the_founder() -> None:
         NetworkParams.from_manifest(open_manifest(_sealed(loose)))
 
 
-def test_a_version_1_manifest_is_refused_with_a_clear_message() -> None:
-    assert MANIFEST_VERSION == 2
+def test_an_old_manifest_is_refused_with_a_clear_message() -> None:
+    assert MANIFEST_VERSION == 3
     good = open_manifest(
         create_manifest(FOUNDER, "pol", **NetworkParams(network_id="n").manifest_fields())
     )
@@ -209,7 +212,7 @@ def test_a_version_1_manifest_is_refused_with_a_clear_message() -> None:
             b"flopnet/1\0" + good.network_id.encode() + b"\0network_manifest\0" + body
         ),
     }
-    with pytest.raises(MalformedMessage, match="manifest version 1; this node reads version 2"):
+    with pytest.raises(MalformedMessage, match="manifest version 1; this node reads version 3"):
         open_manifest(packb(envelope))
     # A version 2 manifest must have every field.
     missing = good.to_wire()

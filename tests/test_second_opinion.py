@@ -52,6 +52,7 @@ from flopnet.node.validator.evidence import (
 )
 from flopnet.proof.completion import CompletionCheck
 from flopnet.proof.measures import ChunkCheck
+from flopnet.proof.tally import ReplayTally
 from flopnet.protocol.envelope import message_id
 
 TIERS = ["fake", pytest.param("real", marks=pytest.mark.slow)]
@@ -215,6 +216,7 @@ def _sample_evidence() -> Evidence:
         policy=NET.proof_policy(),
         checks=(CheckRecord("", measures, False, ("toploc chunk 1: ...",)),),
         written_at=1.0,
+        replay_history=ReplayTally(3, 72, 1),
     )
 
 

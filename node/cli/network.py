@@ -68,6 +68,11 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Na
     policy.add_argument(
         "--max-replay-mismatch-fraction", type=float, help="of tokens that may fail the replay"
     )
+    policy.add_argument(
+        "--honest-replay-rate",
+        type=float,
+        help="impossible tokens per token honest work stays below (per-contributor tally); 0: off",
+    )
 
     show = actions.add_parser("show", help="verify a manifest and print it")
     show.add_argument("manifest", type=Path)

@@ -29,10 +29,11 @@ from flopnet.node.model.calls import AuditMeasures
 from flopnet.proof.completion import CompletionCheck
 from flopnet.proof.measures import ChunkCheck
 from flopnet.proof.policy import ProofPolicy, policy_from_params, policy_params
+from flopnet.proof.tally import ReplayTally
 from flopnet.protocol.errors import ConfigError, FlopnetError
 from flopnet.protocol.identity import Identity, verify_signature
 
-EVIDENCE_VERSION = 1
+EVIDENCE_VERSION = 2  # 2 added the replay tally's history; version 1 files are still read
 EVIDENCE_DIR = "evidence"
 MAX_EVIDENCE_BYTES = 64 * 1024 * 1024
 _DOMAIN = b"flopnet-evidence/1\0"
@@ -76,6 +77,9 @@ class Evidence:
     policy: ProofPolicy
     checks: tuple[CheckRecord, ...]
     written_at: float
+    # The contributor's replay tally over its audits before this one, when the policy keeps one
+    # (proof.tally): the checks are judged against it, so a replay needs it too.
+    replay_history: ReplayTally | None = None
 
 
 # -- encoding ---------------------------------------------------------------------------------
@@ -115,6 +119,9 @@ def _body(evidence: Evidence) -> dict[str, Any]:
             for c in evidence.checks
         ],
         "written_at": evidence.written_at,
+        "replay_history": (
+            None if evidence.replay_history is None else dataclasses.asdict(evidence.replay_history)
+        ),
     }
 
 
@@ -265,8 +272,9 @@ def decode_evidence(data: bytes) -> Evidence:
     if not isinstance(outer, dict) or set(outer) != {"body", "signature"}:
         raise EvidenceError("not an evidence file (expected body and signature)")
     body = outer["body"]
-    if not isinstance(body, dict) or body.get("version") != EVIDENCE_VERSION:
-        raise EvidenceError(f"unsupported evidence version (this reads {EVIDENCE_VERSION})")
+    version = body.get("version") if isinstance(body, dict) else None
+    if isinstance(version, bool) or version not in (1, EVIDENCE_VERSION):
+        raise EvidenceError(f"unsupported evidence version (this reads 1-{EVIDENCE_VERSION})")
     validator = _hex(body, "validator", 32)
     signature = _hex(outer, "signature", 64)
     try:
@@ -279,9 +287,11 @@ def decode_evidence(data: bytes) -> Evidence:
         submission = base64.b64decode(_field(body, "submission", str), validate=True)
     except ValueError as exc:
         raise EvidenceError(f"the submission is not base64: {exc}") from None
-    params = _field(body, "policy", dict)
+    params = {k: _finite(v) for k, v in _field(body, "policy", dict).items()}
+    if version == 1:  # written before the replay tally existed: it kept none
+        params.setdefault("honest_replay_rate", 0.0)
     try:
-        policy = policy_from_params({k: _finite(v) for k, v in params.items()})
+        policy = policy_from_params(params)
     except ConfigError as exc:
         raise EvidenceError(str(exc)) from None
     submission_id = _hex(body, "submission_id", 32)
@@ -296,7 +306,24 @@ def decode_evidence(data: bytes) -> Evidence:
         policy=policy,
         checks=tuple(_check(c) for c in _field(body, "checks", list)),
         written_at=_float(body.get("written_at")),
+        replay_history=_history(body) if version >= 2 else None,
     )
+
+
+def _history(body: Mapping[str, Any]) -> ReplayTally | None:
+    if "replay_history" not in body:
+        raise EvidenceError("field 'replay_history' is missing")
+    raw = body["replay_history"]
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) != {"audits", "tokens", "mismatches"}:
+        raise EvidenceError("replay_history has the wrong fields")
+    try:
+        return ReplayTally(
+            _field(raw, "audits", int), _field(raw, "tokens", int), _field(raw, "mismatches", int)
+        )
+    except ValueError as exc:
+        raise EvidenceError(str(exc)) from None
 
 
 def read_evidence(path: Path) -> Evidence:

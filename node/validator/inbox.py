@@ -18,6 +18,7 @@ commit, then hands the lead to the oldest caller still waiting, or ends it if no
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,13 @@ CREATE TABLE IF NOT EXISTS inbox (
 CREATE INDEX IF NOT EXISTS inbox_queue ON inbox (verdict, received_at);
 CREATE INDEX IF NOT EXISTS inbox_lease ON inbox (lease_id);
 CREATE INDEX IF NOT EXISTS inbox_peer ON inbox (peer, verdict);
+CREATE TABLE IF NOT EXISTS replay_tally (
+    submission_id BLOB PRIMARY KEY,
+    contributor BLOB NOT NULL,
+    tokens INTEGER NOT NULL,
+    mismatches INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS replay_tally_contributor ON replay_tally (contributor);
 """
     + TRACE_SCHEMA
 )
@@ -55,6 +63,18 @@ _Row = tuple[bytes, bytes, str, bytes, float]
 
 class InboxError(FlopnetError):
     """The inbox database could not be opened or written."""
+
+
+@dataclass(frozen=True)
+class TallyUpdate:
+    """What an audit does to its contributor's replay tally (``proof.tally``): a passed audit
+    adds its counts (the window keeps the last ``window``), a failed one clears the window."""
+
+    contributor: bytes
+    tokens: int
+    mismatches: int
+    passed: bool
+    window: int
 
 
 @dataclass(frozen=True)
@@ -221,16 +241,34 @@ class Inbox:
         ).fetchall()
         return [Queued(bytes(r[0]), r[1], bytes(r[2]), r[3]) for r in rows]
 
-    def set_verdict(self, submission_id: bytes, verdict: bytes, trace: Trace | None = None) -> None:
-        """Store the sealed verdict (durably) for later requests, and the checked trace with it
-        in the same transaction."""
+    def set_verdict(
+        self,
+        submission_id: bytes,
+        verdict: bytes,
+        trace: Trace | None = None,
+        tally: TallyUpdate | None = None,
+    ) -> None:
+        """Store the sealed verdict (durably) for later requests, and the checked trace and the
+        audit's replay tally update with it in the same transaction."""
         conn = self._conn
         with transaction(conn, InboxError, "storing the verdict"):
             if trace is not None:
                 conn.execute(TRACE_INSERT, row_of(trace))
+            if tally is not None:
+                _update_tally(conn, submission_id, tally)
             conn.execute(
                 "UPDATE inbox SET verdict = ? WHERE submission_id = ?", (verdict, submission_id)
             )
+
+    def replay_windows(self) -> dict[bytes, list[tuple[int, int]]]:
+        """Every contributor's kept audits as (tokens, mismatches), oldest first."""
+        windows: dict[bytes, list[tuple[int, int]]] = {}
+        rows = self._conn.execute(
+            "SELECT contributor, tokens, mismatches FROM replay_tally ORDER BY rowid"
+        )
+        for who, tokens, mismatches in rows:
+            windows.setdefault(bytes(who), []).append((int(tokens), int(mismatches)))
+        return windows
 
     def has_trace(self, submission_id: bytes) -> bool:
         """Whether the trace of a submission is stored."""
@@ -244,3 +282,20 @@ class Inbox:
             "SELECT verdict FROM inbox WHERE submission_id = ?", (submission_id,)
         ).fetchone()
         return None if row is None or row[0] is None else bytes(row[0])
+
+
+def _update_tally(conn: sqlite3.Connection, submission_id: bytes, tally: TallyUpdate) -> None:
+    if not tally.passed:
+        conn.execute("DELETE FROM replay_tally WHERE contributor = ?", (tally.contributor,))
+        return
+    conn.execute(
+        "INSERT OR IGNORE INTO replay_tally (submission_id, contributor, tokens, mismatches) "
+        "VALUES (?, ?, ?, ?)",
+        (submission_id, tally.contributor, tally.tokens, tally.mismatches),
+    )
+    # Keep the newest ``window`` rows of the contributor (rowids grow with every insert).
+    conn.execute(
+        "DELETE FROM replay_tally WHERE contributor = ? AND rowid NOT IN (SELECT rowid FROM "
+        "replay_tally WHERE contributor = ? ORDER BY rowid DESC LIMIT ?)",
+        (tally.contributor, tally.contributor, tally.window),
+    )

@@ -40,6 +40,7 @@ from flopnet.node.model.calls import (
 from flopnet.proof.measures import replay_check
 from flopnet.proof.params import CHUNK, PROOF_BYTES
 from flopnet.proof.policy import ProofPolicy, decide
+from flopnet.proof.tally import ReplayTally
 from flopnet.protocol.catalog import lease_grace
 from flopnet.protocol.codec import Record
 from flopnet.protocol.messages import CreditBody, Lease, Submission
@@ -123,14 +124,18 @@ class ProofOutcome:
     # After a failed audit: "confirmed" (the second check failed too: punished), "overturned"
     # (it passed: credited) or "unavailable" (rejected, nobody punished); "" when not asked.
     second_opinion: str = ""
+    # (tokens replayed, impossible tokens) of the check that decided, for the replay tally.
+    replay_counts: tuple[int, int] = (0, 0)
 
 
 def proof_outcome(
     measured: AuditMeasures | Inspection | ModelError,
     decision: AuditDecision,
     policy: ProofPolicy,
+    history: ReplayTally | None = None,
 ) -> ProofOutcome:
-    """Apply the network's limits to what the model measured for one submission.
+    """Apply the network's limits to what the model measured for one submission (``history``:
+    the replay tally of the contributor's recent audits before this one).
 
     An audit passes when every TOPLOC chunk, the sampling replay and the way the output ends are
     within the limits; an unaudited submission only has to end as an honest generation ends,
@@ -148,15 +153,18 @@ def proof_outcome(
         )
         reasons = (note, *(f"completion: {r}" for r in measured.completion.reasons))
         return ProofOutcome(measured.completion.complete, reasons, False, measured.text)
-    return audit_outcome(measured, policy)
+    return audit_outcome(measured, policy, history)
 
 
-def audit_outcome(measured: AuditMeasures, policy: ProofPolicy) -> ProofOutcome:
+def audit_outcome(
+    measured: AuditMeasures, policy: ProofPolicy, history: ReplayTally | None = None
+) -> ProofOutcome:
     """An audit's verdict: every TOPLOC chunk, the sampling replay and the way the output ends
-    within the network's limits."""
+    within the network's limits, and with ``history`` the contributor's replay tally too."""
     replay = replay_check(measured.shortfalls, policy.replay_tolerance)
-    verdict = decide(measured.checks, replay, policy, measured.completion)
-    return ProofOutcome(verdict.passed, verdict.reasons, True, measured.text)
+    verdict = decide(measured.checks, replay, policy, measured.completion, history)
+    counts = (replay.checked, replay.mismatches)
+    return ProofOutcome(verdict.passed, verdict.reasons, True, measured.text, "", counts)
 
 
 SECOND_OPINION_PRECISION = "float32"
@@ -178,8 +186,10 @@ def with_second_opinion(
     second: AuditMeasures | ModelError,
     decision: AuditDecision,
     policy: ProofPolicy,
+    history: ReplayTally | None = None,
 ) -> ProofOutcome:
-    """The outcome once the failed first check has been repeated in float32 (``second``).
+    """The outcome once the failed first check has been repeated in float32 (``second``),
+    judged against the same ``history`` as the first.
 
     Both failed: the audit fails with both checks' reasons (and the contributor is punished).
     The second passed: the first was noise, the submission is credited and the audit passes.
@@ -191,10 +201,12 @@ def with_second_opinion(
     if isinstance(second, ModelError) and not isinstance(second, ModelInputError):
         why = f"second opinion ({precision}) unavailable: {second}; rejected without punishment"
         return ProofOutcome(False, (*firsts, why), False, first.text, "unavailable")
-    other = proof_outcome(second, decision, policy)  # an input error fails it, as it should
+    other = proof_outcome(second, decision, policy, history)  # an input error fails it
     if other.passed:
         why = f"second opinion ({precision} prefill) passed: the first check's failure was noise"
-        return ProofOutcome(True, (why, *firsts), True, other.text, "overturned")
+        return ProofOutcome(
+            True, (why, *firsts), True, other.text, "overturned", other.replay_counts
+        )
     seconds = tuple(f"second opinion ({precision}): {r}" for r in other.reasons)
     return ProofOutcome(
         False, (*firsts, *seconds[:_REASONS_PER_CHECK]), True, first.text, "confirmed"

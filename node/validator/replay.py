@@ -110,7 +110,7 @@ def replay_evidence(evidence: Evidence, threads: int = 0) -> ReplayReport:
                 record.precision,
             )
             measures = child.audit(request)
-            outcome = audit_outcome(measures, evidence.policy)
+            outcome = audit_outcome(measures, evidence.policy, evidence.replay_history)
             rerun = CheckRecord(record.precision, measures, outcome.passed, outcome.reasons)
             replays.append(compare(record, rerun))
         weights = child.info.weights_sha256

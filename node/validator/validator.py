@@ -59,7 +59,7 @@ from flopnet.node.validator.evidence import (
     ModelRecord,
     write_evidence,
 )
-from flopnet.node.validator.inbox import Inbox, Queued
+from flopnet.node.validator.inbox import Inbox, Queued, TallyUpdate
 from flopnet.node.validator.judgement import (
     SECOND_OPINION_PRECISION,
     Problem,
@@ -74,6 +74,7 @@ from flopnet.node.validator.judgement import (
 from flopnet.node.validator.schedule import next_index
 from flopnet.node.validator.task_source import TaskSource
 from flopnet.node.validator.traces import Trace, build_trace
+from flopnet.proof.tally import ReplayBook, ReplayTally
 from flopnet.protocol.envelope import Opened, open_envelope, seal
 from flopnet.protocol.errors import MalformedMessage, PeerError, ProtocolTimeout, VerifierError
 from flopnet.protocol.guard import Violation
@@ -212,6 +213,9 @@ class Validator:
             audit_policy or AuditPolicy(floor=self.net.audit_rate_floor),
             store.audit_results(identity.public_key),
         )
+        # Each contributor's recent replay counts (proof.tally), kept beside our verdicts.
+        self.replays = ReplayBook(self.policy.honest_replay_rate, inbox.replay_windows())
+        self._tally_updates: dict[bytes, TallyUpdate] = {}  # submission -> for its verdict row
         # Only we can compute the draws in advance: a worker cannot tell which results we check.
         secret = hashlib.sha256(b"flopnet-audit-secret\0" + identity.seed).digest()
         self._draw = draw or (lambda submission_id: audit_draw(secret, submission_id))
@@ -355,7 +359,8 @@ class Validator:
                         await self._restart_model()  # counted as an attempt
                     continue
                 self._attempts.pop(row.submission_id, None)
-            self.inbox.set_verdict(row.submission_id, verdict, trace)
+            tally = self._tally_updates.pop(row.submission_id, None)
+            self.inbox.set_verdict(row.submission_id, verdict, trace, tally)
             event = self._verdict_ready.pop(row.submission_id, None)
             if event is not None:
                 event.set()
@@ -526,10 +531,11 @@ class Validator:
         if problem is None:
             decision = self._decide_audit(queued)
             measured = await self._measure(queued, decision, attempt)
-            proof = proof_outcome(measured, decision, self.policy)
+            history = self.replays.history(queued.opened.signer)
+            proof = proof_outcome(measured, decision, self.policy, history)
             if wants_second_opinion(measured, proof):
                 assert isinstance(measured, AuditMeasures)
-                proof = await self._second_opinion(queued, decision, measured, proof)
+                proof = await self._second_opinion(queued, decision, measured, proof, history)
             if proof.passed:
                 task = self.tasks.get(lease.task_id)
                 assert task is not None  # the checks made sure
@@ -559,6 +565,8 @@ class Validator:
         credit = judgement.credit
         if judgement.audited:
             self.audits.record(queued.opened.signer, credit.accepted)  # after it is durable
+            assert proof is not None
+            self._record_replay(queued, proof, credit.accepted)
             self.stats.audits += 1
             if not credit.accepted:
                 self.stats.audits_failed += 1
@@ -623,12 +631,25 @@ class Validator:
             )
         return self._seal_verdict(credit, appended[0][0]), trace
 
+    def _record_replay(self, queued: _Queued, proof: ProofOutcome, passed: bool) -> None:
+        """Keep an audit's replay counts in its contributor's window (cleared by a failure);
+        the row is stored with the verdict. A crash between the ledger commit and that row
+        loses one audit's counts, which can only make the tally more lenient."""
+        if self.replays.honest_rate <= 0.0:
+            return
+        tokens, mismatches = proof.replay_counts
+        self.replays.record(queued.opened.signer, tokens, mismatches, passed)
+        self._tally_updates[queued.submission_id] = TallyUpdate(
+            queued.opened.signer, tokens, mismatches, passed, self.replays.window
+        )
+
     async def _second_opinion(
         self,
         queued: _Queued,
         decision: AuditDecision,
         first: AuditMeasures,
         failed: ProofOutcome,
+        history: ReplayTally | None,
     ) -> ProofOutcome:
         """Check a failed audit again with the weights in float32, and when that fails too,
         keep the evidence (``node.validator.evidence``) before the punishment is written."""
@@ -640,7 +661,7 @@ class Validator:
             second = await self._audit_request(queued.submission, request)
         except ModelError as exc:
             second = exc
-        proof = with_second_opinion(failed, second, decision, self.policy)
+        proof = with_second_opinion(failed, second, decision, self.policy, history)
         if proof.second_opinion == "confirmed":
             assert isinstance(second, AuditMeasures)
             checks = [
@@ -649,13 +670,12 @@ class Validator:
                     SECOND_OPINION_PRECISION,
                     second,
                     False,
-                    audit_outcome(second, self.policy).reasons,
+                    audit_outcome(second, self.policy, history).reasons,
                 ),
             ]
             try:
-                path = write_evidence(
-                    self.config.data_dir, self._evidence(queued, checks), self.identity
-                )
+                evidence = self._evidence(queued, checks, history)
+                path = write_evidence(self.config.data_dir, evidence, self.identity)
                 log.info("evidence of the failed audit kept in %s", path)
             except EvidenceError as exc:  # no punishment that cannot be shown
                 log.error("%s: the submission is rejected without punishment", exc)
@@ -669,7 +689,9 @@ class Validator:
         self.stats.second_opinions[outcome] = self.stats.second_opinions.get(outcome, 0) + 1
         return proof
 
-    def _evidence(self, queued: _Queued, checks: Sequence[CheckRecord]) -> Evidence:
+    def _evidence(
+        self, queued: _Queued, checks: Sequence[CheckRecord], history: ReplayTally | None
+    ) -> Evidence:
         info = self.model.info
         assert info is not None  # the model answered the checks
         return Evidence(
@@ -683,6 +705,7 @@ class Validator:
             policy=self.policy,
             checks=tuple(checks),
             written_at=time.time(),
+            replay_history=history,
         )
 
     def _count_check(self, sub: Submission) -> None:
