@@ -73,7 +73,7 @@ def measures(reasons: Sequence[str]) -> list[Measure]:
     """Every value-beside-threshold in a verdict's reasons."""
     out: list[Measure] = []
     for reason in reasons:
-        check, _, text = reason.partition(": ")
+        check, _, text = reason.removeprefix("first check: ").partition(": ")
         if check.startswith("toploc chunk"):
             for name, value, limit in _FAIL_VALUE.findall(text):
                 out.append(Measure(check, name, float(value), float(limit), False))
@@ -122,6 +122,16 @@ _RULES: tuple[tuple[str, str, str, str, bool | None], ...] = (
         "Some tokens could not have come from the network's seeded sampler.",
         "Run an unmodified flopnet: tokens must be drawn with the lease's seed, temperature and "
         "top-p. Another backend build can also differ; use the manifest's.",
+        True,
+    ),
+    (
+        "sampling_tally",
+        "replay tally",
+        "Over your recent audits, more tokens could not have come from the network's seeded "
+        "sampler than honest work ever produces.",
+        "Each audit allows a few such tokens for numerical noise; yours add up beyond it. Run an "
+        "unmodified flopnet: tokens must be drawn with the lease's seed, temperature and top-p, "
+        "and an output must not be cut or edited.",
         True,
     ),
     (
@@ -200,6 +210,8 @@ def explain_verdict(accepted: bool, reasons: Sequence[str], flops: int = 0) -> E
         )
     failing = [r for r in reasons if not r.startswith(("answer:", "rules:", "not audited"))]
     first = failing[0] if failing else (reasons[0] if reasons else "")
+    # A failure confirmed by a second opinion names the first check's reasons after this prefix.
+    first = first.removeprefix("first check: ")
     for category, marker, headline, advice, fault in _RULES:
         if first.startswith(marker):
             return Explanation(

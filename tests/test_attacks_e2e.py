@@ -15,7 +15,7 @@ import pytest
 from conftest import wait_until
 
 from flopnet.node.cli.devnet import Devnet, DevnetOptions
-from flopnet.node.local import api_get, flopnet_argv
+from flopnet.node.local import api_get, api_send, flopnet_argv, read_node_info
 from flopnet.protocol.manifest import MANIFEST_FILE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -30,6 +30,13 @@ def attack(net: Devnet, name: str, *options: str) -> subprocess.Popen[str]:
     command += ["--manifest", str(net.root / MANIFEST_FILE), "--bootstrap", info["addrs"][0]]
     command += ["--out", str(out), *options]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def started(process: subprocess.Popen[str]) -> bool:
+    """Wait for an attack's identities to be up (it says ``attacking`` on stderr); False if it
+    ended first."""
+    assert process.stderr is not None
+    return any(line.strip() == "attacking" for line in process.stderr)
 
 
 def outcome(net: Devnet, name: str, process: subprocess.Popen[str]) -> dict[str, Any]:
@@ -57,12 +64,27 @@ def test_honest_work_goes_on_under_sybils_forgeries_and_floods(tmp_path: Path) -
         assert info is not None
         # The honest workers build a record first: trust is earned by accepted work.
         assert wait_until(lambda: api_get(info, "/status")["validator"]["accepted"] >= 4, 180)
+        # Then they finish what they hold and wait until the attackers that need open tasks
+        # are up: the garbage senders first (they need real leases), then the hoarders (who
+        # take what newcomers may hold). On a slow machine honest work once finished every task
+        # before the attack processes had started, and the attacks then tested nothing.
+        workers = [read_node_info(w.data_dir) for w in net.workers]
+        for worker in workers:
+            assert worker is not None
+            api_send(worker, "POST", "/control/pause", {"mode": "finish"})
+        garbage_senders = attack(net, "garbage", "--identities", "4", "--seconds", "12")
+        assert started(garbage_senders), "the garbage senders did not start"
+        hoarders = attack(net, "hoard", "--identities", "12", "--seconds", "15")
+        assert started(hoarders), "the hoarders did not start"
+        for worker in workers:
+            assert worker is not None
+            api_send(worker, "POST", "/control/resume")
         attacks = {
-            "hoard": attack(net, "hoard", "--identities", "12", "--seconds", "15"),
+            "hoard": hoarders,
             "forged": attack(net, "forged", "--seconds", "6", "--rate", "20"),
             "replay": attack(net, "replay", "--seconds", "12", "--rate", "100"),
             "heartbeats": attack(net, "heartbeats", "--seconds", "12", "--rate", "100"),
-            "garbage": attack(net, "garbage", "--identities", "4", "--seconds", "12"),
+            "garbage": garbage_senders,
         }
         results = {name: outcome(net, name, proc) for name, proc in attacks.items()}
         assert net.wait_done(300), "honest work did not finish under attack"

@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+from flopnet.ledger.policy import AuditDecision
 from flopnet.node.explain import explain_credit, explain_verdict, measures, why_no_credit
-from flopnet.node.validator.judgement import lease_problem
+from flopnet.node.model.calls import AuditMeasures
+from flopnet.node.validator.judgement import ProofOutcome, lease_problem, with_second_opinion
 from flopnet.proof.completion import check_completion
 from flopnet.proof.measures import ChunkCheck, ToplocThresholds, replay_check
 from flopnet.proof.policy import ProofPolicy, decide
+from flopnet.proof.tally import ReplayTally
 from flopnet.protocol.messages import Lease, Submission
 
 POLICY = ProofPolicy(
@@ -57,6 +62,33 @@ def test_sampling_and_completion_failures_have_their_own_words() -> None:
     decision = decide(HONEST, replay_check([0.0] * 10, 0.02), POLICY, short)
     e = explain_verdict(False, decision.reasons)
     assert e.category == "completion" and "Do not cut" in e.advice
+
+
+def test_a_failure_confirmed_by_a_second_opinion_is_explained_by_its_first_check() -> None:
+    replay = replay_check([0.0] * 16 + [float("inf")] * 32, 0.02)
+    decision = decide(FORGED, replay, POLICY, _completion())  # type: ignore[arg-type]
+    confirmed = with_second_opinion(
+        ProofOutcome(False, decision.reasons, True),
+        AuditMeasures(FORGED, (0.0,) * 16 + (float("inf"),) * 32, _completion(), "", 0.0, 0.0),  # type: ignore[arg-type]
+        AuditDecision(True, 1.0, 0),
+        POLICY,
+    )
+    assert confirmed.second_opinion == "confirmed"
+    e = explain_verdict(False, confirmed.reasons)
+    assert e.category == "proof_mismatch"
+    assert ("exp_mismatches", 124, 10) in [(m.name, m.value, m.limit) for m in e.measures]
+
+
+def test_a_contributor_condemned_by_its_replay_tally_is_told_why() -> None:
+    tallied = dataclasses.replace(
+        POLICY, max_replay_mismatch_fraction=0.05, honest_replay_rate=0.001
+    )
+    replay = replay_check([0.0] * 23 + [1.0], 0.02)  # one impossible token: under 5 %
+    decision = decide(HONEST, replay, tallied, _completion(24), ReplayTally(6, 144, 6))  # type: ignore[arg-type]
+    assert not decision.passed
+    e = explain_verdict(False, [f"first check: {r}" for r in decision.reasons])
+    assert e.category == "sampling_tally" and e.your_fault is True
+    assert "recent audits" in e.headline
 
 
 def test_lease_problems_are_explained() -> None:

@@ -36,6 +36,7 @@ from flopnet.node.config import NetworkParams, NodeConfig
 from flopnet.node.model.calls import GenerateRequest
 from flopnet.node.model.fake import FakeModel
 from flopnet.node.validator.evidence import EVIDENCE_DIR, read_evidence
+from flopnet.node.validator.inbox import Inbox, TallyUpdate
 from flopnet.proof.completion import CompletionCheck
 from flopnet.proof.measures import ChunkCheck, ReplayCheck
 from flopnet.proof.params import CHUNK
@@ -280,3 +281,25 @@ def test_a_cheat_under_the_allowance_is_condemned_by_its_tally_across_a_restart(
     assert evidence.policy.honest_replay_rate == 0.001
     raw = json.loads((tmp_path / EVIDENCE_DIR / f"{message_id(subs[6]).hex()}.json").read_text())
     assert raw["body"]["replay_history"] == {"audits": 6, "tokens": 144, "mismatches": 6}
+
+
+def test_the_inbox_keeps_the_newest_window_and_clears_it_on_a_failure(tmp_path: Path) -> None:
+    inbox = Inbox(tmp_path / "inbox.sqlite")
+    try:
+        for i in range(4):
+            sid = bytes([i]) * 32
+            inbox.add(sid, bytes([i]) * 16, "peer", b"envelope")
+            inbox.set_verdict(sid, b"verdict", None, TallyUpdate(b"a" * 32, 10 + i, i, True, 2))
+        inbox.add(b"\x09" * 32, b"\x09" * 16, "peer", b"envelope")
+        inbox.set_verdict(b"\x09" * 32, b"v", None, TallyUpdate(b"b" * 32, 5, 0, True, 2))
+        assert inbox.replay_windows() == {b"a" * 32: [(12, 2), (13, 3)], b"b" * 32: [(5, 0)]}
+        inbox.add(b"\x0a" * 32, b"\x0a" * 16, "peer", b"envelope")
+        inbox.set_verdict(b"\x0a" * 32, b"v", None, TallyUpdate(b"a" * 32, 10, 9, False, 2))
+        assert inbox.replay_windows() == {b"b" * 32: [(5, 0)]}
+    finally:
+        inbox.close()
+    reopened = Inbox(tmp_path / "inbox.sqlite")  # durable: the same windows after a restart
+    try:
+        assert reopened.replay_windows() == {b"b" * 32: [(5, 0)]}
+    finally:
+        reopened.close()
