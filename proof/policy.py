@@ -163,6 +163,18 @@ _RECOMMENDED: dict[tuple[str, str], ProofPolicy] = {
         honest_replay_rate=0.00185,
     ),
     ("deepseek-v3-tiny", "float32"): _FP32_FLOORS,
+    # The larger R1-shaped model (97M parameters, 64 routed experts of which 6 per token), from
+    # `flopnet proof calibrate --model deepseek-v3-small --samples 8 --max-new-tokens 128` on
+    # 2026-12-02 17:04 UTC (quiet VM; 9 variations, 72 samples, 288 chunks: thin, see
+    # docs/proof.md). More experts per token and more layers mean more routing flips: honest
+    # chunks reach 22 exponent mismatches and mantissa error 3.87, sampled tokens fall up to
+    # 2.3 short in the replay and 1 of 64 tokens of a sample fell outside the nucleus.
+    ("deepseek-v3-small", "bfloat16"): ProofPolicy(
+        ToplocThresholds(46, 5.95, 3.0, 4, mant_err_mean_baseline=2.05),
+        max_replay_mismatch_fraction=0.035,
+        replay_tolerance=6.915,
+        honest_replay_rate=0.00213,
+    ),
     # The trained SmolLM2-135M-Instruct, from the honest rows of benchmarks/proof_detection.py
     # (2026-12-02: batch 1 and 4, 16 samples, 77 chunks; the machine was too busy for more, and
     # these rows are not held out: see docs/proof.md). Real activations carry larger outliers

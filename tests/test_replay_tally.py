@@ -185,7 +185,7 @@ def test_simulated_runs_flag_a_cheat_and_never_honest_work() -> None:
 
 
 def test_models_that_allow_impossible_tokens_keep_a_tally() -> None:
-    for model in ("smollm2-135m", "deepseek-v3-tiny"):
+    for model in ("smollm2-135m", "deepseek-v3-tiny", "deepseek-v3-small"):
         policy = recommended_policy(model, "bfloat16")
         assert policy.max_replay_mismatch_fraction > 0 and policy.honest_replay_rate > 0
     # A policy that allows none needs none.
