@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
 import statistics
 import sys
 import time
@@ -58,7 +57,7 @@ from flopnet.proof.aggregate import audits_for_confidence, audits_to_separate
 from flopnet.proof.calibrate import calibrate
 from flopnet.proof.policy import ProofPolicy, decide, recommended_policy
 from flopnet.proof.sampling import SamplingParams, replay_check
-from flopnet.proof.tally import TALLY_WINDOW, ReplayBook, audits_to_flag, tally_failure
+from flopnet.proof.tally import TALLY_WINDOW, audits_to_flag, first_punishments
 from flopnet.proof.toploc import ChunkCheck, ToplocThresholds, failing_chunks
 
 MODEL_SEED = 0
@@ -755,38 +754,16 @@ def replay_fraction(m: Measured, tolerance: float) -> float:
     return replay.mismatches / replay.checked if replay.checked else 0.0
 
 
-def validator_runs(
-    samples: Sequence[Measured],
-    policy: ProofPolicy,
-    *,
-    audits: int = TALLY_WINDOW,
-    trials: int = 1000,
-    seed: int = 0,
-) -> list[int | None]:
-    """The validator's decision over one contributor's audits, simulated: ``trials`` runs of
-    ``audits`` audits drawn from ``samples``; for each, the audit at which the contributor is
-    first punished (the audit fails on its own, or its replay tally does), or None."""
+def validator_runs(samples: Sequence[Measured], policy: ProofPolicy) -> list[int | None]:
+    """The validator's whole decision (each audit's own checks, then the replay tally) over
+    simulated runs of one contributor's audits drawn from ``samples``: the audit at which each
+    run is first punished, or None (``proof.tally.first_punishments``)."""
     prepared = []
     for m in samples:
         replay = replay_check(list(m.shortfalls), policy.replay_tolerance)
-        alone = decide(m.checks, replay, policy, m.completion).passed
-        prepared.append((alone, replay.checked, replay.mismatches))
-    rng = random.Random(seed)
-    firsts: list[int | None] = []
-    for _ in range(trials):
-        book, first = ReplayBook(policy.honest_replay_rate), None
-        for n in range(1, audits + 1):
-            alone, tokens, mismatches = rng.choice(prepared)
-            history = book.history(b"c")
-            tally = None if history is None else history.plus(tokens, mismatches)
-            if not alone or (
-                tally is not None and tally_failure(tally, policy.honest_replay_rate) is not None
-            ):
-                first = n
-                break
-            book.record(b"c", tokens, mismatches, True)
-        firsts.append(first)
-    return firsts
+        passes = decide(m.checks, replay, policy, m.completion).passed
+        prepared.append((passes, replay.checked, replay.mismatches))
+    return first_punishments(prepared, policy.honest_replay_rate)
 
 
 def tally_honest(rows: Sequence[Row]) -> list[dict[str, Any]]:

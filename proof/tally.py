@@ -22,6 +22,7 @@ Pure functions of numbers; the validator keeps the windows (durably, beside its 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -130,36 +131,39 @@ def honest_rate_ceiling(rows: Sequence[tuple[int, int]], confidence: float = 0.9
     return max(pooled, 2.0 * max(m / n for m, n in rows if n > 0))
 
 
-def first_flags(
-    samples: Sequence[tuple[int, int]],
+def first_punishments(
+    samples: Sequence[tuple[bool, int, int]],
     honest_rate: float,
     *,
     audits: int = TALLY_WINDOW,
     trials: int = 1000,
     seed: int = 0,
 ) -> list[int | None]:
-    """For ``trials`` random runs of ``audits`` audits drawn from ``samples`` ((tokens,
-    mismatches) per sample), the audit at which the tally (tested after every audit, as the
-    validator does) first flags the run, or None. Seeded, so a result can be reproduced."""
-    import random
-
+    """The validator's decision over one contributor's audits, simulated: ``trials`` runs of
+    ``audits`` audits drawn from ``samples`` ((passes its own checks, tokens replayed,
+    impossible tokens) per audited sample), each judged as the validator judges (its own
+    checks, then the tally over a :class:`ReplayBook`); for each run, the audit at which the
+    contributor is first punished, or None. Seeded, so a result can be reproduced."""
     if not samples or audits < 1 or trials < 1:
         raise ValueError("need samples, audits >= 1 and trials >= 1")
     rng = random.Random(seed)
     firsts: list[int | None] = []
     for _ in range(trials):
-        tally, first = ReplayTally(), None
+        book, first = ReplayBook(honest_rate), None
         for n in range(1, audits + 1):
-            tally = tally.plus(*rng.choice(samples))
-            if tally_failure(tally, honest_rate) is not None:
+            passes, tokens, mismatches = rng.choice(samples)
+            history = book.history(b"")
+            tally = None if history is None else history.plus(tokens, mismatches)
+            if not passes or (tally is not None and tally_failure(tally, honest_rate) is not None):
                 first = n
                 break
+            book.record(b"", tokens, mismatches, True)
         firsts.append(first)
     return firsts
 
 
 def audits_to_flag(firsts: Sequence[int | None], target: float = 0.99) -> int | None:
-    """Fewest audits by which ``target`` of the runs were flagged (see :func:`first_flags`)."""
+    """Fewest audits by which ``target`` of the runs were punished (:func:`first_punishments`)."""
     if not firsts:
         raise ValueError("need runs")
     flagged = sorted(n for n in firsts if n is not None)

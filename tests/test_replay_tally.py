@@ -46,7 +46,7 @@ from flopnet.proof.tally import (
     ReplayBook,
     ReplayTally,
     audits_to_flag,
-    first_flags,
+    first_punishments,
     honest_rate_ceiling,
     poisson_tail,
     rate_upper_bound,
@@ -174,14 +174,16 @@ def test_the_book_keeps_a_window_and_forgets_a_punished_contributor() -> None:
     assert reloaded.history(b"b") == ReplayTally(3, 15, 0)
 
 
-def test_simulated_runs_flag_a_cheat_and_never_honest_work() -> None:
-    honest = [(100, 0)] * 40 + [(100, 1)]  # one near-tie in 4,100 tokens
-    cheat = [(100, 2), (100, 3), (100, 1)]  # a wider nucleus: a few per sample
+def test_simulated_runs_punish_a_cheat_and_never_honest_work() -> None:
+    honest = [(True, 100, 0)] * 40 + [(True, 100, 1)]  # one near-tie in 4,100 tokens
+    cheat = [(True, 100, 2), (True, 100, 3), (True, 100, 1)]  # a wider nucleus: a few per sample
     rate = honest_rate_ceiling([(1, 4_100)])
-    assert all(f is None for f in first_flags(honest, rate, trials=200))
-    runs = first_flags(cheat, rate, trials=200)
+    assert all(f is None for f in first_punishments(honest, rate, trials=200))
+    runs = first_punishments(cheat, rate, trials=200)
     n = audits_to_flag(runs)
     assert n is not None and 1 < n <= 32
+    # A sample that fails its own checks is punished at once, tally or not.
+    assert first_punishments([(False, 100, 0)], 0.0, trials=5) == [1] * 5
 
 
 def test_models_that_allow_impossible_tokens_keep_a_tally() -> None:
