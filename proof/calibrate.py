@@ -173,13 +173,13 @@ def calibrate(
         if m != "mant_err_mean_baseline"
     ]
     suggestions.append(_baseline_suggestion(checks, values, toploc, t))
-    # The per-contributor tally is needed only where one audit allows impossible tokens; its
-    # rate pools every honest replay (calibration variations share prompts, so this is the
-    # pooled bound, not a per-variation one: see proof.tally.honest_rate_ceiling).
+    # The per-contributor tally is needed only where one audit allows impossible tokens. Its
+    # rate is the ceiling of all honest replays as one row: the variations share prompts, so
+    # their rows are not independent (proof.tally.honest_rate_ceiling); rounded up, never down.
     mismatches = sum(r.mismatches for r in replays)
     checked = sum(r.checked for r in replays)
     honest_rate = (
-        round(honest_rate_ceiling([(mismatches, checked)]), 6)
+        math.ceil(honest_rate_ceiling([(mismatches, checked)]) * 1e6) / 1e6
         if suggested["max_replay_mismatch_fraction"] > 0 and checked > 0
         else 0.0
     )
