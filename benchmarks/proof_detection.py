@@ -24,7 +24,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +54,15 @@ from flopnet.node.model.hf_backend import HFBackend
 from flopnet.node.model.models import resolve_spec
 from flopnet.node.model.routing import routers, routing_differences, trace_routing
 from flopnet.proof.aggregate import audits_for_confidence, audits_to_separate
-from flopnet.proof.calibrate import calibrate
+from flopnet.proof.calibrate import calibrate, suggest_threshold
 from flopnet.proof.policy import ProofPolicy, decide, recommended_policy
 from flopnet.proof.sampling import SamplingParams, replay_check
-from flopnet.proof.tally import TALLY_WINDOW, audits_to_flag, first_punishments
+from flopnet.proof.tally import (
+    TALLY_WINDOW,
+    audits_to_flag,
+    first_punishments,
+    honest_rate_ceiling,
+)
 from flopnet.proof.toploc import ChunkCheck, ToplocThresholds, failing_chunks
 
 MODEL_SEED = 0
@@ -766,6 +771,50 @@ def validator_runs(samples: Sequence[Measured], policy: ProofPolicy) -> list[int
     return first_punishments(prepared, policy.honest_replay_rate)
 
 
+def tolerance_sweep(
+    rows: Sequence[Row], model: str, tolerances: Sequence[float]
+) -> list[dict[str, Any]]:
+    """What a tighter replay tolerance would give once the tally absorbs honest near-ties: for
+    each tolerance, the per-audit allowance (the calibration rule on the honest rows' worst
+    fraction) and the tally's rate (``honest_rate_ceiling`` of the worst honest row and the
+    largest), then the validator's whole decision over simulated runs of 32 audits, honest and
+    cheating. In-sample for the honest rows (they also set the limits): an analysis of the
+    trade-off, not a calibration."""
+    base = recommended_policy(model, "bfloat16")
+    of_model = [r for r in rows if r.model == model and r.manifest_dtype == "bfloat16"]
+    honest = [r for r in of_model if r.kind == "honest" and r.measured]
+    cheats = {r.name: r.measured for r in of_model if r.kind == "cheat" and r.measured}
+    out = []
+    for tolerance in tolerances:
+        fractions, counts = [], []
+        for r in honest:
+            replays = [replay_check(list(m.shortfalls), tolerance) for m in r.measured]
+            fractions += [x.mismatches / x.checked for x in replays if x.checked]
+            counts.append((sum(x.mismatches for x in replays), sum(x.checked for x in replays)))
+        worst = max(counts, key=lambda c: c[0] / max(1, c[1]))
+        rate = honest_rate_ceiling([worst, max(counts, key=lambda c: c[1])])
+        allowance = suggest_threshold("max_replay_mismatch_fraction", max(fractions))
+        policy = replace(
+            base,
+            replay_tolerance=tolerance,
+            max_replay_mismatch_fraction=allowance,
+            honest_replay_rate=rate,
+        )
+        punished = max(
+            sum(f is not None for f in validator_runs(r.measured, policy)) for r in honest
+        )
+        out.append({
+            "model": model, "replay_tolerance": tolerance,
+            "max_replay_mismatch_fraction": allowance, "honest_replay_rate": round(rate, 6),
+            "honest_runs_punished_worst_row": punished,
+            "audits_for_99pct": {
+                name: audits_to_flag(validator_runs(samples, policy))
+                for name, samples in cheats.items()
+            },
+        })  # fmt: skip
+    return out
+
+
 def tally_honest(rows: Sequence[Row]) -> list[dict[str, Any]]:
     """Honest contributors under the validator's whole decision (per audit and replay tally):
     the share of simulated runs of 32 audits that punish them, per honest row and pooled."""
@@ -927,6 +976,10 @@ def main() -> None:
         "--report", action="store_true",
         help="no generation: rescore every stored result under the recommended policies",
     )  # fmt: skip
+    parser.add_argument(
+        "--sweep-tolerance", metavar="T1,T2,...",
+        help="with --report: the replay-tolerance trade-off with the tally, per model",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(WORKER_THREADS)
     started = time.perf_counter()
@@ -952,8 +1005,15 @@ def main() -> None:
                 for model, dtype in sorted({(r.model, r.manifest_dtype) for r in rows})
             ],
             "routing": [(r.model, r.manifest_dtype, r.name, r.routing) for r in rows if r.routing],
+            "tolerance_sweep": [
+                entry
+                for model in models
+                for entry in tolerance_sweep(
+                    rows, model, [float(t) for t in (args.sweep_tolerance or "").split(",") if t]
+                )
+            ],
         }
-        for key in ("aggregation", "tally_honest", "split_half", "routing"):
+        for key in ("aggregation", "tally_honest", "split_half", "routing", "tolerance_sweep"):
             for entry in report[key]:
                 print(json.dumps(entry))
         out = args.out_dir / f"proof_detection_report_{'_'.join(models)}.json"

@@ -25,7 +25,15 @@ from flopnet.proof.sampling import ReplayCheck
 from flopnet.proof.tally import honest_rate_ceiling
 from flopnet.proof.toploc import ChunkCheck, ToplocThresholds, pooled_mant_err
 
-__all__ = ["RULES", "UNBOUNDED_TOLERANCE", "Calibration", "Rule", "Suggestion", "calibrate"]
+__all__ = [
+    "RULES",
+    "UNBOUNDED_TOLERANCE",
+    "Calibration",
+    "Rule",
+    "Suggestion",
+    "calibrate",
+    "suggest_threshold",
+]
 
 _NO_MATCH = 2.0**63  # mantissa errors at or above this mean "no exponent matched"
 
@@ -90,7 +98,8 @@ def _round_up(value: float, step: float) -> float:
     return round(math.ceil(value / step - 1e-9) * step, 6)
 
 
-def _suggest(measure: str, worst: float) -> float:
+def suggest_threshold(measure: str, worst: float) -> float:
+    """The threshold the calibration rule of ``measure`` gives for an honest worst value."""
     rule = RULES[measure]
     return max(rule.floor, _round_up(rule.headroom * worst + rule.slack, rule.step))
 
@@ -122,7 +131,7 @@ def calibrate(
         "max_sign_mismatches": [float(c.sign_mismatches) for c in chunks],
         "replay_tolerance": [r.max_shortfall for r in replays],
     }
-    suggested = {m: _suggest(m, max(v)) for m, v in values.items()}
+    suggested = {m: suggest_threshold(m, max(v)) for m, v in values.items()}
     # Exponent mismatches beyond half the points mean the top-k sets barely overlap: never
     # suggest accepting that, however noisy the honest data.
     suggested["max_exp_mismatches"] = min(suggested["max_exp_mismatches"], float(topk // 2))
@@ -131,7 +140,7 @@ def calibrate(
     # exactly the honest mismatches it would leave.
     fractions = [r.mismatches / r.checked if r.checked else 0.0 for r in replays]
     values["max_replay_mismatch_fraction"] = fractions
-    suggested["max_replay_mismatch_fraction"] = _suggest(
+    suggested["max_replay_mismatch_fraction"] = suggest_threshold(
         "max_replay_mismatch_fraction", max(fractions)
     )
     toploc = ToplocThresholds(
@@ -212,7 +221,7 @@ def _baseline(
     checks: Sequence[Sequence[ChunkCheck]], values: dict[str, list[float]], t: ToplocThresholds
 ) -> float:
     honest_mean = sum(values["max_mant_err_mean"]) / len(values["max_mant_err_mean"])
-    baseline = _suggest("mant_err_mean_baseline", honest_mean)
+    baseline = suggest_threshold("mant_err_mean_baseline", honest_mean)
     step = RULES["mant_err_mean_baseline"].step
     # At baseline == max_mant_err_mean the pooled limit is the per-chunk one, which every honest
     # chunk meets, so this ends.
