@@ -215,7 +215,6 @@ class Validator:
         )
         # Each contributor's recent replay counts (proof.tally), kept beside our verdicts.
         self.replays = ReplayBook(self.policy.honest_replay_rate, inbox.replay_windows())
-        self._tally_updates: dict[bytes, TallyUpdate] = {}  # submission -> for its verdict row
         # Only we can compute the draws in advance: a worker cannot tell which results we check.
         secret = hashlib.sha256(b"flopnet-audit-secret\0" + identity.seed).digest()
         self._draw = draw or (lambda submission_id: audit_draw(secret, submission_id))
@@ -341,6 +340,7 @@ class Validator:
                 rebuilt = open_envelope(verdict, self.net.network_id, expected=Verdict)
                 self.on_verdict(rebuilt.expect(Verdict).lease_id, rebuilt.expect(Verdict).accepted)
                 trace = await self._trace_from_ledger(row)
+                tally = None  # its counts were lost with the crash (see _record_replay)
             else:
                 queued = self._reopen(row.envelope)
                 if not await self._fetch_task(row.submission_id, queued.lease_opened):
@@ -349,7 +349,7 @@ class Validator:
                 if self._batching_allowed(queued):
                     await self._prefetch_or_pause()
                 try:
-                    verdict, trace = await self._validate(queued, attempt)
+                    verdict, trace, tally = await self._validate(queued, attempt)
                 except ModelError as exc:
                     # Nothing was written: the submission stays queued, first in line.
                     self._attempts[row.submission_id] = attempt
@@ -359,7 +359,6 @@ class Validator:
                         await self._restart_model()  # counted as an attempt
                     continue
                 self._attempts.pop(row.submission_id, None)
-            tally = self._tally_updates.pop(row.submission_id, None)
             self.inbox.set_verdict(row.submission_id, verdict, trace, tally)
             event = self._verdict_ready.pop(row.submission_id, None)
             if event is not None:
@@ -519,9 +518,12 @@ class Validator:
                 raise  # our model process died, hung or failed: no verdict; run() retries
             return exc
 
-    async def _validate(self, queued: _Queued, attempt: int = 1) -> tuple[bytes, Trace | None]:
-        """Judge one submission and write its ledger entries; its sealed verdict and its trace
-        (None when it failed the cheap checks: nothing was generated to keep)."""
+    async def _validate(
+        self, queued: _Queued, attempt: int = 1
+    ) -> tuple[bytes, Trace | None, TallyUpdate | None]:
+        """Judge one submission and write its ledger entries; its sealed verdict, its trace
+        (None when it failed the cheap checks: nothing was generated to keep) and, for an audit
+        under a policy that keeps a replay tally, the tally's change to store with them."""
         sub, lease = queued.submission, queued.lease
         received_at = self.inbox.received_at(queued.submission_id) or time.time()
         problem = self._problem(queued, received_at)
@@ -563,10 +565,11 @@ class Validator:
             self.identity, self.net.network_id, list(judgement.entries)
         )
         credit = judgement.credit
+        tally = None
         if judgement.audited:
             self.audits.record(queued.opened.signer, credit.accepted)  # after it is durable
             assert proof is not None
-            self._record_replay(queued, proof, credit.accepted)
+            tally = self._record_replay(queued, proof, credit.accepted)
             self.stats.audits += 1
             if not credit.accepted:
                 self.stats.audits_failed += 1
@@ -629,19 +632,19 @@ class Validator:
                 prefill_s=measured.prefill_s if isinstance(measured, AuditMeasures) else 0.0,
                 verify_s=verify_s,
             )
-        return self._seal_verdict(credit, appended[0][0]), trace
+        return self._seal_verdict(credit, appended[0][0]), trace, tally
 
-    def _record_replay(self, queued: _Queued, proof: ProofOutcome, passed: bool) -> None:
-        """Keep an audit's replay counts in its contributor's window (cleared by a failure);
-        the row is stored with the verdict. A crash between the ledger commit and that row
-        loses one audit's counts, which can only make the tally more lenient."""
+    def _record_replay(
+        self, queued: _Queued, proof: ProofOutcome, passed: bool
+    ) -> TallyUpdate | None:
+        """Keep an audit's replay counts in its contributor's window (cleared by a failure) and
+        return the change, which is stored with the verdict. A crash between the ledger commit
+        and that row loses one audit's counts, which can only make the tally more lenient."""
         if self.replays.honest_rate <= 0.0:
-            return
+            return None
         tokens, mismatches = proof.replay_counts
         self.replays.record(queued.opened.signer, tokens, mismatches, passed)
-        self._tally_updates[queued.submission_id] = TallyUpdate(
-            queued.opened.signer, tokens, mismatches, passed, self.replays.window
-        )
+        return TallyUpdate(queued.opened.signer, tokens, mismatches, passed, self.replays.window)
 
     async def _second_opinion(
         self,
